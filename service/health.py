@@ -1,0 +1,80 @@
+"""Liveness, readiness and service information."""
+
+import platform
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from service import __version__
+from service.devices import cuda_available, device_names
+from service.settings import Settings, get_settings
+
+router = APIRouter(tags=["service"])
+
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Info(BaseModel):
+    service: str
+    version: str
+    torch_version: str
+    python_version: str
+    cuda_available: bool
+    devices: list[str]
+    engines: list[str]
+    limits: dict[str, Any]
+
+
+def register_readiness_check(app: Any, name: str, check: ReadinessCheck) -> None:
+    """Add ``check`` to what ``/readyz`` asks; it returns ``(ready, detail)``."""
+    app.state.readiness_checks[name] = check
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    """Return `{"status": "ok"}` whenever the process can answer HTTP."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the store and workers are ready",
+    responses={503: {"description": "A dependency is not ready", "model": dict}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    """Return 200 with each check's state when all are ready, 503 otherwise."""
+    checks: dict[str, dict[str, Any]] = {}
+    ready = True
+    for name, check in request.app.state.readiness_checks.items():
+        try:
+            ok, detail = await check()
+        except Exception as exc:  # a failing check means "not ready", never a 500
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        checks[name] = {"ready": ok, "detail": detail}
+        ready = ready and ok
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/v1/info", response_model=Info, summary="Versions, devices and limits in force")
+async def info(settings: Annotated[Settings, Depends(get_settings)]) -> Info:
+    """Return service and torch versions, the devices available and every limit in force."""
+    limits = settings.model_dump(exclude={"host", "port", "data_dir", "database_url"}, mode="json")
+    return Info(
+        service="lr-schedule-service",
+        version=__version__,
+        torch_version=torch.__version__.split("+")[0],
+        python_version=platform.python_version(),
+        cuda_available=cuda_available(),
+        devices=device_names(),
+        engines=["torch", "vectorized"],
+        limits=limits,
+    )

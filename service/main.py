@@ -1,0 +1,57 @@
+"""The ASGI application: ``service.main:app``.
+
+HTTP ends in the routers; each domain package (schedules, dropout, jobs) owns its specs,
+engine and router. The lifespan starts and stops what the domains need.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__, health
+from service.errors import install_error_handlers
+from service.middleware import BodyLimitMiddleware
+from service.schedules import router as schedules_router
+from service.settings import Settings, get_settings
+
+DESCRIPTION = """\
+Learning-rate schedules computed with PyTorch's real schedulers, server-side.
+
+Send a schedule spec in torch's own names (`{"scheduler": {"type": "StepLR", "step_size": 30,
+"gamma": 0.1}, "steps": 100}`) and get back the learning rate every optimizer step of a real
+training loop would use. Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Return a configured application; ``settings`` defaults to the environment's."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for domain_lifespan in app.state.domain_lifespans:
+                await stack.enter_async_context(domain_lifespan(app))
+            yield
+
+    app = FastAPI(
+        title="LR schedule service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.readiness_checks = {}
+    app.state.domain_lifespans = [schedules_router.lifespan]
+    app.dependency_overrides[get_settings] = lambda: settings
+
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    app.include_router(health.router)
+    app.include_router(schedules_router.router)
+    return app
+
+
+app = create_app()

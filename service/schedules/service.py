@@ -1,0 +1,189 @@
+"""Computing a schedule: limits, batch scaling, engine choice, sampling, summary.
+
+The router hands a validated :class:`~service.schedules.specs.ScheduleRequest` to
+:func:`compute` and formats the :class:`Computed` it gets back.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from service.devices import resolve_device
+from service.errors import InvalidSpec, LimitExceeded
+from service.schedules import specs, torch_engine
+from service.schedules.caveats import caveats
+from service.settings import Settings
+
+TORCH_VERSION = torch.__version__.split("+")[0]
+
+_LR_FIELDS = ("base_lr", "max_lr", "swa_lr", "eta_min", "min_lr")
+
+
+@dataclass
+class Computed:
+    """A computed schedule at the requested optimizer-step indices."""
+
+    indices: np.ndarray
+    """Optimizer-step index of every column (int64)."""
+    lr: np.ndarray
+    """Learning rate, shape (groups, len(indices)), float64."""
+    momentum: np.ndarray | None
+    """Momentum or beta1, same shape as ``lr``, when asked for."""
+    final_lr: list[float]
+    """Each group's lr at the last index, steps - 1."""
+    engine: str
+    device: str
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[specs.GroupSummary]:
+        """Return min and max over the returned indices and the final lr, per group."""
+        return [
+            specs.GroupSummary(
+                min=float(row.min()) if row.size else final,
+                max=float(row.max()) if row.size else final,
+                final=final,
+            )
+            for row, final in zip(self.lr, self.final_lr, strict=True)
+        ]
+
+
+def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.SchedulerBase:
+    update: dict[str, object] = {}
+    for name in _LR_FIELDS:
+        if name in type(spec).model_fields:
+            value = getattr(spec, name)
+            update[name] = (
+                [v * factor for v in value] if isinstance(value, list) else value * factor
+            )
+    if spec.children():
+        update["schedulers"] = [_scale_scheduler(c, factor) for c in spec.children()]
+    return spec.model_copy(update=update)
+
+
+def apply_batch_scaling(request: specs.ScheduleRequest) -> specs.ScheduleRequest:
+    """Return ``request`` with the linear scaling rule applied to every lr-valued parameter.
+
+    Group lrs, ``base_lr``/``max_lr`` (CyclicLR, OneCycleLR), ``swa_lr``, ``eta_min`` and
+    ``min_lr`` are multiplied by ``batch_size / base_batch_size``; the result has no
+    ``batch_scaling``. Without ``batch_scaling`` the request is returned unchanged.
+    """
+    if request.batch_scaling is None:
+        return request
+    k = request.batch_scaling.factor
+    optimizer = request.optimizer.model_copy(update={"lr": request.optimizer.lr * k})
+    groups = None
+    if request.param_groups is not None:
+        groups = [
+            {**g, "lr": g["lr"] * k} if isinstance(g.get("lr"), (int, float)) else dict(g)
+            for g in request.param_groups
+        ]
+    return request.model_copy(
+        update={
+            "optimizer": optimizer,
+            "param_groups": groups,
+            "scheduler": _scale_scheduler(request.scheduler, k),
+            "batch_scaling": None,
+        }
+    )
+
+
+def sample_indices(request: specs.ScheduleRequest) -> np.ndarray:
+    """Return the optimizer-step indices to report (int64), as ``sample`` chooses."""
+    n = request.steps
+    sample = request.sample
+    if sample is None:
+        return np.arange(n, dtype=np.int64)
+    if sample.every is not None:
+        return np.arange(0, n, sample.every, dtype=np.int64)
+    if sample.points is not None:
+        if sample.points >= n:
+            return np.arange(n, dtype=np.int64)
+        if sample.points == 1:
+            return np.array([n - 1], dtype=np.int64)
+        return np.unique(np.rint(np.linspace(0, n - 1, sample.points)).astype(np.int64))
+    at = np.asarray(sample.at, dtype=np.int64)
+    beyond = at[at >= n]
+    if beyond.size:
+        raise InvalidSpec(
+            f"sample.at index {int(beyond[0])} is outside the schedule: indices run 0..{n - 1}",
+            loc=("body", "sample", "at"),
+        )
+    return at
+
+
+def count_points(request: specs.ScheduleRequest) -> int:
+    """Return how many indices the response will carry, without computing them."""
+    n = request.steps
+    sample = request.sample
+    if sample is None:
+        return n
+    if sample.every is not None:
+        return -(-n // sample.every)
+    if sample.points is not None:
+        return min(sample.points, n)
+    return len(sample.at or [])
+
+
+def _check_metrics(request: specs.ScheduleRequest) -> None:
+    if not isinstance(request.scheduler, specs.ReduceLROnPlateau):
+        return
+    needed = request.scheduler_steps - 1
+    have = len(request.metrics or [])
+    if have < needed:
+        raise InvalidSpec(
+            f"ReduceLROnPlateau needs metrics: one value per scheduler step, {needed} for this "
+            f"request; {have} given. Add metrics or lower steps.",
+            loc=("body", "metrics"),
+        )
+
+
+def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
+    limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
+    if request.steps > limit:
+        hint = (
+            " Use engine 'vectorized' (or 'auto') for longer schedules."
+            if engine == "torch" and isinstance(request.scheduler, specs.ReduceLROnPlateau) is False
+            else ""
+        )
+        raise LimitExceeded(
+            f"steps={request.steps} is above the {engine} engine's limit of {limit} "
+            f"(LRS_{engine.upper()}_MAX_STEPS).{hint}",
+            loc=("body", "steps"),
+        )
+
+
+def choose_engine(request: specs.ScheduleRequest) -> str:
+    """Return the engine that will run ``request``: what it asks for, or torch for ``auto``."""
+    return "torch" if request.engine == "auto" else request.engine
+
+
+def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
+    """Return the schedule ``request`` describes, at the indices its ``sample`` chooses.
+
+    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
+    """
+    engine = choose_engine(request)
+    if engine == "vectorized":
+        raise InvalidSpec(
+            "engine 'vectorized' is not available yet; use 'torch' or 'auto'.",
+            loc=("body", "engine"),
+        )
+    _check_limits(request, engine, settings)
+    _check_metrics(request)
+    scaled = apply_batch_scaling(request)
+    resolve_device(request.device)
+    indices = sample_indices(scaled)
+    sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
+    n = scaled.scheduler_steps
+    series = torch_engine.run_scheduler_steps(scaled, n)
+    momentum = series.momentum[:, sched_index] if series.momentum is not None else None
+    return Computed(
+        indices=indices,
+        lr=series.lr[:, sched_index],
+        momentum=momentum,
+        final_lr=[float(v) for v in series.lr[:, n - 1]],
+        engine="torch",
+        device="cpu",
+        warnings=caveats(scaled),
+    )

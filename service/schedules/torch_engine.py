@@ -1,0 +1,318 @@
+"""The torch engine: real ``torch.optim`` optimizers and schedulers, stepped.
+
+This is the ground truth. It builds the optimizer (one tiny parameter per group), the
+scheduler objects a spec names, steps them as a training loop would and records every
+group's lr (and momentum) after each step. The training jobs build their schedulers here too.
+
+torch's own exceptions raised while building or stepping are turned into 422s at this
+boundary (:class:`~service.errors.InvalidSpec`) naming the field and torch's reason.
+"""
+
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import SWALR as TorchSWALR
+
+from service.errors import InvalidSpec
+from service.schedules import specs
+from service.schedules.expressions import ExpressionEvaluationError, parse_expression
+from service.settings import get_settings
+
+Loc = tuple[str | int, ...]
+
+
+class _Failure(Exception):
+    """A torch error located in the spec; converted to InvalidSpec by the caller."""
+
+    def __init__(self, loc: Loc, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.loc = loc
+        self.exc = exc
+
+
+@contextmanager
+def _located(loc: Loc):
+    """Attribute any torch error raised inside to ``loc`` in the request body."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except _Failure:
+        raise
+    except ExpressionEvaluationError as exc:
+        raise _Failure((*loc, "lr_lambda"), exc) from exc
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError, KeyError, RuntimeError) as exc:
+        raise _Failure(loc, exc) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, NotImplementedError):
+        return (
+            "a SequentialLR restarts the scheduler at a milestone with step(0), which a nested "
+            "SequentialLR or ChainedScheduler does not implement (torch raises "
+            "NotImplementedError); put the nested one first or flatten it"
+        )
+    reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, ZeroDivisionError):
+        reason = f"division by zero ({reason})"
+    return reason
+
+
+def _invalid(failure: _Failure, when: str) -> InvalidSpec:
+    where = ".".join(str(p) for p in failure.loc[1:]) or "request"
+    return InvalidSpec(
+        f"{where}: torch refused this {when}: {_reason(failure.exc)}", loc=failure.loc
+    )
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def make_optimizer(
+    optimizer: specs.OptimizerSpec,
+    param_groups: Sequence[dict[str, Any]] | None,
+    params: Sequence[Iterable[torch.nn.Parameter]] | None = None,
+) -> torch.optim.Optimizer:
+    """Return the real optimizer: one group per entry of ``param_groups`` (one when absent).
+
+    ``params`` gives each group's parameters; by default each group gets one 1×1 parameter,
+    which is all a schedule needs. Raises InvalidSpec when torch refuses the arguments.
+    """
+    overrides = list(param_groups or [{}])
+    if params is None:
+        params = [[torch.nn.Parameter(torch.zeros(1, 1))] for _ in overrides]
+    groups = []
+    for override, group_params in zip(overrides, params, strict=True):
+        group: dict[str, Any] = {"params": list(group_params)}
+        group.update({k: tuple(v) if isinstance(v, list) else v for k, v in override.items()})
+        groups.append(group)
+    cls = specs.optimizer_classes()[optimizer.type]
+    try:
+        with _located(("body", "optimizer")):
+            return cls(groups, **optimizer.kwargs())
+    except _Failure as failure:
+        raise _invalid(failure, "optimizer") from None
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def _lambdas(source: str | list[str]) -> Any:
+    settings = get_settings()
+
+    def compile_one(text: str) -> Any:
+        return parse_expression(
+            text,
+            max_length=settings.expression_max_length,
+            max_depth=settings.expression_max_depth,
+            max_nodes=settings.expression_max_nodes,
+        )
+
+    if isinstance(source, str):
+        return compile_one(source)
+    return [compile_one(text) for text in source]
+
+
+def _one_cycle_kwargs(spec: specs.OneCycleLR, span: int) -> dict[str, Any]:
+    kwargs = spec.model_dump(exclude={"type"})
+    if spec.total_steps is None and spec.epochs is None:
+        kwargs["total_steps"] = max(span, 1)
+    return kwargs
+
+
+def _build(
+    optimizer: torch.optim.Optimizer, spec: specs.SchedulerBase, loc: Loc, span: int
+) -> lr_scheduler.LRScheduler:
+    """Build the torch scheduler for ``spec``; ``span`` is how many steps it will cover."""
+    if isinstance(spec, specs.SequentialLR):
+        bounds = [0, *spec.milestones, span]
+        children = []
+        for i, child in enumerate(spec.schedulers):
+            child_span = max(bounds[i + 1] - bounds[i], 1) if i + 1 < len(bounds) else span
+            children.append(_build(optimizer, child, (*loc, "schedulers", i), child_span))
+        with _located(loc):
+            return lr_scheduler.SequentialLR(optimizer, children, list(spec.milestones))
+    if isinstance(spec, specs.ChainedScheduler):
+        children = [
+            _build(optimizer, child, (*loc, "schedulers", i), span)
+            for i, child in enumerate(spec.schedulers)
+        ]
+        with _located(loc):
+            return lr_scheduler.ChainedScheduler(children, optimizer)
+
+    with _located(loc):
+        if isinstance(spec, (specs.LambdaLR, specs.MultiplicativeLR)):
+            cls = getattr(lr_scheduler, spec.type)
+            return cls(optimizer, _lambdas(spec.lr_lambda))
+        if isinstance(spec, specs.OneCycleLR):
+            return lr_scheduler.OneCycleLR(optimizer, **_one_cycle_kwargs(spec, span))
+        if isinstance(spec, specs.SWALR):
+            return TorchSWALR(optimizer, **spec.model_dump(exclude={"type"}))
+        cls = getattr(lr_scheduler, spec.type)
+        return cls(optimizer, **spec.model_dump(exclude={"type"}))
+
+
+def _warmup_scheduler(
+    optimizer: torch.optim.Optimizer, warmup: specs.LinearWarmup | specs.ConstantWarmup
+) -> lr_scheduler.LRScheduler:
+    with _located(("body", "warmup")):
+        if isinstance(warmup, specs.ConstantWarmup):
+            return lr_scheduler.ConstantLR(
+                optimizer, factor=warmup.factor, total_iters=warmup.steps
+            )
+        if warmup.start_factor > 0:
+            return lr_scheduler.LinearLR(
+                optimizer,
+                start_factor=warmup.start_factor,
+                end_factor=1.0,
+                total_iters=warmup.steps,
+            )
+        return lr_scheduler.LambdaLR(optimizer, _LinearFromZero(warmup.steps))
+
+
+@dataclass(frozen=True)
+class _LinearFromZero:
+    """The seed's gradual warmup factor: ``epoch / steps``."""
+
+    steps: int
+
+    def __call__(self, epoch: int) -> float:
+        return epoch / self.steps
+
+
+class Stepper:
+    """A built schedule: the optimizer, its scheduler(s), and how one step advances them.
+
+    ``step(metric)`` performs one scheduler step (``metric`` feeds ReduceLROnPlateau);
+    ``lrs()`` and ``momenta()`` read the optimizer's groups as a training loop would see them.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler_spec: specs.SchedulerBase,
+        warmup: specs.LinearWarmup | specs.ConstantWarmup | None,
+        span: int,
+    ) -> None:
+        self.optimizer = optimizer
+        self.warmup_steps = warmup.steps if warmup else 0
+        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau)
+        self._step_count = 0
+        try:
+            if warmup is None:
+                self.scheduler = _build(optimizer, scheduler_spec, ("body", "scheduler"), span)
+                self.warmup = None
+            elif self.plateau:
+                # SequentialLR refuses ReduceLROnPlateau; do what it does by hand: the warmup,
+                # then at index W the lr restarts at its initial value and the plateau takes over.
+                self.warmup = _warmup_scheduler(optimizer, warmup)
+                self.scheduler = _build(optimizer, scheduler_spec, ("body", "scheduler"), span)
+            else:
+                main_span = max(span - warmup.steps, 1)
+                first = _warmup_scheduler(optimizer, warmup)
+                main = _build(optimizer, scheduler_spec, ("body", "scheduler"), main_span)
+                with _located(("body", "warmup")):
+                    self.scheduler = lr_scheduler.SequentialLR(
+                        optimizer, [first, main], milestones=[warmup.steps]
+                    )
+                self.warmup = None
+        except _Failure as failure:
+            raise _invalid(failure, "scheduler") from None
+
+    def step(self, metric: float | None = None) -> None:
+        """Advance the schedule by one scheduler step."""
+        self._step_count += 1
+        k = self._step_count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.warmup is not None and k < self.warmup_steps:
+                self.warmup.step()
+            elif self.warmup is not None and k == self.warmup_steps:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"]
+            elif self.plateau:
+                self.scheduler.step(metric)
+            else:
+                self.scheduler.step()
+
+    def lrs(self) -> list[float]:
+        """Return every group's current lr."""
+        return [float(group["lr"]) for group in self.optimizer.param_groups]
+
+    def momenta(self) -> list[float]:
+        """Return every group's current momentum, or beta1 for Adam-style optimizers."""
+        out = []
+        for group in self.optimizer.param_groups:
+            if "momentum" in group:
+                out.append(float(group["momentum"]))
+            else:
+                out.append(float(group["betas"][0]))
+        return out
+
+
+def has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Return True when every group has ``momentum`` or ``betas``."""
+    return all("momentum" in g or "betas" in g for g in optimizer.param_groups)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class Series:
+    """Per-group values of a schedule at the scheduler's steps 0..n-1."""
+
+    lr: np.ndarray
+    momentum: np.ndarray | None
+
+
+def run_scheduler_steps(request: specs.ScheduleRequest, n: int) -> Series:
+    """Return lr (and momentum when asked) per group for scheduler steps ``0..n-1``.
+
+    ``request`` must already have batch scaling applied. Raises InvalidSpec for anything
+    torch refuses, naming the field, and for a non-finite lr, naming the step.
+    """
+    optimizer = make_optimizer(request.optimizer, request.param_groups)
+    stepper = Stepper(optimizer, request.scheduler, request.warmup, n)
+    want_momentum = "momentum" in request.include
+    if want_momentum and not has_momentum(optimizer):
+        raise InvalidSpec(
+            f"include 'momentum': torch.optim.{request.optimizer.type} has neither momentum "
+            "nor betas; drop 'momentum' from include or choose an optimizer that has one.",
+            loc=("body", "include"),
+        )
+    metrics = request.metrics or []
+    lr_rows: list[list[float]] = [stepper.lrs()]
+    mom_rows: list[list[float]] = [stepper.momenta()] if want_momentum else []
+    k = 0
+    try:
+        for k in range(1, n):
+            metric = metrics[k - 1] if stepper.plateau else None
+            with _located(("body", "scheduler")):
+                stepper.step(metric)
+            lr_rows.append(stepper.lrs())
+            if want_momentum:
+                mom_rows.append(stepper.momenta())
+    except _Failure as failure:
+        raise InvalidSpec(
+            f"{'.'.join(str(p) for p in failure.loc[1:])}: torch refused scheduler step {k}: "
+            f"{_reason(failure.exc)}",
+            loc=failure.loc,
+        ) from None
+    lr = np.asarray(lr_rows, dtype=np.float64).T
+    bad = ~np.isfinite(lr)
+    if bad.any():
+        group, step = (int(v[0]) for v in np.nonzero(bad))
+        raise InvalidSpec(
+            f"the lr of group {group} is not finite at scheduler step {step}; "
+            "check the scheduler's parameters (e.g. lr_lambda or gamma).",
+            loc=("body", "scheduler"),
+        )
+    momentum = np.asarray(mom_rows, dtype=np.float64).T if want_momentum else None
+    return Series(lr=lr, momentum=momentum)

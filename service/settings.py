@@ -1,0 +1,88 @@
+"""Every limit, path and switch of the service, in one place.
+
+Each field can be set from the environment with the ``LRS_`` prefix, e.g.
+``LRS_TORCH_MAX_STEPS=50000``. ``DATABASE_URL`` is also read without the prefix.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration. Defaults are the embedded, single-machine setup."""
+
+    model_config = SettingsConfigDict(env_prefix="LRS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(default=Path("data"), description="Job records, artifacts and runs.")
+
+    # HTTP
+    max_body_bytes: int = Field(default=1 << 20, description="Request bodies above this get 413.")
+
+    # Schedules
+    torch_max_steps: int = Field(
+        default=200_000,
+        description="Largest `steps` the torch engine accepts (it steps a real scheduler).",
+    )
+    vectorized_max_steps: int = Field(
+        default=10_000_000, description="Largest `steps` the vectorized engine accepts."
+    )
+    json_max_points: int = Field(
+        default=1_000_000,
+        description="Most values per group in a JSON/CSV response; use `sample` or npy beyond.",
+    )
+    max_param_groups: int = Field(default=16, description="Most param groups in one request.")
+    max_schedulers: int = Field(
+        default=16, description="Most scheduler specs in one request, counting nested ones."
+    )
+    max_nesting_depth: int = Field(
+        default=4, description="Deepest SequentialLR/ChainedScheduler nesting accepted."
+    )
+    max_sample_points: int = Field(default=100_000, description="Most indices in `sample.at`.")
+    expression_max_length: int = Field(default=1000, description="Longest lr_lambda expression.")
+    expression_max_depth: int = Field(
+        default=32, description="Deepest lr_lambda expression nesting."
+    )
+    expression_max_nodes: int = Field(default=256, description="Most AST nodes in one lr_lambda.")
+    batch_max_specs: int = Field(default=1000, description="Most specs in one batch request.")
+    cache_max_bytes: int = Field(
+        default=64 << 20, description="Byte budget of the schedule result cache."
+    )
+    compute_concurrency: int = Field(
+        default=4, description="Schedule computations allowed to run at once (threads)."
+    )
+
+    # Dropout
+    dropout_max_elements: int = Field(
+        default=4_000_000, description="Most input elements in one dropout request."
+    )
+    dropout_max_samples: int = Field(default=1000, description="Most repetitions (`samples`).")
+    dropout_max_total: int = Field(
+        default=20_000_000, description="Most elements × samples in one dropout request."
+    )
+    dropout_max_dims: int = Field(default=8, description="Most dims of a dropout input.")
+    dropout_json_max_values: int = Field(
+        default=1_000_000,
+        description="Most numbers the tensors of one JSON dropout response carry; npy beyond.",
+    )
+
+    # Jobs
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LRS_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL of the job store; SQLite in data_dir when unset.",
+    )
+    job_workers: int = Field(default=1, description="Training jobs that run at once.")
+    job_max_epochs: int = Field(default=1000, description="Most epochs in one job.")
+    job_max_series: int = Field(default=100_000, description="Longest user series in one job.")
+    job_max_seconds: float = Field(default=300.0, description="Wall time after which a job fails.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()
