@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__, health
+from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.middleware import BodyLimitMiddleware
 from service.schedules import router as schedules_router
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(schedules_router.router)
+    app.include_router(dropout_router.router)
     return app
 
 
