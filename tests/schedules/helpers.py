@@ -14,7 +14,7 @@ def torch_loop(
     groups: list[dict] | None = None,
     metrics: list[float] | None = None,
     steps_per_epoch: int | None = None,
-    momentum: bool = False,
+    record_momentum: bool = False,
     **optimizer_kwargs,
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Return (lr per group per optimizer step, momentum per group per step) of a real loop."""
@@ -30,7 +30,7 @@ def torch_loop(
         for i in range(steps):
             for g, group in enumerate(opt.param_groups):
                 lrs[g].append(group["lr"])
-                if momentum:
+                if record_momentum:
                     moms[g].append(group["momentum"] if "momentum" in group else group["betas"][0])
             # the optimizer step would happen here; then the scheduler steps
             if i + 1 < steps and (steps_per_epoch is None or (i + 1) % steps_per_epoch == 0):
