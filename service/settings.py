@@ -25,8 +25,15 @@ class Settings(BaseSettings):
 
     # Schedules
     torch_max_steps: int = Field(
-        default=200_000,
+        default=100_000,
         description="Largest `steps` the torch engine accepts (it steps a real scheduler).",
+    )
+    torch_max_work: int = Field(
+        default=1_600_000,
+        description="Largest scheduler steps × schedulers × param groups the torch engine accepts.",
+    )
+    torch_max_seconds: float = Field(
+        default=4.5, description="The torch engine gives up (422) after this many seconds."
     )
     vectorized_max_steps: int = Field(
         default=10_000_000, description="Largest `steps` the vectorized engine accepts."

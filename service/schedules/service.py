@@ -140,17 +140,24 @@ def _check_metrics(request: specs.ScheduleRequest) -> None:
 
 def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
     limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
+    hint = " Use engine 'auto' or 'vectorized' for longer schedules." if engine == "torch" else ""
     if request.steps > limit:
-        hint = (
-            " Use engine 'vectorized' (or 'auto') for longer schedules."
-            if engine == "torch" and isinstance(request.scheduler, specs.ReduceLROnPlateau) is False
-            else ""
-        )
         raise LimitExceeded(
             f"steps={request.steps} is above the {engine} engine's limit of {limit} "
             f"(LRS_{engine.upper()}_MAX_STEPS).{hint}",
             loc=("body", "steps"),
         )
+    if engine == "torch":
+        schedulers = len(specs.walk(request.scheduler)) + (1 if request.warmup else 0)
+        work = request.scheduler_steps * schedulers * request.n_groups
+        if work > settings.torch_max_work:
+            raise LimitExceeded(
+                f"this request needs {request.scheduler_steps} scheduler steps × {schedulers} "
+                f"schedulers × {request.n_groups} param groups = {work} scheduler updates; the "
+                f"torch engine's limit is {settings.torch_max_work} (LRS_TORCH_MAX_WORK). Lower "
+                f"steps, or use fewer groups or schedulers.{hint}",
+                loc=("body", "steps"),
+            )
 
 
 def choose_engine(request: specs.ScheduleRequest) -> str:
@@ -176,7 +183,7 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
     indices = sample_indices(scaled)
     sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
     n = scaled.scheduler_steps
-    series = torch_engine.run_scheduler_steps(scaled, n)
+    series = torch_engine.run_scheduler_steps(scaled, n, max_seconds=settings.torch_max_seconds)
     momentum = series.momentum[:, sched_index] if series.momentum is not None else None
     return Computed(
         indices=indices,

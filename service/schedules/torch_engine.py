@@ -8,6 +8,7 @@ torch's own exceptions raised while building or stepping are turned into 422s at
 boundary (:class:`~service.errors.InvalidSpec`) naming the field and torch's reason.
 """
 
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import torch
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import SWALR as TorchSWALR
 
-from service.errors import InvalidSpec
+from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import specs
 from service.schedules.expressions import ExpressionEvaluationError, parse_expression
 from service.settings import get_settings
@@ -272,12 +273,16 @@ class Series:
     momentum: np.ndarray | None
 
 
-def run_scheduler_steps(request: specs.ScheduleRequest, n: int) -> Series:
+def run_scheduler_steps(
+    request: specs.ScheduleRequest, n: int, *, max_seconds: float | None = None
+) -> Series:
     """Return lr (and momentum when asked) per group for scheduler steps ``0..n-1``.
 
     ``request`` must already have batch scaling applied. Raises InvalidSpec for anything
-    torch refuses, naming the field, and for a non-finite lr, naming the step.
+    torch refuses, naming the field, and for a non-finite lr, naming the step; raises
+    LimitExceeded when stepping takes longer than ``max_seconds``.
     """
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     optimizer = make_optimizer(request.optimizer, request.param_groups)
     stepper = Stepper(optimizer, request.scheduler, request.warmup, n)
     want_momentum = "momentum" in request.include
@@ -299,6 +304,13 @@ def run_scheduler_steps(request: specs.ScheduleRequest, n: int) -> Series:
             lr_rows.append(stepper.lrs())
             if want_momentum:
                 mom_rows.append(stepper.momenta())
+            if deadline is not None and k % 1024 == 0 and time.monotonic() > deadline:
+                raise LimitExceeded(
+                    f"the torch engine stopped after {max_seconds:g} s at scheduler step {k} of "
+                    f"{n} (LRS_TORCH_MAX_SECONDS); lower steps or use engine 'auto' or "
+                    "'vectorized'.",
+                    loc=("body", "steps"),
+                )
     except _Failure as failure:
         raise InvalidSpec(
             f"{'.'.join(str(p) for p in failure.loc[1:])}: torch refused scheduler step {k}: "
