@@ -158,7 +158,7 @@ def _clean_validation_errors(raw: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for err in raw:
         loc = _body_path(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value"))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         ctx_error = (err.get("ctx") or {}).get("error")
         if err.get("type") == "json_invalid" and ctx_error:
             msg = f"JSON decode error: {ctx_error}"
