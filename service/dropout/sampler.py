@@ -220,14 +220,16 @@ def _stats(
     spec: DropoutRequest, x: torch.Tensor, output: torch.Tensor, mask: torch.Tensor
 ) -> DropoutStats:
     x64 = x.double()
-    out64 = output.double()
     input_std, input_mean = torch.std_mean(x64, correction=0)
-    output_std, output_mean = torch.std_mean(out64, correction=0)
-    per_sample = out64.view(spec.samples, *x.shape) if spec.samples > 1 else out64.unsqueeze(0)
-    error = (per_sample.mean(dim=0) - x64).abs_()
+    output_std, output_mean = torch.std_mean(output.double(), correction=0)
+    if spec.samples > 1:
+        mean_output = output.sum(dim=0, dtype=torch.float64) / spec.samples
+    else:
+        mean_output = output.double()
+    error = mean_output.sub_(x64).abs_()
     return DropoutStats(
         samples=spec.samples,
-        kept_fraction=int(mask.sum()) / mask.numel(),
+        kept_fraction=int(torch.count_nonzero(mask)) / mask.numel(),
         expected_kept_fraction=1.0 - spec.p if spec.training else 1.0,
         input_mean=float(input_mean),
         output_mean=float(output_mean),
