@@ -1,0 +1,37 @@
+# The LR schedule service. CPU torch by default:
+#   docker build -t lr-schedules .
+# CUDA: a CUDA wheel index (the wheels carry the CUDA runtime; the host needs the NVIDIA
+# driver and container toolkit) and, if you like, a CUDA base image that has Python 3.11:
+#   docker build -t lr-schedules:cuda \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
+#     --build-arg BASE_IMAGE=<a CUDA runtime image with python3.11> .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    LRS_DATA_DIR=/data
+
+WORKDIR /app
+
+# torch first, from the chosen wheel index, so the service's install finds it satisfied
+RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
+
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN python -m pip install .
+
+RUN useradd --create-home --uid 10001 app \
+    && mkdir -p /data \
+    && chown app:app /data
+USER app
+VOLUME ["/data"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+
+CMD ["python", "-m", "uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,54 @@
+"""No Docker engine runs here: the Dockerfile and compose file are checked by reading them."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_builds_a_slim_cpu_image_that_runs_as_a_user():
+    instructions = dockerfile_instructions()
+    args = dict(
+        value.split("=", 1) for kind, value in instructions if kind == "ARG" and "=" in value
+    )
+    assert args["BASE_IMAGE"].startswith("python:3.11-slim")
+    assert args["TORCH_INDEX_URL"].endswith("/cpu")
+    froms = [value for kind, value in instructions if kind == "FROM"]
+    assert froms == ["${BASE_IMAGE}"]
+    runs = " ".join(value for kind, value in instructions if kind == "RUN")
+    assert "torch==2.13.0" in runs and "${TORCH_INDEX_URL}" in runs
+    users = [value for kind, value in instructions if kind == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert any(kind == "HEALTHCHECK" and "/healthz" in value for kind, value in instructions)
+    assert ("EXPOSE", "8000") in instructions
+    cmd = next(value for kind, value in instructions if kind == "CMD")
+    assert "service.main:app" in cmd and "0.0.0.0" in cmd
+    assert any(kind == "VOLUME" and "/data" in value for kind, value in instructions)
+
+
+def test_compose_runs_the_service_with_its_port_healthcheck_and_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    assert api["build"]["context"] == "."
+    assert "8000:8000" in api["ports"]
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    volume, target = api["volumes"][0].split(":")
+    assert target == api["environment"]["LRS_DATA_DIR"] == "/data"
+    assert volume in compose["volumes"]
+
+
+def test_the_image_installs_the_same_torch_the_project_pins():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"torch==2\.13\.0"', pyproject)
