@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service import __version__, health
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
+from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware
 from service.schedules import router as schedules_router
 from service.settings import Settings, get_settings
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.readiness_checks = {}
-    app.state.domain_lifespans = [schedules_router.lifespan]
+    app.state.domain_lifespans = [schedules_router.lifespan, jobs_router.lifespan]
     app.dependency_overrides[get_settings] = lambda: settings
 
     install_error_handlers(app)
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(schedules_router.router)
     app.include_router(dropout_router.router)
+    app.include_router(jobs_router.router)
     return app
 
 

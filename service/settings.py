@@ -87,6 +87,16 @@ class Settings(BaseSettings):
     job_max_epochs: int = Field(default=1000, description="Most epochs in one job.")
     job_max_series: int = Field(default=100_000, description="Longest user series in one job.")
     job_max_seconds: float = Field(default=300.0, description="Wall time after which a job fails.")
+    job_progress_every: int = Field(
+        default=50, ge=1, description="Optimizer steps between progress events (and every epoch)."
+    )
+    job_events_poll_s: float = Field(
+        default=0.2, gt=0, description="How often an event stream looks for new job events."
+    )
+    job_table_prefix: str = Field(
+        default="", description="Prefix of the job store's table names (one store, many apps)."
+    )
+    job_page_size_max: int = Field(default=100, description="Largest page_size of GET /v1/jobs.")
 
 
 @lru_cache

@@ -1,0 +1,91 @@
+"""Per-job artifact folders and the ``latest`` link, on the local file system.
+
+``<data_dir>/runs/<job id>/model.pt`` (a ``state_dict`` that ``torch.load(weights_only=True)``
+reads) and ``metrics.json``, each written to a temporary file in the same folder and renamed
+into place, so a reader sees the old file or the new one, never half of one.
+``<data_dir>/runs/latest`` is a relative symlink to the newest succeeded job's folder,
+retargeted the way ``ln -snf`` is meant to be, but atomically: a new link under a temporary
+name, renamed over the old one.
+
+Deleting a job removes its own folder only: a symlink is unlinked, never followed (the seed's
+``rm -rf link/`` trap deletes the *target's* contents).
+"""
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ARTIFACTS = ("model.pt", "metrics.json")
+"""The files a succeeded job leaves, by name."""
+
+LATEST = "latest"
+
+
+class Artifacts:
+    """The runs folder of one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.runs = data_dir / "runs"
+
+    def folder(self, job_id: str) -> Path:
+        """Return the job's folder (it may not exist)."""
+        return self.runs / job_id
+
+    def path(self, job_id: str, name: str) -> Path | None:
+        """Return the artifact's path when it is one of ours and exists as a regular file."""
+        if name not in ARTIFACTS:
+            return None
+        path = self.folder(job_id) / name
+        return path if path.is_file() and not path.is_symlink() else None
+
+    def write(self, job_id: str, state_dict: dict[str, torch.Tensor], metrics: Any) -> None:
+        """Write ``model.pt`` and ``metrics.json`` atomically into the job's folder."""
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
+        _atomic(folder / "model.pt", lambda f: torch.save(cpu_state, f))
+        text = json.dumps(metrics, allow_nan=False).encode()
+        _atomic(folder / "metrics.json", lambda f: f.write(text))
+
+    def point_latest(self, job_id: str | None) -> None:
+        """Retarget ``runs/latest`` at the job's folder atomically; remove it for None."""
+        link = self.runs / LATEST
+        if job_id is None:
+            if link.is_symlink():
+                link.unlink()
+            return
+        self.runs.mkdir(parents=True, exist_ok=True)
+        tmp = self.runs / f".{LATEST}.{secrets.token_hex(6)}"
+        os.symlink(job_id, tmp, target_is_directory=True)
+        os.replace(tmp, link)  # rename(2) over the old link: never a moment without one
+
+    def latest(self) -> str | None:
+        """Return the job id ``latest`` points at, or None."""
+        link = self.runs / LATEST
+        return os.readlink(link) if link.is_symlink() else None
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job's folder and nothing outside it: links inside are unlinked, and a
+        job "folder" that is itself a link is unlinked, not followed."""
+        folder = self.folder(job_id)
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        elif folder.is_dir():
+            shutil.rmtree(folder)  # rmtree unlinks symlinks; it never descends into them
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,232 @@
+"""HTTP for training jobs: translate requests to :class:`JobService` calls and back."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from sse_starlette import EventSourceResponse
+
+from service.errors import NotFound
+from service.health import register_readiness_check
+from service.jobs import specs
+from service.jobs.artifacts import Artifacts
+from service.jobs.events import job_events
+from service.jobs.executor import ProcessExecutor
+from service.jobs.runner import RunConfig
+from service.jobs.service import JobService
+from service.jobs.store import Store, sqlite_url
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SUPERVISE_EVERY_S = 1.0
+"""How often the API checks that its worker processes are alive."""
+
+JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the store, recover from the last run, start the workers; stop them at the end."""
+    settings = app.state.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.database_url or sqlite_url(settings.data_dir)
+    store = Store(url, settings.job_table_prefix)
+    await anyio.to_thread.run_sync(store.create_schema)
+    config = RunConfig(
+        database_url=url,
+        table_prefix=settings.job_table_prefix,
+        data_dir=settings.data_dir,
+        max_seconds=settings.job_max_seconds,
+        progress_every=settings.job_progress_every,
+    )
+    executor = ProcessExecutor(store, config, settings.job_workers)
+    jobs = JobService(settings, store, executor, Artifacts(settings.data_dir))
+    await anyio.to_thread.run_sync(jobs.recover)
+    executor.start()
+    app.state.jobs = jobs
+
+    async def ready() -> tuple[bool, str]:
+        await anyio.to_thread.run_sync(store.ping)
+        return executor.status()
+
+    register_readiness_check(app, "jobs", ready)
+
+    async def supervise() -> None:
+        while True:
+            await anyio.sleep(SUPERVISE_EVERY_S)
+            await anyio.to_thread.run_sync(executor.supervise)
+
+    supervisor = asyncio.create_task(supervise())
+    try:
+        yield
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        await anyio.to_thread.run_sync(executor.stop)
+        store.dispose()
+
+
+def _jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def _view(record: Any) -> dict[str, Any]:
+    return specs.Job.from_record(record).model_dump(mode="json")
+
+
+JOB_EXAMPLES = {
+    "seed": {"summary": "The seed's task, all defaults", "value": {}},
+    "warmup_cosine": {
+        "summary": "Warmup from 0, then cosine; gradients accumulated over 2 batches",
+        "value": specs.JobSpec.model_config["json_schema_extra"]["examples"][1],
+    },
+    "own_series": {
+        "summary": "Your own series, stepping ReduceLROnPlateau per epoch",
+        "value": {
+            "data": {"type": "series", "values": [0.0, 0.5, 0.9, 1.0, 0.8, 0.4, 0.0, -0.3] * 8},
+            "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
+            "interval": "epoch",
+            "batch_size": 8,
+            "epochs": 10,
+        },
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=specs.Job,
+    summary="Submit a training job",
+    responses={
+        202: {"description": "Queued; `Location` names the job."},
+        422: {"description": "Invalid spec, a limit exceeded, or a reused Idempotency-Key."},
+    },
+)
+async def submit_job(
+    request: Request,
+    spec: Annotated[specs.JobSpec | None, Body(openapi_examples=JOB_EXAMPLES)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Retrying with the same key and body returns the same job.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """Queue a job that trains the seed's MLP with the given schedule; `{}` is the seed's task.
+
+    Returns 202 with the job and `Location: /v1/jobs/{id}`. A retry with the same
+    `Idempotency-Key` and body returns the same job (header `Idempotent-Replayed: true`).
+    """
+    spec = spec or specs.JobSpec()
+    record, created = await anyio.to_thread.run_sync(_jobs(request).submit, spec, idempotency_key)
+    headers = {"Location": f"/v1/jobs/{record.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(_view(record), status_code=202, headers=headers)
+
+
+@router.get("", response_model=specs.JobPage, summary="List jobs, newest first")
+async def list_jobs(
+    request: Request,
+    status: Annotated[
+        specs.JobStatus | None, Query(description="Only jobs in this status.")
+    ] = None,
+    page_size: Annotated[int, Query(ge=1, le=1000, description="Jobs per page.")] = 20,
+    page_token: Annotated[
+        str | None, Query(max_length=200, description="`next_page_token` of the last page.")
+    ] = None,
+) -> JSONResponse:
+    """Return a page of jobs and the token of the next page (null on the last page)."""
+    page_size = min(page_size, request.app.state.settings.job_page_size_max)
+    records, token = await anyio.to_thread.run_sync(
+        _jobs(request).list_jobs, status, page_size, page_token
+    )
+    return JSONResponse({"jobs": [_view(r) for r in records], "next_page_token": token})
+
+
+@router.get("/{job_id}", response_model=specs.Job, summary="A job: status, progress, result")
+async def get_job(request: Request, job_id: JobId) -> JSONResponse:
+    """Return the job; 404 when there is none."""
+    return JSONResponse(_view(await anyio.to_thread.run_sync(_jobs(request).get, job_id)))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=specs.Job,
+    summary="Cancel a queued or running job",
+    responses={
+        202: {"description": "Running: it stops before its next batch."},
+        409: {"description": "The job already finished."},
+    },
+)
+async def cancel_job(request: Request, job_id: JobId) -> JSONResponse:
+    """Cancel a queued job at once (200) or stop a running one before its next batch (202)."""
+    record = await anyio.to_thread.run_sync(_jobs(request).cancel, job_id)
+    return JSONResponse(_view(record), status_code=200 if record.status == "cancelled" else 202)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job and its artifacts",
+    responses={409: {"description": "The job is queued or running."}},
+)
+async def delete_job(request: Request, job_id: JobId) -> Response:
+    """Delete the job, its events and its artifact folder (never what a link points at)."""
+    await anyio.to_thread.run_sync(_jobs(request).delete, job_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-Sent Events: status, progress, then one `done` event",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_event_stream(
+    request: Request,
+    job_id: JobId,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, description="Resume after this event id.")
+    ] = None,
+) -> EventSourceResponse:
+    """Stream `status` (queued, running), `progress` (every epoch and every
+    `LRS_JOB_PROGRESS_EVERY` optimizer steps) and a final `done` event whose data holds the
+    status. A finished job's stream replays its events and closes."""
+    jobs = _jobs(request)
+    await anyio.to_thread.run_sync(jobs.get, job_id)
+    poll_s = request.app.state.settings.job_events_poll_s
+    return EventSourceResponse(job_events(jobs.store, job_id, last_event_id or 0, poll_s))
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download model.pt or metrics.json",
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+        404: {"description": "No such job or artifact (only succeeded jobs have them)."},
+    },
+)
+async def get_artifact(
+    request: Request, job_id: JobId, name: Annotated[str, Path(examples=["model.pt"])]
+) -> FileResponse:
+    """Return `model.pt` (a state_dict for `torch.load(f, weights_only=True)`) or
+    `metrics.json` (spec and result)."""
+    jobs = _jobs(request)
+    record = await anyio.to_thread.run_sync(jobs.get, job_id)
+    path = jobs.artifacts.path(job_id, name)
+    if path is None:
+        raise NotFound(
+            f"job {job_id} ({record.status}) has no artifact {name!r}; succeeded jobs have "
+            "model.pt and metrics.json",
+            loc=("path", "name"),
+        )
+    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    return FileResponse(path, media_type=media, filename=f"{job_id}-{name}")

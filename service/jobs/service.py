@@ -1,0 +1,167 @@
+"""Job operations behind the HTTP routes: submit, get, list, cancel, delete, recover.
+
+Checks a spec against the limits in force and against torch (a dry build of its optimizer
+and schedule) before it is queued, so a spec torch would refuse is a 422, never a failed job.
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from service.devices import resolve_device
+from service.errors import Conflict, InvalidSpec, LimitExceeded, NotFound
+from service.jobs import specs, trainer
+from service.jobs.artifacts import Artifacts
+from service.jobs.executor import Executor
+from service.jobs.store import JobRecord, Store
+from service.settings import Settings
+
+
+class JobService:
+    """The jobs domain: the store, the executor and the artifacts folder together."""
+
+    def __init__(
+        self, settings: Settings, store: Store, executor: Executor, artifacts: Artifacts
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = executor
+        self.artifacts = artifacts
+
+    # ----------------------------------------------------------------- submit
+
+    def check(self, spec: specs.JobSpec) -> None:
+        """Raise LimitExceeded/InvalidSpec (422) unless ``spec`` can run here."""
+        limits = self.settings
+        if spec.epochs > limits.job_max_epochs:
+            raise LimitExceeded(
+                f"epochs={spec.epochs} is above the limit of {limits.job_max_epochs} "
+                "(LRS_JOB_MAX_EPOCHS)",
+                loc=("body", "epochs"),
+            )
+        if spec.data.length > limits.job_max_series:
+            field = "values" if isinstance(spec.data, specs.Series) else "n"
+            raise LimitExceeded(
+                f"the series has {spec.data.length} values; the limit is "
+                f"{limits.job_max_series} (LRS_JOB_MAX_SERIES)",
+                loc=("body", "data", field),
+            )
+        resolve_device(spec.device)
+        n_groups = len(spec.param_groups) if spec.param_groups else 1
+        linears = len(spec.model.hidden) + 1
+        if n_groups not in (1, linears):
+            raise InvalidSpec(
+                f"{n_groups} param groups for a model with {linears} Linear layers: give one "
+                f"group (all parameters) or one per Linear layer, in order ({linears})",
+                loc=("body", "param_groups"),
+            )
+        trainer.build_schedule(spec)
+
+    def submit(
+        self, spec: specs.JobSpec, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Queue ``spec``; return the job and whether it is new. The same
+        ``idempotency_key`` with the same spec returns the first job; with another spec it
+        is a 422."""
+        self.check(spec)
+        body = spec.model_dump(mode="json")
+        spec_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        record, created = self.store.create(body, spec_hash, idempotency_key)
+        if not created and record.spec_hash != spec_hash:
+            raise InvalidSpec(
+                f"Idempotency-Key {idempotency_key!r} was already used for job {record.id} "
+                "with a different spec; use a new key for a new job",
+                loc=("header", "Idempotency-Key"),
+            )
+        if created:
+            self.executor.submit(record.id)
+        return record, created
+
+    # ----------------------------------------------------------------- read
+
+    def get(self, job_id: str) -> JobRecord:
+        """Return the job; NotFound (404) when there is none."""
+        record = self.store.get(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id!r}", loc=("path", "job_id"))
+        return record
+
+    def list_jobs(
+        self, status: str | None, page_size: int, page_token: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Return one page of jobs, newest first, and the token of the next page (or None)."""
+        before = _decode_token(page_token, status) if page_token else None
+        records = self.store.list_jobs(status, page_size + 1, before)
+        if len(records) <= page_size:
+            return records, None
+        page = records[:page_size]
+        return page, _encode_token(page[-1].seq, status)
+
+    # ----------------------------------------------------------------- change
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job now, or ask a running one to stop before its next batch.
+        Conflict (409) when the job already finished."""
+        record = self.get(job_id)
+        error = {"type": "cancelled", "detail": "cancelled on request before it started"}
+        if record.status == "queued" and self.store.finish(
+            job_id, "cancelled", from_status=("queued",), error=error
+        ):
+            return self.get(job_id)
+        if self.store.request_cancel(job_id):
+            self.executor.cancel(self.get(job_id))
+            return self.get(job_id)
+        record = self.get(job_id)
+        if record.status in specs.FINISHED:
+            raise Conflict(
+                f"job {job_id} already finished ({record.status}); only queued or running "
+                "jobs can be cancelled"
+            )
+        return record
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job, its events and its artifacts; Conflict (409) otherwise."""
+        record = self.get(job_id)
+        if not self.store.delete(job_id):
+            raise Conflict(
+                f"job {job_id} is {record.status}; cancel it first, only finished jobs can "
+                "be deleted"
+            )
+        self.artifacts.delete(job_id)
+        if self.artifacts.latest() == job_id:
+            self.artifacts.point_latest(self.store.latest_succeeded())
+
+    def recover(self) -> list[str]:
+        """After a restart: mark jobs left running interrupted (return their ids) and wake
+        the workers for the queued ones."""
+        interrupted = self.store.interrupt_running(
+            "the service stopped while the job was running; submit it again to rerun it"
+        )
+        for record in self.store.list_jobs(status="queued", limit=1):
+            self.executor.submit(record.id)
+        return interrupted
+
+
+def _encode_token(seq: int, status: str | None) -> str:
+    raw = json.dumps({"before": seq, "status": status}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, status: str | None) -> int:
+    try:
+        raw: Any = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        before = raw["before"]
+        same_query = raw["status"] == status
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidSpec(
+            "page_token is not a token this service issued; pass next_page_token unchanged",
+            loc=("query", "page_token"),
+        ) from None
+    if not isinstance(before, int) or not same_query:
+        raise InvalidSpec(
+            "page_token belongs to another query: keep the same status filter while paging",
+            loc=("query", "page_token"),
+        )
+    return before
