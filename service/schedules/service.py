@@ -11,7 +11,7 @@ import torch
 
 from service.devices import resolve_device
 from service.errors import InvalidSpec, LimitExceeded
-from service.schedules import specs, torch_engine
+from service.schedules import specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
 from service.settings import Settings
 
@@ -161,8 +161,19 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
 
 
 def choose_engine(request: specs.ScheduleRequest) -> str:
-    """Return the engine that will run ``request``: what it asks for, or torch for ``auto``."""
-    return "torch" if request.engine == "auto" else request.engine
+    """Return the engine that will run ``request``.
+
+    ``auto`` is the vectorized engine whenever it supports the spec, else torch; an explicit
+    ``vectorized`` on a spec it cannot compute is a 422 saying why.
+    """
+    reason = vectorized.unsupported_reason(request)
+    if request.engine == "auto":
+        return "torch" if reason else "vectorized"
+    if request.engine == "vectorized" and reason:
+        raise InvalidSpec(
+            f"engine 'vectorized' cannot compute this spec: {reason}.", loc=("body", "engine")
+        )
+    return request.engine
 
 
 def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
@@ -171,26 +182,33 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
     Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
     """
     engine = choose_engine(request)
-    if engine == "vectorized":
-        raise InvalidSpec(
-            "engine 'vectorized' is not available yet; use 'torch' or 'auto'.",
-            loc=("body", "engine"),
-        )
     _check_limits(request, engine, settings)
     _check_metrics(request)
     scaled = apply_batch_scaling(request)
-    resolve_device(request.device)
+    device = resolve_device(request.device)
     indices = sample_indices(scaled)
     sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
     n = scaled.scheduler_steps
-    series = torch_engine.run_scheduler_steps(scaled, n, max_seconds=settings.torch_max_seconds)
-    momentum = series.momentum[:, sched_index] if series.momentum is not None else None
+    if engine == "vectorized":
+        result = vectorized.run(scaled, sched_index, n, device)
+        lr, momentum, final, device_name = (
+            result.lr,
+            result.momentum,
+            result.final_lr,
+            result.device,
+        )
+    else:
+        series = torch_engine.run_scheduler_steps(scaled, n, max_seconds=settings.torch_max_seconds)
+        lr = series.lr[:, sched_index]
+        momentum = series.momentum[:, sched_index] if series.momentum is not None else None
+        final = [float(v) for v in series.lr[:, n - 1]]
+        device_name = "cpu"
     return Computed(
         indices=indices,
-        lr=series.lr[:, sched_index],
+        lr=lr,
         momentum=momentum,
-        final_lr=[float(v) for v in series.lr[:, n - 1]],
-        engine="torch",
-        device="cpu",
+        final_lr=final,
+        engine=engine,
+        device=device_name,
         warnings=caveats(scaled),
     )
