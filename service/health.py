@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from service import __version__
 from service.devices import cuda_available, device_names
@@ -19,10 +19,29 @@ ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: str
 
 
 class Info(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "service": "lr-schedule-service",
+                    "version": "0.1.0",
+                    "torch_version": "2.13.0",
+                    "python_version": "3.11.7",
+                    "cuda_available": False,
+                    "devices": ["cpu"],
+                    "engines": ["torch", "vectorized"],
+                    "limits": {"torch_max_steps": 100000, "max_body_bytes": 1048576},
+                }
+            ]
+        }
+    )
+
     service: str
     version: str
     torch_version: str
@@ -47,7 +66,20 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     summary="Readiness: the store and workers are ready",
-    responses={503: {"description": "A dependency is not ready", "model": dict}},
+    responses={
+        200: {
+            "description": "Every check is ready",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "ready",
+                        "checks": {"store": {"ready": True, "detail": "sqlite"}},
+                    }
+                }
+            },
+        },
+        503: {"description": "A dependency is not ready (same body, status 'not ready')"},
+    },
 )
 async def readyz(request: Request) -> JSONResponse:
     """Return 200 with each check's state when all are ready, 503 otherwise."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidSpec
 from service.schedules import formats, service, specs
@@ -307,6 +307,31 @@ class CatalogEntry(BaseModel):
 
 
 class Catalog(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "schedulers": [
+                        {
+                            "type": "StepLR",
+                            "torch_class": "torch.optim.lr_scheduler.StepLR",
+                            "description": "Decays each group's lr by ``gamma`` every "
+                            "``step_size`` steps.",
+                            "parameters": {"type": "object", "properties": {}},
+                            "defaults": {"gamma": 0.1},
+                            "required": ["step_size"],
+                            "example": {
+                                "scheduler": {"type": "StepLR", "step_size": 30, "gamma": 0.65},
+                                "steps": 200,
+                            },
+                        }
+                    ],
+                    "optimizers": ["Adam", "AdamW", "SGD"],
+                }
+            ]
+        }
+    )
+
     schedulers: list[CatalogEntry]
     optimizers: list[str] = Field(description="torch.optim optimizer classes accepted.")
 
