@@ -36,9 +36,10 @@ CHANNEL_WISE = ("Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout")
 ALPHA = ("AlphaDropout", "FeatureAlphaDropout")
 
 _NESTED_NUMBERS = {
-    "type": "array",
-    "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
-    "description": "A rectangular nested list of finite numbers, like torch.tensor() takes.",
+    "anyOf": [
+        {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}},
+        {"type": "null"},
+    ]
 }
 
 EXAMPLE = {
@@ -115,8 +116,10 @@ class DropoutRequest(BaseModel):
     training: bool = Field(
         default=True, description="True: module.train(); False: module.eval(), the identity."
     )
-    input: Annotated[list[Any] | None, WithJsonSchema({**_NESTED_NUMBERS, "nullable": True})] = (
-        Field(default=None, description="The input tensor as a nested list; or give `shape`.")
+    input: Annotated[list[Any] | None, WithJsonSchema(_NESTED_NUMBERS)] = Field(
+        default=None,
+        description="The input tensor as a rectangular nested list of finite numbers, as "
+        "torch.tensor() takes it; or give `shape`.",
     )
     shape: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None,

@@ -2,6 +2,7 @@
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -164,6 +165,15 @@ def test_a_picked_seed_is_returned_and_replays_the_call(client):
 
     replay = run(client, p=0.3, shape=[64], seed=first["seed"])
     assert replay["output"] == first["output"]
+
+
+def test_concurrent_requests_keep_their_seeds(client):
+    """Requests run in worker threads; torch's generator is process-wide, so they must queue."""
+    requests = [{"p": 0.5, "shape": [128, 128], "seed": s, "return": ["mask"]} for s in range(16)]
+    alone = [client.post(URL, json=r).content for r in requests]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda r: client.post(URL, json=r).content, requests * 4))
+    assert together == alone * 4
 
 
 def test_the_service_does_not_disturb_the_callers_generator(client):
