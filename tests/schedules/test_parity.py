@@ -177,6 +177,7 @@ def test_two_param_groups_with_their_own_lrs(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
             "param_groups": groups,
             "scheduler": {"type": "CosineAnnealingLR", "T_max": 20, "eta_min": 0.001},
@@ -202,6 +203,7 @@ def test_per_group_lists_for_cyclic_lr(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "optimizer": {"type": "SGD", "momentum": 0.9},
             "param_groups": groups,
             "scheduler": {
@@ -243,6 +245,7 @@ def test_momentum_cycles_like_torch(client, optimizer, spec, factory):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "optimizer": {"type": optimizer, "lr": 0.001, **kwargs},
             "scheduler": spec,
             "steps": 50,
@@ -259,6 +262,7 @@ def test_constant_momentum_is_reported_for_other_schedulers(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "optimizer": {"type": "AdamW", "lr": 0.001, "betas": [0.8, 0.99]},
             "scheduler": {"type": "StepLR", "step_size": 2},
             "steps": 4,
@@ -279,6 +283,7 @@ def test_linear_warmup_from_zero_is_the_seeds_gradual_warmup(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "CosineAnnealingLR", "T_max": 12500},
             "warmup": {"type": "linear", "steps": 2500, "start_factor": 0.0},
             "steps": 15000,
@@ -299,6 +304,7 @@ def test_linear_warmup_with_start_factor_uses_linear_lr(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "StepLR", "step_size": 5, "gamma": 0.5},
             "warmup": {"type": "linear", "steps": 10, "start_factor": 0.1},
             "steps": 40,
@@ -316,6 +322,7 @@ def test_constant_warmup_is_the_resnet_recipe(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "MultiStepLR", "milestones": [1000, 1500]},
             "warmup": {"type": "constant", "steps": 400, "factor": 0.1},
             "steps": 2000,
@@ -336,6 +343,7 @@ def test_reduce_on_plateau_follows_the_metrics(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 2, "cooldown": 1},
             "steps": len(metrics) + 1,
             "metrics": metrics,
@@ -354,6 +362,7 @@ def test_reduce_on_plateau_modes_and_min_lr(client, mode, threshold_mode):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "ReduceLROnPlateau", **kwargs},
             "steps": 31,
             "metrics": metrics,
@@ -367,6 +376,7 @@ def test_epoch_interval_steps_the_scheduler_once_per_epoch(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "StepLR", "step_size": 2, "gamma": 0.5},
             "steps": 47,
             "interval": "epoch",
@@ -386,6 +396,7 @@ def test_epoch_interval_with_plateau_metrics_per_epoch(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "ReduceLROnPlateau", "patience": 1},
             "steps": 24,
             "interval": "epoch",
@@ -410,6 +421,7 @@ def test_sampling_picks_indices_without_changing_values(client, sample, indices)
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {"type": "CosineAnnealingLR", "T_max": 300},
             "steps": 1000,
             "sample": sample,
@@ -430,6 +442,7 @@ def test_batch_scaling_multiplies_every_lr(client):
     r = client.post(
         "/v1/schedules/compute",
         json={
+            "engine": "torch",
             "scheduler": {
                 "type": "CyclicLR",
                 "base_lr": 0.001,
@@ -446,10 +459,10 @@ def test_batch_scaling_multiplies_every_lr(client):
 
 
 def test_query_string_form_matches_post(client):
-    got = client.get("/v1/schedules/StepLR?step_size=30&gamma=0.65&steps=100")
+    got = client.get("/v1/schedules/StepLR?step_size=30&gamma=0.65&steps=100&engine=torch")
     assert got.status_code == 200, got.text
     expected, _ = torch_loop(lambda o: L.StepLR(o, step_size=30, gamma=0.65), 100)
     assert got.json()["lr"] == expected
-    multi = client.get("/v1/schedules/MultiStepLR?milestones=3,6&steps=8&lr=1")
+    multi = client.get("/v1/schedules/MultiStepLR?milestones=3,6&steps=8&lr=1&engine=torch")
     expected, _ = torch_loop(lambda o: L.MultiStepLR(o, [3, 6]), 8, lr=1.0)
     assert multi.json()["lr"] == expected
