@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     )
     expression_max_nodes: int = Field(default=256, description="Most AST nodes in one lr_lambda.")
     batch_max_specs: int = Field(default=1000, description="Most specs in one batch request.")
+    batch_max_points: int = Field(
+        default=20_000_000, description="Most values per group over all results of one batch."
+    )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
     )

@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
+import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import InvalidSpec
-from service.schedules import formats, service, specs
+from service import errors
+from service.devices import resolve_device
+from service.errors import InvalidSpec, LimitExceeded, ServiceError
+from service.schedules import cache, formats, service, specs
 from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["schedules"])
@@ -23,12 +26,17 @@ FormatQuery = Annotated[
     Query(alias="format", description="Output format; overrides the Accept header."),
 ]
 AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+IfNoneMatchHeader = Annotated[
+    str | None,
+    Header(description="An ETag from an earlier response: 304 Not Modified when it matches."),
+]
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Bound how many schedule computations run at once in worker threads."""
+    """Bound how many schedule computations run at once in worker threads; start the cache."""
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
+    app.state.schedule_cache = cache.ResultCache(app.state.settings.cache_max_bytes)
     yield
 
 
@@ -117,14 +125,31 @@ async def _respond(
     format_param: str | None,
     accept: str | None,
     settings: Settings,
+    if_none_match: str | None = None,
 ) -> Response:
     fmt = formats.negotiate(format_param, accept)
     formats.check_points(fmt, service.count_points(spec), settings)
-    computed = await anyio.to_thread.run_sync(
-        service.compute, spec, settings, limiter=request.app.state.compute_limiter
-    )
-    title = f"{spec.scheduler.type} on {spec.optimizer.type}(lr={spec.optimizer.lr:g})"
-    return formats.render(computed, fmt, title, headers={})
+    key = cache.spec_hash(spec, fmt, resolve_device(spec.device).type)
+    headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL}
+    if cache.etag_matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    store: cache.ResultCache = request.app.state.schedule_cache
+    entry = store.get(key)
+    headers["X-Cache"] = "hit" if entry else "miss"
+    if entry is None:
+        title = f"{spec.scheduler.type} on {spec.optimizer.type}(lr={spec.optimizer.lr:g})"
+
+        def work() -> Response:
+            return formats.render(service.compute(spec, settings), fmt, title, headers={})
+
+        rendered = await anyio.to_thread.run_sync(work, limiter=request.app.state.compute_limiter)
+        entry = cache.Entry(
+            body=bytes(rendered.body),
+            media_type=str(rendered.media_type),
+            headers={k: v for k, v in rendered.headers.items() if k.startswith("x-")},
+        )
+        store.put(key, entry)
+    return Response(entry.body, media_type=entry.media_type, headers={**entry.headers, **headers})
 
 
 @router.post(
@@ -139,14 +164,18 @@ async def compute_schedule(
     settings: SettingsDep,
     format_param: FormatQuery = None,
     accept: AcceptHeader = None,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     """Return the lr every optimizer step of a real torch training loop would use.
 
     Index `i` of each array is the lr optimizer step `i` uses; index 0 is the value right
     after the scheduler is constructed. `lr` holds one list per param group, in torch's
     group order, aligned with `steps`.
+
+    The `ETag` is a hash of the normalized spec, the format and the torch version: send it
+    back in `If-None-Match` to get `304 Not Modified`. Repeats are served from a cache.
     """
-    return await _respond(request, spec, format_param, accept, settings)
+    return await _respond(request, spec, format_param, accept, settings, if_none_match)
 
 
 _RESERVED = {
@@ -268,6 +297,7 @@ async def schedule_from_query(
     ],
     format_param: FormatQuery = None,
     accept: AcceptHeader = None,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     """The same as `POST /v1/schedules/compute` for curl users.
 
@@ -293,7 +323,136 @@ async def schedule_from_query(
         )
     except ValidationError as exc:
         raise _as_query_errors(exc) from None
-    return await _respond(request, spec, format_param, accept, settings)
+    return await _respond(request, spec, format_param, accept, settings, if_none_match)
+
+
+class BatchRequest(BaseModel):
+    """Many schedule specs in one request; each is a body of `POST /v1/schedules/compute`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "requests": [
+                        {"scheduler": {"type": "StepLR", "step_size": 30}, "steps": 100},
+                        {"scheduler": {"type": "CosineAnnealingLR", "T_max": 100}, "steps": 100},
+                    ]
+                }
+            ]
+        },
+    )
+
+    requests: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Schedule specs (each validated on its own; a bad one fails only its slot).",
+    )
+
+
+class BatchSlot(BaseModel):
+    status: int = Field(description="200, or the status the spec alone would have got.")
+    result: specs.ScheduleResult | None = Field(default=None, description="When status is 200.")
+    problem: dict[str, Any] | None = Field(
+        default=None, description="The RFC 9457 problem, when status is not 200."
+    )
+
+
+class BatchResult(BaseModel):
+    results: list[BatchSlot] = Field(description="One slot per spec, in order.")
+
+
+def _problem(exc: ServiceError, index: int) -> dict[str, Any]:
+    """Return the problem of spec ``index`` as its own request would get it, with every
+    ``loc`` pointing into the batch body (``["body", "requests", index, ...]``)."""
+    body: dict[str, Any] = {
+        "type": errors.PROBLEM_BASE + exc.slug,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    if exc.errors is not None:
+        body["errors"] = [
+            {**err, "loc": ["body", "requests", index, *err["loc"][1:]]}
+            if err.get("loc", [None])[0] == "body"
+            else err
+            for err in exc.errors
+        ]
+    return body
+
+
+def _invalid_slot(exc: ValidationError, index: int) -> dict[str, Any]:
+    raw = [{**err, "loc": ("body", "requests", index, *err["loc"])} for err in exc.errors()]
+    cleaned = errors._clean_validation_errors(raw)
+    return {
+        "type": errors.PROBLEM_BASE + "validation-failed",
+        "title": "Validation failed",
+        "status": 422,
+        "detail": errors._summary(cleaned),
+        "errors": cleaned,
+    }
+
+
+def _run_batch(items: list[dict[str, Any]], settings: Settings) -> bytes:
+    """Return the JSON body of a batch: every spec computed (or refused) in its own slot."""
+    slots: list[dict[str, Any]] = []
+    points = 0
+    torch_work = 0
+    for index, raw in enumerate(items):
+        try:
+            spec = specs.ScheduleRequest.model_validate(raw)
+        except ValidationError as exc:
+            slots.append({"status": 422, "problem": _invalid_slot(exc, index)})
+            continue
+        try:
+            formats.check_points("json", service.count_points(spec), settings)
+            points += service.count_points(spec)
+            if points > settings.batch_max_points:
+                raise LimitExceeded(
+                    f"the batch's results so far carry {points} values per group; a batch is "
+                    f"limited to {settings.batch_max_points} (LRS_BATCH_MAX_POINTS). Sample "
+                    "fewer points or split the batch.",
+                    loc=("body", "sample"),
+                )
+            if service.choose_engine(spec) == "torch":
+                torch_work += spec.scheduler_steps
+                if torch_work > settings.torch_max_work:
+                    raise LimitExceeded(
+                        f"the batch's torch-engine specs need {torch_work} scheduler steps so "
+                        f"far; a batch is limited to {settings.torch_max_work} "
+                        "(LRS_TORCH_MAX_WORK).",
+                        loc=("body", "steps"),
+                    )
+            computed = service.compute(spec, settings)
+        except ServiceError as exc:
+            slots.append({"status": exc.status, "problem": _problem(exc, index)})
+            continue
+        slots.append({"status": 200, "result": formats.result_dict(computed)})
+    return orjson.dumps({"results": slots}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@router.post(
+    "/v1/schedules/batch",
+    response_model=BatchResult,
+    responses={422: {"description": "The batch itself is invalid or too large."}},
+    summary="Compute many schedules in one request",
+)
+async def compute_batch(request: Request, batch: BatchRequest, settings: SettingsDep) -> Response:
+    """Compute up to `LRS_BATCH_MAX_SPECS` schedules; each result or problem in its own slot.
+
+    `results[i]` is `{"status": 200, "result": {...}}` with the body `POST
+    /v1/schedules/compute` would return for `requests[i]`, or `{"status": 422, "problem":
+    {...}}` with its problem details. JSON only.
+    """
+    if len(batch.requests) > settings.batch_max_specs:
+        raise LimitExceeded(
+            f"the batch has {len(batch.requests)} specs; the limit is "
+            f"{settings.batch_max_specs} (LRS_BATCH_MAX_SPECS)",
+            loc=("body", "requests"),
+        )
+    body = await anyio.to_thread.run_sync(
+        _run_batch, batch.requests, settings, limiter=request.app.state.compute_limiter
+    )
+    return Response(body, media_type="application/json")
 
 
 class CatalogEntry(BaseModel):

@@ -1,0 +1,87 @@
+"""Caching computed schedules: a canonical hash as a strong ETag, and a byte-bounded LRU.
+
+A schedule is a pure function of its normalized spec, the output format and the torch
+version, so the hash of those is a strong validator: equal hashes mean byte-identical bodies.
+"""
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import orjson
+from pydantic import BaseModel
+
+from service import __version__
+from service.schedules.service import TORCH_VERSION
+
+CACHE_CONTROL = "public, max-age=86400"
+"""Results never change for one service and torch version; a day is a safe freshness."""
+
+
+def spec_hash(spec: BaseModel, fmt: str, device: str) -> str:
+    """Return the hex SHA-256 of the normalized spec (defaults filled, keys sorted), the
+    format, the device that will run it, and the service and torch versions."""
+    canonical = {
+        "spec": spec.model_dump(mode="json"),
+        "format": fmt,
+        "device": device,
+        "service": __version__,
+        "torch": TORCH_VERSION,
+    }
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Return True when an ``If-None-Match`` header matches ``etag`` (weak comparison)."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A rendered response body and what is needed to send it again."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+class ResultCache:
+    """An LRU of rendered bodies whose total size stays within ``max_bytes``.
+
+    Used from the event loop only, so it needs no lock. Bodies larger than the whole
+    budget are not stored.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Entry | None:
+        """Return the entry for ``key`` (marking it most recently used), or None."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        """Store ``entry``, evicting the least recently used until the budget holds."""
+        if len(entry.body) > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.size -= len(old.body)
+        self._entries[key] = entry
+        self.size += len(entry.body)
+        while self.size > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.size -= len(evicted.body)
