@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, model_validator
 
 from service.devices import DeviceName
+from service.errors import register_union_tags
 from service.schedules.specs import (
     ExponentialLR,
     Number,
@@ -95,6 +96,7 @@ def _check_split(length: int, tau: int, n_train: int) -> None:
 
 
 DataSpec = Annotated[NoisySine | Series, Field(discriminator="type")]
+register_union_tags({"noisy_sine", "series"})
 
 
 class ModelSpec(SpecModel):

@@ -215,6 +215,15 @@ def predict(net: nn.Module, ds: Dataset, device: torch.device) -> dict[str, Any]
     }
 
 
+def _step_schedule(stepper: Stepper, metric: float | None, when: str) -> None:
+    try:
+        stepper.step(metric)
+    except (ValueError, RuntimeError, ZeroDivisionError, OverflowError) as exc:
+        raise JobStopped(
+            "invalid_schedule", f"torch refused to step the scheduler {when}: {exc}"
+        ) from exc
+
+
 def _non_finite(what: str, epoch: int, step: int) -> JobStopped:
     return JobStopped(
         "non_finite_loss",
@@ -287,7 +296,7 @@ def train(
                 metric = step_loss if plateau else None
                 if plateau:
                     metrics.append(step_loss)
-                stepper.step(metric)
+                _step_schedule(stepper, metric, f"after optimizer step {step}")
             progress = {
                 "epoch": epoch,
                 "epochs": spec.epochs,
@@ -307,7 +316,7 @@ def train(
         if spec.interval == "epoch" and epoch < spec.epochs:
             if plateau:
                 metrics.append(train_loss[-1])
-            stepper.step(train_loss[-1] if plateau else None)
+            _step_schedule(stepper, train_loss[-1] if plateau else None, f"after epoch {epoch}")
         progress = {**progress, "train_loss": train_loss[-1], "test_loss": test_loss[-1]}
         if on_progress is not None:
             on_progress(progress, True)
