@@ -1,0 +1,150 @@
+"""POST /v1/schedules/batch (a slot per spec) and the schedule cache (ETag, 304, LRU)."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.schedules.cache import Entry, ResultCache
+from service.settings import Settings
+
+COSINE = {"scheduler": {"type": "CosineAnnealingLR", "T_max": 50}, "steps": 100}
+
+
+def batch(client, requests):
+    return client.post("/v1/schedules/batch", json={"requests": requests})
+
+
+def test_each_spec_gets_the_body_compute_would_return(client):
+    step = {"scheduler": {"type": "StepLR", "step_size": 3}, "steps": 10, "engine": "torch"}
+    r = batch(client, [COSINE, step])
+    assert r.status_code == 200, r.text
+    slots = r.json()["results"]
+    assert [s["status"] for s in slots] == [200, 200]
+    for slot, spec in zip(slots, [COSINE, step], strict=True):
+        alone = client.post("/v1/schedules/compute", json=spec).json()
+        assert slot["result"] == alone
+
+
+def test_a_bad_spec_fails_only_its_slot(client):
+    onecycle = {"scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 3}, "steps": 9}
+    r = batch(client, [COSINE, {"scheduler": {"type": "StepLR"}, "steps": 3}, onecycle])
+    assert r.status_code == 200
+    ok, invalid, refused = r.json()["results"]
+    assert ok["status"] == 200
+    assert invalid["status"] == 422
+    assert invalid["problem"]["errors"][0]["loc"] == [
+        "body",
+        "requests",
+        1,
+        "scheduler",
+        "step_size",
+    ]
+    assert refused["status"] == 422
+    assert "Tried to step 4 times" in refused["problem"]["detail"]
+    assert refused["problem"]["errors"][0]["loc"] == ["body", "requests", 2, "scheduler"]
+    assert refused["problem"]["type"].endswith("/invalid-spec")
+
+
+def test_plateau_in_a_batch_runs_on_torch(client):
+    plateau = {
+        "scheduler": {"type": "ReduceLROnPlateau", "patience": 0},
+        "steps": 3,
+        "metrics": [1.0, 1.0],
+    }
+    (slot,) = batch(client, [plateau]).json()["results"]
+    assert slot["result"]["engine"] == "torch"
+
+
+def test_batch_size_is_limited(client, settings):
+    r = batch(client, [COSINE] * (settings.batch_max_specs + 1))
+    assert r.status_code == 422
+    assert "LRS_BATCH_MAX_SPECS" in r.json()["detail"]
+    assert batch(client, []).status_code == 422
+
+
+def test_batch_total_points_are_limited(tmp_path):
+    settings = Settings(data_dir=tmp_path, batch_max_points=150)
+    with TestClient(create_app(settings)) as small:
+        slots = batch(small, [COSINE, COSINE]).json()["results"]
+    assert [s["status"] for s in slots] == [200, 422]
+    assert "LRS_BATCH_MAX_POINTS" in slots[1]["problem"]["detail"]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_etag_is_strong_and_stable_across_equivalent_specs(client):
+    a = client.post("/v1/schedules/compute", json=COSINE)
+    explicit = {**COSINE, "optimizer": {"type": "SGD", "lr": 0.1}, "engine": "auto"}
+    b = client.post("/v1/schedules/compute", json=explicit)
+    assert a.headers["etag"] == b.headers["etag"]
+    assert a.headers["etag"].startswith('"') and not a.headers["etag"].startswith("W/")
+    assert a.headers["cache-control"].startswith("public, max-age=")
+    other = client.post("/v1/schedules/compute", json={**COSINE, "steps": 101})
+    assert other.headers["etag"] != a.headers["etag"]
+    csv = client.post("/v1/schedules/compute?format=csv", json=COSINE)
+    assert csv.headers["etag"] != a.headers["etag"]
+
+
+def test_if_none_match_gets_304_without_a_body(client):
+    first = client.post("/v1/schedules/compute", json=COSINE)
+    etag = first.headers["etag"]
+    for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+        r = client.post("/v1/schedules/compute", json=COSINE, headers={"If-None-Match": header})
+        assert r.status_code == 304
+        assert r.content == b""
+        assert r.headers["etag"] == etag
+    r = client.post("/v1/schedules/compute", json=COSINE, headers={"If-None-Match": '"x"'})
+    assert r.status_code == 200
+
+
+def test_repeats_are_served_from_the_cache(client):
+    spec = {**COSINE, "steps": 77}
+    first = client.post("/v1/schedules/compute", json=spec)
+    again = client.post("/v1/schedules/compute", json=spec)
+    assert first.headers["x-cache"] == "miss"
+    assert again.headers["x-cache"] == "hit"
+    assert again.content == first.content
+    assert again.headers["x-engine"] == first.headers["x-engine"]
+    get = client.get("/v1/schedules/CosineAnnealingLR?T_max=50&steps=77")
+    assert get.headers["etag"] == first.headers["etag"]
+    assert get.headers["x-cache"] == "hit"
+
+
+def test_errors_are_not_cached(client):
+    bad = {"scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 3}, "steps": 9}
+    r = client.post("/v1/schedules/compute", json=bad)
+    assert r.status_code == 422
+    assert "etag" not in r.headers
+
+
+def entry(size: int) -> Entry:
+    return Entry(body=b"x" * size, media_type="application/json", headers={})
+
+
+def test_lru_keeps_within_its_byte_budget():
+    cache = ResultCache(max_bytes=100)
+    cache.put("a", entry(40))
+    cache.put("b", entry(40))
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("c", entry(40))
+    assert cache.get("b") is None
+    assert cache.get("a") is not None and cache.get("c") is not None
+    assert cache.size == 80
+    cache.put("huge", entry(101))
+    assert cache.get("huge") is None and len(cache) == 2
+    cache.put("a", entry(10))
+    assert cache.size == 50
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "npy"])
+def test_every_format_is_cached_and_validated(client, fmt):
+    spec = {**COSINE, "steps": 33}
+    first = client.post(f"/v1/schedules/compute?format={fmt}", json=spec)
+    again = client.post(
+        f"/v1/schedules/compute?format={fmt}",
+        json=spec,
+        headers={"If-None-Match": first.headers["etag"]},
+    )
+    assert first.status_code == 200 and again.status_code == 304
+    assert client.post(f"/v1/schedules/compute?format={fmt}", json=spec).content == first.content
