@@ -1,5 +1,7 @@
 """The seed's examples as requests, and the warnings for legal but surprising specs."""
 
+import time
+
 import pytest
 
 
@@ -157,4 +159,8 @@ def test_info_reports_versions_and_limits(client):
     assert info["limits"]["torch_max_steps"] == 100_000
     assert info["cuda_available"] in (True, False)
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").status_code == 200
+    deadline = time.monotonic() + 60  # job worker processes take a few seconds to spawn
+    while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        time.sleep(0.5)
+    assert ready.status_code == 200, ready.text
