@@ -30,6 +30,8 @@ from service.jobs.store import JobRecord, Store
 log = logging.getLogger("service.jobs")
 
 _PR_SET_PDEATHSIG = 1
+NICENESS = 10
+"""How much lower than the API's a worker's CPU priority is (``nice`` increment)."""
 
 
 class Executor(Protocol):
@@ -158,6 +160,7 @@ def _worker_main(
     """Claim and run queued jobs until told to stop or the API process goes away."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the API, which stops us
+    os.nice(NICENESS)  # training is batch work: the API's requests come first on a busy CPU
     parent = os.getppid()
     torch.set_num_threads(1)  # one core per job: leave the rest to the API and other jobs
     store = Store(config.database_url, config.table_prefix)
