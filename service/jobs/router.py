@@ -80,6 +80,32 @@ def _view(record: Any) -> dict[str, Any]:
     return specs.Job.from_record(record).model_dump(mode="json")
 
 
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "3f2a9c0e6b1d4e8f9a7b5c3d1e0f2a4b",
+    "status": "running",
+    "created_at": "2026-01-01T12:00:00.000000Z",
+    "started_at": "2026-01-01T12:00:00.010000Z",
+    "finished_at": None,
+    "progress": {
+        "epoch": 2,
+        "epochs": 5,
+        "step": 50,
+        "optimizer_steps": 190,
+        "loss": 0.0052,
+        "lr": 0.0364,
+        "train_loss": 0.0513,
+        "test_loss": 0.0079,
+    },
+    "spec": specs.JobSpec().model_dump(mode="json"),
+    "result": None,
+    "error": None,
+}
+
+
+def _example(value: Any, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": value}}}
+
+
 JOB_EXAMPLES = {
     "seed": {"summary": "The seed's task, all defaults", "value": {}},
     "warmup_cosine": {
@@ -105,7 +131,10 @@ JOB_EXAMPLES = {
     response_model=specs.Job,
     summary="Submit a training job",
     responses={
-        202: {"description": "Queued; `Location` names the job."},
+        202: _example(
+            {**JOB_EXAMPLE, "status": "queued", "progress": None},
+            "Queued; `Location` names the job.",
+        ),
         422: {"description": "Invalid spec, a limit exceeded, or a reused Idempotency-Key."},
     },
 )
@@ -133,7 +162,17 @@ async def submit_job(
     return JSONResponse(_view(record), status_code=202, headers=headers)
 
 
-@router.get("", response_model=specs.JobPage, summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=specs.JobPage,
+    summary="List jobs, newest first",
+    responses={
+        200: _example(
+            {"jobs": [JOB_EXAMPLE], "next_page_token": "eyJiZWZvcmUiOjQyLCJzdGF0dXMiOm51bGx9"},
+            "A page of jobs; pass next_page_token back for the next one.",
+        )
+    },
+)
 async def list_jobs(
     request: Request,
     status: Annotated[
@@ -152,7 +191,12 @@ async def list_jobs(
     return JSONResponse({"jobs": [_view(r) for r in records], "next_page_token": token})
 
 
-@router.get("/{job_id}", response_model=specs.Job, summary="A job: status, progress, result")
+@router.get(
+    "/{job_id}",
+    response_model=specs.Job,
+    summary="A job: status, progress, result",
+    responses={200: _example(JOB_EXAMPLE, "The job."), 404: {"description": "No such job."}},
+)
 async def get_job(request: Request, job_id: JobId) -> JSONResponse:
     """Return the job; 404 when there is none."""
     return JSONResponse(_view(await anyio.to_thread.run_sync(_jobs(request).get, job_id)))
@@ -163,7 +207,11 @@ async def get_job(request: Request, job_id: JobId) -> JSONResponse:
     response_model=specs.Job,
     summary="Cancel a queued or running job",
     responses={
-        202: {"description": "Running: it stops before its next batch."},
+        200: _example(
+            {**JOB_EXAMPLE, "status": "cancelled", "started_at": None, "progress": None},
+            "It was queued and is now cancelled.",
+        ),
+        202: _example(JOB_EXAMPLE, "Running: it stops before its next batch."),
         409: {"description": "The job already finished."},
     },
 )
@@ -177,7 +225,23 @@ async def cancel_job(request: Request, job_id: JobId) -> JSONResponse:
     "/{job_id}",
     status_code=204,
     summary="Delete a finished job and its artifacts",
-    responses={409: {"description": "The job is queued or running."}},
+    responses={
+        204: {"description": "Deleted, e.g. `curl -X DELETE localhost:8000/v1/jobs/{id}`."},
+        409: {
+            "description": "The job is queued or running.",
+            "content": {
+                "application/problem+json": {
+                    "example": {
+                        "type": "https://lr-schedules.dev/problems/conflict",
+                        "title": "Conflict",
+                        "status": 409,
+                        "detail": "job 3f2a… is running; cancel it first, only finished jobs "
+                        "can be deleted",
+                    }
+                }
+            },
+        },
+    },
 )
 async def delete_job(request: Request, job_id: JobId) -> Response:
     """Delete the job, its events and its artifact folder (never what a link points at)."""
@@ -188,7 +252,17 @@ async def delete_job(request: Request, job_id: JobId) -> Response:
 @router.get(
     "/{job_id}/events",
     summary="Server-Sent Events: status, progress, then one `done` event",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "example": 'id: 3\nevent: progress\ndata: {"epoch": 1, "step": 38, '
+                    '"loss": 0.0027, "lr": 0.047}\n\nid: 9\nevent: done\ndata: '
+                    '{"status": "succeeded", "error": null}\n\n'
+                }
+            }
+        }
+    },
 )
 async def job_event_stream(
     request: Request,
@@ -210,7 +284,12 @@ async def job_event_stream(
     "/{job_id}/artifacts/{name}",
     summary="Download model.pt or metrics.json",
     responses={
-        200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+        200: {
+            "content": {
+                "application/octet-stream": {"example": "(torch.save of the state_dict)"},
+                "application/json": {"example": {"id": "…", "train_loss": [0.051, 0.0048]}},
+            }
+        },
         404: {"description": "No such job or artifact (only succeeded jobs have them)."},
     },
 )
