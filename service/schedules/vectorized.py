@@ -391,15 +391,19 @@ class Cosine(Leaf):
     eta_min: float = 0.0
 
     def _half(self, e: Tensor) -> Tensor:
-        return 1 + torch.cos(math.pi * e.to(F64) / self.T_max)
+        """Return ``1 + cos(pi * e / T_max)``, in torch's order of operations (in place)."""
+        return e.to(F64).mul_(math.pi).div_(self.T_max).cos_().add_(1)
+
+    def _from(self, start: Tensor, half: Tensor) -> Tensor:
+        eta = self.eta_min
+        return ((start - eta) * half).div_(2).add_(eta)
 
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
-        eta = self.eta_min
-        later = eta + (self.base - eta) * self._half(e) / 2
-        if restarted:
+        half = self._half(e)
+        later = self._from(self.base, half)
+        if restarted or bool(torch.equal(x, self.base)):
             return later
-        first = eta + (x - eta) * self._half(e) / 2
-        return torch.where(e <= self.T_max, first, later)
+        return torch.where(e <= self.T_max, self._from(x, half), later)
 
     def step_map(self, e: Tensor) -> Map:
         t, eta = self.T_max, self.eta_min
@@ -706,14 +710,16 @@ class Sequential:
 
     def closed(self, k: Tensor, x: Tensor) -> Tensor:
         groups = self.segments[0].leaf.groups
-        out = torch.empty((groups, k.numel()), dtype=F64, device=k.device)
+        parts = []
         for seg, here in self._slices(k):
             anchor = x
             if seg.restarted and seg.leaf.relative:
                 before = torch.tensor([seg.start - 1], device=k.device)
                 anchor = self.closed(before, x)
-            out[:, here] = seg.leaf.closed(k[here] - seg.start, anchor, seg.restarted)
-        return out
+            parts.append(seg.leaf.closed(k[here] - seg.start, anchor, seg.restarted))
+        if not parts:
+            return torch.empty((groups, 0), dtype=F64, device=k.device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _is_lambda(leaf: Leaf) -> bool:
@@ -899,6 +905,18 @@ class Result:
     device: str
 
 
+def _zeros(k: Tensor) -> int:
+    """Return how many leading entries of sorted ``k`` are step 0."""
+    return int(torch.searchsorted(k, torch.ones(1, dtype=k.dtype, device=k.device)))
+
+
+def _all_finite(values: Tensor) -> bool:
+    """Return True when every value is finite (a sum first: one pass, no mask)."""
+    if math.isfinite(float(values.sum())):
+        return True
+    return bool(torch.isfinite(values).all())
+
+
 def _raise_failure(failure: Failure) -> None:
     loc: tuple[str, ...] = ("body", "scheduler")
     if failure.lambda_field:
@@ -971,7 +989,7 @@ class Program:
                 held = seg.leaf.momentum(last)
                 assert held is not None
                 out[:, here.stop :] = held
-        out[:, : int((k == 0).sum())] = self.momentum0
+        out[:, : _zeros(k)] = self.momentum0
         return out
 
     def evaluate(self, k: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -995,7 +1013,7 @@ class Program:
         if self.closed_ok():
             both = self._closed(torch.cat([k, last]))
             assert both is not None
-            both[:, : int((k == 0).sum())] = self.lr0
+            both[:, : _zeros(k)] = self.lr0
             if self.n == 1:
                 both[:, -1:] = self.lr0
             lr, final = both[:, :-1], both[:, -1]
@@ -1005,12 +1023,12 @@ class Program:
                 _raise_not_finite(full, torch.arange(self.n, device=self.device))
             return lr, self._closed_momentum(k), final
         full, mom = self.dense()
-        if not bool(torch.isfinite(full).all()):
+        if not _all_finite(full):
             _raise_not_finite(full, torch.arange(self.n, device=self.device))
         return full[:, k], None if mom is None else mom[:, k], full[:, -1]
 
     def _finite_everywhere(self, lr: Tensor, final: Tensor) -> bool:
-        if not (bool(torch.isfinite(lr).all()) and bool(torch.isfinite(final).all())):
+        if not (_all_finite(lr) and _all_finite(final)):
             return False
         root = self.root
         segments = root.segments if isinstance(root, Sequential) else None
@@ -1020,7 +1038,7 @@ class Program:
                 return True
             dense = torch.arange(self.n, device=self.device)
             value = self._closed(dense)
-            return value is not None and bool(torch.isfinite(value).all())
+            return value is not None and _all_finite(value)
         for seg in segments:
             top = min(seg.end, self.n) - 1
             if seg.leaf.dense_check:
@@ -1028,7 +1046,7 @@ class Program:
             else:
                 ks = torch.tensor([top], device=self.device)
             value = self._closed(ks)
-            if value is None or not bool(torch.isfinite(value).all()):
+            if value is None or not _all_finite(value):
                 return False
         return True
 
