@@ -1011,12 +1011,11 @@ class Program:
     def _evaluate_sorted(self, k: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         last = torch.tensor([self.n - 1], device=self.device)
         if self.closed_ok():
-            both = self._closed(torch.cat([k, last]))
-            assert both is not None
-            both[:, : _zeros(k)] = self.lr0
-            if self.n == 1:
-                both[:, -1:] = self.lr0
-            lr, final = both[:, :-1], both[:, -1]
+            lr = self._closed(k)
+            final = self.lr0[:, 0] if self.n == 1 else self._closed(last)
+            assert lr is not None and final is not None
+            final = final.reshape(-1)
+            lr[:, : _zeros(k)] = self.lr0
             if not self._finite_everywhere(lr, final):
                 # torch's recursion (the scan), not the closed form, decides the first step
                 full, _ = self.dense()
