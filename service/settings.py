@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
     )
+    torch_threads: int = Field(
+        default=1,
+        description="torch intra-op threads in the API process; requests already run in "
+        "parallel threads, and on a busy 2-core machine more threads only spin.",
+    )
     compute_concurrency: int = Field(
         default=4, description="Schedule computations allowed to run at once (threads)."
     )
