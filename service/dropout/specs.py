@@ -237,7 +237,13 @@ def _nested_shape(value: Any, loc: tuple[str | int, ...], dims: int) -> tuple[in
             raise InvalidSpec(
                 f"{_path(loc)} is {value!r}; the input holds numbers only", loc=("body", *loc)
             )
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond float64's range, e.g. 10**400
+            raise InvalidSpec(
+                f"{_path(loc)} is an integer too large for float32", loc=("body", *loc)
+            ) from None
+        if not finite:
             raise InvalidSpec(
                 f"{_path(loc)} is {value}; numbers must be finite", loc=("body", *loc)
             )

@@ -364,6 +364,12 @@ def test_a_value_outside_float32_is_refused(client):
     assert body["errors"][0]["loc"] == ["body", "input", 1]
 
 
+def test_an_integer_beyond_float64_is_refused_not_a_500(client):
+    response = client.post(URL, json={"input": [[1, 2], [3, -(10**400)]]})
+    body = problem(response, 422, "input[1][1]", "too large for float32")
+    assert body["errors"][0]["loc"] == ["body", "input", 1, 1]
+
+
 @pytest.mark.parametrize(
     ("variant", "shape", "wanted"),
     [
