@@ -176,6 +176,7 @@ def _worker_main(
             if token is None:
                 break
             while os.getppid() == parent and (job := store.claim_next(name)) is not None:
+                cancel[index] = 0  # a flag left for an earlier job must not stop this one
                 run_job(store, artifacts, job, config, lambda seq=job.seq: cancel[index] == seq)
     finally:
         store.dispose()

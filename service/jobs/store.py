@@ -8,6 +8,10 @@ Every state change is a conditional UPDATE (``WHERE status = ...``), so two proc
 both move a job; a worker's writes also carry its ``run_token``, so a worker that outlived
 a restart cannot overwrite what recovery decided. Each change appends to the event log,
 which Server-Sent Events replay.
+
+``seq`` and event ids are never reused, not even after the newest job is deleted (SQLite
+tables use ``AUTOINCREMENT``): a worker's cancel flag names a job by its ``seq``, and a reused
+one would cancel the next job that got it.
 """
 
 import json
@@ -107,6 +111,7 @@ class Store:
             sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
             sa.Column("run_token", sa.String(32)),
             sa.Column("worker", sa.String(64)),
+            sqlite_autoincrement=True,
         )
         self.events = sa.Table(
             f"{table_prefix}job_events",
@@ -115,6 +120,7 @@ class Store:
             sa.Column("job_id", sa.String(32), nullable=False, index=True),
             sa.Column("event", sa.String(16), nullable=False),
             sa.Column("data", sa.JSON, nullable=False),
+            sqlite_autoincrement=True,
         )
 
     # ----------------------------------------------------------------- lifecycle

@@ -61,3 +61,14 @@ def test_cancel_delete_and_listing(store: Store):
     assert [j.id for j in page] == [ids[4], ids[3]]
     assert [j.id for j in store.list_jobs(limit=10, before_seq=page[-1].seq)] == ids[1:3][::-1]
     assert [j.id for j in store.list_jobs(status="running")] == [ids[1]]
+
+
+def test_ids_are_never_reused_after_the_newest_job_is_deleted(store: Store):
+    """A worker's cancel flag names a job by seq: a reused seq cancelled the next job."""
+    old, _ = store.create(SPEC, "h")
+    store.finish(old.id, "cancelled", from_status=("queued",))
+    old_events = [e.id for e in store.events_after(old.id)]
+    assert store.delete(old.id)
+    new, _ = store.create(SPEC, "h")
+    assert new.seq > old.seq
+    assert min(e.id for e in store.events_after(new.id)) > max(old_events)
