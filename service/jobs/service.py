@@ -18,6 +18,9 @@ from service.jobs.executor import Executor
 from service.jobs.store import JobRecord, Store
 from service.settings import Settings
 
+MAX_SEQ = 2**63 - 1
+"""Largest job ``seq`` (a signed 64-bit key in every store)."""
+
 
 class JobService:
     """The jobs domain: the store, the executor and the artifacts folder together."""
@@ -154,12 +157,14 @@ def _decode_token(token: str, status: str | None) -> int:
         raw: Any = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         before = raw["before"]
         same_query = raw["status"] == status
+        if type(before) is not int or not 0 < before <= MAX_SEQ:
+            raise ValueError(before)
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidSpec(
             "page_token is not a token this service issued; pass next_page_token unchanged",
             loc=("query", "page_token"),
         ) from None
-    if not isinstance(before, int) or not same_query:
+    if not same_query:
         raise InvalidSpec(
             "page_token belongs to another query: keep the same status filter while paging",
             loc=("query", "page_token"),

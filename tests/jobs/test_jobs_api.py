@@ -1,5 +1,6 @@
 """The jobs HTTP API end to end, on one app with two worker processes."""
 
+import base64
 import io
 import json
 import time
@@ -137,23 +138,34 @@ def test_pagination_with_status_filter_and_opaque_tokens(jobs_client):
     ids = [submit(jobs_client, SMALL).json()["id"] for _ in range(5)]
     for job_id in ids:
         wait_for(jobs_client, job_id, FINISHED)
-    seen, token = [], None
+    seen, tokens = [], [None]
     while True:
         params = {"status": "succeeded", "page_size": 2}
-        if token:
-            params["page_token"] = token
+        if tokens[-1]:
+            params["page_token"] = tokens[-1]
         page = jobs_client.get("/v1/jobs", params=params).json()
         assert len(page["jobs"]) <= 2
         assert all(j["status"] == "succeeded" for j in page["jobs"])
         seen += [j["id"] for j in page["jobs"]]
-        token = page["next_page_token"]
-        if token is None:
+        if page["next_page_token"] is None:
             break
+        tokens.append(page["next_page_token"])
     assert seen[:5] == ids[::-1] and len(seen) == len(set(seen))
     bad = jobs_client.get("/v1/jobs", params={"page_token": "garbage!"})
     assert bad.status_code == 422
-    other_filter = jobs_client.get("/v1/jobs", params={"status": "failed", "page_token": token})
-    assert other_filter.status_code in (200, 422)
+    other_filter = jobs_client.get("/v1/jobs", params={"status": "failed", "page_token": tokens[1]})
+    assert other_filter.status_code == 422
+    assert "keep the same status filter" in other_filter.json()["detail"]
+
+
+@pytest.mark.parametrize("before", [True, 10**30, -1, 0, "5", None, 1.5])
+def test_a_forged_page_token_is_a_422_not_a_500(jobs_client, before):
+    raw = json.dumps({"before": before, "status": None}).encode()
+    token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    response = jobs_client.get("/v1/jobs", params={"page_token": token})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "not a token this service issued" in response.json()["detail"]
 
 
 def _events(text):
