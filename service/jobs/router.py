@@ -11,14 +11,14 @@ from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Resp
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
-from service.errors import NotFound
+from service.errors import InvalidSpec, NotFound
 from service.health import register_readiness_check
 from service.jobs import specs
 from service.jobs.artifacts import Artifacts
 from service.jobs.events import job_events
 from service.jobs.executor import ProcessExecutor
 from service.jobs.runner import RunConfig
-from service.jobs.service import JobService
+from service.jobs.service import MAX_SEQ, JobService
 from service.jobs.store import Store, sqlite_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -276,6 +276,12 @@ async def job_event_stream(
     status. A finished job's stream replays its events and closes."""
     jobs = _jobs(request)
     await anyio.to_thread.run_sync(jobs.get, job_id)
+    if last_event_id is not None and last_event_id > MAX_SEQ:
+        raise InvalidSpec(
+            f"Last-Event-ID {last_event_id} is not an event id this service sent; send the "
+            "`id` of the last event received",
+            loc=("header", "Last-Event-ID"),
+        )
     poll_s = request.app.state.settings.job_events_poll_s
     return EventSourceResponse(job_events(jobs.store, job_id, last_event_id or 0, poll_s))
 

@@ -201,6 +201,14 @@ def test_sse_stream_replays_a_finished_job_and_resumes_after_last_event_id(jobs_
     assert _events(after_end.text) == []
 
 
+def test_a_last_event_id_beyond_64_bits_is_a_422_not_a_broken_stream(jobs_client):
+    job_id = wait_for(jobs_client, submit(jobs_client, SMALL).json()["id"], FINISHED)["id"]
+    response = jobs_client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(2**64)})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"] == ["header", "Last-Event-ID"]
+
+
 def test_artifacts_load_with_weights_only_and_delete_removes_them(jobs_client, jobs_settings):
     job_id = submit(jobs_client, SMALL).json()["id"]
     job = wait_for(jobs_client, job_id, FINISHED)
