@@ -15,8 +15,14 @@ def _times(n: int) -> str:
     return _TIMES.get(n, f"{n} times")
 
 
-def _milestones(spec: specs.MultiStepLR) -> list[str]:
+def _milestones(spec: specs.MultiStepLR, span: int) -> list[str]:
     out = []
+    unreached = sorted({m for m in spec.milestones if m >= span})
+    if unreached:
+        out.append(
+            f"MultiStepLR milestones {unreached} lie at or past scheduler step {span}, the end "
+            "of this schedule: they never apply"
+        )
     for milestone, count in sorted(Counter(spec.milestones).items()):
         if count > 1:
             out.append(
@@ -51,7 +57,7 @@ def _sequential(spec: specs.SequentialLR) -> list[str]:
 def _one(spec: specs.SchedulerBase, span: int, request: specs.ScheduleRequest) -> list[str]:
     out: list[str] = []
     if isinstance(spec, specs.MultiStepLR):
-        out += _milestones(spec)
+        out += _milestones(spec, span)
     elif isinstance(spec, specs.SequentialLR):
         out += _sequential(spec)
     elif isinstance(spec, specs.CosineAnnealingLR) and span > spec.T_max + 1:
@@ -72,8 +78,22 @@ def _one(spec: specs.SchedulerBase, span: int, request: specs.ScheduleRequest) -
             out.append("OneCycleLR is meant to be stepped after every batch, not every epoch")
     elif isinstance(spec, specs.CyclicLR) and request.interval == "epoch":
         out.append("CyclicLR is meant to be stepped after every batch, not every epoch")
+    elif isinstance(spec, specs.StepLR) and spec.step_size >= span:
+        out.append(
+            f"StepLR step_size={spec.step_size} is not shorter than the {span} scheduler steps "
+            "of this schedule: the lr never changes"
+        )
     elif isinstance(spec, specs.PolynomialLR) and spec.total_iters == 0:
         out.append("PolynomialLR total_iters=0: the lr stays at its initial value")
+    if isinstance(spec, (specs.CyclicLR, specs.OneCycleLR)) and (
+        "lr" in request.optimizer.model_fields_set
+        or any("lr" in group for group in request.param_groups or [])
+    ):
+        start = "base_lr" if isinstance(spec, specs.CyclicLR) else "max_lr / div_factor"
+        out.append(
+            f"{spec.type} replaces the optimizer's lr: every group starts at {start} "
+            "(the optimizer's lr is not used)"
+        )
     if (
         isinstance(spec, (specs.CyclicLR, specs.OneCycleLR))
         and spec.cycle_momentum

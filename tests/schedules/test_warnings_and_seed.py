@@ -89,6 +89,18 @@ def test_the_seeds_gradual_warmup_is_one_lambda_lr(client):
             {"scheduler": {"type": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1, "cycle_momentum": False}, "steps": 5, "interval": "epoch", "steps_per_epoch": 2},
             "every batch",
         ),
+        (
+            {"optimizer": {"type": "SGD", "lr": 0.5}, "scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 10}, "steps": 10},
+            "starts at max_lr / div_factor",
+        ),
+        (
+            {"scheduler": {"type": "MultiStepLR", "milestones": [5, 50]}, "steps": 20},
+            "never apply",
+        ),
+        (
+            {"scheduler": {"type": "StepLR", "step_size": 30}, "steps": 20},
+            "the lr never changes",
+        ),
     ],
 )  # fmt: skip
 def test_surprising_but_legal_specs_are_warned_about(client, payload, expected):
