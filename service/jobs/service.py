@@ -20,6 +20,15 @@ from service.settings import Settings
 
 MAX_SEQ = 2**63 - 1
 """Largest job ``seq`` (a signed 64-bit key in every store)."""
+MAX_SEED = 2**64 - 1
+"""Largest seed ``torch.manual_seed`` takes."""
+UNTRAINABLE: dict[str, str] = {
+    "LBFGS": "its step() needs a closure that re-evaluates the loss, and a job steps once per "
+    "accumulation group",
+    "SparseAdam": "it needs sparse gradients and the MLP's are dense",
+    "Muon": "it takes 2-D parameters only and every Linear layer has a 1-D bias",
+}
+"""torch.optim classes the schedule API builds but a job cannot train with, and why."""
 
 
 class JobService:
@@ -50,6 +59,17 @@ class JobService:
                 f"the series has {spec.data.length} values; the limit is "
                 f"{limits.job_max_series} (LRS_JOB_MAX_SERIES)",
                 loc=("body", "data", field),
+            )
+        if spec.seed > MAX_SEED:
+            raise InvalidSpec(
+                f"seed={spec.seed} is above {MAX_SEED}, the largest torch.manual_seed takes",
+                loc=("body", "seed"),
+            )
+        if spec.optimizer.type in UNTRAINABLE:
+            raise InvalidSpec(
+                f"{spec.optimizer.type} cannot train a job: {UNTRAINABLE[spec.optimizer.type]}; "
+                "use e.g. SGD or Adam",
+                loc=("body", "optimizer", "type"),
             )
         resolve_device(spec.device)
         n_groups = len(spec.param_groups) if spec.param_groups else 1

@@ -273,6 +273,10 @@ def test_deleting_a_running_job_is_a_conflict(jobs_client):
             ["body", "scheduler"],
         ),
         ({"device": "cuda"}, ["body", "device"]),
+        ({"seed": 2**64}, ["body", "seed"]),
+        ({"optimizer": {"type": "LBFGS", "lr": 0.1}}, ["body", "optimizer", "type"]),
+        ({"optimizer": {"type": "SparseAdam", "lr": 0.1}}, ["body", "optimizer", "type"]),
+        ({"optimizer": {"type": "Muon", "lr": 0.1}}, ["body", "optimizer", "type"]),
         ({"epoch": 3}, ["body", "epoch"]),
     ],
 )

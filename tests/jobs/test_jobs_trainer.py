@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from service.errors import InvalidSpec
 from service.jobs import specs, trainer
+from service.jobs.service import UNTRAINABLE, JobService
+from service.schedules.specs import optimizer_classes
+from service.settings import Settings
 
 CPU = torch.device("cpu")
 
@@ -111,3 +115,17 @@ def test_a_schedule_torch_refuses_mid_run_stops_with_its_reason():
     spec = _spec(scheduler={"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 5})
     with pytest.raises(trainer.JobStopped, match=r"torch refused to step the scheduler after"):
         trainer.train(spec, CPU)
+
+
+@pytest.mark.parametrize("name", sorted(optimizer_classes()))
+def test_every_optimizer_a_job_accepts_trains_and_the_others_are_refused(name, tmp_path):
+    """A spec torch would refuse mid-run is a 422 at submit, never a failed job."""
+    spec = _spec(optimizer={"type": name, "lr": 0.01}, epochs=1)
+    jobs = JobService(Settings(data_dir=tmp_path), store=None, executor=None, artifacts=None)
+    if name in UNTRAINABLE:
+        with pytest.raises(InvalidSpec, match=f"{name} cannot train a job"):
+            jobs.check(spec)
+        return
+    jobs.check(spec)
+    result, _ = trainer.train(spec, CPU)
+    assert result["optimizer_steps"] == 38 and all(map(math.isfinite, result["train_loss"]))
