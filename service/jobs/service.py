@@ -20,6 +20,8 @@ from service.settings import Settings
 
 MAX_SEQ = 2**63 - 1
 """Largest job ``seq`` (a signed 64-bit key in every store)."""
+MAX_EXAMPLE_VALUES = 10_000_000
+"""Most values in a job's examples, (series length - tau) × tau: 40 MB as float32."""
 MAX_SEED = 2**64 - 1
 """Largest seed ``torch.manual_seed`` takes."""
 UNTRAINABLE: dict[str, str] = {
@@ -59,6 +61,21 @@ class JobService:
                 f"the series has {spec.data.length} values; the limit is "
                 f"{limits.job_max_series} (LRS_JOB_MAX_SERIES)",
                 loc=("body", "data", field),
+            )
+        data = spec.data
+        if data.tau > specs.MAX_WIDTH:
+            raise LimitExceeded(
+                f"tau={data.tau} is above {specs.MAX_WIDTH}: tau is the input width of the "
+                "first Linear layer, and no layer is wider than that",
+                loc=("body", "data", "tau"),
+            )
+        windows = data.length - data.tau
+        if windows * data.tau > MAX_EXAMPLE_VALUES:
+            raise LimitExceeded(
+                f"the examples would hold {windows * data.tau:,} values ({windows:,} windows of "
+                f"tau={data.tau}); the limit is {MAX_EXAMPLE_VALUES:,}: shorten the series or "
+                "lower tau",
+                loc=("body", "data", "tau"),
             )
         if spec.seed > MAX_SEED:
             raise InvalidSpec(

@@ -25,6 +25,9 @@ from service.schedules.specs import (
 
 Activation = Literal["ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "LeakyReLU"]
 
+MAX_WIDTH = 4096
+"""Widest layer of a job's model: each hidden width, and ``tau`` (the first layer's input)."""
+
 
 class NoisySine(SpecModel):
     """The seed's series: ``x = sin(0.01 t) + N(0, noise_std)`` for ``t = 1..n``.
@@ -107,7 +110,7 @@ class ModelSpec(SpecModel):
     ``active``, ``active2``…, and dropout (when > 0) ``drop``, ``drop2``… after each activation.
     """
 
-    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
         default_factory=lambda: [10], max_length=8, description="Width of each hidden layer."
     )
     activation: Activation = Field(default="ReLU", description="A torch.nn activation class.")

@@ -274,6 +274,8 @@ def test_deleting_a_running_job_is_a_conflict(jobs_client):
         ),
         ({"device": "cuda"}, ["body", "device"]),
         ({"seed": 2**64}, ["body", "seed"]),
+        ({"data": {"type": "noisy_sine", "n": 100_000, "tau": 4000}}, ["body", "data", "tau"]),
+        ({"data": {"type": "noisy_sine", "n": 20_000, "tau": 4097}}, ["body", "data", "tau"]),
         ({"optimizer": {"type": "LBFGS", "lr": 0.1}}, ["body", "optimizer", "type"]),
         ({"optimizer": {"type": "SparseAdam", "lr": 0.1}}, ["body", "optimizer", "type"]),
         ({"optimizer": {"type": "Muon", "lr": 0.1}}, ["body", "optimizer", "type"]),
