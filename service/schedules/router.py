@@ -1,5 +1,6 @@
 """HTTP for schedules: translate requests to :func:`service.compute` and results to formats."""
 
+import io
 import json
 import typing
 from collections.abc import AsyncIterator
@@ -7,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
+import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -392,20 +394,24 @@ def _invalid_slot(exc: ValidationError, index: int) -> dict[str, Any]:
     }
 
 
-def _run_batch(items: list[dict[str, Any]], settings: Settings) -> bytes:
-    """Return the JSON body of a batch: every spec computed (or refused) in its own slot."""
-    slots: list[dict[str, Any]] = []
+def _batch_requests(
+    items: list[dict[str, Any]], settings: Settings
+) -> list[specs.ScheduleRequest | ServiceError | dict[str, Any]]:
+    """Validate every spec and apply the batch-wide limits, in order: each slot holds its
+    request, the ServiceError it got, or the problem of its failed validation."""
+    slots: list[specs.ScheduleRequest | ServiceError | dict[str, Any]] = []
     points = 0
     torch_work = 0
     for index, raw in enumerate(items):
         try:
             spec = specs.ScheduleRequest.model_validate(raw)
         except ValidationError as exc:
-            slots.append({"status": 422, "problem": _invalid_slot(exc, index)})
+            slots.append(_invalid_slot(exc, index))
             continue
         try:
-            formats.check_points("json", service.count_points(spec), settings)
-            points += service.count_points(spec)
+            count = service.count_points(spec)
+            formats.check_points("json", count, settings)
+            points += count
             if points > settings.batch_max_points:
                 raise LimitExceeded(
                     f"the batch's results so far carry {points} values per group; a batch is "
@@ -422,26 +428,141 @@ def _run_batch(items: list[dict[str, Any]], settings: Settings) -> bytes:
                         "(LRS_TORCH_MAX_WORK).",
                         loc=("body", "steps"),
                     )
-            computed = service.compute(spec, settings)
         except ServiceError as exc:
-            slots.append({"status": exc.status, "problem": _problem(exc, index)})
+            slots.append(exc)
             continue
-        slots.append({"status": 200, "result": formats.result_dict(computed)})
+        slots.append(spec)
+    return slots
+
+
+def _compute_batch(
+    items: list[dict[str, Any]], settings: Settings
+) -> list[service.Computed | ServiceError | dict[str, Any]]:
+    """Return every slot computed (specs of one structure stacked), refused or invalid."""
+    slots = _batch_requests(items, settings)
+    valid = [i for i, slot in enumerate(slots) if not isinstance(slot, dict)]
+    computed = service.compute_many([slots[i] for i in valid], settings)  # type: ignore[misc]
+    out: list[service.Computed | ServiceError | dict[str, Any]] = list(slots)  # type: ignore[arg-type]
+    for i, result in zip(valid, computed, strict=True):
+        out[i] = result
+    return out
+
+
+def _run_batch(items: list[dict[str, Any]], settings: Settings) -> bytes:
+    """Return the JSON body of a batch: every spec computed (or refused) in its own slot.
+
+    One ``orjson.dumps`` for the whole body, numpy arrays serialized natively by orjson.
+    """
+    slots: list[dict[str, Any]] = []
+    steps_json = _SharedSteps()
+    for index, slot in enumerate(_compute_batch(items, settings)):
+        if isinstance(slot, dict):
+            slots.append({"status": 422, "problem": slot})
+        elif isinstance(slot, ServiceError):
+            slots.append({"status": slot.status, "problem": _problem(slot, index)})
+        else:
+            result = formats.result_dict(slot)
+            result["steps"] = steps_json.fragment(slot.indices)
+            slots.append({"status": 200, "result": result})
     return orjson.dumps({"results": slots}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class _SharedSteps:
+    """Serializes each distinct ``steps`` array of a batch once (most slots share one)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[object, ...], list[tuple[np.ndarray, orjson.Fragment]]] = {}
+
+    def fragment(self, indices: np.ndarray) -> orjson.Fragment:
+        key = (indices.shape, indices[:1].tobytes(), indices[-1:].tobytes())
+        candidates = self._seen.setdefault(key, [])
+        for array, fragment in candidates:
+            if np.array_equal(array, indices):
+                return fragment
+        fragment = orjson.Fragment(
+            orjson.dumps(np.ascontiguousarray(indices), option=orjson.OPT_SERIALIZE_NUMPY)
+        )
+        candidates.append((indices, fragment))
+        return fragment
+
+
+def _run_batch_npy(items: list[dict[str, Any]], settings: Settings) -> bytes:
+    """Return the lrs of every slot as one ``.npy``, shape (specs, groups, points).
+
+    Raises LimitExceeded (422) unless every slot succeeded with the same shape.
+    """
+    slots = _compute_batch(items, settings)
+    failed = [i for i, slot in enumerate(slots) if not isinstance(slot, service.Computed)]
+    if failed:
+        raise InvalidSpec(
+            f"{len(failed)} of the batch's specs failed (the first is requests[{failed[0]}]); "
+            "npy carries only a batch whose specs all succeed. Use format=json to get each "
+            "slot's result or problem.",
+            loc=("body", "requests", failed[0]),
+        )
+    shapes = {slot.lr.shape for slot in slots}  # type: ignore[union-attr]
+    if len(shapes) > 1:
+        raise InvalidSpec(
+            "the batch's results have different shapes (groups, points): "
+            + ", ".join(str(s) for s in sorted(shapes))
+            + "; npy needs one shape for all. Use format=json.",
+            loc=("body", "requests"),
+        )
+    stacked = np.stack([slot.lr for slot in slots]).astype(np.float64, copy=False)  # type: ignore[union-attr]
+    buffer = io.BytesIO()
+    np.save(buffer, stacked, allow_pickle=False)
+    return buffer.getvalue()
+
+
+BatchFormatQuery = Annotated[
+    typing.Literal["json", "npy"],
+    Query(
+        alias="format",
+        description="`json` (default): one slot per spec with its result or problem. `npy`: "
+        "the lrs of all specs as one float64 `.npy` of shape (specs, groups, points), only "
+        "when every spec succeeds with the same shape (else 422: use json).",
+    ),
+]
 
 
 @router.post(
     "/v1/schedules/batch",
     response_model=BatchResult,
-    responses={422: {"description": "The batch itself is invalid or too large."}},
+    responses={
+        200: {
+            "description": "One slot per spec (JSON), or with `?format=npy` all lrs as one array.",
+            "content": {
+                "application/x-npy": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "float64 array, shape (specs, groups, points).",
+                }
+            },
+        },
+        422: {
+            "description": "The batch itself is invalid or too large, or `format=npy` and a "
+            "spec failed or the shapes differ."
+        },
+    },
     summary="Compute many schedules in one request",
 )
-async def compute_batch(request: Request, batch: BatchRequest, settings: SettingsDep) -> Response:
+async def compute_batch(
+    request: Request,
+    batch: BatchRequest,
+    settings: SettingsDep,
+    format_param: BatchFormatQuery = "json",
+) -> Response:
     """Compute up to `LRS_BATCH_MAX_SPECS` schedules; each result or problem in its own slot.
 
     `results[i]` is `{"status": 200, "result": {...}}` with the body `POST
     /v1/schedules/compute` would return for `requests[i]`, or `{"status": 422, "problem":
-    {...}}` with its problem details. JSON only.
+    {...}}` with its problem details. Specs of the same structure (scheduler tree and scalar
+    parameters, param groups, steps and sampling) are evaluated together as one stacked
+    tensor computation.
+
+    `?format=npy` returns only the lrs, as one float64 `.npy` array of shape
+    `(specs, groups, points)` (`application/x-npy`): far smaller and faster than JSON for
+    large batches (1000 × 10k steps is 80 MB instead of about 250 MB of JSON). It needs every
+    spec to succeed with the same shape; otherwise it is a 422 saying to use `format=json`.
     """
     if len(batch.requests) > settings.batch_max_specs:
         raise LimitExceeded(
@@ -449,10 +570,12 @@ async def compute_batch(request: Request, batch: BatchRequest, settings: Setting
             f"{settings.batch_max_specs} (LRS_BATCH_MAX_SPECS)",
             loc=("body", "requests"),
         )
+    run = _run_batch_npy if format_param == "npy" else _run_batch
     body = await anyio.to_thread.run_sync(
-        _run_batch, batch.requests, settings, limiter=request.app.state.compute_limiter
+        run, batch.requests, settings, limiter=request.app.state.compute_limiter
     )
-    return Response(body, media_type="application/json")
+    media_type = formats.MEDIA_TYPES["npy"] if format_param == "npy" else "application/json"
+    return Response(body, media_type=media_type)
 
 
 class CatalogEntry(BaseModel):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from service.devices import resolve_device
-from service.errors import InvalidSpec, LimitExceeded
+from service.errors import InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
 from service.settings import Settings
@@ -176,11 +176,18 @@ def choose_engine(request: specs.ScheduleRequest) -> str:
     return request.engine
 
 
-def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
-    """Return the schedule ``request`` describes, at the indices its ``sample`` chooses.
+@dataclass
+class _Prepared:
+    request: specs.ScheduleRequest
+    """Batch scaling applied."""
+    engine: str
+    device: torch.device
+    indices: np.ndarray
+    sched_index: np.ndarray
+    n: int
 
-    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
-    """
+
+def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
     engine = choose_engine(request)
     _check_limits(request, engine, settings)
     _check_metrics(request)
@@ -188,27 +195,74 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
     device = resolve_device(request.device)
     indices = sample_indices(scaled)
     sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
-    n = scaled.scheduler_steps
-    if engine == "vectorized":
-        result = vectorized.run(scaled, sched_index, n, device)
-        lr, momentum, final, device_name = (
-            result.lr,
-            result.momentum,
-            result.final_lr,
-            result.device,
-        )
-    else:
-        series = torch_engine.run_scheduler_steps(scaled, n, max_seconds=settings.torch_max_seconds)
-        lr = series.lr[:, sched_index]
-        momentum = series.momentum[:, sched_index] if series.momentum is not None else None
-        final = [float(v) for v in series.lr[:, n - 1]]
-        device_name = "cpu"
+    return _Prepared(scaled, engine, device, indices, sched_index, scaled.scheduler_steps)
+
+
+def _vectorized_computed(prep: _Prepared, result: vectorized.Result) -> Computed:
     return Computed(
-        indices=indices,
-        lr=lr,
-        momentum=momentum,
-        final_lr=final,
-        engine=engine,
-        device=device_name,
+        indices=prep.indices,
+        lr=result.lr,
+        momentum=result.momentum,
+        final_lr=result.final_lr,
+        engine="vectorized",
+        device=result.device,
+        warnings=caveats(prep.request),
+    )
+
+
+def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
+    n, scaled, sched_index = prep.n, prep.request, prep.sched_index
+    series = torch_engine.run_scheduler_steps(scaled, n, max_seconds=settings.torch_max_seconds)
+    return Computed(
+        indices=prep.indices,
+        lr=series.lr[:, sched_index],
+        momentum=series.momentum[:, sched_index] if series.momentum is not None else None,
+        final_lr=[float(v) for v in series.lr[:, n - 1]],
+        engine="torch",
+        device="cpu",
         warnings=caveats(scaled),
     )
+
+
+def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
+    """Return the schedule ``request`` describes, at the indices its ``sample`` chooses.
+
+    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
+    """
+    prep = _prepare(request, settings)
+    if prep.engine == "vectorized":
+        result = vectorized.run(prep.request, prep.sched_index, prep.n, prep.device)
+        return _vectorized_computed(prep, result)
+    return _torch_computed(prep, settings)
+
+
+def compute_many(
+    requests: list[specs.ScheduleRequest | ServiceError], settings: Settings
+) -> list[Computed | ServiceError]:
+    """Return, slot by slot, what :func:`compute` returns or raises for each request.
+
+    A slot that already holds an error keeps it. Vectorized specs of the same structure
+    (scheduler tree, scalar parameters, groups, steps and sampled indices) are stacked and
+    evaluated as one tensor computation; the values are the bits :func:`compute` gives.
+    """
+    out: list[Computed | ServiceError | None] = [None] * len(requests)
+    jobs: list[tuple[vectorized.Program, np.ndarray]] = []
+    owners: list[tuple[int, _Prepared]] = []
+    for i, request in enumerate(requests):
+        if isinstance(request, ServiceError):
+            out[i] = request
+            continue
+        try:
+            prep = _prepare(request, settings)
+            if prep.engine != "vectorized":
+                out[i] = _torch_computed(prep, settings)
+                continue
+            program = vectorized.compile_request(prep.request, prep.n, prep.device)
+        except ServiceError as exc:
+            out[i] = exc
+            continue
+        jobs.append((program, prep.sched_index))
+        owners.append((i, prep))
+    for (i, prep), result in zip(owners, vectorized.run_many(jobs), strict=True):
+        out[i] = result if isinstance(result, ServiceError) else _vectorized_computed(prep, result)
+    return out  # type: ignore[return-value]
