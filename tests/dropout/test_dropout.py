@@ -396,8 +396,8 @@ def test_input_and_shape_together_or_neither_are_refused(client):
     problem(client.post(URL, json={"shape": [3], "sahpe": [3]}), 422, "sahpe")
 
 
-def test_requests_over_the_limits_name_the_setting(client, dropout_settings: Settings):
-    s = dropout_settings
+def test_requests_over_the_limits_name_the_setting(client, settings: Settings):
+    s = settings
     problem(
         client.post(URL, json={"shape": [s.dropout_max_elements + 1], "return": []}),
         422,
