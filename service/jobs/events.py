@@ -19,6 +19,7 @@ async def job_events(
     store: Store, job_id: str, after: int = 0, poll_s: float = 0.2
 ) -> AsyncIterator[ServerSentEvent]:
     """Yield the job's events with an id above ``after``, until its terminal event."""
+    finished = False
     while True:
         events = await anyio.to_thread.run_sync(store.events_after, job_id, after)
         for event in events:
@@ -28,8 +29,13 @@ async def job_events(
             )
             if event.event == TERMINAL_EVENT:
                 return
+        if finished:
+            return  # the client had already seen the terminal event
         if not events:
             record = await anyio.to_thread.run_sync(store.get, job_id)
-            if record is None or record.status in FINISHED:
-                return  # deleted, or finished and the client has seen the terminal event
-            await anyio.sleep(poll_s)
+            if record is None:
+                return  # deleted
+            # Finished since the read above: read once more, the terminal event is there.
+            finished = record.status in FINISHED
+            if not finished:
+                await anyio.sleep(poll_s)
