@@ -9,7 +9,14 @@ models (imported from :mod:`service.schedules.specs`, never copied), so a schedu
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from service.devices import DeviceName
 from service.errors import register_union_tags
@@ -21,6 +28,7 @@ from service.schedules.specs import (
     SchedulerSpec,
     SpecModel,
     WarmupSpec,
+    check_param_groups,
 )
 
 Activation = Literal["ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "LeakyReLU"]
@@ -169,6 +177,8 @@ class JobSpec(SpecModel):
     )
     seed: NonNegativeInt = Field(default=0, description="Seeds the data, the init and shuffling.")
     device: DeviceName = Field(default="auto", description="'auto' (CUDA when available), ...")
+
+    _param_groups = field_validator("param_groups")(check_param_groups)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "JobSpec":

@@ -53,7 +53,8 @@ def negotiate(format_param: str | None, accept: str | None) -> Format:
                     q = float(param[2:])
                 except ValueError:
                     q = 0.0
-        ranked.append((-q, i, media.lower()))
+        if q > 0:  # q=0 means "not acceptable"
+            ranked.append((-q, i, media.lower()))
     for _, _, media in sorted(ranked):
         if media in _BY_MEDIA:
             return _BY_MEDIA[media]  # type: ignore[return-value]

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -492,6 +493,35 @@ def _check_argument(optimizer: str, allowed: tuple[str, ...], key: str, value: A
 ParamGroup = dict[str, OptimizerValue]
 
 
+def check_param_groups(
+    groups: list[ParamGroup] | None, info: ValidationInfo
+) -> list[ParamGroup] | None:
+    """Validate ``param_groups`` against the request's optimizer: known arguments, finite
+    numbers, a non-negative ``lr``, at most ``LRS_MAX_PARAM_GROUPS`` groups.
+
+    Use as ``field_validator("param_groups")`` on a model whose ``optimizer`` field comes first.
+    """
+    if groups is None:
+        return None
+    limit = get_settings().max_param_groups
+    if len(groups) > limit:
+        raise ValueError(f"{len(groups)} param groups; the limit is {limit} (LRS_MAX_PARAM_GROUPS)")
+    optimizer = info.data.get("optimizer")
+    if optimizer is None:  # the optimizer itself failed validation; that error is reported
+        return groups
+    allowed = optimizer_arguments(optimizer.type)
+    for i, group in enumerate(groups):
+        for key, value in group.items():
+            try:
+                _check_argument(optimizer.type, allowed, key, value)
+            except ValueError as exc:
+                raise ValueError(f"param_groups[{i}]: {exc}") from None
+        lr = group.get("lr")
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
+            raise ValueError(f"param_groups[{i}]: lr={lr} is negative; learning rates are >= 0")
+    return groups
+
+
 # --------------------------------------------------------------------------- warmup
 
 
@@ -657,20 +687,7 @@ class ScheduleRequest(SpecModel):
                 )
         return data
 
-    @model_validator(mode="after")
-    def _groups(self) -> "ScheduleRequest":
-        settings = get_settings()
-        groups = self.param_groups or []
-        if len(groups) > settings.max_param_groups:
-            raise ValueError(
-                f"{len(groups)} param groups; the limit is {settings.max_param_groups} "
-                "(LRS_MAX_PARAM_GROUPS)"
-            )
-        allowed = optimizer_arguments(self.optimizer.type)
-        for group in groups:
-            for key, value in group.items():
-                _check_argument(self.optimizer.type, allowed, key, value)
-        return self
+    _param_groups = field_validator("param_groups")(check_param_groups)
 
     @property
     def n_groups(self) -> int:

@@ -61,7 +61,8 @@ CASES = [
     ("nesting-2000-deep", deep_json(2000), (400, 422), ["nest"]),
     ("too-many-schedulers", body(scheduler={"type": "ChainedScheduler", "schedulers": [SCHED] * 20}), 422, ["LRS_MAX_SCHEDULERS"]),
     ("too-many-groups", body(param_groups=[{}] * 17), 422, ["LRS_MAX_PARAM_GROUPS"]),
-    ("unknown-group-key", body(param_groups=[{"lr": 0.1, "betas": [0.9, 0.99]}]), 422, ["betas", "SGD"]),
+    ("unknown-group-key", body(param_groups=[{"lr": 0.1, "betas": [0.9, 0.99]}]), 422, ["betas", "SGD", "param_groups[0]"]),
+    ("negative-group-lr", body(param_groups=[{"lr": 0.1}, {"lr": -0.1}]), 422, ["param_groups[1]", "negative"]),
     ("per-group-length-mismatch", body(param_groups=[{}, {}], scheduler={"type": "CyclicLR", "base_lr": [0.1, 0.2, 0.3], "max_lr": 1.0}), 422, ["base_lr"]),
     ("sample-two-ways", body(sample={"every": 2, "points": 3}), 422, ["exactly one"]),
     ("sample-at-outside", body(sample={"at": [3, 10]}), 422, ["10", "0..9"]),
@@ -159,8 +160,9 @@ def test_query_form_errors(client, url, status, words):
         assert word in json.dumps(r.json())
 
 
-def test_unservable_accept_header_is_406(client):
-    r = client.post("/v1/schedules/compute", json=body(), headers={"accept": "text/html"})
+@pytest.mark.parametrize("accept", ["text/html", "application/x-npy;q=0"])
+def test_unservable_accept_header_is_406(client, accept):
+    r = client.post("/v1/schedules/compute", json=body(), headers={"accept": accept})
     assert r.status_code == 406
     assert "csv" in r.json()["detail"]
 
