@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     job_max_epochs: int = Field(default=1000, description="Most epochs in one job.")
     job_max_series: int = Field(default=100_000, description="Longest user series in one job.")
     job_max_seconds: float = Field(default=300.0, description="Wall time after which a job fails.")
+    job_max_example_values: int = Field(
+        default=10_000_000,
+        description="Most values in a job's examples, (series length - tau) × tau (40 MB float32).",
+    )
     job_progress_every: int = Field(
         default=50, ge=1, description="Optimizer steps between progress events (and every epoch)."
     )

@@ -20,8 +20,6 @@ from service.settings import Settings
 
 MAX_SEQ = 2**63 - 1
 """Largest job ``seq`` (a signed 64-bit key in every store)."""
-MAX_EXAMPLE_VALUES = 10_000_000
-"""Most values in a job's examples, (series length - tau) × tau: 40 MB as float32."""
 MAX_SEED = 2**64 - 1
 """Largest seed ``torch.manual_seed`` takes."""
 UNTRAINABLE: dict[str, str] = {
@@ -70,11 +68,11 @@ class JobService:
                 loc=("body", "data", "tau"),
             )
         windows = data.length - data.tau
-        if windows * data.tau > MAX_EXAMPLE_VALUES:
+        if windows * data.tau > limits.job_max_example_values:
             raise LimitExceeded(
                 f"the examples would hold {windows * data.tau:,} values ({windows:,} windows of "
-                f"tau={data.tau}); the limit is {MAX_EXAMPLE_VALUES:,}: shorten the series or "
-                "lower tau",
+                f"tau={data.tau}); the limit is {limits.job_max_example_values:,} "
+                "(LRS_JOB_MAX_EXAMPLE_VALUES): shorten the series or lower tau",
                 loc=("body", "data", "tau"),
             )
         if spec.seed > MAX_SEED:
