@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service import errors
 from service.devices import resolve_device
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import cache, formats, service, specs, vectorized
+from service.schedules import cache, formats, service, specs
 from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["schedules"])
@@ -121,21 +121,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-INLINE_MAX_STEPS = 20_000
-"""Vectorized schedules this short take about a millisecond; they run on the event loop,
-where handing them to a worker thread (and the GIL back and forth) would cost about as much
-as the work. Anything longer, and everything the torch engine steps, runs in a thread."""
-
-
-def _is_quick(spec: specs.ScheduleRequest) -> bool:
-    return (
-        spec.steps <= INLINE_MAX_STEPS
-        and spec.n_groups <= 4
-        and spec.engine != "torch"
-        and (spec.engine == "vectorized" or vectorized.unsupported_reason(spec) is None)
-    )
-
-
 async def _respond(
     request: Request,
     spec: specs.ScheduleRequest,
@@ -159,12 +144,7 @@ async def _respond(
         def work() -> Response:
             return formats.render(service.compute(spec, settings), fmt, title, headers={})
 
-        if _is_quick(spec):
-            rendered = work()
-        else:
-            rendered = await anyio.to_thread.run_sync(
-                work, limiter=request.app.state.compute_limiter
-            )
+        rendered = await anyio.to_thread.run_sync(work, limiter=request.app.state.compute_limiter)
         entry = cache.Entry(
             body=bytes(rendered.body),
             media_type=str(rendered.media_type),
