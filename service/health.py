@@ -2,16 +2,16 @@
 
 import platform
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from service import __version__
+from service.deps import SettingsDep
 from service.devices import cuda_available, device_names
-from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["service"])
 
@@ -97,7 +97,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/v1/info", response_model=Info, summary="Versions, devices and limits in force")
-async def info(settings: Annotated[Settings, Depends(get_settings)]) -> Info:
+async def info(settings: SettingsDep) -> Info:
     """Return service and torch versions, the devices available and every limit in force."""
     limits = settings.model_dump(exclude={"host", "port", "data_dir", "database_url"}, mode="json")
     return Info(

@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.readiness_checks = {}
     app.state.domain_lifespans = [schedules_router.lifespan, jobs_router.lifespan]
-    app.dependency_overrides[get_settings] = lambda: settings
 
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -7,19 +7,19 @@ from typing import Annotated, Any, Literal
 import anyio
 import numpy as np
 import orjson
-from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 
+from service.deps import SettingsDep
 from service.dropout import sampler, specs
 from service.errors import InvalidSpec, LimitExceeded, NotAcceptable
 from service.schedules.formats import negotiate
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 router = APIRouter(tags=["dropout"])
 
 Format = Literal["json", "npy"]
 NPY = "application/x-npy"
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 FormatQuery = Annotated[
     Format | None,
     Query(alias="format", description="Output format; overrides the Accept header."),

@@ -10,19 +10,19 @@ from typing import Annotated, Any
 import anyio
 import numpy as np
 import orjson
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import errors
+from service.deps import SettingsDep
 from service.devices import resolve_device
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import cache, formats, service, specs
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 router = APIRouter(tags=["schedules"])
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 FormatQuery = Annotated[
     formats.Format | None,
     Query(alias="format", description="Output format; overrides the Accept header."),
