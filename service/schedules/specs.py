@@ -497,7 +497,7 @@ def check_param_groups(
     groups: list[ParamGroup] | None, info: ValidationInfo
 ) -> list[ParamGroup] | None:
     """Validate ``param_groups`` against the request's optimizer: known arguments, finite
-    numbers, a non-negative ``lr``, at most ``LRS_MAX_PARAM_GROUPS`` groups.
+    numbers, a numeric non-negative ``lr``, at most ``LRS_MAX_PARAM_GROUPS`` groups.
 
     Use as ``field_validator("param_groups")`` on a model whose ``optimizer`` field comes first.
     """
@@ -516,8 +516,14 @@ def check_param_groups(
                 _check_argument(optimizer.type, allowed, key, value)
             except ValueError as exc:
                 raise ValueError(f"param_groups[{i}]: {exc}") from None
-        lr = group.get("lr")
-        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr < 0:
+        if "lr" not in group:
+            continue
+        lr = group["lr"]
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+            raise ValueError(
+                f"param_groups[{i}]: lr={lr!r} is not a number; give a learning rate such as 0.1"
+            )
+        if lr < 0:
             raise ValueError(f"param_groups[{i}]: lr={lr} is negative; learning rates are >= 0")
     return groups
 

@@ -48,7 +48,7 @@ def _located(loc: Loc):
         raise
     except ExpressionEvaluationError as exc:
         raise _Failure((*loc, "lr_lambda"), exc) from exc
-    except (ValueError, TypeError, ZeroDivisionError, OverflowError, KeyError, RuntimeError) as exc:
+    except (ValueError, TypeError, ArithmeticError, LookupError, RuntimeError) as exc:
         raise _Failure(loc, exc) from exc
 
 
