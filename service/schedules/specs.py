@@ -36,6 +36,28 @@ from service.settings import get_settings
 Number = Annotated[float, Field(allow_inf_nan=False)]
 PerGroup = Number | list[Number]
 
+MAX_INT = 2**53
+"""Largest integer magnitude a spec accepts: exact in float64, far from int64 overflow."""
+
+
+def _in_range(value: int) -> int:
+    if not -MAX_INT <= value <= MAX_INT:
+        raise ValueError(f"{value} is out of range: integers must lie within +-2**53 ({MAX_INT})")
+    return value
+
+
+def _all_in_range(values: list[int]) -> list[int]:
+    if values and (min(values) < -MAX_INT or max(values) > MAX_INT):
+        for value in values:
+            _in_range(value)
+    return values
+
+
+PosInt = Annotated[PositiveInt, AfterValidator(_in_range)]
+NonNegInt = Annotated[NonNegativeInt, AfterValidator(_in_range)]
+IntList = Annotated[list[int], AfterValidator(_all_in_range)]
+NonNegIntList = Annotated[list[NonNegativeInt], AfterValidator(_all_in_range)]
+
 
 class SpecModel(BaseModel):
     """Base of every request model: unknown fields and non-finite numbers are refused."""
@@ -117,7 +139,7 @@ class StepLR(SchedulerBase):
     """
 
     type: Literal["StepLR"] = "StepLR"
-    step_size: PositiveInt = Field(description="Period of the decay, in scheduler steps.")
+    step_size: PosInt = Field(description="Period of the decay, in scheduler steps.")
     gamma: Number = Field(default=0.1, description="Multiplicative factor of the decay.")
     examples = [{"type": "StepLR", "step_size": 30, "gamma": 0.65}]
 
@@ -130,7 +152,7 @@ class MultiStepLR(SchedulerBase):
     """
 
     type: Literal["MultiStepLR"] = "MultiStepLR"
-    milestones: list[int] = Field(
+    milestones: IntList = Field(
         max_length=10_000, description="Scheduler steps at which gamma is applied."
     )
     gamma: Number = Field(default=0.1, description="Multiplicative factor of the decay.")
@@ -145,7 +167,7 @@ class ConstantLR(SchedulerBase):
 
     type: Literal["ConstantLR"] = "ConstantLR"
     factor: Number = Field(default=1.0 / 3, ge=0.0, le=1.0, description="Factor while active.")
-    total_iters: NonNegativeInt = Field(default=5, description="Steps the factor is applied.")
+    total_iters: NonNegInt = Field(default=5, description="Steps the factor is applied.")
     examples = [{"type": "ConstantLR", "factor": 0.1, "total_iters": 400}]
 
 
@@ -160,7 +182,7 @@ class LinearLR(SchedulerBase):
         default=1.0 / 3, gt=0.0, le=1.0, description="Factor at step 0 (0 < f <= 1)."
     )
     end_factor: Number = Field(default=1.0, ge=0.0, le=1.0, description="Factor at the end.")
-    total_iters: NonNegativeInt = Field(default=5, description="Steps of the ramp.")
+    total_iters: NonNegInt = Field(default=5, description="Steps of the ramp.")
     examples = [{"type": "LinearLR", "start_factor": 0.01, "end_factor": 1.0, "total_iters": 100}]
 
 
@@ -183,7 +205,7 @@ class PolynomialLR(SchedulerBase):
     """
 
     type: Literal["PolynomialLR"] = "PolynomialLR"
-    total_iters: NonNegativeInt = Field(default=5, description="Steps until the lr reaches 0.")
+    total_iters: NonNegInt = Field(default=5, description="Steps until the lr reaches 0.")
     power: Number = Field(default=1.0, description="Power of the polynomial.")
     examples = [{"type": "PolynomialLR", "total_iters": 100, "power": 2.0}]
 
@@ -196,7 +218,7 @@ class CosineAnnealingLR(SchedulerBase):
     """
 
     type: Literal["CosineAnnealingLR"] = "CosineAnnealingLR"
-    T_max: PositiveInt = Field(description="Half period of the cosine, in scheduler steps.")
+    T_max: PosInt = Field(description="Half period of the cosine, in scheduler steps.")
     eta_min: Number = Field(default=0.0, description="Minimum learning rate.")
     examples = [{"type": "CosineAnnealingLR", "T_max": 150, "eta_min": 0.0}]
 
@@ -208,8 +230,8 @@ class CosineAnnealingWarmRestarts(SchedulerBase):
     """
 
     type: Literal["CosineAnnealingWarmRestarts"] = "CosineAnnealingWarmRestarts"
-    T_0: PositiveInt = Field(description="Steps until the first restart.")
-    T_mult: PositiveInt = Field(default=1, description="Factor by which each period grows.")
+    T_0: PosInt = Field(description="Steps until the first restart.")
+    T_mult: PosInt = Field(default=1, description="Factor by which each period grows.")
     eta_min: Number = Field(default=0.0, description="Minimum learning rate.")
     examples = [{"type": "CosineAnnealingWarmRestarts", "T_0": 50, "T_mult": 2, "eta_min": 1e-4}]
 
@@ -225,8 +247,8 @@ class CyclicLR(SchedulerBase):
     type: Literal["CyclicLR"] = "CyclicLR"
     base_lr: PerGroup = Field(description="Lower lr bound of the cycle, or one per group.")
     max_lr: PerGroup = Field(description="Upper lr bound of the cycle, or one per group.")
-    step_size_up: PositiveInt = Field(default=2000, description="Steps of the rising half.")
-    step_size_down: PositiveInt | None = Field(
+    step_size_up: PosInt = Field(default=2000, description="Steps of the rising half.")
+    step_size_down: PosInt | None = Field(
         default=None, description="Steps of the falling half; step_size_up when null."
     )
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
@@ -258,9 +280,9 @@ class OneCycleLR(SchedulerBase):
 
     type: Literal["OneCycleLR"] = "OneCycleLR"
     max_lr: PerGroup = Field(description="Peak lr, or one per group.")
-    total_steps: PositiveInt | None = Field(default=None, description="Length of the cycle.")
-    epochs: PositiveInt | None = Field(default=None, description="With steps_per_epoch.")
-    steps_per_epoch: PositiveInt | None = Field(default=None, description="With epochs.")
+    total_steps: PosInt | None = Field(default=None, description="Length of the cycle.")
+    epochs: PosInt | None = Field(default=None, description="With steps_per_epoch.")
+    steps_per_epoch: PosInt | None = Field(default=None, description="With epochs.")
     pct_start: Number = Field(default=0.3, ge=0.0, le=1.0, description="Fraction rising.")
     anneal_strategy: Literal["cos", "linear"] = "cos"
     cycle_momentum: bool = True
@@ -285,10 +307,10 @@ class ReduceLROnPlateau(SchedulerBase):
     type: Literal["ReduceLROnPlateau"] = "ReduceLROnPlateau"
     mode: Literal["min", "max"] = "min"
     factor: Number = Field(default=0.1, lt=1.0, description="Reduction factor (< 1).")
-    patience: NonNegativeInt = Field(default=10, description="Steps without improvement.")
+    patience: NonNegInt = Field(default=10, description="Steps without improvement.")
     threshold: Number = Field(default=1e-4, description="Least change that counts as better.")
     threshold_mode: Literal["rel", "abs"] = "rel"
-    cooldown: NonNegativeInt = Field(default=0, description="Steps to wait after a reduction.")
+    cooldown: NonNegInt = Field(default=0, description="Steps to wait after a reduction.")
     min_lr: PerGroup = Field(default=0.0, description="Lower bound on the lr, or one per group.")
     eps: Number = Field(default=1e-8, description="Smaller reductions are ignored.")
     examples = [{"type": "ReduceLROnPlateau", "mode": "min", "factor": 0.5, "patience": 2}]
@@ -303,7 +325,7 @@ class SWALR(SchedulerBase):
 
     type: Literal["SWALR"] = "SWALR"
     swa_lr: PerGroup = Field(description="The SWA learning rate, or one per group.")
-    anneal_epochs: NonNegativeInt = Field(default=10, description="Steps of the annealing.")
+    anneal_epochs: NonNegInt = Field(default=10, description="Steps of the annealing.")
     anneal_strategy: Literal["cos", "linear"] = "cos"
     examples = [{"type": "SWALR", "swa_lr": 0.05, "anneal_epochs": 5}]
 
@@ -317,7 +339,7 @@ class SequentialLR(SchedulerBase):
 
     type: Literal["SequentialLR"] = "SequentialLR"
     schedulers: list["SchedulerSpec"] = Field(min_length=1, description="The schedulers, in order.")
-    milestones: list[int] = Field(description="One fewer than schedulers: where each starts.")
+    milestones: IntList = Field(description="One fewer than schedulers: where each starts.")
 
     def children(self) -> list["SchedulerSpec"]:
         return list(self.schedulers)
@@ -486,6 +508,11 @@ def _check_argument(optimizer: str, allowed: tuple[str, ...], key: str, value: A
             raise ValueError(f"{key}: nested lists and objects are not optimizer arguments")
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{key}: numbers must be finite")
+        if isinstance(item, int) and not isinstance(item, bool):
+            try:
+                _in_range(item)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
     if isinstance(value, dict):
         raise ValueError(f"{key}: objects are not optimizer arguments")
 
@@ -540,7 +567,7 @@ class LinearWarmup(SpecModel):
     """
 
     type: Literal["linear"] = "linear"
-    steps: PositiveInt = Field(description="Warmup length, in scheduler steps.")
+    steps: PosInt = Field(description="Warmup length, in scheduler steps.")
     start_factor: Number = Field(default=0.0, ge=0.0, le=1.0, description="Factor at step 0.")
 
 
@@ -548,7 +575,7 @@ class ConstantWarmup(SpecModel):
     """Holds ``factor * lr`` for ``steps`` steps (the ResNet recipe), via ``ConstantLR``."""
 
     type: Literal["constant"] = "constant"
-    steps: PositiveInt = Field(description="Warmup length, in scheduler steps.")
+    steps: PosInt = Field(description="Warmup length, in scheduler steps.")
     factor: Number = Field(default=0.1, ge=0.0, le=1.0, description="Factor during warmup.")
 
 
@@ -561,8 +588,8 @@ WarmupSpec = Annotated[LinearWarmup | ConstantWarmup, Field(discriminator="type"
 class BatchScaling(SpecModel):
     """The linear scaling rule: every lr is multiplied by ``batch_size / base_batch_size``."""
 
-    base_batch_size: PositiveInt = Field(description="Batch size the lrs were tuned for.")
-    batch_size: PositiveInt = Field(description="Batch size you will train with.")
+    base_batch_size: PosInt = Field(description="Batch size the lrs were tuned for.")
+    batch_size: PosInt = Field(description="Batch size you will train with.")
 
     @property
     def factor(self) -> float:
@@ -573,11 +600,11 @@ class BatchScaling(SpecModel):
 class Sample(SpecModel):
     """Which indices to return: exactly one of ``every``, ``points`` or ``at``."""
 
-    every: PositiveInt | None = Field(default=None, description="Every k-th index from 0.")
-    points: PositiveInt | None = Field(
+    every: PosInt | None = Field(default=None, description="Every k-th index from 0.")
+    points: PosInt | None = Field(
         default=None, description="n evenly spaced indices, first and last included."
     )
-    at: list[NonNegativeInt] | None = Field(default=None, description="These indices.")
+    at: NonNegIntList | None = Field(default=None, description="These indices.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Sample":
@@ -651,13 +678,13 @@ class ScheduleRequest(SpecModel):
         default=None,
         description="Warmup before the scheduler, which starts at its step 0 after it.",
     )
-    steps: PositiveInt = Field(description="How many optimizer steps (array length) to compute.")
+    steps: PosInt = Field(description="How many optimizer steps (array length) to compute.")
     interval: Literal["step", "epoch"] = Field(
         default="step",
         description="'step': scheduler.step() after every optimizer step; 'epoch': after "
         "every steps_per_epoch optimizer steps.",
     )
-    steps_per_epoch: PositiveInt = Field(default=1, description="Optimizer steps per epoch.")
+    steps_per_epoch: PosInt = Field(default=1, description="Optimizer steps per epoch.")
     metrics: list[Number] | None = Field(
         default=None,
         max_length=10_000_000,

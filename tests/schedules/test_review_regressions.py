@@ -3,8 +3,12 @@
 from typing import Any
 
 import pytest
+import torch
+
+from tests.schedules.helpers import torch_loop
 
 STEP = {"type": "StepLR", "step_size": 3}
+BIG = 2**70
 
 
 def assert_problem(response: Any, status: int = 422) -> dict[str, Any]:
@@ -32,3 +36,61 @@ def test_torch_index_errors_while_building_the_optimizer_are_a_422(client):
     problem = assert_problem(client.post("/v1/schedules/compute", json=body))
     assert problem["errors"][0]["loc"] == ["body", "optimizer"]
     assert "torch refused this optimizer" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"scheduler": {"type": "StepLR", "step_size": BIG}, "steps": 10}, "scheduler"),
+        ({"scheduler": {"type": "MultiStepLR", "milestones": [2**63]}, "steps": 10}, "scheduler"),
+        ({"scheduler": {"type": "MultiStepLR", "milestones": [-(2**63) - 1]}, "steps": 10}, None),
+        ({"scheduler": STEP, "steps": 10, "sample": {"at": [BIG]}}, "sample"),
+        ({"scheduler": STEP, "steps": BIG, "sample": {"points": 5}}, "steps"),
+        ({"scheduler": STEP, "steps": 10, "warmup": {"type": "linear", "steps": BIG}}, "warmup"),
+        ({"scheduler": STEP, "steps": 10, "optimizer": {"momentum": 10**30}}, "optimizer"),
+        (
+            {
+                "scheduler": STEP,
+                "steps": 10,
+                "batch_scaling": {"base_batch_size": 1, "batch_size": BIG},
+            },
+            "batch_scaling",
+        ),
+    ],
+)
+def test_integers_beyond_int64_are_a_422_not_a_500(client, body, loc):
+    problem = assert_problem(client.post("/v1/schedules/compute", json=body))
+    assert "out of range" in problem["detail"]
+    if loc is not None:
+        assert problem["errors"][0]["loc"][:2] == ["body", loc]
+
+
+def test_huge_steps_with_npy_is_a_422(client):
+    response = client.get(
+        "/v1/schedules/StepLR?step_size=3&steps=99999999999999999999999&format=npy"
+    )
+    assert_problem(response)
+
+
+def test_a_huge_int_in_one_batch_slot_fails_only_that_slot(client):
+    body = {
+        "requests": [
+            {"scheduler": {"type": "StepLR", "step_size": BIG}, "steps": 10},
+            {"scheduler": STEP, "steps": 10},
+        ]
+    }
+    response = client.post("/v1/schedules/batch", json=body)
+    assert response.status_code == 200, response.text
+    slots = response.json()["results"]
+    assert [s["status"] for s in slots] == [422, 200]
+
+
+def test_step_size_at_the_integer_bound_matches_torch(client):
+    # Up to 2**53 the vectorized engine's int64 arithmetic agrees with torch's Python ints
+    # (at 2**63 it overflowed and returned 10x the lr from step 1).
+    size = 2**53
+    body = {"scheduler": {"type": "StepLR", "step_size": size}, "steps": 10, "engine": "vectorized"}
+    response = client.post("/v1/schedules/compute", json=body)
+    assert response.status_code == 200, response.text
+    expected, _ = torch_loop(lambda opt: torch.optim.lr_scheduler.StepLR(opt, size), 10)
+    assert response.json()["lr"] == expected
