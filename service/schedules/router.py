@@ -212,6 +212,19 @@ def _json_or_raw(text: str) -> Any:
         return text
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Return the parts of ``text`` between commas outside parentheses (``min(1, epoch)``
+    stays whole)."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
 def _query_value(cls: type[specs.SchedulerBase], name: str, raw: str) -> Any:
     field = cls.model_fields.get(name)
     if field is None or not _accepts_list(field.annotation):
@@ -222,9 +235,11 @@ def _query_value(cls: type[specs.SchedulerBase], name: str, raw: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError:
             return raw
+    if name == "lr_lambda":
+        parts = _split_top_level(text)
+        return parts if len(parts) > 1 else raw
     if "," in text:
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        return parts if name == "lr_lambda" else [_json_or_raw(p) for p in parts]
+        return [_json_or_raw(p.strip()) for p in text.split(",") if p.strip()]
     return raw
 
 
@@ -232,7 +247,8 @@ def _query_request(kind: str, params: dict[str, str]) -> dict[str, Any]:
     cls = specs.SCHEDULER_TYPES[kind]
     scheduler: dict[str, Any] = {"type": kind}
     for name, raw in params.items():
-        if name not in _RESERVED:
+        # OneCycleLR's own steps_per_epoch (with epochs) is also the request's
+        if name not in _RESERVED or (name == "steps_per_epoch" and name in cls.model_fields):
             scheduler[name] = _query_value(cls, name, raw)
     body: dict[str, Any] = {"scheduler": scheduler}
     if "steps" in params:
@@ -246,14 +262,13 @@ def _query_request(kind: str, params: dict[str, str]) -> dict[str, Any]:
             body[name] = params[name]
     if "include" in params:
         body["include"] = [p for p in params["include"].split(",") if p]
-    for name in ("every", "points"):
-        if name in params:
-            body["sample"] = {name: params[name]}
-    if "warmup_steps" in params:
-        warmup: dict[str, Any] = {
-            "type": params.get("warmup", "linear"),
-            "steps": params["warmup_steps"],
-        }
+    sample = {name: params[name] for name in ("every", "points") if name in params}
+    if sample:
+        body["sample"] = sample  # both given: the spec refuses it
+    if any(name.startswith("warmup") for name in params):
+        warmup: dict[str, Any] = {"type": params.get("warmup", "linear")}
+        if "warmup_steps" in params:
+            warmup["steps"] = params["warmup_steps"]
         if "warmup_start_factor" in params:
             warmup["start_factor"] = params["warmup_start_factor"]
         if "warmup_factor" in params:
@@ -271,7 +286,7 @@ def _as_query_errors(exc: ValidationError) -> RequestValidationError:
         elif loc[:1] == ["optimizer"]:
             loc = ["optimizer" if loc[1:] == ["type"] else "lr"] if len(loc) > 1 else loc
         elif loc[:1] in (["sample"], ["warmup"]):
-            loc = [loc[0] if loc[0] == "sample" else "warmup_" + str(loc[-1])]
+            loc = [loc[0] if loc[0] == "sample" or len(loc) == 1 else "warmup_" + str(loc[-1])]
         errors.append({**err, "loc": ("query", *[p for p in loc if not isinstance(p, int)])})
     return RequestValidationError(errors)
 

@@ -94,3 +94,47 @@ def test_step_size_at_the_integer_bound_matches_torch(client):
     assert response.status_code == 200, response.text
     expected, _ = torch_loop(lambda opt: torch.optim.lr_scheduler.StepLR(opt, size), 10)
     assert response.json()["lr"] == expected
+
+
+def test_query_lr_lambda_keeps_commas_inside_a_call(client):
+    response = client.get("/v1/schedules/LambdaLR?lr_lambda=min(1,%20(epoch%2B1)/3)&steps=5")
+    assert response.status_code == 200, response.text
+    expected, _ = torch_loop(
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: min(1, (e + 1) / 3)), 5
+    )
+    assert response.json()["lr"] == expected
+
+
+def test_query_lr_lambda_list_still_splits_at_top_level_commas(client):
+    url = "/v1/schedules/LambdaLR?lr_lambda=max(0.5,0.9**epoch),1&steps=4&engine=torch"
+    # one param group: torch wants one lambda, so two are refused (a 422, not a parse error)
+    problem = assert_problem(client.get(url))
+    assert "Expected 1 lr_lambdas, but got 2" in problem["detail"]
+
+
+def test_query_one_cycle_takes_epochs_and_steps_per_epoch(client):
+    url = "/v1/schedules/OneCycleLR?max_lr=0.1&epochs=3&steps_per_epoch=10&steps=30"
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    expected, _ = torch_loop(
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=0.1, epochs=3, steps_per_epoch=10
+        ),
+        30,
+    )
+    assert response.json()["lr"] == expected
+
+
+def test_query_every_and_points_together_are_refused(client):
+    problem = assert_problem(
+        client.get("/v1/schedules/StepLR?step_size=3&steps=10&every=2&points=3")
+    )
+    assert problem["errors"][0]["loc"] == ["query", "sample"]
+    assert "exactly one" in problem["detail"]
+
+
+def test_query_warmup_errors_point_at_the_query_parameter(client):
+    bad_type = client.get("/v1/schedules/StepLR?step_size=3&steps=10&warmup=cosine&warmup_steps=3")
+    assert assert_problem(bad_type)["errors"][0]["loc"] == ["query", "warmup"]
+    no_steps = client.get("/v1/schedules/StepLR?step_size=3&steps=10&warmup_factor=0.5")
+    assert assert_problem(no_steps)["errors"][0]["loc"] == ["query", "warmup_steps"]
