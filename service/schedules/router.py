@@ -132,7 +132,7 @@ async def _respond(
     fmt = formats.negotiate(format_param, accept)
     formats.check_points(fmt, service.count_points(spec), settings)
     key = cache.spec_hash(spec, fmt, resolve_device(spec.device).type)
-    headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL}
+    headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL, "Vary": "Accept"}
     if cache.etag_matches(if_none_match, headers["ETag"]):
         return Response(status_code=304, headers=headers)
     store: cache.ResultCache = request.app.state.schedule_cache

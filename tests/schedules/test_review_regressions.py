@@ -138,3 +138,18 @@ def test_query_warmup_errors_point_at_the_query_parameter(client):
     assert assert_problem(bad_type)["errors"][0]["loc"] == ["query", "warmup"]
     no_steps = client.get("/v1/schedules/StepLR?step_size=3&steps=10&warmup_factor=0.5")
     assert assert_problem(no_steps)["errors"][0]["loc"] == ["query", "warmup_steps"]
+
+
+def test_responses_that_depend_on_accept_say_so_for_shared_caches(client):
+    # The same GET URL answers JSON or CSV by Accept, with Cache-Control public: without
+    # Vary a shared cache would hand the CSV body to a client that asked for JSON.
+    url = "/v1/schedules/StepLR?step_size=3&steps=5"
+    for accept in ("application/json", "text/csv"):
+        response = client.get(url, headers={"accept": accept})
+        assert response.status_code == 200
+        assert response.headers["vary"] == "Accept"
+    cached = client.get(url, headers={"accept": "text/csv"})
+    assert cached.headers["x-cache"] == "hit" and cached.headers["vary"] == "Accept"
+    etag = cached.headers["etag"]
+    not_modified = client.get(url, headers={"accept": "text/csv", "if-none-match": etag})
+    assert not_modified.status_code == 304 and not_modified.headers["vary"] == "Accept"
