@@ -968,9 +968,15 @@ class Program:
     def closed_ok(self) -> bool:
         zero = torch.zeros(1, dtype=torch.int64, device=self.device)
         value = self._closed(zero)
-        if value is None:
-            return False
-        return bool(torch.allclose(value[:, 0], self.lr0[:, 0], rtol=1e-13, atol=0.0))
+        return value is not None and self._matches_lr0(value[:, 0])
+
+    def _matches_lr0(self, value: Tensor) -> bool:
+        """Return ``torch.allclose(value, lr0, rtol=1e-13, atol=0)`` on Python floats (the
+        same float64 arithmetic, without a tensor op per term)."""
+        for got, want in zip(value.tolist(), self.lr0[:, 0].tolist(), strict=True):
+            if not (got == want or abs(got - want) <= 1e-13 * abs(want)):
+                return False
+        return True
 
     def _closed_momentum(self, k: Tensor) -> Tensor | None:
         """Return momentum at sorted ``k``: what the last momentum-cycling scheduler wrote."""
@@ -1012,9 +1018,60 @@ class Program:
         lr, mom, final = self._evaluate_sorted(k[order])
         return lr[:, inverse], None if mom is None else mom[:, inverse], final
 
+    def _probe_steps(self) -> tuple[list[int], list[int], list[tuple[int, int]]] | None:
+        """Return where the closed form is checked before it is trusted, or None when the
+        root has no closed form.
+
+        That is: the sorted distinct steps to evaluate in one small tensor (step 0, compared
+        with torch's lr at step 0; the last step, the final lr; the last step of every
+        segment), the steps of those whose lr must be finite, and the step ranges checked
+        densely (user expressions). At most 7 points, so that every point takes the same
+        (scalar) kernel path as when it is evaluated alone; None above that.
+        """
+        root = self.root
+        last = self.n - 1
+        finite = [last] if self.n > 1 else []
+        ranges: list[tuple[int, int]] = []
+        if isinstance(root, Sequential):
+            for seg in root.segments:
+                top = min(seg.end, self.n) - 1
+                if seg.leaf.dense_check:
+                    ranges.append((seg.start, top))
+                else:
+                    finite.append(top)
+        elif isinstance(root, Leaf):
+            if root.dense_check:
+                ranges.append((0, last))
+        else:
+            return None
+        points = sorted({0, *finite})
+        return (points, sorted(set(finite)), ranges) if len(points) <= 7 else None
+
     def _evaluate_sorted(self, k: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        last = torch.tensor([self.n - 1], device=self.device)
-        if self.closed_ok():
+        probes = self._probe_steps() if isinstance(self.root, (Leaf, Sequential)) else None
+        if probes is not None:
+            points, finite, ranges = probes
+            values = self._closed(torch.tensor(points, device=self.device))
+            assert values is not None
+            if self._matches_lr0(values[:, 0]):
+                lr = self._closed(k)
+                assert lr is not None
+                final = self.lr0[:, 0] if self.n == 1 else values[:, points.index(self.n - 1)]
+                lr[:, : _zeros(k)] = self.lr0
+                checked = values[:, [points.index(p) for p in finite]] if finite else None
+                ok = _all_finite(lr) and _all_finite(final if checked is None else checked)
+                for start, top in ranges:
+                    if not ok:
+                        break
+                    dense = self._closed(torch.arange(start, top + 1, device=self.device))
+                    ok = dense is not None and _all_finite(dense)
+                if not ok:
+                    # torch's recursion (the scan), not the closed form, decides the first step
+                    full, _ = self.dense()
+                    _raise_not_finite(full, torch.arange(self.n, device=self.device))
+                return lr, self._closed_momentum(k), final.reshape(-1)
+        elif self.closed_ok():
+            last = torch.tensor([self.n - 1], device=self.device)
             lr = self._closed(k)
             final = self.lr0[:, 0] if self.n == 1 else self._closed(last)
             assert lr is not None and final is not None
