@@ -4,6 +4,7 @@ The format comes from ``?format=`` when given, else from the ``Accept`` header, 
 """
 
 import io
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -82,17 +83,58 @@ def check_points(fmt: Format, points: int, settings: Settings) -> None:
         )
 
 
+_DENSE_STEPS_MIN = 256
+"""Below this many indices, serializing ``steps`` is cheaper than recognizing it."""
+
+
+@lru_cache(maxsize=32)
+def _dense_steps(n: int) -> tuple[np.ndarray, orjson.Fragment]:
+    """Return ``0..n-1`` (int64) and its JSON, serialized once per ``n``."""
+    indices = np.arange(n, dtype=np.int64)
+    indices.flags.writeable = False
+    return indices, orjson.Fragment(orjson.dumps(indices, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def _steps_json(indices: np.ndarray) -> np.ndarray | orjson.Fragment:
+    """Return ``indices`` for orjson, or the cached JSON of ``0..n-1`` when it is that (the
+    unsampled case: the same array for every request of ``n`` steps)."""
+    n = indices.size
+    if (
+        n >= _DENSE_STEPS_MIN
+        and indices.dtype == np.int64
+        and indices.ndim == 1
+        and indices[0] == 0
+        and indices[-1] == n - 1
+    ):
+        dense, fragment = _dense_steps(n)
+        if np.array_equal(indices, dense):
+            return fragment
+    return np.ascontiguousarray(indices)
+
+
+def _summary(computed: Computed) -> list[dict[str, float]]:
+    """Return ``[s.model_dump() for s in computed.summary()]`` without the models."""
+    return [
+        {
+            "min": float(row.min()) if row.size else final,
+            "max": float(row.max()) if row.size else final,
+            "final": final,
+        }
+        for row, final in zip(computed.lr, computed.final_lr, strict=True)
+    ]
+
+
 def result_dict(computed: Computed) -> dict[str, object]:
     """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
     return {
-        "steps": np.ascontiguousarray(computed.indices),
+        "steps": _steps_json(computed.indices),
         "lr": np.ascontiguousarray(computed.lr),
         "momentum": None if computed.momentum is None else np.ascontiguousarray(computed.momentum),
         "engine": computed.engine,
         "device": computed.device,
         "torch_version": TORCH_VERSION,
         "warnings": computed.warnings,
-        "summary": [s.model_dump() for s in computed.summary()],
+        "summary": _summary(computed),
     }
 
 
