@@ -4,6 +4,7 @@ HTTP ends in the routers; each domain package (schedules, dropout, jobs) owns it
 engine and router. The lifespan starts and stops what the domains need.
 """
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -37,7 +38,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             for domain_lifespan in app.state.domain_lifespans:
                 await stack.enter_async_context(domain_lifespan(app))
-            yield
+            # What is built by now (torch, pydantic and FastAPI internals: ~230k objects)
+            # lives as long as the process; a full collection scanning it paused every
+            # request for ~140 ms. Frozen, collections scan only what requests create.
+            gc.collect()
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     app = FastAPI(
         title="LR schedule service",
