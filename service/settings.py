@@ -16,8 +16,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LRS_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = 8000
     data_dir: Path = Field(default=Path("data"), description="Job records, artifacts and runs.")
 
     # HTTP

@@ -52,3 +52,14 @@ def test_compose_runs_the_service_with_its_port_healthcheck_and_volume():
 def test_the_image_installs_the_same_torch_the_project_pins():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'"torch==2\.13\.0"', pyproject)
+
+
+def test_the_readme_documents_every_setting():
+    from service.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    names = [
+        "DATABASE_URL" if name == "database_url" else f"LRS_{name.upper()}"
+        for name in Settings.model_fields
+    ]
+    assert [n for n in names if f"`{n}`" not in readme] == []
