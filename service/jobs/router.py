@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 SUPERVISE_EVERY_S = 1.0
 """How often the API checks that its worker processes are alive."""
 
-JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
+JobId = Annotated[str, Path(description="The job's id.")]
 
 
 @asynccontextmanager

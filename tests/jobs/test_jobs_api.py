@@ -307,13 +307,14 @@ def test_batch_size_larger_than_the_training_set_names_the_sizes(jobs_client):
     assert "larger than the training set (600 examples" in response.json()["detail"]
 
 
-def test_unknown_job_is_a_404_problem(jobs_client):
+@pytest.mark.parametrize("job_id", ["nope", "x" * 500, "%2e%2e", "0" * 32])
+def test_unknown_job_is_a_404_problem(jobs_client, job_id):
     for method, path in [
-        ("GET", "/v1/jobs/nope"),
-        ("POST", "/v1/jobs/nope/cancel"),
-        ("DELETE", "/v1/jobs/nope"),
-        ("GET", "/v1/jobs/nope/events"),
-        ("GET", "/v1/jobs/nope/artifacts/model.pt"),
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("DELETE", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("GET", f"/v1/jobs/{job_id}/artifacts/model.pt"),
     ]:
         response = jobs_client.request(method, path)
         assert response.status_code == 404, (method, path)
