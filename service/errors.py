@@ -87,6 +87,14 @@ class PayloadTooLarge(ServiceError):
     slug = "payload-too-large"
 
 
+class InternalError(ServiceError):
+    """A bug, caught where one request of many can fail alone (a batch slot)."""
+
+    status = 500
+    title = "Internal server error"
+    slug = "internal"
+
+
 class Unavailable(ServiceError):
     status = 503
     title = "Service unavailable"

@@ -4,16 +4,19 @@ The router hands a validated :class:`~service.schedules.specs.ScheduleRequest` t
 :func:`compute` and formats the :class:`Computed` it gets back.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from service.devices import resolve_device
-from service.errors import InvalidSpec, LimitExceeded, ServiceError
+from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
 from service.settings import Settings
+
+log = logging.getLogger("service.schedules")
 
 TORCH_VERSION = torch.__version__.split("+")[0]
 
@@ -260,6 +263,10 @@ def compute_many(
             program = vectorized.compile_request(prep.request, prep.n, prep.device)
         except ServiceError as exc:
             out[i] = exc
+            continue
+        except Exception:  # a bug: this slot alone fails, the rest of the batch is answered
+            log.exception("batch slot %d failed", i)
+            out[i] = InternalError("computing this spec failed; this is a bug in the service")
             continue
         jobs.append((program, prep.sched_index))
         owners.append((i, prep))

@@ -153,3 +153,29 @@ def test_responses_that_depend_on_accept_say_so_for_shared_caches(client):
     etag = cached.headers["etag"]
     not_modified = client.get(url, headers={"accept": "text/csv", "if-none-match": etag})
     assert not_modified.status_code == 304 and not_modified.headers["vary"] == "Accept"
+
+
+def test_a_bug_in_one_batch_slot_fails_that_slot_alone(client, monkeypatch):
+    from service.schedules import vectorized
+
+    real = vectorized.compile_request
+
+    def broken_for_t_max_7(request, *args, **kwargs):
+        if getattr(request.scheduler, "T_max", None) == 7:
+            raise RuntimeError("simulated bug")
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(vectorized, "compile_request", broken_for_t_max_7)
+    r = client.post(
+        "/v1/schedules/batch",
+        json={
+            "requests": [
+                {"scheduler": {"type": "CosineAnnealingLR", "T_max": 7}, "steps": 5},
+                {"scheduler": {"type": "CosineAnnealingLR", "T_max": 8}, "steps": 5},
+            ]
+        },
+    )
+    assert r.status_code == 200
+    first, second = r.json()["results"]
+    assert first["status"] == 500 and "bug" in first["problem"]["detail"]
+    assert second["status"] == 200 and len(second["result"]["lr"][0]) == 5
