@@ -6,21 +6,14 @@ schedule with no job running and with two jobs training (target: at most 2× apa
 Prints a markdown table naming the machine. Run: ``.venv/bin/python bench/bench_jobs.py``.
 """
 
-import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
+import harness
 import httpx
-import torch
+from harness import machine
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = {
     "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
     "scheduler": {"type": "CosineAnnealingLR", "T_max": 9000},
@@ -30,38 +23,6 @@ SCHEDULE = {
 BUSY_JOB = {"epochs": 1000, "batch_size": 4}
 REQUESTS = 500
 DEFAULT_JOB_RUNS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model or cpu}, {os.cpu_count()} cores, torch {torch.__version__}, " + (
-        "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    )
-
-
-def _wait_ready(client: httpx.Client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
 
 
 def _wait_status(client: httpx.Client, job_id: str, statuses: set[str]) -> dict:
@@ -85,38 +46,30 @@ def _p99(client: httpx.Client) -> tuple[float, float]:
 
 
 def main() -> None:
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "LRS_DATA_DIR": data_dir, "LRS_JOB_WORKERS": "2"}
-        command = [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
-        server = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    with (
+        tempfile.TemporaryDirectory() as data_dir,
+        harness.server(data_dir, env={"LRS_JOB_WORKERS": "2"}, ready="/readyz") as (url, _),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        job_times = []
+        for _ in range(DEFAULT_JOB_RUNS):
+            start = time.perf_counter()
+            job_id = client.post("/v1/jobs", json={}).json()["id"]
+            job = _wait_status(client, job_id, {"succeeded", "failed"})
+            assert job["status"] == "succeeded", job
+            job_times.append(time.perf_counter() - start)
+        idle = _p99(client)
+        busy_ids = [client.post("/v1/jobs", json=BUSY_JOB).json()["id"] for _ in range(2)]
+        for job_id in busy_ids:
+            _wait_status(client, job_id, {"running"})
+        busy = _p99(client)
+        still_running = sum(
+            client.get(f"/v1/jobs/{i}").json()["status"] == "running" for i in busy_ids
         )
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                _wait_ready(client)
-                job_times = []
-                for _ in range(DEFAULT_JOB_RUNS):
-                    start = time.perf_counter()
-                    job_id = client.post("/v1/jobs", json={}).json()["id"]
-                    job = _wait_status(client, job_id, {"succeeded", "failed"})
-                    assert job["status"] == "succeeded", job
-                    job_times.append(time.perf_counter() - start)
-                idle = _p99(client)
-                busy_ids = [client.post("/v1/jobs", json=BUSY_JOB).json()["id"] for _ in range(2)]
-                for job_id in busy_ids:
-                    _wait_status(client, job_id, {"running"})
-                busy = _p99(client)
-                still_running = sum(
-                    client.get(f"/v1/jobs/{i}").json()["status"] == "running" for i in busy_ids
-                )
-                for job_id in busy_ids:
-                    client.post(f"/v1/jobs/{job_id}/cancel")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+        for job_id in busy_ids:
+            client.post(f"/v1/jobs/{job_id}/cancel")
 
-    print(f"Machine: {_machine()}; 2 job workers\n")
+    print(f"Machine: {machine()}; 2 job workers\n")
     print("| measurement | value | target |")
     print("|---|---|---|")
     print(

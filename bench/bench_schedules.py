@@ -18,31 +18,26 @@ client; otherwise by an httpx loop. The output names the one that ran.
 
 import argparse
 import asyncio
+import functools
 import json
 import os
-import platform
 import shutil
-import socket
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from itertools import count
-from pathlib import Path
 from typing import Any
 
+import harness  # first: puts the repository root on sys.path for `service`
 import httpx
 import numpy as np
 import orjson
 import torch
+from harness import loadavg, machine, peak_rss_mb
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from service.schedules import formats, router, service, specs  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.schedules import formats, router, service, specs
+from service.settings import Settings
 
 SETTINGS = Settings(torch_max_steps=10**7, torch_max_work=10**9, torch_max_seconds=10**6)
 _unique = count(1)
@@ -66,13 +61,8 @@ def fresh(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "optimizer": {**body["optimizer"], "lr": lr}}
 
 
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+# No warm-up runs per case: the server is warmed once, and the torch rows are too slow to repeat.
+median_seconds = functools.partial(harness.median_seconds, warmup=0)
 
 
 def in_process(body: dict[str, Any], engine: str) -> service.Computed:
@@ -86,61 +76,6 @@ def batch_in_process(bodies: list[dict[str, Any]]) -> list[service.Computed]:
     out = service.compute_many(list(requests), SETTINGS)
     assert all(isinstance(c, service.Computed) for c in out)
     return out  # type: ignore[return-value]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
-    return (
-        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, {cuda}"
-    )
-
-
-def start_server(port: int, data_dir: str) -> subprocess.Popen:
-    env = {**os.environ, "LRS_DATA_DIR": data_dir}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start")
 
 
 async def load(
@@ -241,10 +176,6 @@ def load_wrk(
     return rps, r["p50_us"] / 1000, r["p99_us"] / 1000, r["non2xx"] + r["socket_errors"]
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms" if seconds < 10 else f"{seconds:,.2f} s"
 
@@ -263,13 +194,12 @@ def main() -> None:
         tool = "wrk" if shutil.which("wrk") else "httpx"
     load_before = loadavg()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    data_dir = tempfile.mkdtemp(prefix="bench-schedules-")
-    server = start_server(port, data_dir)
     rows: list[tuple[str, str, str, str]] = []
     notes: dict[str, float] = {}
-    try:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-schedules-") as data_dir,
+        harness.server(data_dir) as (base, server),
+    ):
         http = httpx.Client(base_url=base, timeout=600)
 
         def over_http(body: dict[str, Any], query: str = "") -> Callable[[], object]:
@@ -370,9 +300,6 @@ def main() -> None:
             p99=p99,
             rss=rss_after_b - rss_before,
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     load_after = loadavg()
 
     print("## Schedules\n")

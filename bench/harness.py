@@ -1,0 +1,109 @@
+"""What every benchmark here shares: the machine's name, a server on loopback, medians.
+
+Each script runs as ``.venv/bin/python bench/<script>.py``; this folder is then on
+``sys.path``, so ``import harness`` finds this module, and :data:`ROOT` is put there too so
+the scripts can import the service's own code for in-process timings.
+"""
+
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    """Return the CPU model, cores, OS, Python, torch and CUDA device, in one line."""
+    model = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    return (
+        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {cuda}"
+    )
+
+
+def loadavg() -> str:
+    """Return the 1, 5 and 15 minute load averages."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def median_seconds(call: Callable[[], object], repeat: int, warmup: int = 2) -> float:
+    """Return the median wall time of ``call`` over ``repeat`` runs, in seconds."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Return the peak resident set size (VmHWM) of process ``pid``, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def server(
+    data_dir: str, env: dict[str, str] | None = None, ready: str = "/healthz"
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run the service with uvicorn on a free loopback port; yield (base URL, process).
+
+    Waits until ``ready`` answers 200 (``/readyz`` also waits for the job workers), and
+    stops the server afterwards.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "warning"]
+    full_env = {**os.environ, "LRS_DATA_DIR": data_dir, **(env or {})}
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + ready, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server did not answer {ready} within 120 s")
+            time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
