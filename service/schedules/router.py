@@ -130,6 +130,7 @@ async def _respond(
     if_none_match: str | None = None,
 ) -> Response:
     fmt = formats.negotiate(format_param, accept)
+    service.check_limits(spec, settings)
     formats.check_points(fmt, service.count_points(spec), settings)
     key = cache.spec_hash(spec, fmt, resolve_device(spec.device).type)
     headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL, "Vary": "Accept"}

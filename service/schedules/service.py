@@ -141,6 +141,15 @@ def _check_metrics(request: specs.ScheduleRequest) -> None:
         )
 
 
+def check_limits(request: specs.ScheduleRequest, settings: Settings) -> None:
+    """Raise LimitExceeded (422) when ``request`` is over a limit of the engine it would run on.
+
+    :func:`compute` checks this itself; callers use it to report the engine's limits before
+    the format's (a 20M-step JSON request hears about steps before points).
+    """
+    _check_limits(request, choose_engine(request), settings)
+
+
 def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
     limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
     hint = " Use engine 'auto' or 'vectorized' for longer schedules." if engine == "torch" else ""
@@ -150,6 +159,16 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
             f"(LRS_{engine.upper()}_MAX_STEPS).{hint}",
             loc=("body", "steps"),
         )
+    if engine == "vectorized":
+        values = request.scheduler_steps * request.n_groups
+        if values > settings.vectorized_max_values:
+            raise LimitExceeded(
+                f"this request spans {request.scheduler_steps} scheduler steps × "
+                f"{request.n_groups} param groups = {values} values; the vectorized engine's "
+                f"limit is {settings.vectorized_max_values} (LRS_VECTORIZED_MAX_VALUES). "
+                "Lower steps or use fewer param groups.",
+                loc=("body", "steps"),
+            )
     if engine == "torch":
         schedulers = len(specs.walk(request.scheduler)) + (1 if request.warmup else 0)
         work = request.scheduler_steps * schedulers * request.n_groups

@@ -44,6 +44,7 @@ CASES = [
     ("missing-required-param", body(scheduler={"type": "ExponentialLR"}), 422, ["gamma", "required"]),
     ("steps-zero", body(steps=0), 422, ["steps"]),
     ("steps-over-limit", body(steps=100_001, engine="torch"), 422, ["100000", "LRS_TORCH_MAX_STEPS"]),
+    ("vectorized-values-over-limit", body(steps=10_000_000, param_groups=[{}] * 5, engine="vectorized"), 422, ["50000000", "LRS_VECTORIZED_MAX_VALUES"]),
     ("work-over-limit", body(steps=100_000, engine="torch", param_groups=[{}] * 16, warmup={"type": "linear", "steps": 5}), 422, ["LRS_TORCH_MAX_WORK"]),
     ("constant-factor-above-1", body(scheduler={"type": "ConstantLR", "factor": 2}), 422, ["factor"]),
     ("constant-factor-0-divides", body(scheduler={"type": "ConstantLR", "factor": 0, "total_iters": 3}), 422, ["step 3", "division by zero"]),
