@@ -118,18 +118,18 @@ _TITLES = {
 }
 
 
-def problem(
+def problem_body(
     status: int,
     detail: str,
     *,
     title: str | None = None,
     slug: str | None = None,
     errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
     instance: str | None = None,
     extra: dict[str, Any] | None = None,
-) -> JSONResponse:
-    """Return an ``application/problem+json`` response with the RFC 9457 members."""
+) -> dict[str, Any]:
+    """Return the RFC 9457 members of a problem as a dict (``type``, ``title``, ``status``,
+    ``detail``, and ``instance``/``errors``/extras when given)."""
     title = title or _TITLES.get(status, "Error")
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + (slug or title.lower().replace(" ", "-")),
@@ -143,6 +143,50 @@ def problem(
         body["errors"] = errors
     if extra:
         body.update(extra)
+    return body
+
+
+def service_error_body(exc: ServiceError, instance: str | None = None) -> dict[str, Any]:
+    """Return the problem body of a ServiceError."""
+    return problem_body(
+        exc.status,
+        exc.detail,
+        title=exc.title,
+        slug=exc.slug,
+        errors=exc.errors,
+        instance=instance,
+        extra=exc.extra,
+    )
+
+
+def validation_body(raw_errors: Sequence[Any], instance: str | None = None) -> dict[str, Any]:
+    """Return the 422 problem body of pydantic validation errors, locations cleaned."""
+    cleaned = _clean_validation_errors(raw_errors)
+    return problem_body(
+        422,
+        _summary(cleaned) or "The request is not valid.",
+        title="Validation failed",
+        slug="validation-failed",
+        errors=cleaned,
+        instance=instance,
+    )
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    slug: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """Return an ``application/problem+json`` response with the RFC 9457 members."""
+    body = problem_body(
+        status, detail, title=title, slug=slug, errors=errors, instance=instance, extra=extra
+    )
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
@@ -185,29 +229,14 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return problem(
-        exc.status,
-        exc.detail,
-        title=exc.title,
-        slug=exc.slug,
-        errors=exc.errors,
-        headers=exc.headers,
-        instance=request.url.path,
-        extra=exc.extra,
-    )
+    body = service_error_body(exc, instance=request.url.path)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _clean_validation_errors(exc.errors())
-    return problem(
-        422,
-        _summary(errors) or "The request is not valid.",
-        title="Validation failed",
-        slug="validation-failed",
-        errors=errors,
-        instance=request.url.path,
-    )
+    body = validation_body(exc.errors(), instance=request.url.path)
+    return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,18 +4,17 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_BASE, PROBLEM_JSON
+from service.errors import PROBLEM_JSON, problem_body
 
 
 async def _send_413(send: Send, limit: int) -> None:
     body = json.dumps(
-        {
-            "type": PROBLEM_BASE + "payload-too-large",
-            "title": "Payload too large",
-            "status": 413,
-            "detail": f"The request body exceeds the limit of {limit} bytes "
-            "(setting LRS_MAX_BODY_BYTES).",
-        }
+        problem_body(
+            413,
+            f"The request body exceeds the limit of {limit} bytes (setting LRS_MAX_BODY_BYTES).",
+            title="Payload too large",
+            slug="payload-too-large",
+        )
     ).encode()
     await send(
         {

@@ -382,12 +382,7 @@ class BatchResult(BaseModel):
 def _problem(exc: ServiceError, index: int) -> dict[str, Any]:
     """Return the problem of spec ``index`` as its own request would get it, with every
     ``loc`` pointing into the batch body (``["body", "requests", index, ...]``)."""
-    body: dict[str, Any] = {
-        "type": errors.PROBLEM_BASE + exc.slug,
-        "title": exc.title,
-        "status": exc.status,
-        "detail": exc.detail,
-    }
+    body = errors.service_error_body(exc)
     if exc.errors is not None:
         body["errors"] = [
             {**err, "loc": ["body", "requests", index, *err["loc"][1:]]}
@@ -399,15 +394,9 @@ def _problem(exc: ServiceError, index: int) -> dict[str, Any]:
 
 
 def _invalid_slot(exc: ValidationError, index: int) -> dict[str, Any]:
-    raw = [{**err, "loc": ("body", "requests", index, *err["loc"])} for err in exc.errors()]
-    cleaned = errors._clean_validation_errors(raw)
-    return {
-        "type": errors.PROBLEM_BASE + "validation-failed",
-        "title": "Validation failed",
-        "status": 422,
-        "detail": errors._summary(cleaned),
-        "errors": cleaned,
-    }
+    return errors.validation_body(
+        [{**err, "loc": ("body", "requests", index, *err["loc"])} for err in exc.errors()]
+    )
 
 
 def _batch_requests(
