@@ -1,5 +1,6 @@
 """HTTP for schedules: translate requests to :func:`service.compute` and results to formats."""
 
+import functools
 import io
 import json
 import typing
@@ -639,7 +640,9 @@ def _example_request(kind: str, example: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@functools.cache
 def _catalog() -> Catalog:
+    """Return the catalog; built once, since it depends only on the code."""
     entries = []
     for kind, cls in specs.SCHEDULER_TYPES.items():
         schema = cls.model_json_schema()
