@@ -11,8 +11,8 @@ from fastapi import APIRouter, Body, Header, Query, Response
 
 from service.deps import SettingsDep
 from service.dropout import sampler, specs
-from service.errors import InvalidSpec, LimitExceeded, NotAcceptable
-from service.schedules.formats import negotiate
+from service.errors import InvalidSpec, LimitExceeded
+from service.negotiation import negotiate
 from service.settings import Settings
 
 router = APIRouter(tags=["dropout"])
@@ -103,16 +103,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _format(format_param: Format | None, accept: str | None) -> Format:
-    try:
-        fmt = negotiate(format_param, accept)
-    except NotAcceptable:
-        fmt = None
-    if fmt not in ("json", "npy"):
-        raise NotAcceptable(
-            f"cannot produce any of {accept!r}; this endpoint serves application/json and "
-            f"{NPY} (or use ?format=json|npy)"
-        )
-    return fmt
+    return negotiate(format_param, accept, ("json", "npy"))  # type: ignore[return-value]
 
 
 def _check_response_size(checked: specs.CheckedRequest, fmt: Format, settings: Settings) -> None:

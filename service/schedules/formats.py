@@ -11,65 +11,15 @@ import numpy as np
 import orjson
 from fastapi import Response
 
-from service.errors import LimitExceeded, NotAcceptable
+from service.errors import LimitExceeded
+from service.negotiation import MEDIA_TYPES
 from service.schedules.service import TORCH_VERSION, Computed
 from service.settings import Settings
 
 Format = Literal["json", "csv", "npy", "svg", "png"]
+FORMATS: tuple[Format, ...] = ("json", "csv", "npy", "svg", "png")
 
-MEDIA_TYPES: dict[str, str] = {
-    "json": "application/json",
-    "csv": "text/csv; charset=utf-8",
-    "npy": "application/x-npy",
-    "svg": "image/svg+xml",
-    "png": "image/png",
-}
-_BY_MEDIA = {
-    "application/json": "json",
-    "text/csv": "csv",
-    "application/x-npy": "npy",
-    "application/octet-stream": "npy",
-    "image/svg+xml": "svg",
-    "image/png": "png",
-}
 PLOT_MAX_POINTS = 20_000
-
-
-def negotiate(format_param: str | None, accept: str | None) -> Format:
-    """Return the output format: ``?format=`` wins, then the first ``Accept`` type we serve.
-
-    Raises NotAcceptable (406) when the Accept header names only types we cannot produce.
-    """
-    if format_param:
-        return format_param  # type: ignore[return-value]
-    if not accept:
-        return "json"
-    ranked = []
-    for i, part in enumerate(accept.split(",")):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for param in params:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        if q > 0:  # q=0 means "not acceptable"
-            ranked.append((-q, i, media.lower()))
-    for _, _, media in sorted(ranked):
-        if media in _BY_MEDIA:
-            return _BY_MEDIA[media]  # type: ignore[return-value]
-        if media in ("*/*", "application/*", "*"):
-            return "json"
-        if media == "text/*":
-            return "csv"
-        if media == "image/*":
-            return "svg"
-    raise NotAcceptable(
-        f"cannot produce any of {accept!r}; this endpoint serves "
-        + ", ".join(sorted(_BY_MEDIA))
-        + " (or use ?format=json|csv|npy|svg|png)"
-    )
 
 
 def check_points(fmt: Format, points: int, settings: Settings) -> None:

@@ -19,6 +19,7 @@ from service import errors
 from service.deps import SettingsDep
 from service.devices import resolve_device
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
+from service.negotiation import MEDIA_TYPES, negotiate
 from service.schedules import cache, formats, service, specs
 from service.settings import Settings
 
@@ -130,7 +131,7 @@ async def _respond(
     settings: Settings,
     if_none_match: str | None = None,
 ) -> Response:
-    fmt = formats.negotiate(format_param, accept)
+    fmt: formats.Format = negotiate(format_param, accept, formats.FORMATS)  # type: ignore[assignment]
     service.check_limits(spec, settings)
     formats.check_points(fmt, service.count_points(spec), settings)
     key = cache.spec_hash(spec, fmt, resolve_device(spec.device).type)
@@ -580,7 +581,7 @@ async def compute_batch(
     body = await anyio.to_thread.run_sync(
         run, batch.requests, settings, limiter=request.app.state.compute_limiter
     )
-    media_type = formats.MEDIA_TYPES["npy"] if format_param == "npy" else "application/json"
+    media_type = MEDIA_TYPES["npy"] if format_param == "npy" else "application/json"
     return Response(body, media_type=media_type)
 
 

@@ -431,3 +431,17 @@ def test_an_accept_header_we_cannot_serve_is_406(client):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_refused(client):
     problem(client.post(URL, json={"shape": [3], "device": "cuda"}), 422, "CUDA")
+
+
+@pytest.mark.parametrize(
+    "accept,media",
+    [
+        ("text/csv, application/json", "application/json"),
+        ("text/csv;q=1, application/x-npy;q=0.5", "application/x-npy"),
+        ("*/*", "application/json"),
+    ],
+)
+def test_the_best_accept_type_we_serve_is_chosen(client, accept, media):
+    response = client.post(URL, json={"shape": [3], "seed": 1}, headers={"accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(media)
