@@ -280,6 +280,21 @@ def _query_request(kind: str, params: dict[str, str]) -> dict[str, Any]:
     return body
 
 
+def _query_loc(loc: list[str | int]) -> list[str | int]:
+    """Return a body location (``["body", "scheduler", "gamma"]``) as the query parameter that
+    set it (``["query", "gamma"]``)."""
+    parts = [p for p in loc if p != "body" and not isinstance(p, int)]
+    if parts[:1] == ["scheduler"] and len(parts) > 1:
+        parts = parts[1:]
+    elif parts[:1] == ["optimizer"]:
+        parts = ["optimizer" if parts[1:] == ["type"] else "lr"]
+    elif parts[:1] == ["sample"]:
+        parts = parts[-1:] if len(parts) > 1 else parts
+    elif parts[:1] == ["warmup"]:
+        parts = ["warmup_" + str(parts[-1])] if len(parts) > 1 else parts
+    return ["query", *parts]
+
+
 def _as_query_errors(exc: ValidationError) -> RequestValidationError:
     errors = []
     for err in exc.errors():
@@ -343,7 +358,12 @@ async def schedule_from_query(
         )
     except ValidationError as exc:
         raise _as_query_errors(exc) from None
-    return await _respond(request, spec, format_param, accept, settings, if_none_match)
+    try:
+        return await _respond(request, spec, format_param, accept, settings, if_none_match)
+    except ServiceError as exc:
+        for err in exc.errors or []:
+            err["loc"] = _query_loc(err["loc"])
+        raise
 
 
 class BatchRequest(BaseModel):

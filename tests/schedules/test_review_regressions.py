@@ -179,3 +179,21 @@ def test_a_bug_in_one_batch_slot_fails_that_slot_alone(client, monkeypatch):
     first, second = r.json()["results"]
     assert first["status"] == 500 and "bug" in first["problem"]["detail"]
     assert second["status"] == 200 and len(second["result"]["lr"][0]) == 5
+
+
+@pytest.mark.parametrize(
+    "url,loc",
+    [
+        ("/v1/schedules/OneCycleLR?max_lr=0.1&total_steps=5&steps=10", ["query", "scheduler"]),
+        ("/v1/schedules/StepLR?step_size=2&steps=5&device=cuda", ["query", "device"]),
+        ("/v1/schedules/StepLR?step_size=2&steps=200000&engine=torch", ["query", "steps"]),
+    ],
+)
+def test_query_form_errors_point_at_query_parameters(client, url, loc):
+    import torch
+
+    if "cuda" in url and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = client.get(url)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == loc
