@@ -12,6 +12,7 @@ import torch
 from fastapi import FastAPI
 
 from service import __version__, health
+from service.docs import install_docs
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.readiness_checks = {}
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(schedules_router.router)
     app.include_router(dropout_router.router)
