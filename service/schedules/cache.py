@@ -31,13 +31,17 @@ def spec_hash(spec: BaseModel, fmt: str, device: str) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Return True when an ``If-None-Match`` header matches ``etag`` (weak comparison)."""
+def etag_matches(if_none_match: str | None, etag: str, *, exists: bool) -> bool:
+    """Return True when an ``If-None-Match`` header matches ``etag`` (weak comparison).
+
+    ``*`` matches only when a representation ``exists`` (a computed result is cached): a spec
+    that would fail must get its error, not a 304.
+    """
     if not if_none_match:
         return False
     for candidate in if_none_match.split(","):
         candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
+        if (candidate == "*" and exists) or candidate.removeprefix("W/") == etag:
             return True
     return False
 

@@ -136,10 +136,10 @@ async def _respond(
     formats.check_points(fmt, service.count_points(spec), settings)
     key = cache.spec_hash(spec, fmt, resolve_device(spec.device).type)
     headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL, "Vary": "Accept"}
-    if cache.etag_matches(if_none_match, headers["ETag"]):
-        return Response(status_code=304, headers=headers)
     store: cache.ResultCache = request.app.state.schedule_cache
     entry = store.get(key)
+    if cache.etag_matches(if_none_match, headers["ETag"], exists=entry is not None):
+        return Response(status_code=304, headers=headers)
     headers["X-Cache"] = "hit" if entry else "miss"
     if entry is None:
         title = f"{spec.scheduler.type} on {spec.optimizer.type}(lr={spec.optimizer.lr:g})"

@@ -197,3 +197,9 @@ def test_query_form_errors_point_at_query_parameters(client, url, loc):
     r = client.get(url)
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["loc"] == loc
+
+
+def test_if_none_match_star_does_not_hide_an_error(client):
+    spec = {"scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 5}, "steps": 9}
+    r = client.post("/v1/schedules/compute", json=spec, headers={"If-None-Match": "*"})
+    assert r.status_code == 422
