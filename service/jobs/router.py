@@ -144,6 +144,7 @@ async def submit_job(
     idempotency_key: Annotated[
         str | None,
         Header(
+            min_length=1,
             max_length=255,
             description="Retrying with the same key and body returns the same job.",
         ),

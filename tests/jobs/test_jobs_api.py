@@ -324,3 +324,9 @@ def test_unknown_job_is_a_404_problem(jobs_client, job_id):
 def test_readiness_reports_the_workers(jobs_client):
     checks = jobs_client.get("/readyz").json()["checks"]
     assert checks["jobs"]["ready"] and "2 of 2 worker processes" in checks["jobs"]["detail"]
+
+
+def test_an_empty_idempotency_key_is_refused(jobs_client):
+    response = jobs_client.post("/v1/jobs", json={"epochs": 1}, headers={"Idempotency-Key": ""})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["header", "idempotency-key"]
