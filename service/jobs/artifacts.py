@@ -1,8 +1,9 @@
 """Per-job artifact folders and the ``latest`` link, on the local file system.
 
 ``<data_dir>/runs/<job id>/model.pt`` (a ``state_dict`` that ``torch.load(weights_only=True)``
-reads) and ``metrics.json``, each written to a temporary file in the same folder and renamed
-into place, so a reader sees the old file or the new one, never half of one.
+reads) and ``metrics.json``, written into a hidden staging folder and renamed into place as the
+job's folder only once the store accepted the run's ``succeeded``, so a reader sees both files
+or none, and a run that lost its job (to recovery) leaves nothing behind.
 ``<data_dir>/runs/latest`` is a relative symlink to the newest succeeded job's folder,
 retargeted the way ``ln -snf`` is meant to be, but atomically: a new link under a temporary
 name, renamed over the old one.
@@ -43,14 +44,29 @@ class Artifacts:
         path = self.folder(job_id) / name
         return path if path.is_file() and not path.is_symlink() else None
 
-    def write(self, job_id: str, state_dict: dict[str, torch.Tensor], metrics: Any) -> None:
-        """Write ``model.pt`` and ``metrics.json`` atomically into the job's folder."""
-        folder = self.folder(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
-        _atomic(folder / "model.pt", lambda f: torch.save(cpu_state, f))
-        text = json.dumps(metrics, allow_nan=False).encode()
-        _atomic(folder / "metrics.json", lambda f: f.write(text))
+    def stage(self, job_id: str, state_dict: dict[str, torch.Tensor], metrics: Any) -> Path:
+        """Write ``model.pt`` and ``metrics.json`` into a hidden staging folder next to the
+        job's; return that folder, for :meth:`publish` or :meth:`discard`."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        staged = self.runs / f".{job_id}.{secrets.token_hex(6)}.tmp"
+        staged.mkdir()
+        try:
+            cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
+            _atomic(staged / "model.pt", lambda f: torch.save(cpu_state, f))
+            text = json.dumps(metrics, allow_nan=False).encode()
+            _atomic(staged / "metrics.json", lambda f: f.write(text))
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def publish(self, job_id: str, staged: Path) -> None:
+        """Rename the staged folder into place as the job's folder (both files at once)."""
+        staged.rename(self.folder(job_id))
+
+    def discard(self, staged: Path) -> None:
+        """Remove a staged folder that will not be published."""
+        shutil.rmtree(staged)
 
     def point_latest(self, job_id: str | None) -> None:
         """Retarget ``runs/latest`` at the job's folder atomically; remove it for None."""

@@ -1,9 +1,9 @@
 """One job from claim to finished record, inside whatever process runs it.
 
-:func:`run_job` trains a claimed job, reports progress to the store, writes the artifacts,
-records the result and retargets ``latest``. It needs only the store, the artifacts folder
-and a cancel flag, so any executor (the local process pool today, a task queue later) can call
-it.
+:func:`run_job` trains a claimed job, reports progress to the store, stages the artifacts,
+records the result, then publishes the artifacts (or discards them when the job is no longer
+this run's) and retargets ``latest``. It needs only the store, the artifacts folder and a
+cancel flag, so any executor (the local process pool today, a task queue later) can call it.
 """
 
 import logging
@@ -78,7 +78,9 @@ def run_job(
         spec = specs.JobSpec.model_validate(job.spec)
         device = resolve_device(spec.device)
         result, net = trainer.train(spec, device, on_progress, check, config.progress_every)
-        artifacts.write(job.id, net.state_dict(), {"id": job.id, "spec": job.spec, **result})
+        staged = artifacts.stage(
+            job.id, net.state_dict(), {"id": job.id, "spec": job.spec, **result}
+        )
     except trainer.JobStopped as stop:
         if stop.kind == "lost":
             return "lost"
@@ -94,7 +96,9 @@ def run_job(
         store.finish(job.id, "failed", token=token, error=error)
         return "failed"
     if not store.finish(job.id, "succeeded", token=token, result=result):
+        artifacts.discard(staged)
         return "lost"
+    artifacts.publish(job.id, staged)
     artifacts.point_latest(job.id)
     return "succeeded"
 

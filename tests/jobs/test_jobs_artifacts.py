@@ -9,7 +9,7 @@ from service.jobs.artifacts import Artifacts
 
 
 def _job(artifacts: Artifacts, job_id: str) -> None:
-    artifacts.write(job_id, {"w": torch.ones(2)}, {"id": job_id})
+    artifacts.publish(job_id, artifacts.stage(job_id, {"w": torch.ones(2)}, {"id": job_id}))
 
 
 def test_files_are_written_whole_and_load_with_weights_only(tmp_path):

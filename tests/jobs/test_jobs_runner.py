@@ -62,3 +62,21 @@ def test_success_records_the_result_writes_artifacts_and_moves_latest(parts, tmp
     metrics = json.loads((artifacts.folder(job.id) / "metrics.json").read_text())
     assert metrics["train_loss"] == record.result["train_loss"]
     assert artifacts.latest() == job.id
+
+
+def test_a_run_that_lost_its_job_to_recovery_leaves_no_artifacts(parts, tmp_path, monkeypatch):
+    store, artifacts = parts
+    job, _ = store.create({**SPEC, "epochs": 2}, "h")
+    finish = store.finish
+
+    def recovery_first(job_id, status, **kwargs):
+        if status == "succeeded":  # a restart marks the job interrupted before the run ends
+            store.interrupt_running("restarted")
+        return finish(job_id, status, **kwargs)
+
+    monkeypatch.setattr(store, "finish", recovery_first)
+    config = RunConfig(sqlite_url(tmp_path), "", tmp_path, 60.0, progress_every=10)
+    assert run_job(store, artifacts, store.claim_next("w"), config) == "lost"
+    assert store.get(job.id).status == "interrupted"
+    assert artifacts.path(job.id, "model.pt") is None
+    assert list(artifacts.runs.iterdir()) == []  # nor a staging folder
