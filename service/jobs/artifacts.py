@@ -9,13 +9,16 @@ retargeted the way ``ln -snf`` is meant to be, but atomically: a new link under 
 name, renamed over the old one.
 
 Deleting a job removes its own folder only: a symlink is unlinked, never followed (the seed's
-``rm -rf link/`` trap deletes the *target's* contents).
+``rm -rf link/`` trap deletes the *target's* contents). Both the delete and a run that
+published after its job was deleted call :meth:`Artifacts.unpublish`, so whichever comes last
+leaves ``latest`` at an existing succeeded job's folder, or no ``latest``.
 """
 
 import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,14 @@ class Artifacts:
         """Return the job id ``latest`` points at, or None."""
         link = self.runs / LATEST
         return os.readlink(link) if link.is_symlink() else None
+
+    def unpublish(self, job_id: str, newest: Callable[[], str | None]) -> None:
+        """Remove the folder of a job the store no longer has and, when ``latest`` points at
+        it, retarget ``latest`` at ``newest()`` (the store's newest succeeded job, read only
+        then, after the job's removal)."""
+        self.delete(job_id)
+        if self.latest() == job_id:
+            self.point_latest(newest())
 
     def delete(self, job_id: str) -> None:
         """Remove the job's folder and nothing outside it: links inside are unlinked, and a

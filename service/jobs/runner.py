@@ -100,6 +100,8 @@ def run_job(
         return "lost"
     artifacts.publish(job.id, staged)
     artifacts.point_latest(job.id)
+    if store.get(job.id) is None:  # deleted meanwhile, maybe before publish or point_latest
+        artifacts.unpublish(job.id, store.latest_succeeded)
     return "succeeded"
 
 

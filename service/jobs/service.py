@@ -167,9 +167,7 @@ class JobService:
                 f"job {job_id} is {record.status}; cancel it first, only finished jobs can "
                 "be deleted"
             )
-        self.artifacts.delete(job_id)
-        if self.artifacts.latest() == job_id:
-            self.artifacts.point_latest(self.store.latest_succeeded())
+        self.artifacts.unpublish(job_id, self.store.latest_succeeded)
 
     def recover(self) -> list[str]:
         """After a restart: mark jobs left running interrupted (return their ids) and wake

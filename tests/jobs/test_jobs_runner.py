@@ -6,7 +6,9 @@ import pytest
 
 from service.jobs.artifacts import Artifacts
 from service.jobs.runner import RunConfig, run_job
+from service.jobs.service import JobService
 from service.jobs.store import Store, sqlite_url
+from service.settings import Settings
 
 SPEC = {
     "data": {"type": "noisy_sine", "n": 200, "n_train": 120},
@@ -80,3 +82,29 @@ def test_a_run_that_lost_its_job_to_recovery_leaves_no_artifacts(parts, tmp_path
     assert store.get(job.id).status == "interrupted"
     assert artifacts.path(job.id, "model.pt") is None
     assert list(artifacts.runs.iterdir()) == []  # nor a staging folder
+
+
+@pytest.mark.parametrize("after", ["finish", "publish", "point_latest"])
+def test_deleting_a_job_as_it_succeeds_leaves_latest_at_an_existing_job(
+    parts, tmp_path, monkeypatch, after
+):
+    store, artifacts = parts
+    jobs = JobService(Settings(data_dir=tmp_path), store, executor=None, artifacts=artifacts)
+    config = RunConfig(sqlite_url(tmp_path), "", tmp_path, 60.0, progress_every=10)
+    older, _ = store.create({**SPEC, "epochs": 1}, "h")
+    assert run_job(store, artifacts, store.claim_next("w"), config) == "succeeded"
+    job, _ = store.create({**SPEC, "epochs": 1}, "h")
+    owner = store if after == "finish" else artifacts
+    original = getattr(owner, after)
+
+    def then_delete(job_id, *args, **kwargs):
+        done = original(job_id, *args, **kwargs)
+        if job_id == job.id and store.get(job.id).status == "succeeded":
+            jobs.delete(job.id)  # the DELETE request lands right after this step of the run
+        return done
+
+    monkeypatch.setattr(owner, after, then_delete)
+    assert run_job(store, artifacts, store.claim_next("w"), config) == "succeeded"
+    assert store.get(job.id) is None and not artifacts.folder(job.id).exists()
+    assert artifacts.latest() == older.id and (artifacts.runs / "latest" / "model.pt").is_file()
+    assert sorted(p.name for p in artifacts.runs.iterdir()) == sorted([older.id, "latest"])
