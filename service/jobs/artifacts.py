@@ -47,6 +47,24 @@ class Artifacts:
         path = self.folder(job_id) / name
         return path if path.is_file() and not path.is_symlink() else None
 
+    def sweep(self) -> list[str]:
+        """Remove what runs that died left half-done: hidden staging folders and link temps.
+
+        Call only when no run is active (at start-up); returns the names removed.
+        """
+        if not self.runs.is_dir():
+            return []
+        removed = []
+        for entry in self.runs.iterdir():
+            if not entry.name.startswith("."):
+                continue
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        return removed
+
     def stage(self, job_id: str, state_dict: dict[str, torch.Tensor], metrics: Any) -> Path:
         """Write ``model.pt`` and ``metrics.json`` into a hidden staging folder next to the
         job's; return that folder, for :meth:`publish` or :meth:`discard`."""

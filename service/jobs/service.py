@@ -170,11 +170,12 @@ class JobService:
         self.artifacts.unpublish(job_id, self.store.latest_succeeded)
 
     def recover(self) -> list[str]:
-        """After a restart: mark jobs left running interrupted (return their ids) and wake
-        the workers for the queued ones."""
+        """After a restart: mark jobs left running interrupted (return their ids), sweep the
+        staging folders their runs left, and wake the workers for the queued ones."""
         interrupted = self.store.interrupt_running(
             "the service stopped while the job was running; submit it again to rerun it"
         )
+        self.artifacts.sweep()
         for record in self.store.list_jobs(status="queued", limit=1):
             self.executor.submit(record.id)
         return interrupted

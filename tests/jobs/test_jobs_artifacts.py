@@ -66,3 +66,16 @@ def test_deleting_a_job_never_follows_a_link_into_another_jobs_files(tmp_path):
     victim = artifacts.folder("victim")
     assert sorted(p.name for p in victim.iterdir()) == ["metrics.json", "model.pt"]
     assert torch.load(victim / "model.pt", weights_only=True)["w"].sum() == 2
+
+
+def test_start_up_sweeps_what_dead_runs_left_and_keeps_the_rest(tmp_path):
+    artifacts = Artifacts(tmp_path)
+    kept = artifacts.stage("kept", {"w": torch.zeros(1)}, {"ok": True})
+    artifacts.publish("kept", kept)
+    artifacts.point_latest("kept")
+    artifacts.stage("dead", {"w": torch.zeros(1)}, {"ok": True})  # never published
+    (artifacts.runs / ".latest.abc123").symlink_to("kept")  # a link temp never renamed
+    removed = artifacts.sweep()
+    assert len(removed) == 2 and all(name.startswith(".") for name in removed)
+    assert sorted(p.name for p in artifacts.runs.iterdir()) == ["kept", "latest"]
+    assert (artifacts.runs / "latest" / "model.pt").is_file()
