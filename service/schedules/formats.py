@@ -13,13 +13,12 @@ from fastapi import Response
 
 from service.errors import LimitExceeded
 from service.negotiation import MEDIA_TYPES
+from service.schedules.plots import to_plot
 from service.schedules.service import TORCH_VERSION, Computed
 from service.settings import Settings
 
 Format = Literal["json", "csv", "npy", "svg", "png"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "npy", "svg", "png")
-
-PLOT_MAX_POINTS = 20_000
 
 
 def check_points(fmt: Format, points: int, settings: Settings) -> None:
@@ -115,39 +114,6 @@ def to_npy(computed: Computed) -> bytes:
     """Return the lr array as ``.npy``: float64, shape (groups, points)."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(computed.lr, dtype=np.float64), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def to_plot(computed: Computed, fmt: Literal["svg", "png"], title: str) -> bytes:
-    """Return a line plot of lr (and momentum) per group against the optimizer step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    stride = max(1, -(-computed.indices.size // PLOT_MAX_POINTS))
-    x = computed.indices[::stride]
-    figure = Figure(figsize=(8, 4.5 if computed.momentum is None else 6.5), dpi=100)
-    rows = 1 if computed.momentum is None else 2
-    ax = figure.add_subplot(rows, 1, 1)
-    groups = computed.lr.shape[0]
-    for g in range(groups):
-        ax.plot(x, computed.lr[g, ::stride], label=f"group {g}" if groups > 1 else "lr")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if groups > 1:
-        ax.legend()
-    if computed.momentum is not None:
-        ax2 = figure.add_subplot(rows, 1, 2, sharex=ax)
-        for g in range(groups):
-            ax2.plot(x, computed.momentum[g, ::stride], label=f"group {g}")
-        ax2.set_ylabel("momentum / beta1")
-        ax2.grid(alpha=0.3)
-    figure.axes[-1].set_xlabel("optimizer step")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt)
     return buffer.getvalue()
 
 
