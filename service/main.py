@@ -18,7 +18,7 @@ from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware
 from service.playground import router as playground_router
-from service.schedules import router as schedules_router
+from service.schedules import routes as schedules_router
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """\

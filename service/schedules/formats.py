@@ -1,20 +1,21 @@
-"""Rendering a computed schedule: JSON, CSV, npy, SVG and PNG.
+"""Rendering a computed schedule as bytes and a media type: JSON, CSV, npy, SVG and PNG.
 
-The format comes from ``?format=`` when given, else from the ``Accept`` header, else JSON.
+The JSON body is :class:`~service.schedules.result.ScheduleResult`'s. Which format a request
+gets is the routes' business (``?format=``, then ``Accept``, then JSON).
 """
 
-import io
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
 import numpy as np
 import orjson
-from fastapi import Response
 
+from service.devices import TORCH_VERSION
 from service.errors import LimitExceeded
-from service.negotiation import MEDIA_TYPES
-from service.schedules.plots import to_plot
-from service.schedules.service import TORCH_VERSION, Computed
+from service.negotiation import MEDIA_TYPES, npy_bytes
+from service.schedules.plots import PlotOptions, to_plot
+from service.schedules.result import Computed
 from service.settings import Settings
 
 Format = Literal["json", "csv", "npy", "svg", "png"]
@@ -61,18 +62,6 @@ def _steps_json(indices: np.ndarray) -> np.ndarray | orjson.Fragment:
     return np.ascontiguousarray(indices)
 
 
-def _summary(computed: Computed) -> list[dict[str, float]]:
-    """Return ``[s.model_dump() for s in computed.summary()]`` without the models."""
-    return [
-        {
-            "min": float(row.min()) if row.size else final,
-            "max": float(row.max()) if row.size else final,
-            "final": final,
-        }
-        for row, final in zip(computed.lr, computed.final_lr, strict=True)
-    ]
-
-
 def result_dict(computed: Computed) -> dict[str, object]:
     """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
     return {
@@ -83,7 +72,7 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "device": computed.device,
         "torch_version": TORCH_VERSION,
         "warnings": computed.warnings,
-        "summary": _summary(computed),
+        "summary": computed.summary(),
     }
 
 
@@ -112,19 +101,21 @@ def to_csv(computed: Computed) -> bytes:
 
 def to_npy(computed: Computed) -> bytes:
     """Return the lr array as ``.npy``: float64, shape (groups, points)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(computed.lr, dtype=np.float64), allow_pickle=False)
-    return buffer.getvalue()
+    return npy_bytes(computed.lr.astype(np.float64, copy=False))
 
 
-def render(computed: Computed, fmt: Format, title: str, headers: dict[str, str]) -> Response:
-    """Return the HTTP response carrying ``computed`` in ``fmt``."""
-    headers = {
-        **headers,
-        "X-Engine": computed.engine,
-        "X-Device": computed.device,
-        "X-Torch-Version": TORCH_VERSION,
-    }
+@dataclass(frozen=True)
+class Rendered:
+    """A schedule in one format: the bytes and the media type they are sent as."""
+
+    body: bytes
+    media_type: str
+
+
+def render(
+    computed: Computed, fmt: Format, title: str, plot: PlotOptions | None = None
+) -> Rendered:
+    """Return ``computed`` in ``fmt``; ``title`` heads a plot drawn with ``plot``'s options."""
     if fmt == "json":
         body = to_json_bytes(computed)
     elif fmt == "csv":
@@ -132,5 +123,5 @@ def render(computed: Computed, fmt: Format, title: str, headers: dict[str, str])
     elif fmt == "npy":
         body = to_npy(computed)
     else:
-        body = to_plot(computed, fmt, title)
-    return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+        body = to_plot(computed, fmt, title, plot)
+    return Rendered(body, MEDIA_TYPES[fmt])

@@ -66,11 +66,12 @@ def plot_title(spec: Any) -> str:
     if warmup is None:
         second = "no warmup"
     else:
-        factor = next(
-            (f", {k}={getattr(warmup, k):g}" for k in ("start_factor", "factor") if hasattr(warmup, k)),
-            "",
+        fields = warmup.model_dump(exclude={"type"}, exclude_none=True)
+        second = (
+            f"{warmup.type} warmup ("
+            + ", ".join(f"{k}={_short(v)}" for k, v in fields.items())
+            + ")"
         )
-        second = f"{warmup.type} warmup, {warmup.steps} steps{factor}"
     groups = spec.param_groups
     if not groups:
         second += " · 1 param group"
