@@ -23,7 +23,8 @@ import torch
 from pydantic import Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
-from service.schedules.families.library import Library, LibraryLR
+from service.schedules.families import Library
+from service.schedules.families.adapters import LibraryLR
 from service.schedules.specs import NonNegInt, Number, PerGroup, PosInt, SchedulerBase
 
 LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")

@@ -20,7 +20,8 @@ import torch
 from pydantic import Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
-from service.schedules.families.library import ClosedFormLR, Library
+from service.schedules.families import Library
+from service.schedules.families.adapters import ClosedFormLR
 from service.schedules.specs import Number, PerGroup, SchedulerBase, SpecModel
 
 LIBRARY = Library(family="optax", package="optax", version="0.2.8")

@@ -22,7 +22,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
-from service.schedules.families.library import Library, LibraryLR, import_submodule_only
+from service.schedules.families import Library, import_submodule_only
+from service.schedules.families.adapters import LibraryLR
 from service.schedules.specs import NonNegInt, Number, PosInt, SchedulerBase
 
 LIBRARY = Library(family="timm", package="timm", version="1.0.31")

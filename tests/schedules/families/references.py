@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from service.schedules.families.library import import_submodule_only
+from service.schedules.families import import_submodule_only
 
 
 def _optimizer(lrs: list[float], **kwargs) -> torch.optim.Optimizer:
