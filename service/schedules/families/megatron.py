@@ -17,7 +17,7 @@ The formulas follow megatron-core 0.16.1 (the last release for Python 3.11), lin
 """
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -32,7 +32,6 @@ LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
 F64 = torch.float64
 Tensor = torch.Tensor
 
-STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 
 
@@ -55,18 +54,12 @@ class MegatronScheduler(SchedulerBase):
     """
 
     type: Literal["megatron"] = "megatron"
-    lr_decay_style: str = Field(default="linear", description="One of: " + ", ".join(STYLES) + ".")
+    selector: ClassVar[str] = "lr_decay_style"
     init_lr: Number = Field(default=0.0, ge=0.0, description="lr at step 0 of the warmup.")
     max_lr: PerGroup = Field(description="Peak lr (after warmup), or one per group.")
     min_lr: PerGroup = Field(default=0.0, description="Final lr, or one per group.")
     lr_warmup_steps: NonNegInt = Field(default=0, description="Steps of linear warmup.")
     lr_decay_steps: PosInt = Field(description="Step at which the decay ends (warmup included).")
-    wsd_decay_steps: PosInt | None = Field(
-        default=None, description="WSD: steps of the final anneal, ending at lr_decay_steps."
-    )
-    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = Field(
-        default="exponential", description="WSD: shape of the final anneal."
-    )
     start_wd: PerGroup = Field(default=0.01, description="Weight decay at step 0.")
     end_wd: PerGroup = Field(default=0.01, description="Weight decay after wd_incr_steps.")
     wd_incr_steps: NonNegInt | None = Field(
@@ -76,44 +69,9 @@ class MegatronScheduler(SchedulerBase):
 
     library: ClassVar[Library] = LIBRARY
     lr_fields: ClassVar[tuple[str, ...]] = ("init_lr", "max_lr", "min_lr")
-    examples: ClassVar[list[dict[str, Any]]] = [
-        {
-            "type": "megatron",
-            "lr_decay_style": "cosine",
-            "max_lr": 3e-4,
-            "min_lr": 3e-5,
-            "lr_warmup_steps": 100,
-            "lr_decay_steps": 1000,
-        },
-        {"type": "megatron", "lr_decay_style": "constant", "max_lr": 1e-3, "lr_decay_steps": 100},
-        {"type": "megatron", "lr_decay_style": "linear", "max_lr": 1e-3, "lr_decay_steps": 100},
-        {
-            "type": "megatron",
-            "lr_decay_style": "inverse-square-root",
-            "max_lr": 1e-3,
-            "min_lr": 1e-5,
-            "lr_warmup_steps": 10,
-            "lr_decay_steps": 100,
-        },
-        {
-            "type": "megatron",
-            "lr_decay_style": "WSD",
-            "max_lr": 3e-4,
-            "min_lr": 3e-5,
-            "lr_warmup_steps": 10,
-            "lr_decay_steps": 100,
-            "wsd_decay_steps": 20,
-            "lr_wsd_decay_style": "minus_sqrt",
-        },
-    ]
 
     @model_validator(mode="after")
     def _megatron_asserts(self) -> "MegatronScheduler":
-        from service.schedules.families.timm import _known_name
-
-        _known_name(
-            self.lr_decay_style, STYLES, "lr_decay_style", "Megatron's OptimizerParamScheduler"
-        )
         pairs = self._pairs()
         for i, (max_lr, min_lr, start_wd, end_wd) in enumerate(pairs):
             where = f" (group {i})" if len(pairs) > 1 else ""
@@ -144,22 +102,6 @@ class MegatronScheduler(SchedulerBase):
                 f"lr_warmup_steps: Megatron asserts lr_warmup_steps < lr_decay_steps; got "
                 f"{self.lr_warmup_steps} >= {self.lr_decay_steps}"
             )
-        if self.lr_decay_style == "WSD":
-            if self.wsd_decay_steps is None:
-                raise ValueError("wsd_decay_steps: lr_decay_style 'WSD' needs wsd_decay_steps")
-            if self.wsd_decay_steps > self.lr_decay_steps - self.lr_warmup_steps:
-                raise ValueError(
-                    f"wsd_decay_steps: the anneal ({self.wsd_decay_steps} steps) must fit between "
-                    f"the warmup ({self.lr_warmup_steps}) and lr_decay_steps "
-                    f"({self.lr_decay_steps}): at most {self.lr_decay_steps - self.lr_warmup_steps}"
-                )
-        else:
-            for name in ("wsd_decay_steps", "lr_wsd_decay_style"):
-                if name in self.model_fields_set:
-                    raise ValueError(
-                        f"{name}: only lr_decay_style 'WSD' uses it; this is "
-                        f"'{self.lr_decay_style}'. Remove it"
-                    )
         if self.wd_incr_style != "constant" and self.incr_steps <= 0:
             raise ValueError(
                 f"wd_incr_steps: wd_incr_style '{self.wd_incr_style}' divides by it; give > 0"
@@ -203,8 +145,8 @@ class MegatronScheduler(SchedulerBase):
             "end_wd": first(self.end_wd),
             "wd_incr_steps": self.incr_steps,
             "wd_incr_style": self.wd_incr_style,
-            "wsd_decay_steps": self.wsd_decay_steps,
-            "lr_wsd_decay_style": self.lr_wsd_decay_style,
+            "wsd_decay_steps": getattr(self, "wsd_decay_steps", None),
+            "lr_wsd_decay_style": getattr(self, "lr_wsd_decay_style", None),
         }
 
     def group_overrides(self) -> dict[str, list[float]]:
@@ -252,10 +194,10 @@ class MegatronScheduler(SchedulerBase):
         return torch.where(n <= warm, warmup, after)
 
     def _wsd_coeff(self, n: Tensor) -> Tensor:
-        wsd = self.wsd_decay_steps or 1
+        wsd = self.wsd_decay_steps  # type: ignore[attr-defined]
         start = self.lr_decay_steps - wsd
         ratio = torch.clamp_min(n - start, 0.0) / float(wsd)
-        style = self.lr_wsd_decay_style
+        style = self.lr_wsd_decay_style  # type: ignore[attr-defined]
         if style == "linear":
             coeff = 1.0 - ratio
         elif style == "cosine":
@@ -324,3 +266,92 @@ class MegatronScheduler(SchedulerBase):
                 "again after T_max"
             ]
         return []
+
+
+# --------------------------------------------------------------------------- one class per style
+
+
+class MegatronConstant(MegatronScheduler):
+    """Linear warmup to ``max_lr``, then ``max_lr`` (Megatron's ``--lr-decay-style constant``)."""
+
+    lr_decay_style: Literal["constant"] = "constant"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "megatron", "lr_decay_style": "constant", "max_lr": 1e-3, "lr_warmup_steps": 10,
+         "lr_decay_steps": 100}
+    ]  # fmt: skip
+
+
+class MegatronLinear(MegatronScheduler):
+    """Linear warmup, then linear decay to ``min_lr`` at ``lr_decay_steps``, then held."""
+
+    lr_decay_style: Literal["linear"] = "linear"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "megatron", "lr_decay_style": "linear", "max_lr": 1e-3, "min_lr": 1e-5,
+         "lr_decay_steps": 100}
+    ]  # fmt: skip
+
+
+class MegatronCosine(MegatronScheduler):
+    """Linear warmup, then cosine decay to ``min_lr`` at ``lr_decay_steps``, then held (torch's
+    CosineAnnealingLR rises again instead)."""
+
+    lr_decay_style: Literal["cosine"] = "cosine"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "megatron", "lr_decay_style": "cosine", "max_lr": 3e-4, "min_lr": 3e-5,
+         "lr_warmup_steps": 100, "lr_decay_steps": 1000}
+    ]  # fmt: skip
+
+
+class MegatronInverseSquareRoot(MegatronScheduler):
+    """Linear warmup, then ``max_lr * sqrt(warmup / step)``, at least ``min_lr``."""
+
+    lr_decay_style: Literal["inverse-square-root"] = "inverse-square-root"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "megatron", "lr_decay_style": "inverse-square-root", "max_lr": 1e-3,
+         "min_lr": 1e-5, "lr_warmup_steps": 10, "lr_decay_steps": 100}
+    ]  # fmt: skip
+
+
+class MegatronWSD(MegatronScheduler):
+    """Warmup-stable-decay: linear warmup, ``max_lr`` held, then an anneal to ``min_lr`` over the
+    last ``wsd_decay_steps`` before ``lr_decay_steps``."""
+
+    lr_decay_style: Literal["WSD"] = "WSD"
+    wsd_decay_steps: PosInt = Field(
+        description="Steps of the final anneal, which ends at lr_decay_steps."
+    )
+    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = Field(
+        default="exponential", description="Shape of the anneal (Megatron's default)."
+    )
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "megatron", "lr_decay_style": "WSD", "max_lr": 3e-4, "min_lr": 3e-5,
+         "lr_warmup_steps": 10, "lr_decay_steps": 100, "wsd_decay_steps": 20,
+         "lr_wsd_decay_style": "minus_sqrt"}
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _anneal_fits(self) -> "MegatronWSD":
+        if self.wsd_decay_steps > self.lr_decay_steps:
+            raise ValueError(
+                f"wsd_decay_steps: the anneal ({self.wsd_decay_steps} steps) is longer than the "
+                f"schedule: it ends at lr_decay_steps={self.lr_decay_steps}, so it can be at most "
+                f"{self.lr_decay_steps} steps"
+            )
+        return self
+
+
+SCHEDULES: tuple[type[MegatronScheduler], ...] = (
+    MegatronConstant,
+    MegatronLinear,
+    MegatronCosine,
+    MegatronInverseSquareRoot,
+    MegatronWSD,
+)
+"""One class per ``lr_decay_style`` of megatron-core 0.16.1."""
+
+STYLES = tuple(cls.model_fields["lr_decay_style"].default for cls in SCHEDULES)
+
+MegatronSchedule = Annotated[
+    MegatronConstant | MegatronLinear | MegatronCosine | MegatronInverseSquareRoot | MegatronWSD,
+    Field(discriminator="lr_decay_style"),
+]

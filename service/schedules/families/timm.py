@@ -13,13 +13,12 @@ follow ``timm.scheduler.*._get_lr`` line for line; the torch engine runs timm it
 without the package ``__init__`` (which needs torchvision).
 """
 
-import difflib
 import math
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library, import_submodule_only
@@ -31,28 +30,14 @@ LIBRARY = Library(family="timm", package="timm", version="1.0.31")
 F64 = torch.float64
 Tensor = torch.Tensor
 
-SCHEDS = ("cosine", "tanh", "step", "constant", "multistep", "plateau", "poly", "wsd", "rsqrt")
-"""Every ``sched`` of timm 1.0.31's ``create_scheduler_v2`` that builds a scheduler."""
 
 _CYCLE = ("cosine", "tanh", "poly")
-_USES: dict[str, set[str]] = {
-    "cycle_mul": set(_CYCLE),
-    "cycle_decay": set(_CYCLE),
-    "cycle_limit": set(_CYCLE),
-    "k_decay": {"cosine", "poly"},
-    "decay_epochs": {"step", "wsd", "rsqrt"},
-    "decay_milestones": {"multistep"},
-    "decay_rate": {"step", "multistep", "plateau", "poly"},
-    "patience_epochs": {"plateau"},
-    "plateau_mode": {"plateau"},
-    "decay_fn": {"wsd", "rsqrt"},
-    "stable_timescale": {"wsd", "rsqrt"},
-}
-"""Arguments that only some scheds read; giving one to another sched is refused."""
 
 
 class TimmScheduler(SchedulerBase):
-    """timm's schedulers through ``create_scheduler_v2``: warmup, cycles, k-decay, seeded noise.
+    """The arguments every timm sched takes (one subclass per ``sched`` adds its own).
+
+    timm's schedulers through ``create_scheduler_v2``: warmup, cycles, k-decay, seeded noise.
 
     timm: ``create_scheduler_v2(optimizer, sched='cosine', num_epochs=300, decay_epochs=None,
     decay_milestones=(90, 180, 270), cooldown_epochs=0, patience_epochs=10, decay_rate=0.1,
@@ -65,29 +50,15 @@ class TimmScheduler(SchedulerBase):
     """
 
     type: Literal["timm"] = "timm"
-    sched: str = Field(default="cosine", description="One of: " + ", ".join(SCHEDS) + ".")
+    selector: ClassVar[str] = "sched"
     num_epochs: PosInt = Field(default=300, description="Length of the schedule (t_initial).")
-    decay_epochs: Number | None = Field(
-        default=None,
-        gt=0.0,
-        description="step: decay interval (default 90); wsd/rsqrt: length of the decay phase, "
-        "a value in (0, 1) is a fraction of it (default 0.2).",
-    )
-    decay_milestones: list[NonNegInt] = Field(
-        default=[90, 180, 270], max_length=10_000, description="multistep: sorted milestones."
-    )
-    cooldown_epochs: NonNegInt = Field(
-        default=0, description="Epochs held at min_lr after the schedule (no effect on the lr)."
-    )
-    patience_epochs: NonNegInt = Field(default=10, description="plateau: epochs w/o progress.")
-    decay_rate: Number = Field(
-        default=0.1, description="step/multistep/plateau: decay factor; poly: the power."
-    )
-    min_lr: Number = Field(default=0.0, ge=0.0, description="Lower bound the lr decays to.")
     warmup_lr: Number = Field(default=1e-5, ge=0.0, description="lr at the start of warmup.")
     warmup_epochs: NonNegInt = Field(default=0, description="Epochs of linear warmup.")
     warmup_prefix: bool = Field(
         default=False, description="Warmup is added before num_epochs instead of inside it."
+    )
+    cooldown_epochs: NonNegInt = Field(
+        default=0, description="Epochs held at min_lr after the schedule (no effect on the lr)."
     )
     noise: Number | list[Number] | None = Field(
         default=None,
@@ -96,17 +67,6 @@ class TimmScheduler(SchedulerBase):
     noise_pct: Number = Field(default=0.67, gt=0.0, description="Noise limit (resampled above).")
     noise_std: Number = Field(default=1.0, description="Noise standard deviation.")
     noise_seed: int = Field(default=42, ge=0, le=2**62, description="Seed: noise at t uses seed+t.")
-    cycle_mul: Number = Field(default=1.0, gt=0.0, description="Cycle length multiplier.")
-    cycle_decay: Number = Field(default=0.1, description="Peak multiplier per cycle.")
-    cycle_limit: NonNegInt = Field(default=1, description="Number of cycles.")
-    k_decay: Number = Field(default=1.0, gt=0.0, description="k-decay exponent.")
-    decay_fn: Literal["linear", "1-sqrt", "cosine", "power", "exp"] | None = Field(
-        default=None, description="wsd/rsqrt decay phase; null: '1-sqrt' (wsd), 'linear' (rsqrt)."
-    )
-    stable_timescale: Number | None = Field(
-        default=None, gt=0.0, description="rsqrt: timescale in epochs; null: warmup_epochs."
-    )
-    plateau_mode: Literal["min", "max"] = Field(default="max", description="plateau direction.")
     step_on_epochs: bool = Field(
         default=True, description="t counts epochs (step) or updates (step_update)."
     )
@@ -115,61 +75,17 @@ class TimmScheduler(SchedulerBase):
     )
 
     library: ClassVar[Library] = LIBRARY
-    lr_fields: ClassVar[tuple[str, ...]] = ("min_lr", "warmup_lr")
-    examples: ClassVar[list[dict[str, Any]]] = [
-        {
-            "type": "timm",
-            "sched": "cosine",
-            "num_epochs": 10,
-            "warmup_epochs": 2,
-            "warmup_lr": 0.0,
-            "updates_per_epoch": 10,
-            "step_on_epochs": False,
-        },
-        {"type": "timm", "sched": "tanh", "num_epochs": 60, "warmup_epochs": 5},
-        {"type": "timm", "sched": "step", "num_epochs": 60, "decay_epochs": 20, "decay_rate": 0.5},
-        {"type": "timm", "sched": "constant", "num_epochs": 30, "warmup_epochs": 3},
-        {"type": "timm", "sched": "multistep", "num_epochs": 60, "decay_milestones": [20, 40]},
-        {"type": "timm", "sched": "plateau", "num_epochs": 30, "patience_epochs": 2},
-        {"type": "timm", "sched": "poly", "num_epochs": 60, "decay_rate": 2.0},
-        {"type": "timm", "sched": "wsd", "num_epochs": 100, "warmup_epochs": 10},
-        {"type": "timm", "sched": "rsqrt", "num_epochs": 100, "warmup_epochs": 10},
-    ]
-
-    @field_validator("sched")
-    @classmethod
-    def _known_sched(cls, value: str) -> str:
-        return _known_name(value, SCHEDS, "sched", "timm's create_scheduler_v2")
+    lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr",)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TimmScheduler":
-        for name, scheds in _USES.items():
-            if name in self.model_fields_set and self.sched not in scheds:
-                raise ValueError(
-                    f"{name}: timm's sched '{self.sched}' does not use it (it is read by "
-                    f"{', '.join(sorted(scheds))}); remove it"
-                )
         if not self.step_on_epochs and self.updates_per_epoch <= 0:
             raise ValueError(
                 "updates_per_epoch: step_on_epochs is false, so timm needs updates_per_epoch > 0 "
                 "(the number of optimizer updates per epoch)"
             )
-        if self.sched == "plateau" and not self.step_on_epochs:
-            raise ValueError("step_on_epochs: timm's plateau only steps per epoch; set it true")
-        if self.sched == "multistep" and self.decay_milestones != sorted(self.decay_milestones):
-            raise ValueError(
-                "decay_milestones: timm's MultiStepLRScheduler assumes sorted milestones "
-                f"(it bisects them); give {sorted(self.decay_milestones)}"
-            )
         if isinstance(self.noise, list) and not 1 <= len(self.noise) <= 2:
             raise ValueError("noise: give [start, end] or [start] as fractions of num_epochs")
-        if self.sched in ("wsd", "rsqrt"):
-            self._wsd_lengths()
-            if self.sched == "rsqrt" and self._timescale() is None and self.warmup_epochs == 0:
-                raise ValueError(
-                    "stable_timescale: rsqrt's timescale defaults to warmup_epochs, which is 0; "
-                    "give stable_timescale or warmup_epochs"
-                )
         return self
 
     # ------------------------------------------------------------------ timm's arguments
@@ -188,14 +104,12 @@ class TimmScheduler(SchedulerBase):
         return self.warmup_epochs * self.upe
 
     def _timescale(self) -> float | None:
-        if self.stable_timescale is None:
-            return None
-        return self.stable_timescale * self.upe
+        timescale = getattr(self, "stable_timescale", None)
+        return None if timescale is None else timescale * self.upe
 
     def _decay_epochs(self) -> float:
-        if self.decay_epochs is not None:
-            return self.decay_epochs
-        return 0.2 if self.sched in ("wsd", "rsqrt") else 90
+        decay_epochs = getattr(self, "decay_epochs", None)
+        return 0.2 if decay_epochs is None else decay_epochs
 
     def _wsd_lengths(self) -> tuple[int, int]:
         """Return (t_initial, decay_t) of timm's WSDLRScheduler, refusing what timm refuses."""
@@ -228,10 +142,8 @@ class TimmScheduler(SchedulerBase):
 
     # ------------------------------------------------------------------ closed form
 
-    @property
-    def metric_driven(self) -> bool:
-        """True for 'plateau', whose lr follows the request's metrics (torch engine only)."""
-        return self.sched == "plateau"
+    metric_driven: ClassVar[bool] = False
+    """True for 'plateau', whose lr follows the request's metrics (torch engine only)."""
 
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return no other series: the library sets only the lr."""
@@ -415,13 +327,227 @@ class TimmScheduler(SchedulerBase):
         return length + (self.warmup_t if self.warmup_prefix else 0)
 
 
-def _known_name(value: str, names: tuple[str, ...], field: str, where: str) -> str:
-    """Return ``value`` if it is one of ``names``, else raise with a "did you mean"."""
-    if value in names:
-        return value
-    close = difflib.get_close_matches(value, names, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ValueError(f"unknown {field} {value!r}: {hint}{where} accepts {', '.join(names)}")
+# --------------------------------------------------------------------------- one class per sched
+
+MinLr = Annotated[Number, Field(ge=0.0, description="Lower bound the lr decays to.")]
+DecayRate = Annotated[Number, Field(description="Decay factor.")]
+
+
+class _Cycles(TimmScheduler):
+    min_lr: MinLr = 0.0
+    cycle_mul: Number = Field(default=1.0, gt=0.0, description="Cycle length multiplier.")
+    cycle_decay: Number = Field(default=0.1, description="Peak multiplier per cycle.")
+    cycle_limit: NonNegInt = Field(default=1, description="Number of cycles.")
+    lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr", "min_lr")
+
+
+class TimmCosine(_Cycles):
+    """Cosine decay from each group's lr to ``min_lr`` over ``num_epochs``, with restarts.
+
+    timm: ``create_scheduler_v2(optimizer, sched='cosine', ...)`` → ``CosineLRScheduler``:
+    ``lr_min + 0.5 (lr_max - lr_min)(1 + cos(pi t_c^k / t_i^k))``; held at ``min_lr`` after
+    ``cycle_limit`` cycles (torch's CosineAnnealingLR rises again).
+    """
+
+    sched: Literal["cosine"] = "cosine"
+    k_decay: Number = Field(default=1.0, gt=0.0, description="k-decay exponent.")
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "cosine", "num_epochs": 10, "warmup_epochs": 2,
+         "warmup_lr": 0.0, "updates_per_epoch": 10, "step_on_epochs": False}
+    ]  # fmt: skip
+
+
+class TimmTanh(_Cycles):
+    """Hyperbolic-tangent decay (lb = -7, ub = 3) from each group's lr to ``min_lr``, with restarts.
+
+    timm: ``create_scheduler_v2(optimizer, sched='tanh', ...)`` → ``TanhLRScheduler``. Without
+    ``warmup_prefix`` the warmup ramps to the tanh value at its end, not to the group's lr.
+    """
+
+    sched: Literal["tanh"] = "tanh"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "tanh", "num_epochs": 60, "warmup_epochs": 5}
+    ]
+
+
+class TimmPoly(_Cycles):
+    """Polynomial decay ``(1 - t_c^k / t_i^k) ** decay_rate`` to ``min_lr``, with restarts.
+
+    timm: ``create_scheduler_v2(optimizer, sched='poly', ...)`` → ``PolyLRScheduler`` (the
+    factory passes ``decay_rate`` as the power).
+    """
+
+    sched: Literal["poly"] = "poly"
+    decay_rate: Number = Field(default=0.1, description="The power of the polynomial.")
+    k_decay: Number = Field(default=1.0, gt=0.0, description="k-decay exponent.")
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "poly", "num_epochs": 60, "decay_rate": 2.0}
+    ]
+
+
+class TimmStep(TimmScheduler):
+    """Decays each group's lr by ``decay_rate`` every ``decay_epochs``.
+
+    timm: ``create_scheduler_v2(optimizer, sched='step', ...)`` → ``StepLRScheduler``.
+    """
+
+    sched: Literal["step"] = "step"
+    decay_epochs: Number = Field(default=90, gt=0.0, description="Decay interval.")
+    decay_rate: DecayRate = 0.1
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "step", "num_epochs": 60, "decay_epochs": 20, "decay_rate": 0.5}
+    ]
+
+
+class TimmConstant(TimmScheduler):
+    """Each group's lr after the warmup, unchanged.
+
+    timm: ``create_scheduler_v2(optimizer, sched='constant', ...)`` → ``StepLRScheduler`` that
+    never decays.
+    """
+
+    sched: Literal["constant"] = "constant"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "constant", "num_epochs": 30, "warmup_epochs": 3}
+    ]
+
+
+class TimmMultiStep(TimmScheduler):
+    """Decays each group's lr by ``decay_rate`` at each of ``decay_milestones``.
+
+    timm: ``create_scheduler_v2(optimizer, sched='multistep', ...)`` →
+    ``MultiStepLRScheduler``: milestone ``m`` applies at ``t = m - 1``, one step earlier than
+    torch's MultiStepLR.
+    """
+
+    sched: Literal["multistep"] = "multistep"
+    decay_milestones: list[NonNegInt] = Field(
+        default=[90, 180, 270], max_length=10_000, description="Sorted milestones, in epochs."
+    )
+    decay_rate: DecayRate = 0.1
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "multistep", "num_epochs": 60, "decay_milestones": [20, 40]}
+    ]
+
+    @model_validator(mode="after")
+    def _sorted(self) -> "TimmMultiStep":
+        if self.decay_milestones != sorted(self.decay_milestones):
+            raise ValueError(
+                "decay_milestones: timm's MultiStepLRScheduler assumes sorted milestones "
+                f"(it bisects them); give {sorted(self.decay_milestones)}"
+            )
+        return self
+
+
+class TimmPlateau(TimmScheduler):
+    """Multiplies the lr by ``decay_rate`` when the metric stops improving (driven by ``metrics``).
+
+    timm: ``create_scheduler_v2(optimizer, sched='plateau', ...)`` → ``PlateauLRScheduler``
+    over torch's ``ReduceLROnPlateau`` (deprecated in timm). Torch engine only.
+    """
+
+    sched: Literal["plateau"] = "plateau"
+    decay_rate: DecayRate = 0.1
+    patience_epochs: NonNegInt = Field(default=10, description="Epochs without improvement.")
+    plateau_mode: Literal["min", "max"] = Field(default="max", description="Metric direction.")
+    min_lr: MinLr = 0.0
+    lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr", "min_lr")
+    metric_driven: ClassVar[bool] = True
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "plateau", "num_epochs": 30, "patience_epochs": 2}
+    ]
+
+    @model_validator(mode="after")
+    def _on_epochs(self) -> "TimmPlateau":
+        if not self.step_on_epochs:
+            raise ValueError("step_on_epochs: timm's plateau only steps per epoch; set it true")
+        return self
+
+
+class _WarmupStableDecay(TimmScheduler):
+    min_lr: MinLr = 0.0
+    decay_epochs: Number | None = Field(
+        default=None,
+        gt=0.0,
+        description="Length of the decay phase; a value in (0, 1) is a fraction of the stable "
+        "+ decay length (null: 0.2).",
+    )
+    decay_fn: Literal["linear", "1-sqrt", "cosine", "power", "exp"] | None = Field(
+        default=None, description="Decay phase; null: '1-sqrt' (wsd), 'linear' (rsqrt)."
+    )
+    lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr", "min_lr")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "_WarmupStableDecay":
+        self._wsd_lengths()
+        return self
+
+
+class TimmWSD(_WarmupStableDecay):
+    """Warmup, then each group's lr held, then a decay to ``min_lr`` over ``decay_epochs``.
+
+    timm: ``create_scheduler_v2(optimizer, sched='wsd', ...)`` → ``WSDLRScheduler`` with a
+    constant stable phase (default decay '1-sqrt').
+    """
+
+    sched: Literal["wsd"] = "wsd"
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "wsd", "num_epochs": 100, "warmup_epochs": 10}
+    ]
+
+
+class TimmRsqrt(_WarmupStableDecay):
+    """Warmup, then ``lr (1 + t/timescale)^-0.5``, then a decay to ``min_lr`` (Big Vision).
+
+    timm: ``create_scheduler_v2(optimizer, sched='rsqrt', ...)`` → ``WSDLRScheduler`` with an
+    rsqrt stable phase (default decay 'linear').
+    """
+
+    sched: Literal["rsqrt"] = "rsqrt"
+    stable_timescale: Number | None = Field(
+        default=None, gt=0.0, description="Timescale in epochs; null: warmup_epochs."
+    )
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "rsqrt", "num_epochs": 100, "warmup_epochs": 10}
+    ]
+
+    @model_validator(mode="after")
+    def _timescale_given(self) -> "TimmRsqrt":
+        if self.stable_timescale is None and self.warmup_epochs == 0:
+            raise ValueError(
+                "stable_timescale: rsqrt's timescale defaults to warmup_epochs, which is 0; "
+                "give stable_timescale or warmup_epochs"
+            )
+        return self
+
+
+SCHEDULES: tuple[type[TimmScheduler], ...] = (
+    TimmCosine,
+    TimmTanh,
+    TimmStep,
+    TimmConstant,
+    TimmMultiStep,
+    TimmPlateau,
+    TimmPoly,
+    TimmWSD,
+    TimmRsqrt,
+)
+"""One class per ``sched`` of timm 1.0.31's ``create_scheduler_v2`` that builds a scheduler."""
+
+SCHEDS = tuple(cls.model_fields["sched"].default for cls in SCHEDULES)
+
+TimmSchedule = Annotated[
+    TimmCosine
+    | TimmTanh
+    | TimmStep
+    | TimmConstant
+    | TimmMultiStep
+    | TimmPlateau
+    | TimmPoly
+    | TimmWSD
+    | TimmRsqrt,
+    Field(discriminator="sched"),
+]
 
 
 def _cycle_index(tt: Tensor, T: int, m: float) -> Tensor:

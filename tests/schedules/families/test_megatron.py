@@ -1,14 +1,15 @@
-"""Megatron parity: our closed forms against megatron-core 0.16.1's OptimizerParamScheduler.
+"""Megatron parity: both engines against megatron-core 0.16.1's OptimizerParamScheduler.
 
 megatron-core is installed with --no-deps (nodeps-requirements.txt); 0.16.1 is its last
-release for Python 3.11. Its scheduler steps a real torch optimizer here.
+release for Python 3.11. Its scheduler steps a real torch optimizer here; the torch engine
+steps it too (bit-identical), the vectorized engine evaluates our closed forms (1e-9).
 """
 
 import numpy as np
 import pytest
-import torch
 
-from service.schedules.families.megatron import STYLES, WSD_STYLES, MegatronScheduler
+from service.schedules.families.megatron import STYLES, WSD_STYLES
+from tests.schedules.families.api import compute, lr
 from tests.schedules.families.references import megatron_reference
 
 M = {"type": "megatron"}
@@ -191,13 +192,18 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_closed_forms_match_megatron(name):
+def test_both_engines_match_megatron(client, name):
     spec, groups, n = CASES[name]
-    lr, wd = megatron_reference(spec, groups, n)
-    parsed = MegatronScheduler(**spec)
-    ours = parsed.lr(torch.arange(n), torch.zeros(groups, 1, dtype=torch.float64))
-    np.testing.assert_allclose(ours.numpy(), lr, rtol=1e-9, atol=0)
-    np.testing.assert_allclose(parsed.weight_decay(torch.arange(n), groups).numpy(), wd, rtol=1e-9)
+    expected_lr, expected_wd = megatron_reference(spec, groups, n)
+    request = {"param_groups": [{}] * groups, "include": ["weight_decay"]}
+    torch_body = compute(client, spec, n, "torch", **request)
+    assert np.array_equal(lr(torch_body), expected_lr)
+    assert np.array_equal(np.asarray(torch_body["weight_decay"]), expected_wd)
+    vectorized = compute(client, spec, n, "vectorized", **request)
+    np.testing.assert_allclose(lr(vectorized), expected_lr, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(np.asarray(vectorized["weight_decay"]), expected_wd, rtol=1e-9)
+    info = {"family": "megatron", "library": "megatron-core", "version": "0.16.1"}
+    assert vectorized["families"] == [info]
 
 
 def test_every_style_has_three_cases():

@@ -1,14 +1,16 @@
-"""timm parity: our closed forms against timm 1.0.31's own schedulers stepping a real optimizer.
+"""timm parity: both engines against timm 1.0.31's own schedulers stepping a real optimizer.
 
 timm is installed with --no-deps (nodeps-requirements.txt) and its ``timm.scheduler`` modules
-imported without ``timm/__init__`` (which needs torchvision); they need only torch.
+imported without ``timm/__init__`` (which needs torchvision); they need only torch. The torch
+engine steps timm itself (bit-identical); the vectorized engine evaluates our closed forms
+(within 1e-9 relative).
 """
 
 import numpy as np
 import pytest
-import torch
 
-from service.schedules.families.timm import TimmScheduler
+from service.schedules.families.timm import SCHEDS
+from tests.schedules.families.api import compute, groups_for, lr
 from tests.schedules.families.references import timm_reference
 
 ONE, THREE = [0.1], [0.1, 0.01, 0.5]
@@ -230,20 +232,55 @@ CASES = {
 }
 
 
+PLATEAU = {
+    "plateau-max": ({"sched": "plateau", "num_epochs": 30, "patience_epochs": 2}, ONE, 20),
+    "plateau-min-warmup-noise": (
+        {
+            "sched": "plateau",
+            "num_epochs": 30,
+            "patience_epochs": 1,
+            "plateau_mode": "min",
+            "warmup_epochs": 3,
+            "noise": [0.3, 0.6],
+            "min_lr": 0.02,
+        },
+        THREE,
+        25,
+    ),
+    "plateau-patience-0": (
+        {"sched": "plateau", "num_epochs": 10, "patience_epochs": 0, "decay_rate": 0.5},
+        [0.1, 0.2],
+        12,
+    ),
+}
+METRICS = [1.0, 0.9, 0.95, 0.95, 0.8, 0.85, 0.85, 0.85, 0.7, 0.7] * 3
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_closed_form_matches_timm(name):
+def test_both_engines_match_timm(client, name):
     spec, lrs, n = CASES[name]
-    expected = timm_reference({"type": "timm", **spec}, lrs, n)
-    ours = TimmScheduler(**spec).lr(
-        torch.arange(n), torch.tensor(lrs, dtype=torch.float64)[:, None]
-    )
-    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-9, atol=0)
+    scheduler = {"type": "timm", **spec}
+    expected = timm_reference(scheduler, lrs, n)
+    torch_body = compute(client, scheduler, n, "torch", **groups_for(lrs))
+    assert np.array_equal(lr(torch_body), expected)
+    vectorized = compute(client, scheduler, n, "vectorized", **groups_for(lrs))
+    np.testing.assert_allclose(lr(vectorized), expected, rtol=1e-9, atol=0)
+    assert vectorized["families"] == [{"family": "timm", "library": "timm", "version": "1.0.31"}]
 
 
-def test_every_sched_but_plateau_has_three_cases():
-    counts = {}
-    for spec, _, _ in CASES.values():
+@pytest.mark.parametrize("name", list(PLATEAU))
+def test_plateau_torch_engine_matches_timm(client, name):
+    spec, lrs, n = PLATEAU[name]
+    scheduler = {"type": "timm", **spec}
+    metrics = METRICS[: n - 1]
+    expected = timm_reference(scheduler, lrs, n, metrics=metrics)
+    body = compute(client, scheduler, n, "auto", metrics=metrics, **groups_for(lrs))
+    assert body["engine"] == "torch"
+    assert np.array_equal(lr(body), expected)
+
+
+def test_every_sched_has_three_cases():
+    counts: dict[str, int] = {}
+    for spec, _, _ in [*CASES.values(), *PLATEAU.values()]:
         counts[spec["sched"]] = counts.get(spec["sched"], 0) + 1
-    from service.schedules.families.timm import SCHEDS
-
-    assert {s: counts.get(s, 0) for s in SCHEDS if s != "plateau" and counts.get(s, 0) < 3} == {}
+    assert {s: counts.get(s, 0) for s in SCHEDS if counts.get(s, 0) < 3} == {}
