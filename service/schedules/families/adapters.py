@@ -25,6 +25,10 @@ class FamilySpec(Protocol):
         """Return the lr at scheduler steps ``k`` (int64), (groups, len(k)), float64."""
         ...
 
+    def first_failure(self, last: int) -> tuple[int, Exception] | None:
+        """Return the first step in 1..``last`` at which the library raises, and what."""
+        ...
+
     def other_series(self, k: torch.Tensor, groups: int) -> dict[str, torch.Tensor]:
         """Return the other param-group values the library sets, by group key (e.g.
         Megatron's ``weight_decay``), each (groups, len(k)); empty for most families."""
@@ -118,6 +122,9 @@ def _leaf_class() -> type:
 
         def restart_map(self) -> Any:
             return self.step_map(torch.zeros(1, dtype=torch.int64, device=self.base.device))
+
+        def failure(self, last: int, restarted: bool) -> tuple[int, BaseException] | None:
+            return self.spec.value.first_failure(last)
 
     return FamilyLeaf
 

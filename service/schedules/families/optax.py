@@ -75,6 +75,10 @@ class OptaxBase(SchedulerBase):
         """Return no other series: the library sets only the lr."""
         return {}
 
+    def first_failure(self, last: int) -> tuple[int, Exception] | None:
+        """Return None: the library refuses nothing once the spec is valid."""
+        return None
+
     def lr(self, k: Tensor, base: Tensor) -> Tensor:
         """Return the lr at scheduler steps ``k`` (int64), shape (groups, len(k)).
 

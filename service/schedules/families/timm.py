@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
+from service.errors import LimitExceeded
 from service.schedules.families import Library, import_submodule_only
 from service.schedules.families.adapters import LibraryLR
 from service.schedules.specs import NonNegInt, Number, PosInt, SchedulerBase
@@ -270,10 +271,36 @@ class TimmScheduler(SchedulerBase):
 
     def drive(self, scheduler: Any, k: int, metric: float | None = None) -> None:
         """Make timm's scheduler set t = ``k``, as timm's train.py does."""
-        if self.step_on_epochs:
-            scheduler.step(k, metric)
-        else:
-            scheduler.step_update(k)
+        try:
+            if self.step_on_epochs:
+                scheduler.step(k, metric)
+            else:
+                scheduler.step_update(k)
+        except ValueError as exc:
+            failure = self.first_failure(k)
+            raise failure[1] if failure else exc from None
+
+    def first_failure(self, last: int) -> tuple[int, Exception] | None:
+        """Return the first t in 1..``last`` at which timm raises, and what it raises.
+
+        With ``cycle_mul < 1`` the cycles shrink geometrically and all fit in
+        ``t' < T / (1 - cycle_mul)``; there timm takes the log of a number <= 0.
+        """
+        m = getattr(self, "cycle_mul", 1.0)
+        if m >= 1:
+            return None
+        T = self.t_initial
+        shift = self.warmup_t if self.warmup_prefix else 0
+        t = max(self.warmup_t, shift + math.floor(T / (1 - m)) - 2)
+        while 1 - (t - shift) / T * (1 - m) > 0:
+            t += 1
+        if t > last:
+            return None
+        return t, ValueError(
+            f"timm raises 'math domain error' at t = {t}: with cycle_mul={m:g} < 1 all "
+            f"{self.sched} cycles fit before t = {t} (t_initial / (1 - cycle_mul)); lower steps "
+            "or raise cycle_mul"
+        )
 
     def build(self, optimizer: torch.optim.Optimizer, span: int) -> LRScheduler:
         """Return a torch scheduler stepping timm's own (built at the first step)."""
@@ -575,6 +602,10 @@ def _cycle_index(tt: Tensor, T: int, m: float) -> Tensor:
     return i
 
 
+NOISE_MAX_POINTS = 100_000
+"""Most noisy steps one request evaluates (about 45 µs each, one generator per step)."""
+
+
 def _noise_at(spec: TimmScheduler, t: int) -> float:
     """Return timm's noise at t: ``torch.Generator`` seeded ``noise_seed + t``, resampled."""
     g = torch.Generator()
@@ -599,6 +630,13 @@ def _add_noise(spec: TimmScheduler, k: Tensor, values: Tensor) -> Tensor:
     if not bool(inside.any()):
         return values
     cols = inside.nonzero().flatten()
+    if cols.numel() > NOISE_MAX_POINTS:
+        raise LimitExceeded(
+            f"timm's noise draws from a torch.Generator seeded anew at every step: this request "
+            f"has {cols.numel()} noisy steps and the limit is {NOISE_MAX_POINTS}; lower steps, "
+            "sample fewer points (sample.points) or narrow noise",
+            loc=("body", "scheduler", "noise"),
+        )
     steps = k[cols].tolist()
     cache: dict[int, float] = {}
     noise = [cache.setdefault(s, _noise_at(spec, s)) for s in steps]
