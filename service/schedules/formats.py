@@ -68,6 +68,9 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "steps": _steps_json(computed.indices),
         "lr": np.ascontiguousarray(computed.lr),
         "momentum": None if computed.momentum is None else np.ascontiguousarray(computed.momentum),
+        "weight_decay": None
+        if computed.weight_decay is None
+        else np.ascontiguousarray(computed.weight_decay),
         "engine": computed.engine,
         "device": computed.device,
         "torch_version": TORCH_VERSION,
@@ -82,13 +85,19 @@ def to_json_bytes(computed: Computed) -> bytes:
 
 
 def to_csv(computed: Computed) -> bytes:
-    """Return ``step,lr`` (one group) or ``step,lr_0,lr_1,...`` rows, momentum after lr."""
+    """Return ``step,lr`` (one group) or ``step,lr_0,lr_1,...`` rows, then momentum and
+    weight_decay when asked for."""
     groups = computed.lr.shape[0]
-    names = ["lr"] if groups == 1 else [f"lr_{g}" for g in range(groups)]
-    columns = [computed.lr]
-    if computed.momentum is not None:
-        names += ["momentum"] if groups == 1 else [f"momentum_{g}" for g in range(groups)]
-        columns.append(computed.momentum)
+    names: list[str] = []
+    columns = []
+    for name, values in (
+        ("lr", computed.lr),
+        ("momentum", computed.momentum),
+        ("weight_decay", computed.weight_decay),
+    ):
+        if values is not None:
+            names += [name] if groups == 1 else [f"{name}_{g}" for g in range(groups)]
+            columns.append(values)
     table = np.vstack(columns)
     lines = ["step," + ",".join(names)]
     rows = table.T.tolist()

@@ -32,6 +32,8 @@ class Computed:
     engine: EngineName
     device: str
     warnings: list[str] = field(default_factory=list)
+    weight_decay: np.ndarray | None = None
+    """Each group's weight decay, same shape as ``lr``, when asked for (Megatron sets it)."""
 
     def summary(self) -> list[dict[str, float]]:
         """Return each group's min and max over ``indices`` and its final lr (the members of
@@ -61,6 +63,10 @@ class ScheduleResult(BaseModel):
     lr: list[list[float]] = Field(description="One list per param group, aligned with steps.")
     momentum: list[list[float]] | None = Field(
         default=None, description="Momentum (or beta1) per group, when include asks for it."
+    )
+    weight_decay: list[list[float]] | None = Field(
+        default=None,
+        description="Weight decay per group, when include asks for it (Megatron's schedule).",
     )
     engine: EngineName
     device: str
