@@ -35,7 +35,19 @@ class FamilySpec(Protocol):
         ...
 
 
-class ClosedFormLR(LRScheduler):
+class FamilyLR(LRScheduler):
+    """A torch scheduler for a family spec (``spec``); the vectorized engine reads its closed
+    form from the spec and its base lrs from here."""
+
+    spec: FamilySpec
+
+    def _closed(self, k: int) -> list[float]:
+        base = torch.tensor([float(v) for v in self.base_lrs], dtype=torch.float64)[:, None]
+        values = self.spec.lr(torch.tensor([k], dtype=torch.int64), base)
+        return [float(v) for v in values[:, 0]]
+
+
+class ClosedFormLR(FamilyLR):
     """A torch scheduler that sets every group's lr to a family's closed form at its step.
 
     For libraries that are not torch (optax): the values are the closed form's, evaluated in
@@ -47,16 +59,15 @@ class ClosedFormLR(LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        base = torch.tensor([float(v) for v in self.base_lrs], dtype=torch.float64)[:, None]
-        k = torch.tensor([self.last_epoch], dtype=torch.int64)
-        return [float(v) for v in self.spec.lr(k, base)[:, 0]]
+        return self._closed(self.last_epoch)
 
 
-class LibraryLR(LRScheduler):
+class LibraryLR(FamilyLR):
     """A torch scheduler driving the library's own scheduler object at torch's step count.
 
     ``make(optimizer)`` builds the library's scheduler (it sets the groups' values for step
-    0, as the library does when constructed); ``drive(scheduler, k)`` makes it set step ``k``.
+    0, as the library does when constructed); ``drive(scheduler, k, metric)`` makes it set
+    step ``k`` (``metric``: what ``step(metric)`` was given, for metric-driven schedules).
     The library object is built at the first step, so building this one (as the vectorized
     engine does, to read the base lrs) neither imports the library nor needs it installed;
     step 0 is the closed form's value, which the parity tests compare bit for bit.
@@ -67,13 +78,20 @@ class LibraryLR(LRScheduler):
         optimizer: torch.optim.Optimizer,
         spec: FamilySpec,
         make: Callable[[torch.optim.Optimizer], Any],
-        drive: Callable[[Any, int], None],
+        drive: Callable[[Any, int, float | None], None],
     ) -> None:
         self.spec = spec
         self._make = make
         self._drive = drive
         self._library: Any = None
+        self._metric: float | None = None
         super().__init__(optimizer)
+
+    def step(self, metric: float | None = None) -> None:  # type: ignore[override]
+        """Advance one step; ``metric`` feeds a metric-driven library scheduler (timm's
+        plateau), as ``ReduceLROnPlateau.step(metric)`` does."""
+        self._metric = metric
+        super().step()
 
     def get_lr(self) -> list[float]:
         k = self.last_epoch
@@ -82,15 +100,14 @@ class LibraryLR(LRScheduler):
                 group["lr"] = lr
             self._library = self._make(self.optimizer)
         if self._library is not None:
-            self._drive(self._library, k)
+            self._drive(self._library, k, self._metric)
         if k == 0:  # what the library sets when it is built (a restart in SequentialLR too)
-            base = torch.tensor([float(v) for v in self.base_lrs], dtype=torch.float64)[:, None]
-            zero = torch.zeros(1, dtype=torch.int64)
             if self._library is None:
+                zero = torch.zeros(1, dtype=torch.int64)
                 for key, values in self.spec.other_series(zero, len(self.base_lrs)).items():
                     for group, value in zip(self.optimizer.param_groups, values[:, 0], strict=True):
                         group[key] = float(value)
-            return [float(v) for v in self.spec.lr(zero, base)[:, 0]]
+            return self._closed(0)
         return [float(group["lr"]) for group in self.optimizer.param_groups]
 
 
@@ -143,3 +160,43 @@ class SpecKey:
 
     def __hash__(self) -> int:
         return hash(self._json())
+
+
+def scaled_values(model: Any, names: tuple[str, ...], factor: float) -> dict[str, Any]:
+    """Return ``{name: value * factor}`` for the named number (or per-group list) fields of
+    ``model`` that are set (batch scaling's update; None stays None)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(model, name, None)
+        if isinstance(value, list):
+            out[name] = [v * factor for v in value]
+        elif value is not None:
+            out[name] = value * factor
+    return out
+
+
+def group_mismatch(
+    model: Any, names: tuple[str, ...], groups: int, path: tuple[str | int, ...] = ()
+) -> tuple[tuple[str | int, ...], str] | None:
+    """Return (location, message) of the first per-group list among ``names`` whose length is
+    not ``groups``, or None."""
+    for name in names:
+        value = getattr(model, name, None)
+        if isinstance(value, list) and len(value) != groups:
+            return (*path, name), (
+                f"{name}: {len(value)} values for {groups} param group"
+                f"{'s' if groups != 1 else ''}; give one per group or a single number"
+            )
+    return None
+
+
+def ignored_lr_warning(family: str, request: Any) -> list[str]:
+    """Return a warning when ``request`` sets an lr that a family which sets the lr itself
+    (optax, Megatron) does not read."""
+    groups = request.param_groups or []
+    if "lr" not in request.optimizer.model_fields_set and not any("lr" in g for g in groups):
+        return []
+    return [
+        f"{family} sets the lr itself: the optimizer's and param_groups' lr are not used (give "
+        "its lr-valued arguments as lists for one value per param group)"
+    ]

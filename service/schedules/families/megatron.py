@@ -17,14 +17,14 @@ The formulas follow megatron-core 0.16.1 (the last release for Python 3.11), lin
 """
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
-from service.schedules.families.adapters import LibraryLR
+from service.schedules.families.adapters import LibraryLR, group_mismatch, scaled_values
 from service.schedules.specs import NonNegInt, Number, PerGroup, PosInt, SchedulerBase
 
 LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
@@ -68,6 +68,8 @@ class MegatronScheduler(SchedulerBase):
     wd_incr_style: Literal["constant", "linear", "cosine"] = "constant"
 
     library: ClassVar[Library] = LIBRARY
+    sets_lr: ClassVar[bool] = True
+    """The library sets the lr itself (the optimizer's and groups' lr are not read)."""
     lr_fields: ClassVar[tuple[str, ...]] = ("init_lr", "max_lr", "min_lr")
 
     @model_validator(mode="after")
@@ -119,10 +121,9 @@ class MegatronScheduler(SchedulerBase):
 
         return [tuple(at(v, i) for v in lists) for i in range(n)]  # type: ignore[misc]
 
-    def group_lengths(self) -> set[int]:
-        """Return the lengths of the per-group lists given."""
-        values = (self.max_lr, self.min_lr, self.start_wd, self.end_wd)
-        return {len(v) for v in values if isinstance(v, list)}
+    def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
+        """Return (location, message) of a per-group list not ``groups`` long, or None."""
+        return group_mismatch(self, ("max_lr", "min_lr", "start_wd", "end_wd"), groups)
 
     @property
     def incr_steps(self) -> int:
@@ -158,6 +159,10 @@ class MegatronScheduler(SchedulerBase):
         }
 
     # ------------------------------------------------------------------ closed forms
+
+    def scaled(self, factor: float) -> Self:
+        """Return this spec with every lr-valued argument multiplied by ``factor``."""
+        return self.model_copy(update=scaled_values(self, self.lr_fields, factor))
 
     def first_failure(self, last: int) -> tuple[int, Exception] | None:
         """Return None: the library refuses nothing once the spec is valid."""
@@ -251,7 +256,7 @@ class MegatronScheduler(SchedulerBase):
         return OptimizerParamScheduler(optimizer, **self.constructor_kwargs())
 
     @staticmethod
-    def drive(scheduler: Any, k: int) -> None:
+    def drive(scheduler: Any, k: int, metric: float | None = None) -> None:
         """Make Megatron's scheduler set ``num_steps = k`` (its training loop's ``step``)."""
         scheduler.step(increment=k - scheduler.num_steps)
 

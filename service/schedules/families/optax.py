@@ -14,14 +14,14 @@ values differ from these by float32 rounding (about 1e-7 relative).
 """
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
-from service.schedules.families.adapters import ClosedFormLR
+from service.schedules.families.adapters import ClosedFormLR, group_mismatch, scaled_values
 from service.schedules.specs import Number, PerGroup, SchedulerBase, SpecModel
 
 LIBRARY = Library(family="optax", package="optax", version="0.2.8")
@@ -42,18 +42,14 @@ class OptaxBase(SchedulerBase):
 
     type: Literal["optax"] = "optax"
     library: ClassVar[Library] = LIBRARY
+    sets_lr: ClassVar[bool] = True
+    """The library sets the lr itself (the optimizer's and groups' lr are not read)."""
     lr_fields: ClassVar[tuple[str, ...]] = ()
     """The lr-valued arguments (numbers or one per group)."""
 
-    def group_lengths(self) -> set[int]:
-        """Return the lengths of every per-group list in this schedule (and nested ones)."""
-        out = {len(getattr(self, f)) for f in self.lr_fields if isinstance(getattr(self, f), list)}
-        for child in self.nested():
-            out |= child.group_lengths()
-        return out
-
-    def nested(self) -> list["OptaxBase"]:
-        return []
+    def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
+        """Return (location, message) of a per-group list not ``groups`` long, or None."""
+        return group_mismatch(self, self.lr_fields, groups)
 
     def values(self, group: int) -> Values:
         return {f: _value(getattr(self, f), group) for f in self.lr_fields}
@@ -74,6 +70,10 @@ class OptaxBase(SchedulerBase):
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return no other series: the library sets only the lr."""
         return {}
+
+    def scaled(self, factor: float) -> Self:
+        """Return this spec with every lr-valued argument multiplied by ``factor``."""
+        return self.model_copy(update=scaled_values(self, self.lr_fields, factor))
 
     def first_failure(self, last: int) -> tuple[int, Exception] | None:
         """Return None: the library refuses nothing once the spec is valid."""
@@ -356,9 +356,6 @@ class ExponentialDecay(OptaxBase):
             out["end_value"] = _value(self.end_value, group)
         return out
 
-    def group_lengths(self) -> set[int]:
-        return {len(v) for v in (self.init_value, self.end_value) if isinstance(v, list)}
-
     def fn(self, count: Tensor, group: int) -> Tensor:
         v = self.values(group)
         return exponential(
@@ -567,10 +564,6 @@ class _WarmupCosine(SpecModel):
             [warm],
         )
 
-    def lengths(self) -> set[int]:
-        values = (self.init_value, self.peak_value, self.end_value)
-        return {len(v) for v in values if isinstance(v, list)}
-
 
 class WarmupCosineDecaySchedule(OptaxBase, _WarmupCosine):
     """Linear warmup to ``peak_value``, then cosine to ``end_value`` at ``decay_steps``.
@@ -629,10 +622,6 @@ class WarmupExponentialDecaySchedule(OptaxBase):
         }
     ]
 
-    def group_lengths(self) -> set[int]:
-        values = (self.init_value, self.peak_value, self.end_value)
-        return {len(v) for v in values if isinstance(v, list)}
-
     def fn(self, count: Tensor, group: int) -> Tensor:
         init = _value(self.init_value, group)
         peak = _value(self.peak_value, group)
@@ -677,11 +666,18 @@ class SgdrSchedule(OptaxBase):
         }
     ]
 
-    def group_lengths(self) -> set[int]:
-        out: set[int] = set()
-        for cycle in self.cosine_kwargs:
-            out |= cycle.lengths()
-        return out
+    def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
+        names = ("init_value", "peak_value", "end_value")
+        for i, cycle in enumerate(self.cosine_kwargs):
+            found = group_mismatch(cycle, names, groups, ("cosine_kwargs", i))
+            if found:
+                return found
+        return None
+
+    def scaled(self, factor: float) -> Self:
+        names = ("init_value", "peak_value", "end_value")
+        cycles = [c.model_copy(update=scaled_values(c, names, factor)) for c in self.cosine_kwargs]
+        return self.model_copy(update={"cosine_kwargs": cycles})
 
     def fn(self, count: Tensor, group: int) -> Tensor:
         boundaries, parts, step = [], [], 0
@@ -738,8 +734,15 @@ class JoinSchedules(OptaxBase):
             )
         return self
 
-    def nested(self) -> list[OptaxBase]:
-        return list(self.schedules)
+    def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
+        for i, schedule in enumerate(self.schedules):
+            found = schedule.mismatch(groups)
+            if found:
+                return ("schedules", i, *found[0]), found[1]
+        return None
+
+    def scaled(self, factor: float) -> Self:
+        return self.model_copy(update={"schedules": [s.scaled(factor) for s in self.schedules]})
 
     def fn(self, count: Tensor, group: int) -> Tensor:
         parts = [lambda c, s=s: s.fn(c, group) for s in self.schedules]

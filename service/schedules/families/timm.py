@@ -15,7 +15,7 @@ without the package ``__init__`` (which needs torchvision).
 
 import math
 import warnings
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, model_validator
@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import LimitExceeded
 from service.schedules.families import Library, import_submodule_only
-from service.schedules.families.adapters import LibraryLR
+from service.schedules.families.adapters import LibraryLR, scaled_values
 from service.schedules.specs import NonNegInt, Number, PosInt, SchedulerBase
 
 LIBRARY = Library(family="timm", package="timm", version="1.0.31")
@@ -76,6 +76,8 @@ class TimmScheduler(SchedulerBase):
     )
 
     library: ClassVar[Library] = LIBRARY
+    sets_lr: ClassVar[bool] = False
+    """timm scales each group's own lr."""
     lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr",)
 
     @model_validator(mode="after")
@@ -145,6 +147,14 @@ class TimmScheduler(SchedulerBase):
 
     metric_driven: ClassVar[bool] = False
     """True for 'plateau', whose lr follows the request's metrics (torch engine only)."""
+
+    def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
+        """Return None: timm takes each group's own lr; its arguments are single numbers."""
+        return None
+
+    def scaled(self, factor: float) -> Self:
+        """Return this spec with every lr-valued argument multiplied by ``factor``."""
+        return self.model_copy(update=scaled_values(self, self.lr_fields, factor))
 
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return no other series: the library sets only the lr."""
