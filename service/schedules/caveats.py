@@ -7,6 +7,7 @@ Each check reads the (batch-scaled) request and returns plain sentences; the res
 from collections import Counter
 
 from service.schedules import specs
+from service.schedules.families import libraries
 
 _TIMES = {2: "twice", 3: "three times"}
 
@@ -133,7 +134,10 @@ def caveats(request: specs.ScheduleRequest) -> list[str]:
                 "steps requested: the scheduler never starts"
             )
     out += _walk(request.scheduler, main_span, request)
-    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau)
+    out += libraries.warnings(request, main_span)
+    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau) or getattr(
+        request.scheduler, "metric_driven", False
+    )
     if request.metrics is not None and not plateau:
         out.append("metrics are ignored: only ReduceLROnPlateau reads them")
     if plateau and warmup is not None:

@@ -82,8 +82,9 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     kind = cls.model_fields["type"].default
     scheduler: dict[str, Any] = {"type": kind}
     for name, raw in params.items():
-        # OneCycleLR's own steps_per_epoch (with epochs) is also the request's
-        if name not in RESERVED or (name == "steps_per_epoch" and name in cls.model_fields):
+        # a scheduler's own argument of a reserved name is the scheduler's (OneCycleLR's
+        # steps_per_epoch is also the request's; optax's warmup_steps is not a warmup)
+        if name not in RESERVED or name in cls.model_fields:
             scheduler[name] = _query_value(cls, name, raw)
     body: dict[str, Any] = {"scheduler": scheduler}
     if "steps" in params:
@@ -100,9 +101,9 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     sample = {name: params[name] for name in ("every", "points") if name in params}
     if sample:
         body["sample"] = sample  # both given: the spec refuses it
-    if any(name.startswith("warmup") for name in params):
+    if any(name.startswith("warmup") and name not in cls.model_fields for name in params):
         warmup: dict[str, Any] = {"type": params.get("warmup", "linear")}
-        if "warmup_steps" in params:
+        if "warmup_steps" in params and "warmup_steps" not in cls.model_fields:
             warmup["steps"] = params["warmup_steps"]
         if "warmup_start_factor" in params:
             warmup["start_factor"] = params["warmup_start_factor"]

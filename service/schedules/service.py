@@ -14,6 +14,7 @@ from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
+from service.schedules.families import libraries
 from service.schedules.result import Computed
 from service.settings import Settings
 
@@ -23,6 +24,8 @@ _LR_FIELDS = ("base_lr", "max_lr", "swa_lr", "eta_min", "min_lr")
 
 
 def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.SchedulerBase:
+    if libraries.is_family(spec):
+        return spec.scaled(factor)
     update: dict[str, object] = {}
     for name in _LR_FIELDS:
         if name in type(spec).model_fields:
@@ -100,13 +103,16 @@ def count_points(request: specs.ScheduleRequest) -> int:
 
 
 def _check_metrics(request: specs.ScheduleRequest) -> None:
-    if not isinstance(request.scheduler, specs.ReduceLROnPlateau):
+    spec = request.scheduler
+    metric_driven = getattr(spec, "metric_driven", False)
+    if not (isinstance(spec, specs.ReduceLROnPlateau) or metric_driven):
         return
     needed = request.scheduler_steps - 1
     have = len(request.metrics or [])
     if have < needed:
+        what = f"{spec.type} {spec.sched}" if metric_driven else spec.type  # type: ignore[attr-defined]
         raise InvalidSpec(
-            f"ReduceLROnPlateau needs metrics: one value per scheduler step, {needed} for this "
+            f"{what} needs metrics: one value per scheduler step, {needed} for this "
             f"request; {have} given. Add metrics or lower steps.",
             loc=("body", "metrics"),
         )
@@ -184,6 +190,7 @@ def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
     engine = choose_engine(request)
     _check_limits(request, engine, settings)
     _check_metrics(request)
+    libraries.check(request)
     scaled = apply_batch_scaling(request)
     device = resolve_device(request.device)
     indices = sample_indices(scaled)
@@ -192,7 +199,13 @@ def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
 
 
 def _vectorized_computed(prep: _Prepared, result: Computed) -> Computed:
-    return replace(result, indices=prep.indices, warnings=caveats(prep.request))
+    return replace(
+        result,
+        indices=prep.indices,
+        warnings=caveats(prep.request),
+        families=libraries.families(prep.request),
+        weight_decay=libraries.weight_decay(prep.request, prep.sched_index),
+    )
 
 
 def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
@@ -206,6 +219,8 @@ def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
         lr=every.lr[:, columns],
         momentum=None if every.momentum is None else every.momentum[:, columns],
         warnings=caveats(prep.request),
+        families=libraries.families(prep.request),
+        weight_decay=None if every.weight_decay is None else every.weight_decay[:, columns],
     )
 
 

@@ -379,6 +379,15 @@ class ChainedScheduler(SchedulerBase):
     ]
 
 
+def _family_names() -> set[str]:
+    from service.schedules.families.libraries import FAMILIES, names
+
+    return {name for kind in FAMILIES for name in names(kind)}
+
+
+# The library families build on the base classes above; they join the union here.
+from service.schedules.families import megatron, optax, timm  # noqa: E402
+
 SchedulerSpec = Annotated[
     LambdaLR
     | MultiplicativeLR
@@ -395,7 +404,10 @@ SchedulerSpec = Annotated[
     | CyclicLR
     | OneCycleLR
     | CosineAnnealingWarmRestarts
-    | SWALR,
+    | SWALR
+    | timm.TimmSchedule
+    | optax.OptaxSchedule
+    | megatron.MegatronSchedule,
     Field(discriminator="type"),
 ]
 
@@ -421,11 +433,15 @@ SCHEDULER_TYPES: dict[str, type[SchedulerBase]] = {
         OneCycleLR,
         CosineAnnealingWarmRestarts,
         SWALR,
+        timm.TimmScheduler,
+        optax.OptaxBase,
+        megatron.MegatronScheduler,
     )
 }
-"""Every scheduler type the service accepts, by torch class name."""
+"""Every scheduler type the service accepts, by torch class name (or family: the family's base
+class; its names are subclasses, see :mod:`service.schedules.families.libraries`)."""
 
-register_union_tags(set(SCHEDULER_TYPES) | {"linear", "constant"})
+register_union_tags(set(SCHEDULER_TYPES) | {"linear", "constant"} | _family_names())
 
 
 def walk(spec: SchedulerBase) -> list[SchedulerBase]:
@@ -698,8 +714,10 @@ class ScheduleRequest(SpecModel):
     device: DeviceName = Field(
         default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda'."
     )
-    include: list[Literal["momentum"]] = Field(
-        default_factory=list, description="Extra series: 'momentum' (momentum or beta1 per group)."
+    include: list[Literal["momentum", "weight_decay"]] = Field(
+        default_factory=list,
+        description="Extra series: 'momentum' (momentum or beta1 per group), 'weight_decay' "
+        "(per group, for megatron's weight-decay schedule).",
     )
 
     @model_validator(mode="before")

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import SWALR as TorchSWALR
 from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import specs
 from service.schedules.expressions import ExpressionEvaluationError, parse_expression
+from service.schedules.families import libraries
 from service.schedules.result import Computed
 from service.settings import get_settings
 
@@ -149,6 +150,8 @@ def _build(
             return lr_scheduler.ChainedScheduler(children, optimizer)
 
     with _located(loc):
+        if libraries.is_family(spec):
+            return spec.build(optimizer, span)
         if isinstance(spec, (specs.LambdaLR, specs.MultiplicativeLR)):
             cls = getattr(lr_scheduler, spec.type)
             return cls(optimizer, _lambdas(spec.lr_lambda))
@@ -204,7 +207,9 @@ class Stepper:
     ) -> None:
         self.optimizer = optimizer
         self.warmup_steps = warmup.steps if warmup else 0
-        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau)
+        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau) or getattr(
+            scheduler_spec, "metric_driven", False
+        )
         self._step_count = 0
         try:
             if warmup is None:
@@ -246,6 +251,10 @@ class Stepper:
     def lrs(self) -> list[float]:
         """Return every group's current lr."""
         return [float(group["lr"]) for group in self.optimizer.param_groups]
+
+    def weight_decays(self) -> list[float]:
+        """Return every group's current weight decay (Megatron's scheduler sets it)."""
+        return [float(group.get("weight_decay", 0.0)) for group in self.optimizer.param_groups]
 
     def momenta(self) -> list[float]:
         """Return every group's current momentum, or beta1 for Adam-style optimizers."""
@@ -309,6 +318,8 @@ def run_scheduler_steps(
     metrics = request.metrics or []
     lr_rows: list[list[float]] = [stepper.lrs()]
     mom_rows: list[list[float]] = [stepper.momenta()] if want_momentum else []
+    want_wd = "weight_decay" in request.include
+    wd_rows: list[list[float]] = [stepper.weight_decays()] if want_wd else []
     k = 0
     try:
         for k in range(1, n):
@@ -318,6 +329,8 @@ def run_scheduler_steps(
             lr_rows.append(stepper.lrs())
             if want_momentum:
                 mom_rows.append(stepper.momenta())
+            if want_wd:
+                wd_rows.append(stepper.weight_decays())
             if deadline is not None and k % 1024 == 0 and time.monotonic() > deadline:
                 raise LimitExceeded(
                     f"the torch engine stopped after {max_seconds:g} s at scheduler step {k} of "
@@ -338,4 +351,5 @@ def run_scheduler_steps(
         final_lr=[float(v) for v in lr[:, n - 1]],
         engine="torch",
         device="cpu",
+        weight_decay=np.asarray(wd_rows, dtype=np.float64).T if want_wd else None,
     )

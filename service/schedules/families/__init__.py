@@ -64,3 +64,8 @@ def import_submodule_only(package: str, submodule: str) -> types.ModuleType | No
         shell.__spec__ = spec
         sys.modules[package] = shell
     return importlib.import_module(name)
+
+
+# The family modules build on the spec base classes and the specs import them into their union:
+# importing the specs here lets any family module be imported first.
+import service.schedules.specs  # noqa: E402, F401

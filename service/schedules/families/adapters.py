@@ -200,3 +200,32 @@ def ignored_lr_warning(family: str, request: Any) -> list[str]:
         f"{family} sets the lr itself: the optimizer's and param_groups' lr are not used (give "
         "its lr-valued arguments as lists for one value per param group)"
     ]
+
+
+def selector_check(selector: str, names: tuple[str, ...], family: str) -> Callable[[Any], Any]:
+    """Return a before-validator for a family's union: a missing or unknown ``selector`` is an
+    error that lists the names and suggests the closest one."""
+    import difflib
+
+    from pydantic import ValidationError
+    from pydantic_core import PydanticCustomError
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        given = value.get(selector)
+        if given in names:
+            return value
+        known = ", ".join(names)
+        if given is None:
+            raise PydanticCustomError(f"missing_{selector}", f"add `{selector}`: one of {known}")
+        close = difflib.get_close_matches(str(given), names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        error = PydanticCustomError(
+            f"unknown_{selector}", f"unknown {family} {selector} {given!r}; {hint}one of {known}"
+        )
+        raise ValidationError.from_exception_data(
+            family, [{"type": error, "loc": (selector,), "input": given}]
+        )
+
+    return check

@@ -20,11 +20,16 @@ import math
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
-from service.schedules.families.adapters import LibraryLR, group_mismatch, scaled_values
+from service.schedules.families.adapters import (
+    LibraryLR,
+    group_mismatch,
+    scaled_values,
+    selector_check,
+)
 from service.schedules.specs import NonNegInt, Number, PerGroup, PosInt, SchedulerBase
 
 LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
@@ -363,4 +368,5 @@ STYLES = tuple(cls.model_fields["lr_decay_style"].default for cls in SCHEDULES)
 MegatronSchedule = Annotated[
     MegatronConstant | MegatronLinear | MegatronCosine | MegatronInverseSquareRoot | MegatronWSD,
     Field(discriminator="lr_decay_style"),
+    BeforeValidator(selector_check("lr_decay_style", STYLES, "megatron")),
 ]

@@ -17,11 +17,16 @@ import math
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
-from service.schedules.families.adapters import ClosedFormLR, group_mismatch, scaled_values
+from service.schedules.families.adapters import (
+    ClosedFormLR,
+    group_mismatch,
+    scaled_values,
+    selector_check,
+)
 from service.schedules.specs import Number, PerGroup, SchedulerBase, SpecModel
 
 LIBRARY = Library(family="optax", package="optax", version="0.2.8")
@@ -220,7 +225,7 @@ Scales = Annotated[
 class ConstantSchedule(OptaxBase):
     """``value`` at every step. optax: ``constant_schedule(value)``."""
 
-    schedule: Literal["constant_schedule"]
+    schedule: Literal["constant_schedule"] = "constant_schedule"
     value: PerGroup = Field(description="The value, or one per group.")
     lr_fields = ("value",)
     examples: ClassVar[list[dict[str, Any]]] = [
@@ -238,7 +243,7 @@ class PolynomialSchedule(OptaxBase):
     transition_begin=0)``; ``transition_steps <= 0`` holds ``init_value``.
     """
 
-    schedule: Literal["polynomial_schedule"]
+    schedule: Literal["polynomial_schedule"] = "polynomial_schedule"
     init_value: PerGroup
     end_value: PerGroup
     power: Number
@@ -274,7 +279,7 @@ class LinearSchedule(OptaxBase):
     optax: ``linear_schedule(init_value, end_value, transition_steps, transition_begin=0)``.
     """
 
-    schedule: Literal["linear_schedule"]
+    schedule: Literal["linear_schedule"] = "linear_schedule"
     init_value: PerGroup
     end_value: PerGroup
     transition_steps: int
@@ -303,7 +308,7 @@ class PiecewiseConstantSchedule(OptaxBase):
     optax: ``piecewise_constant_schedule(init_value, boundaries_and_scales=None)``.
     """
 
-    schedule: Literal["piecewise_constant_schedule"]
+    schedule: Literal["piecewise_constant_schedule"] = "piecewise_constant_schedule"
     init_value: PerGroup
     boundaries_and_scales: Scales = None
     lr_fields = ("init_value",)
@@ -330,7 +335,7 @@ class ExponentialDecay(OptaxBase):
     lower bound when ``decay_rate < 1``, else an upper bound.
     """
 
-    schedule: Literal["exponential_decay"]
+    schedule: Literal["exponential_decay"] = "exponential_decay"
     init_value: PerGroup
     transition_steps: int = Field(description="Steps per factor decay_rate (<= 0: constant).")
     decay_rate: Number = Field(description="Factor per transition_steps (0: constant).")
@@ -375,7 +380,7 @@ class CosineDecaySchedule(OptaxBase):
     optax: ``cosine_decay_schedule(init_value, decay_steps, alpha=0.0, exponent=1.0)``.
     """
 
-    schedule: Literal["cosine_decay_schedule"]
+    schedule: Literal["cosine_decay_schedule"] = "cosine_decay_schedule"
     init_value: PerGroup
     decay_steps: int = Field(gt=0, description="Steps of the decay (> 0).")
     alpha: Number = Field(default=0.0, description="Final value as a fraction of init_value.")
@@ -405,7 +410,7 @@ class PiecewiseInterpolateSchedule(OptaxBase):
     boundaries_and_scales=None)``.
     """
 
-    schedule: Literal["piecewise_interpolate_schedule"]
+    schedule: Literal["piecewise_interpolate_schedule"] = "piecewise_interpolate_schedule"
     interpolate_type: Literal["linear", "cosine"]
     init_value: PerGroup
     boundaries_and_scales: Scales = None
@@ -432,7 +437,7 @@ class LinearOnecycleSchedule(OptaxBase):
     pct_final=0.85, div_factor=25.0, final_div_factor=1e4)``.
     """
 
-    schedule: Literal["linear_onecycle_schedule"]
+    schedule: Literal["linear_onecycle_schedule"] = "linear_onecycle_schedule"
     transition_steps: int = Field(gt=0)
     peak_value: PerGroup
     pct_start: Number = 0.3
@@ -471,7 +476,7 @@ class CosineOnecycleSchedule(OptaxBase):
     (torch's OneCycleLR peaks one step earlier, at ``pct_start * T - 1``).
     """
 
-    schedule: Literal["cosine_onecycle_schedule"]
+    schedule: Literal["cosine_onecycle_schedule"] = "cosine_onecycle_schedule"
     transition_steps: int = Field(gt=0)
     peak_value: PerGroup
     pct_start: Number = 0.3
@@ -506,7 +511,7 @@ class WarmupConstantSchedule(OptaxBase):
     optax: ``warmup_constant_schedule(init_value, peak_value, warmup_steps)``.
     """
 
-    schedule: Literal["warmup_constant_schedule"]
+    schedule: Literal["warmup_constant_schedule"] = "warmup_constant_schedule"
     init_value: PerGroup
     peak_value: PerGroup
     warmup_steps: int
@@ -573,7 +578,7 @@ class WarmupCosineDecaySchedule(OptaxBase, _WarmupCosine):
     stays at ``end_value`` (torch's CosineAnnealingLR rises again).
     """
 
-    schedule: Literal["warmup_cosine_decay_schedule"]
+    schedule: Literal["warmup_cosine_decay_schedule"] = "warmup_cosine_decay_schedule"
     lr_fields = ("init_value", "peak_value", "end_value")
     examples: ClassVar[list[dict[str, Any]]] = [
         {
@@ -600,7 +605,7 @@ class WarmupExponentialDecaySchedule(OptaxBase):
     transition_steps, decay_rate, transition_begin=0, staircase=False, end_value=None)``.
     """
 
-    schedule: Literal["warmup_exponential_decay_schedule"]
+    schedule: Literal["warmup_exponential_decay_schedule"] = "warmup_exponential_decay_schedule"
     init_value: PerGroup
     peak_value: PerGroup
     warmup_steps: int
@@ -651,7 +656,7 @@ class SgdrSchedule(OptaxBase):
     optax: ``sgdr_schedule(cosine_kwargs)``; each cycle lasts its ``decay_steps``.
     """
 
-    schedule: Literal["sgdr_schedule"]
+    schedule: Literal["sgdr_schedule"] = "sgdr_schedule"
     cosine_kwargs: list[_WarmupCosine] = Field(
         min_length=1, max_length=1000, description="One warmup_cosine_decay_schedule per cycle."
     )
@@ -698,7 +703,7 @@ class JoinSchedules(OptaxBase):
     optax: ``join_schedules(schedules, boundaries)``; ``boundaries`` has one fewer entry.
     """
 
-    schedule: Literal["join_schedules"]
+    schedule: Literal["join_schedules"] = "join_schedules"
     schedules: list["OptaxSchedule"] = Field(min_length=1, max_length=64)
     boundaries: list[int] = Field(description="One fewer than schedules: where each starts.")
     examples: ClassVar[list[dict[str, Any]]] = [
@@ -767,7 +772,7 @@ SCHEDULES: tuple[type[OptaxBase], ...] = (
 )
 """Every optax schedule the service accepts, in optax's order (join_schedules last)."""
 
-NAMES = tuple(cls.model_fields["schedule"].annotation.__args__[0] for cls in SCHEDULES)
+NAMES = tuple(cls.model_fields["schedule"].default for cls in SCHEDULES)
 
 OptaxSchedule = Annotated[
     ConstantSchedule
@@ -785,6 +790,7 @@ OptaxSchedule = Annotated[
     | WarmupExponentialDecaySchedule
     | JoinSchedules,
     Field(discriminator="schedule"),
+    BeforeValidator(selector_check("schedule", NAMES, "optax")),
 ]
 
 JoinSchedules.model_rebuild()

@@ -18,12 +18,12 @@ import warnings
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import LimitExceeded
 from service.schedules.families import Library, import_submodule_only
-from service.schedules.families.adapters import LibraryLR, scaled_values
+from service.schedules.families.adapters import LibraryLR, scaled_values, selector_check
 from service.schedules.specs import NonNegInt, Number, PosInt, SchedulerBase
 
 LIBRARY = Library(family="timm", package="timm", version="1.0.31")
@@ -168,10 +168,12 @@ class TimmScheduler(SchedulerBase):
         """
         t = k.to(F64)
         ones = torch.ones_like(t)[None, :]
+        start = torch.full_like(base, self.warmup_lr) if self.warmup_t else base
+        if self.metric_driven:  # only step 0 has a closed form: what timm sets when built
+            return start * ones
         wsd = self.sched in ("wsd", "rsqrt")
         values = (self._wsd(t, base) if wsd else self._get_lr(t, base)) * ones
         values = _add_noise(self, k, values)
-        start = torch.full_like(base, self.warmup_lr) if self.warmup_t else base
         return torch.where(k[None, :] == 0, start * ones, values)
 
     def _warmup(self, t: Tensor, base: Tensor, target: Tensor) -> Tensor:
@@ -584,6 +586,7 @@ TimmSchedule = Annotated[
     | TimmWSD
     | TimmRsqrt,
     Field(discriminator="sched"),
+    BeforeValidator(selector_check("sched", SCHEDS, "timm")),
 ]
 
 

@@ -12,6 +12,7 @@ from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
 from service.negotiation import negotiate
 from service.schedules import cache, formats, plots, query, service, specs
+from service.schedules.families import libraries
 from service.schedules.result import ScheduleResult
 from service.settings import Settings
 
@@ -228,7 +229,10 @@ async def schedule_from_query(
             f"{kind} nests other schedulers; send it as JSON to POST /v1/schedules/compute",
             loc=("path", "type"),
         )
-    body = query.query_body(specs.SCHEDULER_TYPES[kind], dict(request.query_params))
+    params = dict(request.query_params)
+    family = kind in libraries.FAMILIES
+    cls = libraries.choose(kind, params) if family else specs.SCHEDULER_TYPES[kind]
+    body = query.query_body(cls, params)
     try:
         spec = specs.ScheduleRequest.model_validate(body)
     except ValidationError as exc:

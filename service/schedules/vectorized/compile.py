@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import SWALR as TorchSWALR
 
 from service.schedules import specs, torch_engine
+from service.schedules.families.adapters import FamilyLR, family_leaf
 from service.schedules.vectorized.composition import Chained, Node, Segment, Sequential
 from service.schedules.vectorized.evaluation import Program
 from service.schedules.vectorized.formulas import (
@@ -55,6 +56,8 @@ def _lambda_fn(fn: object) -> Callable[[Tensor], Tensor]:
 def _leaf(sched: lr_scheduler.LRScheduler, device: torch.device) -> Leaf:
     base = column(sched.base_lrs, device)
     groups = sched.optimizer.param_groups
+    if isinstance(sched, FamilyLR):
+        return family_leaf(sched.spec, base)
     if isinstance(sched, lr_scheduler.MultiplicativeLR):
         return Multiplicative(base, fns=tuple(_lambda_fn(f) for f in sched.lr_lambdas))
     if isinstance(sched, lr_scheduler.LambdaLR):
@@ -155,6 +158,12 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
         if isinstance(spec, specs.ReduceLROnPlateau):
             return (
                 "ReduceLROnPlateau depends on the metric values step by step, so it has no "
+                "closed form; use engine 'torch' or 'auto'"
+            )
+        if getattr(spec, "metric_driven", False):
+            name = getattr(spec, "sched", "")
+            return (
+                f"{spec.type} {name!r} depends on the metric values step by step, so it has no "
                 "closed form; use engine 'torch' or 'auto'"
             )
     nested = (specs.SequentialLR, specs.ChainedScheduler)

@@ -9,7 +9,7 @@ OPTAX_COS = {
     "init_value": 0.1,
     "decay_steps": 10,
 }
-MEGATRON = {"type": "megatron", "max_lr": 0.1, "lr_decay_steps": 100}
+MEGATRON = {"type": "megatron", "lr_decay_style": "linear", "max_lr": 0.1, "lr_decay_steps": 100}
 
 # (id, scheduler, request extras, words the problem must contain, the loc's last part)
 CASES = [
@@ -31,13 +31,19 @@ CASES = [
         "timm-unknown-argument",
         {"type": "timm", "sched": "cosine", "warmup_t": 3},
         {},
-        ["warmup_t", "warmup_epochs"],
+        ["warmup_t"],
         "warmup_t",
     ),
-    ("timm-negative-epochs", {"type": "timm", "num_epochs": -1}, {}, ["num_epochs"], "num_epochs"),
+    (
+        "timm-negative-epochs",
+        {"type": "timm", "sched": "cosine", "num_epochs": -1},
+        {},
+        ["num_epochs"],
+        "num_epochs",
+    ),
     (
         "timm-updates-without-count",
-        {"type": "timm", "step_on_epochs": False},
+        {"type": "timm", "sched": "cosine", "step_on_epochs": False},
         {},
         ["updates_per_epoch"],
         None,
@@ -58,7 +64,7 @@ CASES = [
     ),
     (
         "timm-shrinking-cycles-run-out",
-        {"type": "timm", "num_epochs": 7, "cycle_mul": 0.5, "cycle_limit": 3},
+        {"type": "timm", "sched": "cosine", "num_epochs": 7, "cycle_mul": 0.5, "cycle_limit": 3},
         {"steps": 30, "engine": "vectorized"},
         ["cycle_mul", "math domain error"],
         None,
