@@ -20,9 +20,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveInt,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -388,28 +390,53 @@ def _family_names() -> set[str]:
 # The library families build on the base classes above; they join the union here.
 from service.schedules.families import megatron, optax, timm  # noqa: E402
 
-SchedulerSpec = Annotated[
-    LambdaLR
-    | MultiplicativeLR
-    | StepLR
-    | MultiStepLR
-    | ConstantLR
-    | LinearLR
-    | ExponentialLR
-    | SequentialLR
-    | PolynomialLR
-    | CosineAnnealingLR
-    | ChainedScheduler
-    | ReduceLROnPlateau
-    | CyclicLR
-    | OneCycleLR
-    | CosineAnnealingWarmRestarts
-    | SWALR
-    | timm.TimmSchedule
-    | optax.OptaxSchedule
-    | megatron.MegatronSchedule,
-    Field(discriminator="type"),
-]
+_TORCH_SCHEDULERS: tuple[type[SchedulerBase], ...] = (
+    LambdaLR,
+    MultiplicativeLR,
+    StepLR,
+    MultiStepLR,
+    ConstantLR,
+    LinearLR,
+    ExponentialLR,
+    SequentialLR,
+    PolynomialLR,
+    CosineAnnealingLR,
+    ChainedScheduler,
+    ReduceLROnPlateau,
+    CyclicLR,
+    OneCycleLR,
+    CosineAnnealingWarmRestarts,
+    SWALR,
+)
+_FAMILY_UNIONS = {
+    "timm": timm.TimmSchedule,
+    "optax": optax.OptaxSchedule,
+    "megatron": megatron.MegatronSchedule,
+}
+
+
+def _scheduler_type(value: Any) -> str | None:
+    """Return the ``type`` a raw (or validated) scheduler names: the union's discriminator."""
+    if isinstance(value, dict):
+        kind = value.get("type")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "type", None)
+
+
+def _scheduler_union() -> Any:
+    arms: list[Any] = [
+        Annotated[cls, Tag(cls.model_fields["type"].default)] for cls in _TORCH_SCHEDULERS
+    ]
+    arms += [Annotated[union, Tag(kind)] for kind, union in _FAMILY_UNIONS.items()]
+    union = arms[0]
+    for arm in arms[1:]:
+        union = union | arm
+    return union
+
+
+# A callable discriminator: the families are unions of their own (by their selector), and a
+# "type" mapping onto nested unions is not valid OpenAPI.
+SchedulerSpec = Annotated[_scheduler_union(), Discriminator(_scheduler_type)]
 
 SequentialLR.model_rebuild()
 ChainedScheduler.model_rebuild()
@@ -417,22 +444,7 @@ ChainedScheduler.model_rebuild()
 SCHEDULER_TYPES: dict[str, type[SchedulerBase]] = {
     cls.model_fields["type"].default: cls
     for cls in (
-        LambdaLR,
-        MultiplicativeLR,
-        StepLR,
-        MultiStepLR,
-        ConstantLR,
-        LinearLR,
-        ExponentialLR,
-        SequentialLR,
-        PolynomialLR,
-        CosineAnnealingLR,
-        ChainedScheduler,
-        ReduceLROnPlateau,
-        CyclicLR,
-        OneCycleLR,
-        CosineAnnealingWarmRestarts,
-        SWALR,
+        *_TORCH_SCHEDULERS,
         timm.TimmScheduler,
         optax.OptaxBase,
         megatron.MegatronScheduler,

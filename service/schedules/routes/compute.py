@@ -95,6 +95,59 @@ SEED_EXAMPLES: dict[str, dict[str, Any]] = {
             "metrics": [1.0, 0.8, 0.8, 0.8, 0.8, 0.79, 0.79],
         },
     },
+    "timm_cosine": {
+        "summary": "timm create_scheduler_v2(sched='cosine'), warmup, stepped per update",
+        "value": {
+            "scheduler": {
+                "type": "timm",
+                "sched": "cosine",
+                "num_epochs": 10,
+                "warmup_epochs": 1,
+                "warmup_lr": 0.0,
+                "step_on_epochs": False,
+                "updates_per_epoch": 100,
+            },
+            "steps": 1000,
+            "sample": {"every": 50},
+        },
+    },
+    "optax_warmup_cosine": {
+        "summary": "optax.warmup_cosine_decay_schedule, one peak per param group",
+        "value": {
+            "param_groups": [{}, {}],
+            "scheduler": {
+                "type": "optax",
+                "schedule": "warmup_cosine_decay_schedule",
+                "init_value": 0.0,
+                "peak_value": [0.1, 0.01],
+                "warmup_steps": 10,
+                "decay_steps": 100,
+            },
+            "steps": 120,
+            "sample": {"every": 10},
+        },
+    },
+    "megatron_wsd": {
+        "summary": "Megatron WSD with its weight-decay ramp",
+        "value": {
+            "scheduler": {
+                "type": "megatron",
+                "lr_decay_style": "WSD",
+                "max_lr": 3e-4,
+                "min_lr": 3e-5,
+                "lr_warmup_steps": 100,
+                "lr_decay_steps": 1000,
+                "wsd_decay_steps": 200,
+                "lr_wsd_decay_style": "minus_sqrt",
+                "start_wd": 0.0,
+                "end_wd": 0.1,
+                "wd_incr_style": "linear",
+            },
+            "steps": 1100,
+            "include": ["weight_decay"],
+            "sample": {"every": 100},
+        },
+    },
 }
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
