@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service import __version__, health
+from service.deps import bind_app_settings
 from service.docs import install_docs
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(bind_app_settings)],
         docs_url=None,
         redoc_url=None,
     )

@@ -2,8 +2,9 @@
 
 A job spec is the seed's task with every field defaulted: noisy sine data, the named
 ``Sequential`` MLP, and the schedule API's own optimizer, param-group, scheduler and warmup
-models (imported from :mod:`service.schedules.specs`, never copied), so a schedule that
-``POST /v1/schedules/compute`` accepts trains as written.
+models: ``JobSpec`` extends :class:`~service.schedules.specs.ScheduleConfig`, so a schedule
+that ``POST /v1/schedules/compute`` accepts trains as written, and one it refuses (a limit,
+a bad value) is refused here the same way.
 """
 
 from datetime import datetime
@@ -14,7 +15,6 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
-    field_validator,
     model_validator,
 )
 
@@ -23,12 +23,10 @@ from service.errors import register_union_tags
 from service.schedules.specs import (
     ExponentialLR,
     Number,
-    OptimizerSpec,
     ParamGroup,
+    ScheduleConfig,
     SchedulerSpec,
     SpecModel,
-    WarmupSpec,
-    check_param_groups,
 )
 
 Activation = Literal["ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "LeakyReLU"]
@@ -129,7 +127,7 @@ def _default_scheduler() -> ExponentialLR:
     return ExponentialLR(gamma=0.98)
 
 
-class JobSpec(SpecModel):
+class JobSpec(ScheduleConfig):
     """What to train and how: data, model, optimizer, schedule, epochs, batches, seed.
 
     Every field has the seed's default, so ``{}`` trains the seed's model on the seed's data
@@ -139,7 +137,7 @@ class JobSpec(SpecModel):
     after every epoch; ``ReduceLROnPlateau`` is fed the training loss of that step or epoch.
     """
 
-    model_config = SpecModel.model_config | {
+    model_config = ScheduleConfig.model_config | {
         "json_schema_extra": {
             "examples": [
                 {},
@@ -158,7 +156,6 @@ class JobSpec(SpecModel):
 
     data: DataSpec = Field(default_factory=NoisySine, description="The series to learn.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The MLP.")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     param_groups: list[ParamGroup] | None = Field(
         default=None,
         min_length=1,
@@ -166,10 +163,6 @@ class JobSpec(SpecModel):
         "one group per Linear layer in order (first, second, …).",
     )
     scheduler: SchedulerSpec = Field(default_factory=_default_scheduler)
-    warmup: WarmupSpec | None = Field(default=None, description="Warmup before the scheduler.")
-    interval: Literal["step", "epoch"] = Field(
-        default="step", description="Step the scheduler after every optimizer step or epoch."
-    )
     epochs: PositiveInt = Field(default=5, description="Passes over the training examples.")
     batch_size: PositiveInt = Field(default=16, description="Examples per batch.")
     accumulation_steps: PositiveInt = Field(
@@ -177,8 +170,6 @@ class JobSpec(SpecModel):
     )
     seed: NonNegativeInt = Field(default=0, description="Seeds the data, the init and shuffling.")
     device: DeviceName = Field(default="auto", description="'auto' (CUDA when available), ...")
-
-    _param_groups = field_validator("param_groups")(check_param_groups)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "JobSpec":

@@ -156,7 +156,7 @@ def test_responses_that_depend_on_accept_say_so_for_shared_caches(client):
 
 
 def test_a_bug_in_one_batch_slot_fails_that_slot_alone(client, monkeypatch):
-    from service.schedules import vectorized
+    from service.schedules.vectorized import compile as vectorized
 
     real = vectorized.compile_request
 
