@@ -11,7 +11,7 @@ from service.schedules.torch_engine import main_span
 
 
 def _walk(spec: specs.SchedulerBase, span: int, request: specs.ScheduleRequest) -> list[str]:
-    out = spec.caveats(span, request)
+    out = spec.caveats(span) + spec.request_caveats(request)
     for child, child_span in zip(spec.children(), spec.child_spans(span), strict=True):
         out += _walk(child, child_span, request)
     return out

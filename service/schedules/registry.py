@@ -12,7 +12,8 @@ class declares everything the rest of the service needs:
 - ``lr_fields``: the lr-valued fields that ``batch_scaling`` multiplies;
 - ``examples`` (the first is the catalog's; all reach the OpenAPI schema) and
   ``example_request`` (the rest of the catalog's example request);
-- ``caveats(span, request)``: warnings for legal but surprising values.
+- ``caveats(span)`` (and ``request_caveats(request)``): warnings for legal but surprising
+  values (in this request).
 
 From the registry come the ``scheduler`` field of every request (validated by ``type``, with
 "did you mean" for a misspelling), its OpenAPI schema, the catalog, batch scaling, which specs
@@ -93,8 +94,12 @@ class SchedulerBase(SpecModel):
             return f"{kind} has no closed form; use engine 'torch' or 'auto'"
         return None
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
-        """Return warnings for this spec over ``span`` scheduler steps of ``request``."""
+    def caveats(self, span: int) -> list[str]:
+        """Return warnings for this spec's values over the ``span`` scheduler steps it runs."""
+        return []
+
+    def request_caveats(self, request: "ScheduleRequest") -> list[str]:
+        """Return warnings for this spec in ``request`` (its optimizer, interval, ...)."""
         return []
 
 

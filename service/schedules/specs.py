@@ -33,6 +33,7 @@ from service.devices import DeviceName
 from service.schedules import families, registry
 from service.schedules.base import (
     IntList,
+    NonNegInt,
     NonNegIntList,
     Number,
     PerGroup,
@@ -82,10 +83,12 @@ __all__ = [
     "LinearLR",
     "MultiStepLR",
     "MultiplicativeLR",
+    "NonNegInt",
     "Number",
     "OneCycleLR",
     "PerGroup",
     "PolynomialLR",
+    "PosInt",
     "ReduceLROnPlateau",
     "SchedulerBase",
     "SchedulerSpec",

@@ -144,7 +144,7 @@ class StepLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.Step.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         if self.step_size >= span:
             return [
                 f"StepLR step_size={self.step_size} is not shorter than the {span} scheduler "
@@ -175,7 +175,7 @@ class MultiStepLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.MultiStep.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         out = []
         unreached = sorted({m for m in self.milestones if m >= span})
         if unreached:
@@ -251,7 +251,7 @@ class ExponentialLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.Exponential.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         if self.gamma > 1:
             return [f"ExponentialLR gamma={self.gamma} > 1: the lr grows instead of decaying"]
         return []
@@ -312,7 +312,7 @@ class SequentialLR(SchedulerBase):
             )
         return None
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         out = []
         if list(self.milestones) != sorted(self.milestones):
             out.append(
@@ -344,7 +344,7 @@ class PolynomialLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.Polynomial.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         if self.total_iters == 0:
             return ["PolynomialLR total_iters=0: the lr stays at its initial value"]
         return []
@@ -368,7 +368,7 @@ class CosineAnnealingLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.Cosine.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         if span > self.T_max + 1:
             return [
                 f"CosineAnnealingLR with T_max={self.T_max} runs for {span - 1} steps: past "
@@ -479,7 +479,7 @@ class CyclicLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.Cyclic.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def request_caveats(self, request: "ScheduleRequest") -> list[str]:
         out = []
         if request.interval == "epoch":
             out.append("CyclicLR is meant to be stepped after every batch, not every epoch")
@@ -536,13 +536,17 @@ class OneCycleLR(SchedulerBase):
     def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
         return formulas.OneCycle.of(sched, device)
 
-    def caveats(self, span: int, request: "ScheduleRequest") -> list[str]:
+    def caveats(self, span: int) -> list[str]:
         out = []
         if self.total_steps is None and self.epochs is None:
             out.append(
                 f"OneCycleLR total_steps was not given: it defaults to {max(span, 1)}, the "
                 "scheduler steps this request covers"
             )
+        return out
+
+    def request_caveats(self, request: "ScheduleRequest") -> list[str]:
+        out = []
         if request.interval == "epoch":
             out.append("OneCycleLR is meant to be stepped after every batch, not every epoch")
         if _sets_lr(request):
