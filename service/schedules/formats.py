@@ -85,6 +85,7 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "torch_version": TORCH_VERSION,
         "warnings": computed.warnings,
         "summary": _summary(computed),
+        "families": computed.families,
     }
 
 

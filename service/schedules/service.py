@@ -14,6 +14,7 @@ from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
+from service.schedules.families import hooks as families
 from service.settings import Settings
 
 log = logging.getLogger("service.schedules")
@@ -38,6 +39,8 @@ class Computed:
     engine: str
     device: str
     warnings: list[str] = field(default_factory=list)
+    families: list[dict[str, object]] = field(default_factory=list)
+    """The other libraries (or papers) whose semantics the schedule follows."""
 
     def summary(self) -> list[specs.GroupSummary]:
         """Return min and max over the returned indices and the final lr, per group."""
@@ -52,7 +55,7 @@ class Computed:
 
 
 def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.SchedulerBase:
-    update: dict[str, object] = {}
+    update: dict[str, object] = families.scaled_fields(spec, factor)
     for name in _LR_FIELDS:
         if name in type(spec).model_fields:
             value = getattr(spec, name)
@@ -129,13 +132,15 @@ def count_points(request: specs.ScheduleRequest) -> int:
 
 
 def _check_metrics(request: specs.ScheduleRequest) -> None:
-    if not isinstance(request.scheduler, specs.ReduceLROnPlateau):
+    spec = request.scheduler
+    if not (isinstance(spec, specs.ReduceLROnPlateau) or getattr(spec, "metric_driven", False)):
         return
     needed = request.scheduler_steps - 1
     have = len(request.metrics or [])
     if have < needed:
+        what = f"{spec.type} {spec.name}" if getattr(spec, "metric_driven", False) else spec.type  # type: ignore[attr-defined]
         raise InvalidSpec(
-            f"ReduceLROnPlateau needs metrics: one value per scheduler step, {needed} for this "
+            f"{what} needs metrics: one value per scheduler step, {needed} for this "
             f"request; {have} given. Add metrics or lower steps.",
             loc=("body", "metrics"),
         )
@@ -229,6 +234,7 @@ def _vectorized_computed(prep: _Prepared, result: vectorized.Result) -> Computed
         engine="vectorized",
         device=result.device,
         warnings=caveats(prep.request),
+        families=_families(prep.request),
     )
 
 
@@ -243,7 +249,12 @@ def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
         engine="torch",
         device="cpu",
         warnings=caveats(scaled),
+        families=_families(scaled),
     )
+
+
+def _families(request: specs.ScheduleRequest) -> list[dict[str, object]]:
+    return [ref.model_dump() for ref in families.families(request)]
 
 
 def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:

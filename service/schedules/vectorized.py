@@ -39,6 +39,7 @@ from torch.optim.swa_utils import SWALR as TorchSWALR
 from service.errors import InvalidSpec
 from service.schedules import specs, torch_engine
 from service.schedules.expressions import ExpressionEvaluationError
+from service.schedules.families import pytorch_warmup
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -850,6 +851,11 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
                 "ReduceLROnPlateau depends on the metric values step by step, so it has no "
                 "closed form; use engine 'torch' or 'auto'"
             )
+        if getattr(spec, "metric_driven", False):
+            return (
+                f"{spec.type} {spec.name!r} depends on the metric values step by step, so it "  # type: ignore[attr-defined]
+                "has no closed form; use engine 'torch' or 'auto'"
+            )
     nested = (specs.SequentialLR, specs.ChainedScheduler)
     for spec in specs.walk(request.scheduler):
         if isinstance(spec, specs.SequentialLR):
@@ -863,7 +869,11 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
                     "a SequentialLR or ChainedScheduler nested in a SequentialLR is only "
                     "stepped by the torch engine; use engine 'torch' or 'auto'"
                 )
-    if request.warmup is not None and isinstance(request.scheduler, nested):
+    if (
+        request.warmup is not None
+        and not pytorch_warmup.is_pytorch_warmup(request.warmup)
+        and isinstance(request.scheduler, nested)
+    ):
         return (
             "a warmup before a SequentialLR or ChainedScheduler is only stepped by the torch "
             "engine; use engine 'torch' or 'auto'"
@@ -954,6 +964,8 @@ class Program:
     momentum0: Tensor | None
     anchor: Tensor
     device: torch.device
+    dampen: Callable[[Tensor], Tensor] | None = None
+    """pytorch_warmup's factor per group at float64 steps, multiplying the lr (None: none)."""
 
     def failure(self) -> Failure | None:
         return self.root.failure_at(self.n - 1)
@@ -1010,6 +1022,10 @@ class Program:
         failure = self.failure()
         if failure is not None:
             _raise_failure(failure)
+        if self.dampen is not None:
+            lr, mom, final = dataclasses.replace(self, dampen=None).evaluate(k)
+            last = torch.tensor([self.n - 1], dtype=F64, device=self.device)
+            return lr * self.dampen(k.to(F64)), mom, final * self.dampen(last)[:, 0]
         if k.numel() < 2 or bool((k[1:] >= k[:-1]).all()):
             return self._evaluate_sorted(k)
         order = torch.argsort(k)
@@ -1138,7 +1154,7 @@ def compile_request(request: specs.ScheduleRequest, n: int, device: torch.device
     if reason is not None:
         raise Unsupported(reason)
     optimizer = torch_engine.make_optimizer(request.optimizer, request.param_groups)
-    stepper = torch_engine.Stepper(optimizer, request.scheduler, request.warmup, n)
+    stepper = torch_engine.Stepper(optimizer, request.scheduler, request.warmup, n, closed=True)
     want_momentum = "momentum" in request.include
     if want_momentum and not torch_engine.has_momentum(optimizer):
         raise InvalidSpec(
@@ -1151,10 +1167,11 @@ def compile_request(request: specs.ScheduleRequest, n: int, device: torch.device
     return Program(
         root=root,
         n=n,
-        lr0=_col(stepper.lrs(), device),
+        lr0=_col(stepper.undampened, device),
         momentum0=_col(stepper.momenta(), device) if want_momentum else None,
         anchor=_col([g["initial_lr"] for g in groups], device),
         device=device,
+        dampen=None if stepper.dampener is None else stepper.dampener.omega,
     )
 
 
@@ -1307,7 +1324,7 @@ def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Result | InvalidSpe
     out: list[Result | InvalidSpec | None] = [None] * len(jobs)
     buckets: dict[tuple[object, ...], list[int]] = {}
     for i, (program, steps) in enumerate(jobs):
-        sig = _signature(program.root)
+        sig = None if program.dampen is not None else _signature(program.root)
         if sig is None:
             buckets[("single", i)] = [i]
             continue
