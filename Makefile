@@ -8,10 +8,12 @@ PORT ?= 8000
 
 .PHONY: serve test lint format openapi bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml nodeps-requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,parity]'
+	$(PY) -m pip install --quiet --no-deps -r nodeps-requirements.txt
+	$(PY) -c 'import torch, sys; v = torch.__version__.split("+")[0]; sys.exit(0 if v == "2.13.0" else f"torch {v} was installed; the service pins 2.13.0")'
 	touch $(STAMP)
 
 serve: $(STAMP)

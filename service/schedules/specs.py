@@ -382,7 +382,6 @@ class ChainedScheduler(SchedulerBase):
 # The families import the base classes above; they join the unions here.
 from service.schedules.families import llm, pytorch_warmup  # noqa: E402
 from service.schedules.families import transformers as hf  # noqa: E402
-from service.schedules.families.common import FamilyRef  # noqa: E402
 
 SchedulerSpec = Annotated[
     LambdaLR
@@ -771,8 +770,3 @@ class ScheduleResult(BaseModel):
     torch_version: str
     warnings: list[str]
     summary: list[GroupSummary]
-    families: list[FamilyRef] = Field(
-        default_factory=list,
-        description="The other libraries (family, library, version) or papers whose "
-        "semantics the schedule reproduces; empty for torch's own schedulers.",
-    )

@@ -1,85 +1,40 @@
-"""What every family module shares."""
+"""What the torch-based family modules share: loading the real library, "did you mean",
+and the lr multiplier the vectorized engine evaluates."""
 
 import difflib
 import importlib
-import importlib.metadata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
-from pydantic import BaseModel, Field
 
 from service.errors import InvalidSpec
+from service.schedules.families import Library
 
 Tensor = torch.Tensor
 
 
-class FamilyRef(BaseModel):
-    """Which family a schedule comes from, and whose semantics it reproduces."""
-
-    family: str = Field(description="The spec's family (its `type`, or `warmup.type`'s library).")
-    library: str | None = Field(description="The library's distribution name; null: a paper.")
-    version: str | None = Field(description="The library release reproduced (installed or pinned).")
-    source: str = Field(description="Where the formulas come from.")
+def installed(library: Library) -> bool:
+    """Return True when ``library``'s package is installed here."""
+    return library.installed_version() is not None
 
 
-@dataclass(frozen=True)
-class Library:
-    """The library a family reproduces: its distribution name, import name and pinned release.
+def load(library: Library, module: str) -> ModuleType:
+    """Return ``module`` of ``library``, imported now.
 
-    ``pinned`` is the release whose semantics the closed forms reproduce and the parity tests
-    check; ``version`` is the installed one when the library is installed, else ``pinned``.
+    Raises InvalidSpec (422, at ``engine``) when the library is not installed: the torch
+    engine runs the real library; the vectorized engine's closed forms need none.
     """
-
-    family: str
-    distribution: str
-    module: str
-    pinned: str
-    source: str
-
-    @property
-    def installed(self) -> bool:
-        """Return True when the library can be imported here."""
-        try:
-            importlib.metadata.version(self.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return False
-        return True
-
-    @property
-    def version(self) -> str:
-        """Return the installed release, or the pinned one when the library is not installed."""
-        try:
-            return importlib.metadata.version(self.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return self.pinned
-
-    @property
-    def ref(self) -> FamilyRef:
-        """Return the family reference a response carries."""
-        return FamilyRef(
-            family=self.family, library=self.distribution, version=self.version, source=self.source
-        )
-
-    def load(
-        self, submodule: str = "", loc: tuple[str | int, ...] = ("body", "engine")
-    ) -> ModuleType:
-        """Return the library's module (``submodule`` under it), imported now.
-
-        Raises InvalidSpec (422) at ``loc`` when the library is not installed: the torch
-        engine runs the real library, the vectorized engine does not need it.
-        """
-        name = f"{self.module}.{submodule}" if submodule else self.module
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            raise InvalidSpec(
-                f"engine 'torch' runs {self.distribution} itself, and it is not installed on this "
-                f"server (pip install {self.distribution}=={self.pinned}); use engine 'auto' or "
-                "'vectorized', whose closed forms reproduce it without the library.",
-                loc=loc,
-            ) from None
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InvalidSpec(
+            f"engine 'torch' runs {library.package} itself, and it is not installed on this "
+            f"server (pip install {library.package}=={library.version}); use engine 'auto' or "
+            "'vectorized', whose closed forms reproduce it without the library.",
+            loc=("body", "engine"),
+        ) from None
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

@@ -5,7 +5,6 @@ from typing import Any
 from service.schedules import specs
 from service.schedules.families import llm, pytorch_warmup
 from service.schedules.families import transformers as hf
-from service.schedules.families.common import FamilyRef
 
 
 def scaled_fields(spec: specs.SchedulerBase, factor: float) -> dict[str, Any]:
@@ -16,19 +15,21 @@ def scaled_fields(spec: specs.SchedulerBase, factor: float) -> dict[str, Any]:
     return {}
 
 
-def families(request: specs.ScheduleRequest) -> list[FamilyRef]:
-    """Return the families (besides torch) whose semantics the request's schedule follows."""
-    out: list[FamilyRef] = []
+def families(request: specs.ScheduleRequest) -> list[dict[str, str | None]]:
+    """Return ``{family, library, version}`` of every family (besides torch's own) whose
+    semantics the request's schedule follows, once each."""
+    out: list[dict[str, str | None]] = []
     for spec in specs.walk(request.scheduler):
-        if isinstance(spec, hf.TransformersSchedule):
-            out.append(hf.LIBRARY.ref)
+        library = getattr(type(spec), "library", None)
+        if library is not None:
+            out.append(library.info())
         elif isinstance(spec, llm.Noam):
-            out.append(llm.NOAM_REF)
+            out.append(llm.NOAM_INFO)
         elif isinstance(spec, llm.REX):
-            out.append(llm.REX_REF)
+            out.append(llm.REX_INFO)
     if pytorch_warmup.is_pytorch_warmup(request.warmup):
-        out.append(pytorch_warmup.LIBRARY.ref)
-    return list({ref.family: ref for ref in out}.values())
+        out.append(pytorch_warmup.LIBRARY.info())
+    return list({info["family"]: info for info in out}.values())
 
 
 def warnings(request: specs.ScheduleRequest, span: int) -> list[str]:

@@ -19,25 +19,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from service.schedules.families.common import Factor, FamilyRef
+from service.schedules.families.common import Factor
 from service.schedules.specs import Number, PosInt, SchedulerBase
 
 Tensor = torch.Tensor
 
-NOAM_REF = FamilyRef(
-    family="noam",
-    library=None,
-    version=None,
-    source="Vaswani et al. 2017, Attention Is All You Need, eq. 3 (the Annotated Transformer's "
-    "rate(): step 0 counts as 1)",
-)
-REX_REF = FamilyRef(
-    family="rex",
-    library=None,
-    version=None,
-    source="Chen, Wolfe & Kyrillidis, REX: Revisiting Budgeted Training with an Improved "
-    "Schedule (arXiv:2107.04197)",
-)
+NOAM_INFO = {"family": "noam", "library": None, "version": None}
+"""What a response says of Noam: a paper's formula, no library (see the module doc)."""
+REX_INFO = {"family": "rex", "library": None, "version": None}
 
 
 class Noam(SchedulerBase):

@@ -25,16 +25,11 @@ import torch
 from pydantic import Discriminator, Field, PlainValidator, Tag, WithJsonSchema
 
 from service.errors import InvalidSpec
-from service.schedules.families.common import Library
+from service.schedules.families import Library
+from service.schedules.families.common import load
 from service.schedules.specs import MAX_INT, SpecModel
 
-LIBRARY = Library(
-    family="pytorch_warmup",
-    distribution="pytorch-warmup",
-    module="pytorch_warmup",
-    pinned="0.2.0",
-    source="pytorch_warmup (base.py, untuned.py, radam.py)",
-)
+LIBRARY = Library(family="pytorch_warmup", package="pytorch-warmup", version="0.2.0")
 Tensor = torch.Tensor
 F64 = torch.float64
 LOC = ("body", "warmup")
@@ -301,7 +296,7 @@ def build(warmup: Any, optimizer: torch.optim.Optimizer, *, closed: bool) -> Any
     omega = factors(warmup, optimizer)  # the library's refusals, raised the same way
     if closed:
         return ClosedDampening(optimizer, omega)
-    library = LIBRARY.load(loc=("body", "engine"))
+    library = load(LIBRARY, "pytorch_warmup")
     cls = getattr(library, CLASSES[warmup.type])
     if isinstance(warmup, PeriodWarmup):
         return cls(optimizer, warmup_period=warmup.warmup_period)

@@ -33,16 +33,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch.optim import lr_scheduler
 
 from service.errors import InvalidSpec
-from service.schedules.families.common import Library, TensorFactor, did_you_mean
+from service.schedules.families import Library
+from service.schedules.families.common import TensorFactor, did_you_mean, load
 from service.schedules.specs import MAX_INT, NonNegInt, Number, PerGroup, SchedulerBase, SpecModel
 
-LIBRARY = Library(
-    family="transformers",
-    distribution="transformers",
-    module="transformers",
-    pinned="5.23.0",
-    source="transformers.optimization.get_scheduler",
-)
+LIBRARY = Library(family="transformers", package="transformers", version="5.23.0")
 Tensor = torch.Tensor
 F64 = torch.float64
 KWARGS = ("body", "scheduler", "scheduler_specific_kwargs")
@@ -254,6 +249,7 @@ class TransformersSchedule(SchedulerBase):
     """
 
     type: Literal["transformers"] = "transformers"
+    library: ClassVar[Library] = LIBRARY
     name: str = Field(
         description="A transformers SchedulerType: " + ", ".join(NAMES) + ".",
         examples=["cosine"],
@@ -528,7 +524,7 @@ def build(spec: TransformersSchedule, optimizer: torch.optim.Optimizer, *, close
     factor = None if spec.metric_driven else closed_form(spec, optimizer.defaults["lr"])
     if closed:
         return lr_scheduler.LambdaLR(optimizer, factor)
-    optimization = LIBRARY.load("optimization")
+    optimization = load(LIBRARY, "transformers.optimization")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return optimization.get_scheduler(

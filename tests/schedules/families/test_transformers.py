@@ -115,7 +115,6 @@ def test_both_engines_match_the_real_library(client, case, name, w, t, kwargs, s
             "family": "transformers",
             "library": "transformers",
             "version": "5.23.0",
-            "source": "transformers.optimization.get_scheduler",
         }
     ]
     closed = client.post(
