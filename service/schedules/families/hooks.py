@@ -6,6 +6,38 @@ from service.schedules import specs
 from service.schedules.families import llm, pytorch_warmup
 from service.schedules.families import transformers as hf
 
+FAMILY_TYPES = frozenset({"transformers", "noam", "rex"})
+"""Spec types of the torch-based families: the catalog lists them by :func:`catalog_entries`."""
+
+
+def catalog_entries() -> list[dict[str, Any]]:
+    """Return the catalog entries of the torch-based families: one per transformers name,
+    one each for Noam and REX (the members of ``CatalogEntry``)."""
+    out = hf.catalog_entries()
+    for cls in (llm.Noam, llm.REX):
+        kind = cls.model_fields["type"].default
+        out.append(
+            {
+                "type": kind,
+                "name": None,
+                "torch_class": f"service.schedules.families.llm.{cls.__name__}",
+                "description": (cls.__doc__ or kind).strip().splitlines()[0],
+                "parameters": cls.model_json_schema(),
+                "defaults": {
+                    n: f.default
+                    for n, f in cls.model_fields.items()
+                    if n != "type" and not f.is_required()
+                },
+                "required": [n for n, f in cls.model_fields.items() if f.is_required()],
+                "example": {
+                    "optimizer": {"type": "Adam", "lr": 1.0, "betas": [0.9, 0.98]},
+                    "scheduler": cls.examples[0],
+                    "steps": 120,
+                },
+            }
+        )
+    return out
+
 
 def scaled_fields(spec: specs.SchedulerBase, factor: float) -> dict[str, Any]:
     """Return the lr-valued fields of a family spec multiplied by ``factor`` (batch scaling),

@@ -353,6 +353,14 @@ class TransformersSchedule(SchedulerBase):
             )
         return self
 
+    @classmethod
+    def from_query(cls, scheduler: dict[str, Any]) -> dict[str, Any]:
+        """Return a GET form's flat scheduler parameters with the name's own arguments moved
+        into ``scheduler_specific_kwargs`` (``?name=cosine&num_cycles=1`` nests num_cycles)."""
+        top = {k: v for k, v in scheduler.items() if k in cls.model_fields}
+        kwargs = {k: v for k, v in scheduler.items() if k not in cls.model_fields}
+        return {**top, "scheduler_specific_kwargs": kwargs} if kwargs else top
+
     @property
     def kwargs(self) -> Any:
         """Return ``scheduler_specific_kwargs`` as the name's model (defaults filled)."""
@@ -609,5 +617,48 @@ def caveats(spec: TransformersSchedule, request: Any, span: int) -> list[str]:
         out.append(
             "both num_training_steps and num_stable_steps are given: transformers uses "
             "num_stable_steps (and warns)"
+        )
+    return out
+
+
+def _required(name: str) -> list[str]:
+    out = ["name"]
+    if name not in NO_WARMUP:
+        out.append("num_warmup_steps")
+    if name not in NO_TRAINING and name != "warmup_stable_decay":
+        out.append("num_training_steps")
+    return out
+
+
+def catalog_entries() -> list[dict[str, Any]]:
+    """Return one catalog entry per name: its JSON Schema (the name's own
+    scheduler_specific_kwargs inlined), defaults, description and a ready request."""
+    base = TransformersSchedule.model_json_schema()
+    out = []
+    for name, (kwargs, function, description) in NAMES.items():
+        schema = {**base, "properties": dict(base["properties"]), "required": _required(name)}
+        schema["properties"]["name"] = {**base["properties"]["name"], "const": name}
+        schema["properties"]["scheduler_specific_kwargs"] = kwargs.model_json_schema()
+        example: dict[str, Any] = {"scheduler": catalog_examples()[name], "steps": 120}
+        if name in METRIC_DRIVEN:
+            example["steps"] = 10
+            example["metrics"] = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.85, 0.85, 0.85]
+        out.append(
+            {
+                "type": "transformers",
+                "name": name,
+                "torch_class": f"transformers.optimization.{function}",
+                "description": description,
+                "parameters": schema,
+                "defaults": {
+                    "num_warmup_steps": None,
+                    "num_training_steps": None,
+                    "scheduler_specific_kwargs": {
+                        k: f.default for k, f in kwargs.model_fields.items() if not f.is_required()
+                    },
+                },
+                "required": _required(name),
+                "example": example,
+            }
         )
     return out
