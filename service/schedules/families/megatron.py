@@ -21,8 +21,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
+from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
+from service.schedules.families.adapters import LibraryLR
 from service.schedules.specs import NonNegInt, Number, PerGroup, PosInt, SchedulerBase
 
 LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
@@ -34,9 +36,11 @@ STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 
 
-def _per_group(value: float | list[float], groups: int) -> Tensor:
-    values = value if isinstance(value, list) else [value] * groups
-    return torch.tensor([float(v) for v in values], dtype=F64)[:, None]
+def _per_group(value: float | list[float], groups: int, device: torch.device) -> Tensor:
+    """Return one value per row, (groups, 1); rows past a list are further requests' groups."""
+    values = value if isinstance(value, list) else [value]
+    rows = [float(values[g % len(values)]) for g in range(groups)]
+    return torch.tensor(rows, dtype=F64, device=device)[:, None]
 
 
 class MegatronScheduler(SchedulerBase):
@@ -220,8 +224,8 @@ class MegatronScheduler(SchedulerBase):
         """
         groups = base.shape[0]
         n = k.to(F64)[None, :]
-        max_lr = _per_group(self.max_lr, groups)
-        min_lr = _per_group(self.min_lr, groups)
+        max_lr = _per_group(self.max_lr, groups, k.device)
+        min_lr = _per_group(self.min_lr, groups, k.device)
         warm = self.lr_warmup_steps
         decay = self.lr_decay_steps
         style = self.lr_decay_style
@@ -262,11 +266,15 @@ class MegatronScheduler(SchedulerBase):
             coeff = 1.0 - torch.sqrt(ratio)
         return torch.where(n <= start, torch.ones_like(coeff), coeff)
 
+    def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
+        """Return ``{"weight_decay": ...}``: Megatron sets each group's weight decay too."""
+        return {"weight_decay": self.weight_decay(k, groups)}
+
     def weight_decay(self, k: Tensor, groups: int) -> Tensor:
         """Return ``get_wd`` at ``num_steps = k`` (int64), shape (groups, len(k))."""
         n = k.to(F64)[None, :]
-        start = _per_group(self.start_wd, groups)
-        end = _per_group(self.end_wd, groups)
+        start = _per_group(self.start_wd, groups, k.device)
+        end = _per_group(self.end_wd, groups, k.device)
         ones = torch.ones_like(n) * torch.ones_like(start)
         if self.wd_incr_style == "constant":
             return end * ones
@@ -280,11 +288,39 @@ class MegatronScheduler(SchedulerBase):
 
     # ------------------------------------------------------------------ torch engine
 
-    def build(self, optimizer: torch.optim.Optimizer) -> Any:
+    def library_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         """Return Megatron's own OptimizerParamScheduler on ``optimizer`` (it sets step 0)."""
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+        try:
+            from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+        except ImportError as exc:
+            raise RuntimeError(
+                "engine 'torch' steps Megatron's own OptimizerParamScheduler, and megatron-core "
+                "is not installed here (pip install --no-deps megatron-core); use engine "
+                "'vectorized' or 'auto'"
+            ) from exc
 
         for key, values in self.group_overrides().items():
             for group, value in zip(optimizer.param_groups, values, strict=True):
                 group[key] = value
         return OptimizerParamScheduler(optimizer, **self.constructor_kwargs())
+
+    @staticmethod
+    def drive(scheduler: Any, k: int) -> None:
+        """Make Megatron's scheduler set ``num_steps = k`` (its training loop's ``step``)."""
+        scheduler.step(increment=k - scheduler.num_steps)
+
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> LRScheduler:
+        """Return a torch scheduler stepping Megatron's own (built at the first step)."""
+        return LibraryLR(optimizer, self, self.library_scheduler, self.drive)
+
+    # ------------------------------------------------------------------ warnings
+
+    def caveats(self, span: int) -> list[str]:
+        """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
+        if self.lr_decay_style in ("linear", "cosine", "WSD") and self.lr_decay_steps + 1 < span:
+            return [
+                f"Megatron holds min_lr from step {self.lr_decay_steps + 1} on (after "
+                f"lr_decay_steps={self.lr_decay_steps}); torch's CosineAnnealingLR would rise "
+                "again after T_max"
+            ]
+        return []

@@ -18,8 +18,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
+from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
+from service.schedules.families.adapters import ClosedFormLR
 from service.schedules.specs import Number, PerGroup, SchedulerBase, SpecModel
 
 LIBRARY = Library(family="optax", package="optax", version="0.2.8")
@@ -31,7 +33,8 @@ Values = dict[str, float]
 
 
 def _value(v: float | list[float], group: int) -> float:
-    return float(v[group] if isinstance(v, list) else v)
+    """Return group ``group``'s value (rows past the list are further requests' groups)."""
+    return float(v[group % len(v)] if isinstance(v, list) else v)
 
 
 class OptaxBase(SchedulerBase):
@@ -58,6 +61,19 @@ class OptaxBase(SchedulerBase):
     def fn(self, count: Tensor, group: int) -> Tensor:
         """Return the schedule at ``count`` (float64 step counts) for param group ``group``."""
         raise NotImplementedError
+
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> LRScheduler:
+        """Return the torch engine's scheduler: the closed form set on a real optimizer (optax
+        is not torch; the parity tests compare these values with optax itself)."""
+        return ClosedFormLR(optimizer, self)
+
+    def caveats(self, span: int) -> list[str]:
+        """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
+        return []
+
+    def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
+        """Return no other series: the library sets only the lr."""
+        return {}
 
     def lr(self, k: Tensor, base: Tensor) -> Tensor:
         """Return the lr at scheduler steps ``k`` (int64), shape (groups, len(k)).
@@ -160,6 +176,29 @@ def join(count: Tensor, parts: list[Tensor | Any], boundaries: list[int]) -> Ten
     for boundary, part in zip(boundaries, parts[1:], strict=False):
         output = torch.where(count < boundary, output, part(count - boundary))
     return output
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def _held_after(end: int, span: int, what: str) -> list[str]:
+    if end >= span - 1:
+        return []
+    return [
+        f"optax holds {what} from step {end} on; torch's CosineAnnealingLR would rise again "
+        "after T_max"
+    ]
+
+
+def _onecycle_peak(steps: int, pct_start: float, span: int) -> list[str]:
+    peak = int(pct_start * steps)
+    torch_peak = float(pct_start * steps) - 1
+    if peak >= span or peak == torch_peak:
+        return []
+    return [
+        f"optax peaks at step {peak} (int(pct_start * transition_steps)); torch's OneCycleLR "
+        f"with total_steps={steps}, pct_start={pct_start:g} peaks at step {torch_peak:g}"
+    ]
 
 
 # --------------------------------------------------------------------------- specs
@@ -354,6 +393,9 @@ class CosineDecaySchedule(OptaxBase):
         init = self.values(group)["init_value"]
         return cosine_decay(count, init, self.decay_steps, self.alpha, self.exponent)
 
+    def caveats(self, span: int) -> list[str]:
+        return _held_after(self.decay_steps, span, "alpha * init_value")
+
 
 class PiecewiseInterpolateSchedule(OptaxBase):
     """Linear or cosine interpolation between the accumulated scales at each boundary.
@@ -416,6 +458,9 @@ class LinearOnecycleSchedule(OptaxBase):
         }
         return piecewise_interpolate(count, "linear", peak / self.div_factor, scales)
 
+    def caveats(self, span: int) -> list[str]:
+        return _onecycle_peak(self.transition_steps, self.pct_start, span)
+
 
 class CosineOnecycleSchedule(OptaxBase):
     """Cosine up to ``peak_value`` over ``pct_start`` of the steps, then cosine down.
@@ -449,6 +494,9 @@ class CosineOnecycleSchedule(OptaxBase):
             int(t): 1.0 / (self.div_factor * self.final_div_factor),
         }
         return piecewise_interpolate(count, "cosine", peak / self.div_factor, scales)
+
+    def caveats(self, span: int) -> list[str]:
+        return _onecycle_peak(self.transition_steps, self.pct_start, span)
 
 
 class WarmupConstantSchedule(OptaxBase):
@@ -544,6 +592,9 @@ class WarmupCosineDecaySchedule(OptaxBase, _WarmupCosine):
     def fn(self, count: Tensor, group: int) -> Tensor:
         return self.cosine(count, group)
 
+    def caveats(self, span: int) -> list[str]:
+        return _held_after(self.decay_steps, span, "end_value")
+
 
 class WarmupExponentialDecaySchedule(OptaxBase):
     """Linear warmup to ``peak_value``, then ``exponential_decay`` from it.
@@ -635,6 +686,10 @@ class SgdrSchedule(OptaxBase):
             boundaries.append(step + cycle.decay_steps)
             step += cycle.decay_steps
         return join(count, parts, boundaries[:-1])
+
+    def caveats(self, span: int) -> list[str]:
+        end = sum(cycle.decay_steps for cycle in self.cosine_kwargs)
+        return _held_after(end, span, "the last cycle's end_value")
 
 
 class JoinSchedules(OptaxBase):

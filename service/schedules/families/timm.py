@@ -15,12 +15,15 @@ without the package ``__init__`` (which needs torchvision).
 
 import difflib
 import math
+import warnings
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
+from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library, import_submodule_only
+from service.schedules.families.adapters import LibraryLR
 from service.schedules.specs import NonNegInt, Number, PosInt, SchedulerBase
 
 LIBRARY = Library(family="timm", package="timm", version="1.0.31")
@@ -230,6 +233,10 @@ class TimmScheduler(SchedulerBase):
         """True for 'plateau', whose lr follows the request's metrics (torch engine only)."""
         return self.sched == "plateau"
 
+    def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
+        """Return no other series: the library sets only the lr."""
+        return {}
+
     def lr(self, k: Tensor, base: Tensor) -> Tensor:
         """Return the lr timm sets at t = ``k`` (int64 scheduler steps), shape (groups, len(k)).
 
@@ -336,13 +343,76 @@ class TimmScheduler(SchedulerBase):
 
     # ------------------------------------------------------------------ torch engine
 
-    def build(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Return timm's own scheduler for ``optimizer`` (timm must be installed)."""
+    def library_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Return timm's own scheduler for ``optimizer`` (raises RuntimeError without timm)."""
         module = import_submodule_only("timm", "scheduler")
         if module is None:
-            raise ModuleNotFoundError("timm is not installed (pip install --no-deps timm)")
-        scheduler, _ = module.create_scheduler_v2(optimizer, **self.factory_kwargs())
+            raise RuntimeError(
+                "engine 'torch' steps timm's own scheduler, and timm is not installed here "
+                "(pip install --no-deps timm); use engine 'vectorized' or 'auto'"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plateau's deprecation notice
+            scheduler, _ = module.create_scheduler_v2(optimizer, **self.factory_kwargs())
         return scheduler
+
+    def drive(self, scheduler: Any, k: int, metric: float | None = None) -> None:
+        """Make timm's scheduler set t = ``k``, as timm's train.py does."""
+        if self.step_on_epochs:
+            scheduler.step(k, metric)
+        else:
+            scheduler.step_update(k)
+
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> LRScheduler:
+        """Return a torch scheduler stepping timm's own (built at the first step)."""
+        return LibraryLR(optimizer, self, self.library_scheduler, self.drive)
+
+    # ------------------------------------------------------------------ warnings
+
+    def caveats(self, span: int) -> list[str]:
+        """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
+        out = []
+        unit = "epoch" if self.step_on_epochs else "update"
+        if self.sched == "multistep":
+            hit = [m * self.upe for m in self.decay_milestones if 0 < m * self.upe <= span]
+            if hit:
+                shifted = ", ".join(
+                    str(m - 1 + (self.warmup_t if self.warmup_prefix else 0)) for m in hit
+                )
+                out.append(
+                    f"timm's multistep applies each milestone one step earlier than torch's "
+                    f"MultiStepLR: milestones {hit} take effect at {unit} t = {shifted} "
+                    "(timm compares t + 1 with them)"
+                )
+        if self.sched in _CYCLE:
+            end = self._cycles_end()
+            if end is not None and end < span:
+                out.append(
+                    f"timm holds min_lr={self.min_lr:g} from t = {end} on (after "
+                    f"{self.cycle_limit} cycle{'s' if self.cycle_limit != 1 else ''}); torch's "
+                    "CosineAnnealingLR would rise again after T_max"
+                )
+        if self.sched in ("wsd", "rsqrt"):
+            t_initial, _ = self._wsd_lengths()
+            if self.warmup_t + t_initial < span:
+                out.append(
+                    f"timm holds min_lr={self.min_lr:g} from t = {self.warmup_t + t_initial} on "
+                    "(the end of the decay phase)"
+                )
+        return out
+
+    def _cycles_end(self) -> int | None:
+        """Return the first t at which timm's cycles are over (it holds min_lr), or None."""
+        if self.cycle_limit == 0:
+            return self.warmup_t
+        if self.cycle_mul == 1:
+            length = self.t_initial * self.cycle_limit
+        elif self.cycle_mul < 1:
+            return None
+        else:
+            m = self.cycle_mul  # timm's get_cycle_length
+            length = math.floor(-self.t_initial * (m**self.cycle_limit - 1) / (1 - m))
+        return length + (self.warmup_t if self.warmup_prefix else 0)
 
 
 def _known_name(value: str, names: tuple[str, ...], field: str, where: str) -> str:
