@@ -8,10 +8,11 @@ PORT ?= 8000
 
 .PHONY: serve test lint format openapi bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e './client[numpy]'
 	touch $(STAMP)
 
 serve: $(STAMP)
