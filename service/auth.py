@@ -114,10 +114,16 @@ async def job_owner(request: Request, job_id: str, credentials: BearerDep) -> st
     return digest
 
 
-async def require_key_for_all(request: Request, credentials: BearerDep) -> None:
-    """App-wide dependency: with ``LRS_REQUIRE_KEY_FOR_ALL``, every /v1 route needs a key."""
+async def require_key_for_all(request: Request) -> None:
+    """App-wide dependency: with ``LRS_REQUIRE_KEY_FOR_ALL``, every /v1 route needs a key.
+    (It reads the header itself, so the OpenAPI document marks only the job routes as
+    needing a bearer token, the default.)"""
     settings: Settings = request.app.state.settings
     if settings.require_key_for_all and request.url.path.startswith("/v1/"):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        credentials = None
+        if scheme.lower() == "bearer" and token.strip():
+            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
         identify(request, credentials)
 
 
