@@ -19,8 +19,9 @@ from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware
 from service.observability import ObservabilityMiddleware, RouteCapture, configure_access_log
+from service.playground import router as playground_router
 from service.ratelimit import RateLimitMiddleware
-from service.schedules import router as schedules_router
+from service.schedules import routes as schedules_router
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dropout_router.router)
     app.include_router(jobs_router.router)
     app.include_router(metrics.router)
+    app.include_router(playground_router.router)
     return app
 
 
