@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded 2-core machine takes a while to import torch
     while True:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
