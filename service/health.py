@@ -4,14 +4,13 @@ import platform
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from service import __version__
 from service.deps import SettingsDep
-from service.devices import cuda_available, device_names
+from service.devices import TORCH_VERSION, cuda_available, device_names
 from service.errors import PROBLEM_JSON, problem_body
 
 router = APIRouter(tags=["service"])
@@ -126,7 +125,7 @@ async def info(settings: SettingsDep) -> Info:
     return Info(
         service="lr-schedule-service",
         version=__version__,
-        torch_version=torch.__version__.split("+")[0],
+        torch_version=TORCH_VERSION,
         python_version=platform.python_version(),
         cuda_available=cuda_available(),
         devices=device_names(),

@@ -17,7 +17,7 @@ from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware
-from service.schedules import router as schedules_router
+from service.schedules import routes as schedules_router
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """\

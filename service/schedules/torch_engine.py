@@ -23,6 +23,7 @@ from torch.optim.swa_utils import SWALR as TorchSWALR
 from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import specs
 from service.schedules.expressions import ExpressionEvaluationError, parse_expression
+from service.schedules.result import Computed
 from service.settings import get_settings
 
 Loc = tuple[str | int, ...]
@@ -257,26 +258,45 @@ class Stepper:
         return out
 
 
-def has_momentum(optimizer: torch.optim.Optimizer) -> bool:
-    """Return True when every group has ``momentum`` or ``betas``."""
-    return all("momentum" in g or "betas" in g for g in optimizer.param_groups)
+def wants_momentum(request: specs.ScheduleRequest, optimizer: torch.optim.Optimizer) -> bool:
+    """Return True when ``request`` includes momentum; raise InvalidSpec when the optimizer
+    has neither ``momentum`` nor ``betas`` in every group."""
+    if "momentum" not in request.include:
+        return False
+    if not all("momentum" in g or "betas" in g for g in optimizer.param_groups):
+        raise InvalidSpec(
+            f"include 'momentum': torch.optim.{request.optimizer.type} has neither momentum "
+            "nor betas; drop 'momentum' from include or choose an optimizer that has one.",
+            loc=("body", "include"),
+        )
+    return True
+
+
+def refused_step(loc: Loc, k: int, exc: BaseException) -> InvalidSpec:
+    """Return the 422 for a scheduler step ``k`` that torch refused with ``exc``."""
+    where = ".".join(str(p) for p in loc[1:])
+    return InvalidSpec(f"{where}: torch refused scheduler step {k}: {_reason(exc)}", loc=loc)
+
+
+def not_finite(bad: np.ndarray) -> InvalidSpec:
+    """Return the 422 for the first non-finite lr in ``bad`` (groups × scheduler steps, True
+    where the lr is not finite): the earliest step, and the first group at that step."""
+    step = int(np.argmax(bad.any(axis=0)))
+    group = int(np.argmax(bad[:, step]))
+    return InvalidSpec(
+        f"the lr of group {group} is not finite at scheduler step {step}; "
+        "check the scheduler's parameters (e.g. lr_lambda or gamma).",
+        loc=("body", "scheduler"),
+    )
 
 
 # --------------------------------------------------------------------------- run
 
 
-@dataclass
-class Series:
-    """Per-group values of a schedule at the scheduler's steps 0..n-1."""
-
-    lr: np.ndarray
-    momentum: np.ndarray | None
-
-
 def run_scheduler_steps(
     request: specs.ScheduleRequest, n: int, *, max_seconds: float | None = None
-) -> Series:
-    """Return lr (and momentum when asked) per group for scheduler steps ``0..n-1``.
+) -> Computed:
+    """Return lr (and momentum when asked) per group at every scheduler step ``0..n-1``.
 
     ``request`` must already have batch scaling applied. Raises InvalidSpec for anything
     torch refuses, naming the field, and for a non-finite lr, naming the step; raises
@@ -285,13 +305,7 @@ def run_scheduler_steps(
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     optimizer = make_optimizer(request.optimizer, request.param_groups)
     stepper = Stepper(optimizer, request.scheduler, request.warmup, n)
-    want_momentum = "momentum" in request.include
-    if want_momentum and not has_momentum(optimizer):
-        raise InvalidSpec(
-            f"include 'momentum': torch.optim.{request.optimizer.type} has neither momentum "
-            "nor betas; drop 'momentum' from include or choose an optimizer that has one.",
-            loc=("body", "include"),
-        )
+    want_momentum = wants_momentum(request, optimizer)
     metrics = request.metrics or []
     lr_rows: list[list[float]] = [stepper.lrs()]
     mom_rows: list[list[float]] = [stepper.momenta()] if want_momentum else []
@@ -312,19 +326,16 @@ def run_scheduler_steps(
                     loc=("body", "steps"),
                 )
     except _Failure as failure:
-        raise InvalidSpec(
-            f"{'.'.join(str(p) for p in failure.loc[1:])}: torch refused scheduler step {k}: "
-            f"{_reason(failure.exc)}",
-            loc=failure.loc,
-        ) from None
+        raise refused_step(failure.loc, k, failure.exc) from None
     lr = np.asarray(lr_rows, dtype=np.float64).T
     bad = ~np.isfinite(lr)
     if bad.any():
-        group, step = (int(v[0]) for v in np.nonzero(bad))
-        raise InvalidSpec(
-            f"the lr of group {group} is not finite at scheduler step {step}; "
-            "check the scheduler's parameters (e.g. lr_lambda or gamma).",
-            loc=("body", "scheduler"),
-        )
-    momentum = np.asarray(mom_rows, dtype=np.float64).T if want_momentum else None
-    return Series(lr=lr, momentum=momentum)
+        raise not_finite(bad)
+    return Computed(
+        indices=np.arange(n, dtype=np.int64),
+        lr=lr,
+        momentum=np.asarray(mom_rows, dtype=np.float64).T if want_momentum else None,
+        final_lr=[float(v) for v in lr[:, n - 1]],
+        engine="torch",
+        device="cpu",
+    )
