@@ -248,6 +248,10 @@ def _worker_main(
 # --------------------------------------------------------------------------- Celery
 
 
+SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+"""How a task send retries: briefly, since a submit waits for it (a down broker is a 503)."""
+
+
 class CeleryExecutor:
     """Jobs sent as Celery tasks through the Redis broker; Celery workers run them.
 
@@ -285,11 +289,19 @@ class CeleryExecutor:
             args=[job_id],
             task_id=job_id,
             queue=self.queue,
-            retry=False,
+            retry=True,  # a pooled connection the broker closed (a restart) is reopened
+            retry_policy=SEND_RETRY,
         )
 
     def start(self) -> None:
-        pass
+        """Connect and build the message machinery now (lazily it cost the first submit 2 s)."""
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1, timeout=2)
+                self.app.amqp.as_task_v2("warm-up", self.task_name, args=["warm-up"])
+                self.app.amqp.queues[self.queue]  # declares it in the app
+        except Exception as exc:
+            log.warning("the Celery broker %s does not answer yet: %s", self.broker, exc)
 
     def submit(self, job_id: str) -> None:
         try:
