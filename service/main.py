@@ -17,6 +17,7 @@ from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware
+from service.playground import router as playground_router
 from service.schedules import routes as schedules_router
 from service.settings import Settings, get_settings
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(schedules_router.router)
     app.include_router(dropout_router.router)
     app.include_router(jobs_router.router)
+    app.include_router(playground_router.router)
     return app
 
 

@@ -14,7 +14,7 @@ import orjson
 from service.devices import TORCH_VERSION
 from service.errors import LimitExceeded
 from service.negotiation import MEDIA_TYPES, npy_bytes
-from service.schedules.plots import to_plot
+from service.schedules.plots import PlotOptions, to_plot
 from service.schedules.result import Computed
 from service.settings import Settings
 
@@ -112,8 +112,10 @@ class Rendered:
     media_type: str
 
 
-def render(computed: Computed, fmt: Format, title: str) -> Rendered:
-    """Return ``computed`` in ``fmt``; ``title`` heads a plot."""
+def render(
+    computed: Computed, fmt: Format, title: str, plot: PlotOptions | None = None
+) -> Rendered:
+    """Return ``computed`` in ``fmt``; ``title`` heads a plot drawn with ``plot``'s options."""
     if fmt == "json":
         body = to_json_bytes(computed)
     elif fmt == "csv":
@@ -121,5 +123,5 @@ def render(computed: Computed, fmt: Format, title: str) -> Rendered:
     elif fmt == "npy":
         body = to_npy(computed)
     else:
-        body = to_plot(computed, fmt, title)
+        body = to_plot(computed, fmt, title, plot)
     return Rendered(body, MEDIA_TYPES[fmt])

@@ -27,6 +27,8 @@ RESERVED = {
     "warmup_steps",
     "warmup_start_factor",
     "warmup_factor",
+    "yscale",
+    "annotate",
 }
 """Query parameters of the request itself; every other one is the scheduler's."""
 

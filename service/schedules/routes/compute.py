@@ -11,7 +11,7 @@ from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
 from service.negotiation import negotiate
-from service.schedules import cache, formats, query, service, specs
+from service.schedules import cache, formats, plots, query, service, specs
 from service.schedules.result import ScheduleResult
 from service.settings import Settings
 
@@ -22,6 +22,14 @@ FormatQuery = Annotated[
     Query(alias="format", description="Output format; overrides the Accept header."),
 ]
 AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+YScaleQuery = Annotated[
+    plots.YScale,
+    Query(description="svg/png: the lr axis, `linear` (default) or `log`."),
+]
+AnnotateQuery = Annotated[
+    list[plots.Annotation] | None,
+    Query(description="svg/png: `warnings` lists the response's warnings under the plot."),
+]
 IfNoneMatchHeader = Annotated[
     str | None,
     Header(description="An ETag from an earlier response: 304 Not Modified when it matches."),
@@ -114,11 +122,14 @@ async def _respond(
     accept: str | None,
     settings: Settings,
     if_none_match: str | None = None,
+    plot: plots.PlotOptions | None = None,
 ) -> Response:
+    plot = plot or plots.PlotOptions()
     fmt: formats.Format = negotiate(format_param, accept, formats.FORMATS)  # type: ignore[assignment]
     service.check_limits(spec, settings)
     formats.check_points(fmt, service.count_points(spec), settings)
-    key = cache.spec_hash(spec, fmt, resolve_device(spec.device).type)
+    variant = f"{fmt};{plot.cache_key()}" if fmt in ("svg", "png") and plot.cache_key() else fmt
+    key = cache.spec_hash(spec, variant, resolve_device(spec.device).type)
     headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL, "Vary": "Accept"}
     store: cache.ResultCache = request.app.state.schedule_cache
     entry = store.get(key)
@@ -126,11 +137,11 @@ async def _respond(
         return Response(status_code=304, headers=headers)
     headers["X-Cache"] = "hit" if entry else "miss"
     if entry is None:
-        title = f"{spec.scheduler.type} on {spec.optimizer.type}(lr={spec.optimizer.lr:g})"
+        title = plots.plot_title(spec)
 
         def work() -> cache.Entry:
             computed = service.compute(spec, settings)
-            rendered = formats.render(computed, fmt, title)
+            rendered = formats.render(computed, fmt, title, plot)
             about = {
                 "X-Engine": computed.engine,
                 "X-Device": computed.device,
@@ -156,6 +167,8 @@ async def compute_schedule(
     format_param: FormatQuery = None,
     accept: AcceptHeader = None,
     if_none_match: IfNoneMatchHeader = None,
+    yscale: YScaleQuery = "linear",
+    annotate: AnnotateQuery = None,
 ) -> Response:
     """Return the lr every optimizer step of a real torch training loop would use.
 
@@ -166,7 +179,8 @@ async def compute_schedule(
     The `ETag` is a hash of the normalized spec, the format and the torch version: send it
     back in `If-None-Match` to get `304 Not Modified`. Repeats are served from a cache.
     """
-    return await _respond(request, spec, format_param, accept, settings, if_none_match)
+    plot = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
+    return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
 
 
 @router.get(
@@ -193,6 +207,8 @@ async def schedule_from_query(
     format_param: FormatQuery = None,
     accept: AcceptHeader = None,
     if_none_match: IfNoneMatchHeader = None,
+    yscale: YScaleQuery = "linear",
+    annotate: AnnotateQuery = None,
 ) -> Response:
     """The same as `POST /v1/schedules/compute` for curl users.
 
@@ -219,8 +235,9 @@ async def schedule_from_query(
         raise RequestValidationError(
             [{**err, "loc": query.query_loc(err["loc"])} for err in exc.errors()]
         ) from None
+    plot = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
     try:
-        return await _respond(request, spec, format_param, accept, settings, if_none_match)
+        return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
     except ServiceError as exc:
         for err in exc.errors or []:
             err["loc"] = query.query_loc(err["loc"])
