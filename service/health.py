@@ -120,8 +120,9 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/v1/info", response_model=Info, summary="Versions, devices and limits in force")
 async def info(settings: SettingsDep) -> Info:
     """Return service and torch versions, the devices available and every limit in force."""
-    secret = {"data_dir", "database_url", "celery_broker_url", "cache_url"}  # URLs: passwords
-    limits = settings.model_dump(exclude=secret, mode="json")
+    # URLs may carry passwords, keys are secrets
+    secret = {"data_dir", "database_url", "celery_broker_url", "cache_url", "api_keys"}
+    limits = settings.model_dump(exclude=secret | {"api_keys_file"}, mode="json")
     return Info(
         service="lr-schedule-service",
         version=__version__,
