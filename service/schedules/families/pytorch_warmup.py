@@ -121,6 +121,14 @@ PytorchWarmupSpec = (
     | UntunedExponentialWarmup
     | RAdamWarmup
 )
+SPECS: dict[str, type[SpecModel]] = {
+    "linear": PWLinearWarmup,
+    "exponential": ExponentialWarmup,
+    "untuned_linear": UntunedLinearWarmup,
+    "untuned_exponential": UntunedExponentialWarmup,
+    "radam": RAdamWarmup,
+}
+"""The spec of each pytorch_warmup kind (``linear``: with ``warmup_period``)."""
 CLASSES = {
     "linear": "LinearWarmup",
     "exponential": "ExponentialWarmup",
