@@ -101,7 +101,8 @@ class SpecModel(BaseModel):
             if not any(_own_unknown(err) for err in errors):
                 raise
             names = [n for n in cls.model_fields if n != "type"]
-            owner = cls.__name__
+            kind = cls.model_fields["type"].default if "type" in cls.model_fields else None
+            owner = kind if isinstance(kind, str) else cls.__name__
             fixed = [
                 as_line_error(
                     err,

@@ -6,20 +6,29 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schedules import registry, specs
+from service.schedules.families import hooks as families
 
 
 class CatalogEntry(BaseModel):
     type: str = Field(description="The spec's `type`: the torch class name, or the family.")
-    selector: dict[str, str] | None = Field(
+    name: str | None = Field(
         default=None,
-        description="For a family's schedule, the field and value that pick it "
-        '(`{"name": "cosine"}`).',
+        description="A family's own selector value (transformers' `name`, optax's "
+        "`schedule`); null for torch's types.",
     )
     torch_class: str = Field(description="Where the schedule lives (torch's class path).")
     description: str = Field(description="What the schedule does, in one line.")
     parameters: dict[str, Any] = Field(description="JSON Schema of the scheduler spec.")
     defaults: dict[str, Any] = Field(description="torch's default for each optional parameter.")
     required: list[str] = Field(description="Parameters without a default.")
+    example: dict[str, Any] = Field(description="A ready request for POST /v1/schedules/compute.")
+
+
+class WarmupEntry(BaseModel):
+    type: str = Field(description="The warmup's `type`.")
+    library: str | None = Field(description="The library it reproduces; null: the service's own.")
+    description: str = Field(description="What the warmup does, in one line.")
+    parameters: dict[str, Any] = Field(description="JSON Schema of the warmup spec.")
     example: dict[str, Any] = Field(description="A ready request for POST /v1/schedules/compute.")
 
 
@@ -51,6 +60,9 @@ class Catalog(BaseModel):
 
     schedulers: list[CatalogEntry]
     optimizers: list[str] = Field(description="torch.optim optimizer classes accepted.")
+    warmups: list[WarmupEntry] = Field(
+        default_factory=list, description="Every `warmup.type`, the service's and pytorch_warmup's."
+    )
 
 
 def _entry(cls: type[specs.SchedulerBase]) -> CatalogEntry:
@@ -70,7 +82,7 @@ def _entry(cls: type[specs.SchedulerBase]) -> CatalogEntry:
     )
     return CatalogEntry(
         type=kind,
-        selector={cls.selector: cls.model_fields[cls.selector].default} if cls.selector else None,
+        name=cls.model_fields[cls.selector].default if cls.selector else None,
         torch_class=source,
         description=doc[0] if doc else kind,
         parameters=schema,
@@ -87,6 +99,15 @@ def catalog() -> Catalog:
 
 @functools.cache
 def _catalog(classes: tuple[type[specs.SchedulerBase], ...]) -> Catalog:
+    entries = [
+        _entry(cls)
+        for cls in classes
+        if cls.model_fields["type"].default not in families.FAMILY_TYPES
+    ]
+    # transformers: one entry per name; Noam and REX with their own example optimizer
+    entries += [CatalogEntry(**entry) for entry in families.catalog_entries()]
     return Catalog(
-        schedulers=[_entry(cls) for cls in classes], optimizers=sorted(specs.optimizer_classes())
+        schedulers=entries,
+        optimizers=sorted(specs.optimizer_classes()),
+        warmups=[WarmupEntry(**entry) for entry in families.warmup_entries()],
     )

@@ -7,6 +7,7 @@ changes a value: torch's behaviour is reproduced.
 """
 
 from service.schedules import specs
+from service.schedules.families import hooks as families
 from service.schedules.torch_engine import main_span
 
 
@@ -21,14 +22,17 @@ def caveats(request: specs.ScheduleRequest) -> list[str]:
     """Return the warnings for ``request``, in the order a reader meets them."""
     n = request.scheduler_steps
     out: list[str] = []
-    warmup = request.warmup
+    warmup = request.warmup if hasattr(request.warmup, "steps") else None
     if warmup is not None and warmup.steps >= n:
         out.append(
             f"the warmup of {warmup.steps} steps is not shorter than the {n} scheduler "
             "steps requested: the scheduler never starts"
         )
     out += _walk(request.scheduler, main_span(n, warmup), request)
-    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau)
+    out += families.warnings(request, main_span(n, warmup))
+    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau) or getattr(
+        request.scheduler, "metric_driven", False
+    )
     if request.metrics is not None and not plateau:
         out.append("metrics are ignored: only ReduceLROnPlateau reads them")
     if plateau and warmup is not None:

@@ -5,7 +5,8 @@ torch's argument names as fields and a torch-style docstring, joined with ``@reg
 class declares everything the rest of the service needs:
 
 - ``build(optimizer, span)``: the real torch scheduler (by default ``torch_class(optimizer,
-  **fields)``; a family may return a ``LambdaLR`` over its own library's function);
+  **fields)``; a family may return its own library's scheduler or a ``LambdaLR`` over its
+  function), and ``build_closed`` the one the vectorized engine reads (default: the same);
 - ``closed_form(sched, device)``: its :mod:`~service.schedules.vectorized.formulas` leaf,
   read from the built torch object (``None``: the torch engine only; say why in
   ``vectorized_unsupported``);
@@ -71,6 +72,12 @@ class SchedulerBase(SpecModel):
         if self.torch_class is None:  # pragma: no cover - a registration error
             raise NotImplementedError(f"{type(self).__name__} declares no torch_class or build")
         return self.torch_class(optimizer, **self.torch_kwargs())
+
+    def build_closed(self, optimizer: torch.optim.Optimizer, span: int) -> "LRScheduler":
+        """Return the torch scheduler the vectorized engine reads (its ``closed_form`` gets
+        this object): for another library's schedule, one over its closed form (a
+        ``LambdaLR``) rather than the library's own; by default, :meth:`build`'s."""
+        return self.build(optimizer, span)
 
     def torch_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments of ``torch_class`` (every field but the selectors)."""
@@ -148,9 +155,13 @@ def classes() -> list[type[SchedulerBase]]:
     return [cls for family in _CLASSES.values() for cls in family.values()]
 
 
-def types() -> list[str]:
-    """Return every scheduler ``type`` a request can name."""
-    return list(_CLASSES)
+def types(family: str | None = None) -> list[str]:
+    """Return every scheduler ``type`` a request can name (only those of the module
+    ``service.schedules.families.<family>`` when given)."""
+    if family is None:
+        return list(_CLASSES)
+    module = f"service.schedules.families.{family}"
+    return [k for k, f in _CLASSES.items() if any(c.__module__ == module for c in f.values())]
 
 
 def uses_schedulers(model: type[BaseModel]) -> type[BaseModel]:

@@ -13,7 +13,7 @@ Limits are the current settings' (:func:`service.settings.current_settings`).
 import inspect
 import math
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import (
@@ -22,7 +22,6 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
-    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -30,8 +29,10 @@ from pydantic_core import PydanticCustomError
 from torch.optim import lr_scheduler
 
 from service.devices import DeviceName
+from service.errors import register_union_tags
 from service.schedules import families, registry
 from service.schedules.base import (
+    MAX_INT,
     IntList,
     NonNegInt,
     NonNegIntList,
@@ -39,7 +40,6 @@ from service.schedules.base import (
     PerGroup,
     PosInt,
     SpecModel,
-    check_tag,
     in_range,
 )
 from service.schedules.registry import SchedulerBase, SchedulerSpec
@@ -71,6 +71,7 @@ from service.schedules.families.torch import (  # noqa: E402 - registered by fam
 )
 
 __all__ = [
+    "MAX_INT",
     "SWALR",
     "ChainedScheduler",
     "ConstantLR",
@@ -300,15 +301,14 @@ class ConstantWarmup(SpecModel):
         return formulas.Constant.of(sched, device)
 
 
-def _warmup_type(value: Any, handler: Any) -> Any:
-    if not isinstance(value, BaseModel):
-        check_tag(value, "type", ["linear", "constant"], "warmup")
-    return handler(value)
+from service.schedules.families import pytorch_warmup  # noqa: E402 - needs the models above
+
+WarmupSpec = pytorch_warmup.warmup_union(LinearWarmup, ConstantWarmup)
+"""The service's own warmups (before the scheduler) and pytorch_warmup's (dampening it)."""
+register_union_tags({"linear", "constant", *pytorch_warmup.TAGS})
 
 
-WarmupSpec = Annotated[
-    LinearWarmup | ConstantWarmup, Field(discriminator="type"), WrapValidator(_warmup_type)
-]
+# --------------------------------------------------------------------------- request
 
 
 class BatchScaling(SpecModel):

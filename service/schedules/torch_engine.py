@@ -21,6 +21,9 @@ from torch.optim import lr_scheduler
 from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import specs
 from service.schedules.expressions import ExpressionEvaluationError
+from service.schedules.families import pytorch_warmup
+from service.schedules.families import transformers as hf
+from service.schedules.families.common import installed
 from service.schedules.result import Computed
 
 Loc = tuple[str | int, ...]
@@ -108,15 +111,18 @@ def _build(
     loc: Loc,
     span: int,
     built: dict[int, Any],
+    closed: bool = False,
 ) -> lr_scheduler.LRScheduler:
     """Build the torch scheduler for ``spec``; ``span`` is how many steps it will cover.
 
-    Records in ``built`` which spec each torch scheduler was built from (by ``id``).
+    ``closed``: another library's schedule is built over its closed form (``build_closed``)
+    instead of by the real library. Records in ``built`` which spec each torch scheduler was
+    built from (by ``id``).
     """
     children = spec.children()
     if children:
         kids = [
-            _build(optimizer, child, (*loc, "schedulers", i), child_span, built)
+            _build(optimizer, child, (*loc, "schedulers", i), child_span, built, closed)
             for i, (child, child_span) in enumerate(
                 zip(children, spec.child_spans(span), strict=True)
             )
@@ -125,14 +131,16 @@ def _build(
             sched = spec.compose(optimizer, kids)
     else:
         with _located(loc):
-            sched = spec.build(optimizer, span)
+            sched = spec.build_closed(optimizer, span) if closed else spec.build(optimizer, span)
     built[id(sched)] = spec
     return sched
 
 
-def main_span(span: int, warmup: specs.LinearWarmup | specs.ConstantWarmup | None) -> int:
-    """Return the scheduler steps the scheduler itself covers of ``span``, after ``warmup``."""
-    return span if warmup is None else max(span - warmup.steps, 1)
+def main_span(span: int, warmup: Any) -> int:
+    """Return the scheduler steps the scheduler itself covers of ``span``, after a warmup that
+    runs before it (pytorch_warmup's dampen it instead and take none)."""
+    steps = getattr(warmup, "steps", None)
+    return span if steps is None else max(span - steps, 1)
 
 
 class Stepper:
@@ -140,21 +148,36 @@ class Stepper:
 
     ``step(metric)`` performs one scheduler step (``metric`` feeds ReduceLROnPlateau);
     ``lrs()`` and ``momenta()`` read the optimizer's groups as a training loop would see them.
+
+    ``closed``: build other libraries' schedules and warmups from their closed forms (the
+    vectorized engine reads those) rather than by the real library; None: the real library
+    where it is installed.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         scheduler_spec: specs.SchedulerBase,
-        warmup: specs.LinearWarmup | specs.ConstantWarmup | None,
+        warmup: Any,
         span: int,
+        closed: bool | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.specs: dict[int, Any] = {}
         """The spec (scheduler or warmup) each torch scheduler was built from, by ``id``."""
+        self.dampener = None
+        if pytorch_warmup.is_pytorch_warmup(warmup):
+            dampening, warmup = warmup, None
+        else:
+            dampening = None
         self.warmup_steps = warmup.steps if warmup else 0
-        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau)
+        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau) or getattr(
+            scheduler_spec, "metric_driven", False
+        )
         self._step_count = 0
+        if closed is None:
+            closed = not (installed(hf.LIBRARY) and installed(pytorch_warmup.LIBRARY))
+        self._closed = bool(closed)
         try:
             if warmup is None:
                 self.scheduler = self._build(scheduler_spec, span)
@@ -172,11 +195,16 @@ class Stepper:
                         optimizer, [first, main], milestones=[warmup.steps]
                     )
                 self.warmup = None
+            self.undampened = self.lrs()
+            if dampening is not None:
+                # pytorch_warmup: built after the scheduler, it dampens whatever lr it sets
+                with _located(("body", "warmup")):
+                    self.dampener = pytorch_warmup.build(dampening, optimizer, closed=self._closed)
         except _Failure as failure:
             raise _invalid(failure, "scheduler") from None
 
     def _build(self, spec: specs.SchedulerBase, span: int) -> lr_scheduler.LRScheduler:
-        return _build(self.optimizer, spec, ("body", "scheduler"), span, self.specs)
+        return _build(self.optimizer, spec, ("body", "scheduler"), span, self.specs, self._closed)
 
     def _build_warmup(self, warmup: specs.LinearWarmup | specs.ConstantWarmup) -> Any:
         with _located(("body", "warmup")):
@@ -190,15 +218,22 @@ class Stepper:
         k = self._step_count
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if self.warmup is not None and k < self.warmup_steps:
-                self.warmup.step()
-            elif self.warmup is not None and k == self.warmup_steps:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = group["initial_lr"]
-            elif self.plateau:
-                self.scheduler.step(metric)
+            if self.dampener is not None:
+                with self.dampener.dampening():
+                    self._advance(k, metric)
             else:
-                self.scheduler.step()
+                self._advance(k, metric)
+
+    def _advance(self, k: int, metric: float | None) -> None:
+        if self.warmup is not None and k < self.warmup_steps:
+            self.warmup.step()
+        elif self.warmup is not None and k == self.warmup_steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+        elif self.plateau:
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
 
     def lrs(self) -> list[float]:
         """Return every group's current lr."""
@@ -261,7 +296,7 @@ def run_scheduler_steps(
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     optimizer = make_optimizer(request.optimizer, request.param_groups)
-    stepper = Stepper(optimizer, request.scheduler, request.warmup, n)
+    stepper = Stepper(optimizer, request.scheduler, request.warmup, n, closed=False)
     want_momentum = wants_momentum(request, optimizer)
     metrics = request.metrics or []
     lr_rows: list[list[float]] = [stepper.lrs()]

@@ -184,6 +184,16 @@ def test_onecycle_on_adam_then_overlay_log_cursor_and_permalink(w, live_server):
     assert link.startswith(live_server + "/#")
     assert page.evaluate("navigator.clipboard.readText()") == link
     readout = rows.all_inner_texts()
+    # with an overlay, the SVG download is the batch's overlay plot with both schedules
+    with (
+        page.expect_response("**/v1/schedules/batch?format=svg*") as answered,
+        page.expect_download() as downloaded,
+    ):
+        page.click('[data-download="svg"]')
+    assert answered.value.headers["content-type"].startswith("image/svg+xml")
+    assert downloaded.value.suggested_filename == "overlay.svg"
+    svg = Path(downloaded.value.path()).read_text()
+    assert "0: OneCycleLR" in svg and "1: CosineAnnealingLR" in svg and "(log)" in svg
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground-1280.png"), full_page=True)
 

@@ -558,7 +558,7 @@ const shorten = (text, n) => (text.length > n ? text.slice(0, n - 1) + "…" : t
 
 function draw() {
   if (!window.Plotly) return;
-  const narrow = $("plot").clientWidth < 600;
+  const narrow = $("plot").clientWidth < 480;
   const series = seriesList().map((s) => ({ ...s, label: narrow ? shorten(s.label, 44) : s.label }));
   const withMomentum = series.some((s) => s.result && s.result.momentum);
   const traces = [];
@@ -775,15 +775,20 @@ async function copyCode() {
 async function download(format) {
   const plot = format === "png" || format === "svg";
   const query = `?format=${format}` + (plot && app.state.logy ? "&yscale=log" : "");
-  const response = await fetch("/v1/schedules/compute" + query, { method: "POST",
-    headers: { "Content-Type": "application/json" }, body: JSON.stringify(app.state.spec) });
+  // with overlays, a plot is the batch's overlay plot: every schedule, one colour each
+  const overlay = plot && app.state.overlays.length > 0;
+  const path = overlay ? "/v1/schedules/batch" : "/v1/schedules/compute";
+  const body = overlay ? { requests: [...app.state.overlays.map((o) => o.spec), app.state.spec] } : app.state.spec;
+  const response = await fetch(path + query, { method: "POST",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) {
     clearErrors();
     showProblem(await response.json().catch(() => response.statusText));
     return;
   }
   const blob = await response.blob();
-  const name = `${(app.state.spec.scheduler.type || "schedule").replace(/[^A-Za-z0-9_-]/g, "_")}.${format}`;
+  const stem = overlay ? "overlay" : (app.state.spec.scheduler.type || "schedule").replace(/[^A-Za-z0-9_-]/g, "_");
+  const name = `${stem}.${format}`;
   const url = URL.createObjectURL(blob);
   const a = el("a", { href: url, download: name });
   document.body.append(a);

@@ -72,9 +72,19 @@ def import_submodule_only(package: str, submodule: str) -> types.ModuleType | No
     return importlib.import_module(name)
 
 
+HELPERS = frozenset({"adapters", "common", "hooks"})
+"""Modules of this package that are shared code, not families."""
+
+
 def load() -> None:
     """Import every family module, registering its schedulers: torch's first, then the others
     by name (the order of the catalog and of the OpenAPI union)."""
-    names = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPERS)
     for name in ["torch", *(n for n in names if n != "torch")]:
         importlib.import_module(f"{__name__}.{name}")
+
+
+# The family modules build on the spec base classes, and the specs load every family: importing
+# the specs here lets any family module be imported first (a family module imported before the
+# specs would be only half defined when they ask for it).
+import service.schedules.specs  # noqa: E402, F401

@@ -16,6 +16,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from service.schedules import specs, torch_engine
+from service.schedules.families import pytorch_warmup
 from service.schedules.result import Computed
 from service.schedules.vectorized.composition import Chained, Node, Segment, Sequential
 from service.schedules.vectorized.evaluation import Program
@@ -64,7 +65,11 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
         reason = spec.vectorized_unsupported()
         if reason is not None:
             return reason
-    if request.warmup is not None and request.scheduler.children():
+    if (
+        request.warmup is not None
+        and not pytorch_warmup.is_pytorch_warmup(request.warmup)
+        and request.scheduler.children()
+    ):
         return (
             "a warmup before a SequentialLR or ChainedScheduler is only stepped by the torch "
             "engine; use engine 'torch' or 'auto'"
@@ -82,17 +87,18 @@ def compile_request(request: specs.ScheduleRequest, n: int, device: torch.device
     if reason is not None:
         raise Unsupported(reason)
     optimizer = torch_engine.make_optimizer(request.optimizer, request.param_groups)
-    stepper = torch_engine.Stepper(optimizer, request.scheduler, request.warmup, n)
+    stepper = torch_engine.Stepper(optimizer, request.scheduler, request.warmup, n, closed=True)
     want_momentum = torch_engine.wants_momentum(request, optimizer)
     root = _node(stepper.scheduler, device, n, stepper.specs)
     groups = optimizer.param_groups
     return Program(
         root=root,
         n=n,
-        lr0=column(stepper.lrs(), device),
+        lr0=column(stepper.undampened, device),
         momentum0=column(stepper.momenta(), device) if want_momentum else None,
         anchor=column([g["initial_lr"] for g in groups], device),
         device=device,
+        dampen=None if stepper.dampener is None else stepper.dampener.omega,
     )
 
 
