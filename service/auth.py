@@ -11,7 +11,6 @@ Without keys configured everything stays open, as before.
 
 import hashlib
 import hmac
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -23,8 +22,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import NotFound, ServiceError
 from service.settings import Settings
-
-log = logging.getLogger("service")
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/problems")
 """Paths that never need a key, even with ``LRS_REQUIRE_KEY_FOR_ALL``."""
@@ -200,8 +197,7 @@ def exposure_warning(host: str, keys: frozenset[str]) -> str | None:
 
 
 def warn_if_exposed(keys: frozenset[str]) -> None:
-    """Log (and print to stderr) the exposure warning when it applies."""
+    """Print the exposure warning to stderr (where uvicorn logs) when it applies."""
     message = exposure_warning(listening_host(), keys)
     if message:
-        log.warning(message)
         print(message, file=sys.stderr, flush=True)
