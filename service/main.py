@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router.router)
     app.include_router(metrics.router)
     app.include_router(playground_router.router)
+    auth.document_access(app)
     return app
 
 
