@@ -50,6 +50,7 @@ CORS_EXPOSED_HEADERS = [
     "X-Engine",
     "X-Device",
     "X-Cache",
+    "X-Schedule-Family",
     "X-Torch-Version",
 ]
 
