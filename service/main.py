@@ -16,7 +16,7 @@ from service.docs import install_docs
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
-from service.middleware import BodyLimitMiddleware
+from service.middleware import BodyLimitMiddleware, DuplicateKeyMiddleware
 from service.schedules import router as schedules_router
 from service.settings import Settings, get_settings
 
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.domain_lifespans = [schedules_router.lifespan, jobs_router.lifespan]
 
     install_error_handlers(app)
+    app.add_middleware(DuplicateKeyMiddleware)  # inside the body limit: bodies come bounded
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     install_docs(app)
