@@ -36,7 +36,7 @@ import orjson
 import torch
 from harness import loadavg, machine, peak_rss_mb
 
-from service.schedules import formats, router, service, specs
+from service.schedules import batch, formats, service, specs
 from service.settings import Settings
 
 SETTINGS = Settings(torch_max_steps=10**7, torch_max_work=10**9, torch_max_seconds=10**6)
@@ -248,7 +248,7 @@ def main() -> None:
         e_npy_http = median_seconds(batch_http("?format=npy"), e_repeat)
         e_vec = median_seconds(lambda: batch_in_process([fresh(b) for b in batch_specs]), e_repeat)
         e_body = median_seconds(
-            lambda: router._run_batch([fresh(b) for b in batch_specs], SETTINGS), e_repeat
+            lambda: batch.to_json([fresh(b) for b in batch_specs], SETTINGS), e_repeat
         )
         e_computed = batch_in_process([fresh(b) for b in batch_specs])
         e_json_alone = median_seconds(

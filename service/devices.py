@@ -1,4 +1,4 @@
-"""Which torch device a request runs on."""
+"""Which torch device a request runs on, and which torch it is."""
 
 from typing import Literal
 
@@ -7,6 +7,9 @@ import torch
 from service.errors import InvalidSpec
 
 DeviceName = Literal["auto", "cpu", "cuda"]
+
+TORCH_VERSION = torch.__version__.split("+")[0]
+"""The torch release every engine runs, without the local build tag (``2.13.0``)."""
 
 
 def cuda_available() -> bool:

@@ -4,14 +4,13 @@ import platform
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from service import __version__
 from service.deps import SettingsDep
-from service.devices import cuda_available, device_names
+from service.devices import TORCH_VERSION, cuda_available, device_names
 
 router = APIRouter(tags=["service"])
 
@@ -99,11 +98,13 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/v1/info", response_model=Info, summary="Versions, devices and limits in force")
 async def info(settings: SettingsDep) -> Info:
     """Return service and torch versions, the devices available and every limit in force."""
-    limits = settings.model_dump(exclude={"data_dir", "database_url"}, mode="json")
+    limits = settings.model_dump(
+        exclude={"data_dir", "database_url", "api_keys", "api_keys_file"}, mode="json"
+    )
     return Info(
         service="lr-schedule-service",
         version=__version__,
-        torch_version=torch.__version__.split("+")[0],
+        torch_version=TORCH_VERSION,
         python_version=platform.python_version(),
         cuda_available=cuda_available(),
         devices=device_names(),

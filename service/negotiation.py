@@ -1,6 +1,12 @@
-"""Content negotiation shared by the routers: ``?format=`` wins, then ``Accept``, then JSON."""
+"""Content negotiation shared by the routers: ``?format=`` wins, then ``Accept``, then JSON.
 
+Also the one ``.npy`` encoder every endpoint that serves arrays uses.
+"""
+
+import io
 from collections.abc import Sequence
+
+import numpy as np
 
 from service.errors import NotAcceptable
 
@@ -65,3 +71,10 @@ def negotiate(format_param: str | None, accept: str | None, offered: Sequence[st
         f"cannot produce any of {accept!r}; this endpoint serves {served} "
         f"(or use ?format={'|'.join(offered)})"
     )
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Return ``array`` as the bytes of a ``.npy`` file (no pickles)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()

@@ -1,6 +1,5 @@
 """HTTP for dropout: translate a request to :func:`sampler.sample` and its result to JSON or npy."""
 
-import io
 import math
 from typing import Annotated, Any, Literal
 
@@ -10,9 +9,10 @@ import orjson
 from fastapi import APIRouter, Body, Header, Query, Response
 
 from service.deps import SettingsDep
+from service.devices import TORCH_VERSION
 from service.dropout import sampler, specs
 from service.errors import InvalidSpec, LimitExceeded
-from service.negotiation import negotiate
+from service.negotiation import negotiate, npy_bytes
 from service.settings import Settings
 
 router = APIRouter(tags=["dropout"])
@@ -146,7 +146,7 @@ def _headers(result: sampler.Sampled) -> dict[str, str]:
     return {
         "X-Seed": str(result.seed),
         "X-Device": result.device,
-        "X-Torch-Version": sampler.TORCH_VERSION,
+        "X-Torch-Version": TORCH_VERSION,
         "X-Scale": "null" if result.scale is None else repr(result.scale),
         "X-Stats": orjson.dumps(result.stats.model_dump()).decode(),
     }
@@ -160,10 +160,8 @@ def _render(spec: specs.DropoutRequest, fmt: Format, settings: Settings) -> Resp
     names = list(dict.fromkeys(spec.return_))
     tensors = _tensors(result, names[:1] if fmt == "npy" else names)
     if fmt == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, tensors[names[0]], allow_pickle=False)
         headers = {**_headers(result), "X-Tensor": names[0]}
-        return Response(buffer.getvalue(), media_type=NPY, headers=headers)
+        return Response(npy_bytes(tensors[names[0]]), media_type=NPY, headers=headers)
     body = {
         "variant": spec.variant,
         "p": spec.p,
@@ -175,7 +173,7 @@ def _render(spec: specs.DropoutRequest, fmt: Format, settings: Settings) -> Resp
         "alpha_transform": result.alpha_transform and result.alpha_transform.model_dump(),
         "seed": result.seed,
         "device": result.device,
-        "torch_version": sampler.TORCH_VERSION,
+        "torch_version": TORCH_VERSION,
         "stats": result.stats.model_dump(),
         "warnings": result.warnings,
     }

@@ -43,7 +43,6 @@ from service.dropout.specs import (
 )
 from service.errors import InvalidSpec
 
-TORCH_VERSION = torch.__version__.split("+")[0]
 SELU_ALPHA = 1.7580993408473766
 """-alpha' of Klambauer et al. 2017: torch's constant in alpha dropout."""
 PICKED_SEED_BITS = 53

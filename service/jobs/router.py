@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from service import auth
 from service.errors import InvalidSpec, NotFound
 from service.health import register_readiness_check
 from service.jobs import specs
@@ -84,13 +85,14 @@ def _jobs(request: Request) -> JobService:
 
 
 def _client(request: Request) -> str:
-    """Return who is asking, for the per-client caps: the API key's id when the access layer
-    set one, else the peer address (behind a reverse proxy, run uvicorn with
-    ``--proxy-headers`` so that is the client's, not the proxy's)."""
-    client_id = getattr(request.state, "client_id", None)
-    if client_id:
-        return str(client_id)[:128]
-    return request.client.host if request.client else "unknown"
+    """Return who is asking, for the per-client caps: the digest of the request's verified
+    API key (``auth`` sets it), else the peer address (behind a reverse proxy, run uvicorn
+    with ``--proxy-headers`` so that is the client's, not the proxy's). An unverified
+    Authorization header counts as the address: made-up keys get no fresh share."""
+    digest = getattr(request.state, "key_hash", None)
+    if digest:
+        return f"key:{digest[:32]}"
+    return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
 def _view_bytes(record: Any) -> bytes:
@@ -188,6 +190,7 @@ JOB_EXAMPLES = {
     status_code=202,
     response_model=specs.Job,
     summary="Submit a training job",
+    dependencies=[Depends(auth.job_writer)],
     responses={
         202: _example(
             {**JOB_EXAMPLE, "status": "queued", "progress": None},
@@ -219,6 +222,7 @@ async def submit_job(
     record, created = await anyio.to_thread.run_sync(
         _jobs(request).submit, spec, idempotency_key, _client(request)
     )
+    await auth.record_owner(request, record.id, created)
     headers = {"Location": f"/v1/jobs/{record.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -273,6 +277,7 @@ async def get_job(request: Request, job_id: JobId) -> Response:
     "/{job_id}/cancel",
     response_model=specs.Job,
     summary="Cancel a queued or running job",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: _example(
             {**JOB_EXAMPLE, "status": "cancelled", "started_at": None, "progress": None},
@@ -296,6 +301,7 @@ async def cancel_job(request: Request, job_id: JobId) -> Response:
     "/{job_id}",
     status_code=204,
     summary="Delete a finished job and its artifacts",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         204: {"description": "Deleted, e.g. `curl -X DELETE localhost:8000/v1/jobs/{id}`."},
         404: NO_JOB,
@@ -372,6 +378,7 @@ async def job_event_stream(
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download model.pt or metrics.json",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: {
             "content": {

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils import data
 
+from service.devices import TORCH_VERSION
 from service.jobs import specs
 from service.schedules.specs import ReduceLROnPlateau
 from service.schedules.torch_engine import Stepper, make_optimizer
@@ -335,6 +336,6 @@ def train(
         "n_test": len(ds.labels) - ds.n_train,
         "wall_time_s": time.perf_counter() - began,
         "device": str(device),
-        "torch_version": torch.__version__.split("+")[0],
+        "torch_version": TORCH_VERSION,
     }
     return result, net

@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel
 
 from service import __version__
-from service.schedules.service import TORCH_VERSION
+from service.devices import TORCH_VERSION
 
 CACHE_CONTROL = "public, max-age=86400"
 """Results never change for one service and torch version; a day is a safe freshness."""

@@ -1,25 +1,25 @@
-"""Rendering a computed schedule: JSON, CSV, npy, SVG and PNG.
+"""Rendering a computed schedule as bytes and a media type: JSON, CSV, npy, SVG and PNG.
 
-The format comes from ``?format=`` when given, else from the ``Accept`` header, else JSON.
+The JSON body is :class:`~service.schedules.result.ScheduleResult`'s. Which format a request
+gets is the routes' business (``?format=``, then ``Accept``, then JSON).
 """
 
-import io
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
 import numpy as np
 import orjson
-from fastapi import Response
 
+from service.devices import TORCH_VERSION
 from service.errors import LimitExceeded
-from service.negotiation import MEDIA_TYPES
-from service.schedules.service import TORCH_VERSION, Computed
+from service.negotiation import MEDIA_TYPES, npy_bytes
+from service.schedules.plots import PlotOptions, to_plot
+from service.schedules.result import Computed
 from service.settings import Settings
 
 Format = Literal["json", "csv", "npy", "svg", "png"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "npy", "svg", "png")
-
-PLOT_MAX_POINTS = 20_000
 
 
 def check_points(fmt: Format, points: int, settings: Settings) -> None:
@@ -62,18 +62,6 @@ def _steps_json(indices: np.ndarray) -> np.ndarray | orjson.Fragment:
     return np.ascontiguousarray(indices)
 
 
-def _summary(computed: Computed) -> list[dict[str, float]]:
-    """Return ``[s.model_dump() for s in computed.summary()]`` without the models."""
-    return [
-        {
-            "min": float(row.min()) if row.size else final,
-            "max": float(row.max()) if row.size else final,
-            "final": final,
-        }
-        for row, final in zip(computed.lr, computed.final_lr, strict=True)
-    ]
-
-
 def result_dict(computed: Computed) -> dict[str, object]:
     """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
     return {
@@ -84,7 +72,8 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "device": computed.device,
         "torch_version": TORCH_VERSION,
         "warnings": computed.warnings,
-        "summary": _summary(computed),
+        "summary": computed.summary(),
+        "families": computed.families,
     }
 
 
@@ -113,52 +102,21 @@ def to_csv(computed: Computed) -> bytes:
 
 def to_npy(computed: Computed) -> bytes:
     """Return the lr array as ``.npy``: float64, shape (groups, points)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(computed.lr, dtype=np.float64), allow_pickle=False)
-    return buffer.getvalue()
+    return npy_bytes(computed.lr.astype(np.float64, copy=False))
 
 
-def to_plot(computed: Computed, fmt: Literal["svg", "png"], title: str) -> bytes:
-    """Return a line plot of lr (and momentum) per group against the optimizer step."""
-    import matplotlib
+@dataclass(frozen=True)
+class Rendered:
+    """A schedule in one format: the bytes and the media type they are sent as."""
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    stride = max(1, -(-computed.indices.size // PLOT_MAX_POINTS))
-    x = computed.indices[::stride]
-    figure = Figure(figsize=(8, 4.5 if computed.momentum is None else 6.5), dpi=100)
-    rows = 1 if computed.momentum is None else 2
-    ax = figure.add_subplot(rows, 1, 1)
-    groups = computed.lr.shape[0]
-    for g in range(groups):
-        ax.plot(x, computed.lr[g, ::stride], label=f"group {g}" if groups > 1 else "lr")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if groups > 1:
-        ax.legend()
-    if computed.momentum is not None:
-        ax2 = figure.add_subplot(rows, 1, 2, sharex=ax)
-        for g in range(groups):
-            ax2.plot(x, computed.momentum[g, ::stride], label=f"group {g}")
-        ax2.set_ylabel("momentum / beta1")
-        ax2.grid(alpha=0.3)
-    figure.axes[-1].set_xlabel("optimizer step")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt)
-    return buffer.getvalue()
+    body: bytes
+    media_type: str
 
 
-def render(computed: Computed, fmt: Format, title: str, headers: dict[str, str]) -> Response:
-    """Return the HTTP response carrying ``computed`` in ``fmt``."""
-    headers = {
-        **headers,
-        "X-Engine": computed.engine,
-        "X-Device": computed.device,
-        "X-Torch-Version": TORCH_VERSION,
-    }
+def render(
+    computed: Computed, fmt: Format, title: str, plot: PlotOptions | None = None
+) -> Rendered:
+    """Return ``computed`` in ``fmt``; ``title`` heads a plot drawn with ``plot``'s options."""
     if fmt == "json":
         body = to_json_bytes(computed)
     elif fmt == "csv":
@@ -166,5 +124,5 @@ def render(computed: Computed, fmt: Format, title: str, headers: dict[str, str])
     elif fmt == "npy":
         body = to_npy(computed)
     else:
-        body = to_plot(computed, fmt, title)
-    return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+        body = to_plot(computed, fmt, title, plot)
+    return Rendered(body, MEDIA_TYPES[fmt])

@@ -1,11 +1,11 @@
-"""Computing a schedule: limits, batch scaling, engine choice, sampling, summary.
+"""Computing a schedule: limits, batch scaling, engine choice, sampling.
 
-The router hands a validated :class:`~service.schedules.specs.ScheduleRequest` to
-:func:`compute` and formats the :class:`Computed` it gets back.
+The routes hand a validated :class:`~service.schedules.specs.ScheduleRequest` to
+:func:`compute` and render the :class:`~service.schedules.result.Computed` it returns.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -14,45 +14,17 @@ from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
+from service.schedules.families import hooks as families
+from service.schedules.result import Computed
 from service.settings import Settings
 
 log = logging.getLogger("service.schedules")
 
-TORCH_VERSION = torch.__version__.split("+")[0]
-
 _LR_FIELDS = ("base_lr", "max_lr", "swa_lr", "eta_min", "min_lr")
 
 
-@dataclass
-class Computed:
-    """A computed schedule at the requested optimizer-step indices."""
-
-    indices: np.ndarray
-    """Optimizer-step index of every column (int64)."""
-    lr: np.ndarray
-    """Learning rate, shape (groups, len(indices)), float64."""
-    momentum: np.ndarray | None
-    """Momentum or beta1, same shape as ``lr``, when asked for."""
-    final_lr: list[float]
-    """Each group's lr at the last index, steps - 1."""
-    engine: str
-    device: str
-    warnings: list[str] = field(default_factory=list)
-
-    def summary(self) -> list[specs.GroupSummary]:
-        """Return min and max over the returned indices and the final lr, per group."""
-        return [
-            specs.GroupSummary(
-                min=float(row.min()) if row.size else final,
-                max=float(row.max()) if row.size else final,
-                final=final,
-            )
-            for row, final in zip(self.lr, self.final_lr, strict=True)
-        ]
-
-
 def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.SchedulerBase:
-    update: dict[str, object] = {}
+    update: dict[str, object] = families.scaled_fields(spec, factor)
     for name in _LR_FIELDS:
         if name in type(spec).model_fields:
             value = getattr(spec, name)
@@ -129,13 +101,16 @@ def count_points(request: specs.ScheduleRequest) -> int:
 
 
 def _check_metrics(request: specs.ScheduleRequest) -> None:
-    if not isinstance(request.scheduler, specs.ReduceLROnPlateau):
+    spec = request.scheduler
+    metric_driven = getattr(spec, "metric_driven", False)
+    if not (isinstance(spec, specs.ReduceLROnPlateau) or metric_driven):
         return
     needed = request.scheduler_steps - 1
     have = len(request.metrics or [])
     if have < needed:
+        what = f"{spec.type} {spec.name}" if metric_driven else spec.type  # type: ignore[attr-defined]
         raise InvalidSpec(
-            f"ReduceLROnPlateau needs metrics: one value per scheduler step, {needed} for this "
+            f"{what} needs metrics: one value per scheduler step, {needed} for this "
             f"request; {have} given. Add metrics or lower steps.",
             loc=("body", "metrics"),
         )
@@ -220,29 +195,27 @@ def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
     return _Prepared(scaled, engine, device, indices, sched_index, scaled.scheduler_steps)
 
 
-def _vectorized_computed(prep: _Prepared, result: vectorized.Result) -> Computed:
-    return Computed(
+def _vectorized_computed(prep: _Prepared, result: Computed) -> Computed:
+    return replace(
+        result,
         indices=prep.indices,
-        lr=result.lr,
-        momentum=result.momentum,
-        final_lr=result.final_lr,
-        engine="vectorized",
-        device=result.device,
         warnings=caveats(prep.request),
+        families=families.families(prep.request),
     )
 
 
 def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
-    n, scaled, sched_index = prep.n, prep.request, prep.sched_index
-    series = torch_engine.run_scheduler_steps(scaled, n, max_seconds=settings.torch_max_seconds)
-    return Computed(
+    every = torch_engine.run_scheduler_steps(
+        prep.request, prep.n, max_seconds=settings.torch_max_seconds
+    )
+    columns = prep.sched_index
+    return replace(
+        every,
         indices=prep.indices,
-        lr=series.lr[:, sched_index],
-        momentum=series.momentum[:, sched_index] if series.momentum is not None else None,
-        final_lr=[float(v) for v in series.lr[:, n - 1]],
-        engine="torch",
-        device="cpu",
-        warnings=caveats(scaled),
+        lr=every.lr[:, columns],
+        momentum=None if every.momentum is None else every.momentum[:, columns],
+        warnings=caveats(prep.request),
+        families=families.families(prep.request),
     )
 
 

@@ -1,0 +1,202 @@
+"""Many schedules in one request: each spec validated, limited and computed in its own slot.
+
+Specs of one structure are stacked by :func:`~service.schedules.service.compute_many`; the
+batch-wide limits (``LRS_BATCH_MAX_SPECS``, ``LRS_BATCH_MAX_POINTS``, the torch engine's
+work) are applied here, slot by slot in order, so a slot over a limit fails alone.
+"""
+
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service import errors
+from service.errors import InvalidSpec, LimitExceeded, ServiceError
+from service.negotiation import npy_bytes
+from service.schedules import formats, service, specs
+from service.schedules.result import Computed, ScheduleResult
+from service.settings import Settings
+
+
+def check_size(count: int, settings: Settings) -> None:
+    """Raise LimitExceeded (422) for a batch of more than ``LRS_BATCH_MAX_SPECS`` specs."""
+    if count > settings.batch_max_specs:
+        raise LimitExceeded(
+            f"the batch has {count} specs; the limit is "
+            f"{settings.batch_max_specs} (LRS_BATCH_MAX_SPECS)",
+            loc=("body", "requests"),
+        )
+
+
+class BatchRequest(BaseModel):
+    """Many schedule specs in one request; each is a body of `POST /v1/schedules/compute`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "requests": [
+                        {"scheduler": {"type": "StepLR", "step_size": 30}, "steps": 100},
+                        {"scheduler": {"type": "CosineAnnealingLR", "T_max": 100}, "steps": 100},
+                    ]
+                }
+            ]
+        },
+    )
+
+    requests: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Schedule specs (each validated on its own; a bad one fails only its slot).",
+    )
+
+
+class BatchSlot(BaseModel):
+    status: int = Field(description="200, or the status the spec alone would have got.")
+    result: ScheduleResult | None = Field(default=None, description="When status is 200.")
+    problem: dict[str, Any] | None = Field(
+        default=None, description="The RFC 9457 problem, when status is not 200."
+    )
+
+
+class BatchResult(BaseModel):
+    results: list[BatchSlot] = Field(description="One slot per spec, in order.")
+
+
+def _problem(exc: ServiceError, index: int) -> dict[str, Any]:
+    """Return the problem of spec ``index`` as its own request would get it, with every
+    ``loc`` pointing into the batch body (``["body", "requests", index, ...]``)."""
+    body = errors.service_error_body(exc)
+    if exc.errors is not None:
+        body["errors"] = [
+            {**err, "loc": ["body", "requests", index, *err["loc"][1:]]}
+            if err.get("loc", [None])[0] == "body"
+            else err
+            for err in exc.errors
+        ]
+    return body
+
+
+def _invalid_slot(exc: ValidationError, index: int) -> dict[str, Any]:
+    return errors.validation_body(
+        [{**err, "loc": ("body", "requests", index, *err["loc"])} for err in exc.errors()]
+    )
+
+
+def _validate(
+    items: list[dict[str, Any]], settings: Settings
+) -> list[specs.ScheduleRequest | ServiceError | dict[str, Any]]:
+    """Validate every spec and apply the batch-wide limits, in order: each slot holds its
+    request, the ServiceError it got, or the problem of its failed validation."""
+    slots: list[specs.ScheduleRequest | ServiceError | dict[str, Any]] = []
+    points = 0
+    torch_work = 0
+    for index, raw in enumerate(items):
+        try:
+            spec = specs.ScheduleRequest.model_validate(raw)
+        except ValidationError as exc:
+            slots.append(_invalid_slot(exc, index))
+            continue
+        try:
+            count = service.count_points(spec)
+            formats.check_points("json", count, settings)
+            points += count
+            if points > settings.batch_max_points:
+                raise LimitExceeded(
+                    f"the batch's results so far carry {points} values per group; a batch is "
+                    f"limited to {settings.batch_max_points} (LRS_BATCH_MAX_POINTS). Sample "
+                    "fewer points or split the batch.",
+                    loc=("body", "sample"),
+                )
+            if service.choose_engine(spec) == "torch":
+                torch_work += spec.scheduler_steps
+                if torch_work > settings.torch_max_work:
+                    raise LimitExceeded(
+                        f"the batch's torch-engine specs need {torch_work} scheduler steps so "
+                        f"far; a batch is limited to {settings.torch_max_work} "
+                        "(LRS_TORCH_MAX_WORK).",
+                        loc=("body", "steps"),
+                    )
+        except ServiceError as exc:
+            slots.append(exc)
+            continue
+        slots.append(spec)
+    return slots
+
+
+def compute_slots(
+    items: list[dict[str, Any]], settings: Settings
+) -> list[Computed | ServiceError | dict[str, Any]]:
+    """Return every slot computed (specs of one structure stacked), refused or invalid."""
+    slots = _validate(items, settings)
+    valid = [i for i, slot in enumerate(slots) if not isinstance(slot, dict)]
+    computed = service.compute_many([slots[i] for i in valid], settings)  # type: ignore[misc]
+    out: list[Computed | ServiceError | dict[str, Any]] = list(slots)  # type: ignore[arg-type]
+    for i, result in zip(valid, computed, strict=True):
+        out[i] = result
+    return out
+
+
+def to_json(items: list[dict[str, Any]], settings: Settings) -> bytes:
+    """Return the JSON body of a batch: every spec computed (or refused) in its own slot.
+
+    One ``orjson.dumps`` for the whole body, numpy arrays serialized natively by orjson.
+    """
+    slots: list[dict[str, Any]] = []
+    steps_json = _SharedSteps()
+    for index, slot in enumerate(compute_slots(items, settings)):
+        if isinstance(slot, dict):
+            slots.append({"status": 422, "problem": slot})
+        elif isinstance(slot, ServiceError):
+            slots.append({"status": slot.status, "problem": _problem(slot, index)})
+        else:
+            result = formats.result_dict(slot)
+            result["steps"] = steps_json.fragment(slot.indices)
+            slots.append({"status": 200, "result": result})
+    return orjson.dumps({"results": slots}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class _SharedSteps:
+    """Serializes each distinct ``steps`` array of a batch once (most slots share one)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[object, ...], list[tuple[np.ndarray, orjson.Fragment]]] = {}
+
+    def fragment(self, indices: np.ndarray) -> orjson.Fragment:
+        key = (indices.shape, indices[:1].tobytes(), indices[-1:].tobytes())
+        candidates = self._seen.setdefault(key, [])
+        for array, fragment in candidates:
+            if np.array_equal(array, indices):
+                return fragment
+        fragment = orjson.Fragment(
+            orjson.dumps(np.ascontiguousarray(indices), option=orjson.OPT_SERIALIZE_NUMPY)
+        )
+        candidates.append((indices, fragment))
+        return fragment
+
+
+def to_npy(items: list[dict[str, Any]], settings: Settings) -> bytes:
+    """Return the lrs of every slot as one ``.npy``, shape (specs, groups, points).
+
+    Raises LimitExceeded (422) unless every slot succeeded with the same shape.
+    """
+    slots = compute_slots(items, settings)
+    failed = [i for i, slot in enumerate(slots) if not isinstance(slot, Computed)]
+    if failed:
+        raise InvalidSpec(
+            f"{len(failed)} of the batch's specs failed (the first is requests[{failed[0]}]); "
+            "npy carries only a batch whose specs all succeed. Use format=json to get each "
+            "slot's result or problem.",
+            loc=("body", "requests", failed[0]),
+        )
+    shapes = {slot.lr.shape for slot in slots}  # type: ignore[union-attr]
+    if len(shapes) > 1:
+        raise InvalidSpec(
+            "the batch's results have different shapes (groups, points): "
+            + ", ".join(str(s) for s in sorted(shapes))
+            + "; npy needs one shape for all. Use format=json.",
+            loc=("body", "requests"),
+        )
+    stacked = np.stack([slot.lr for slot in slots]).astype(np.float64, copy=False)  # type: ignore[union-attr]
+    return npy_bytes(stacked)

@@ -1,0 +1,270 @@
+"""POST /v1/schedules/compute and its GET form: a spec in, a schedule in any format out."""
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from service.deps import SettingsDep
+from service.devices import TORCH_VERSION, resolve_device
+from service.errors import InvalidSpec, ServiceError
+from service.negotiation import negotiate
+from service.schedules import cache, formats, plots, query, service, specs
+from service.schedules.result import ScheduleResult
+from service.settings import Settings
+
+router = APIRouter(tags=["schedules"])
+
+FormatQuery = Annotated[
+    formats.Format | None,
+    Query(alias="format", description="Output format; overrides the Accept header."),
+]
+AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+YScaleQuery = Annotated[
+    plots.YScale,
+    Query(description="svg/png: the lr axis, `linear` (default) or `log`."),
+]
+AnnotateQuery = Annotated[
+    list[plots.Annotation] | None,
+    Query(description="svg/png: `warnings` lists the response's warnings under the plot."),
+]
+IfNoneMatchHeader = Annotated[
+    str | None,
+    Header(description="An ETag from an earlier response: 304 Not Modified when it matches."),
+]
+
+
+SEED_EXAMPLES: dict[str, dict[str, Any]] = {
+    "cosine": {
+        "summary": "CosineAnnealingLR(T_max=150) over 300 steps, every 10th step",
+        "value": {
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 150, "eta_min": 0.0},
+            "steps": 300,
+            "sample": {"every": 10},
+        },
+    },
+    "exponential": {
+        "summary": "The seed's ExponentialLR(gamma=0.98) on SGD(lr=0.1)",
+        "value": {
+            "optimizer": {"type": "SGD", "lr": 0.1},
+            "scheduler": {"type": "ExponentialLR", "gamma": 0.98},
+            "steps": 100,
+        },
+    },
+    "multistep": {
+        "summary": "The seed's MultiStepLR with milestone 200 listed twice",
+        "value": {
+            "scheduler": {
+                "type": "MultiStepLR",
+                "milestones": [200, 300, 320, 340, 200],
+                "gamma": 0.8,
+            },
+            "steps": 400,
+            "sample": {"at": [0, 199, 200, 300, 320, 340, 399]},
+        },
+    },
+    "gradual_warmup": {
+        "summary": "Gradual warmup (2500 steps from 0) then cosine, two param groups",
+        "value": {
+            "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
+            "param_groups": [{"lr": 0.1}, {"lr": 0.01}],
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 12500},
+            "warmup": {"type": "linear", "steps": 2500, "start_factor": 0.0},
+            "steps": 15000,
+            "sample": {"every": 500},
+        },
+    },
+    "onecycle_momentum": {
+        "summary": "OneCycleLR on Adam with beta1 cycling",
+        "value": {
+            "optimizer": {"type": "Adam", "lr": 0.001},
+            "scheduler": {"type": "OneCycleLR", "max_lr": 0.01, "total_steps": 1000},
+            "steps": 1000,
+            "include": ["momentum"],
+            "sample": {"points": 11},
+        },
+    },
+    "plateau": {
+        "summary": "ReduceLROnPlateau driven by a validation-loss series",
+        "value": {
+            "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
+            "steps": 8,
+            "metrics": [1.0, 0.8, 0.8, 0.8, 0.8, 0.79, 0.79],
+        },
+    },
+    "transformers_cosine": {
+        "summary": "Hugging Face get_scheduler('cosine', W=100, T=1000), two param groups",
+        "value": {
+            "optimizer": {"type": "AdamW", "lr": 5e-5},
+            "param_groups": [{"lr": 5e-5}, {"lr": 1e-5}],
+            "scheduler": {
+                "type": "transformers",
+                "name": "cosine",
+                "num_warmup_steps": 100,
+                "num_training_steps": 1000,
+                "scheduler_specific_kwargs": {"num_cycles": 0.5},
+            },
+            "steps": 1000,
+            "sample": {"every": 50},
+        },
+    },
+    "pytorch_warmup_untuned": {
+        "summary": "pytorch_warmup's untuned linear warmup dampening a CosineAnnealingLR on Adam",
+        "value": {
+            "optimizer": {"type": "Adam", "lr": 1e-3, "betas": [0.9, 0.999]},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 10000},
+            "warmup": {"type": "untuned_linear"},
+            "steps": 10000,
+            "sample": {"points": 21},
+        },
+    },
+}
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The schedule. JSON by default; CSV, npy, SVG or PNG by Accept or ?format=.",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}, "example": "step,lr\n0,0.1\n1,0.098\n"},
+            "application/x-npy": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "float64 array, shape (groups, points).",
+            },
+            "image/svg+xml": {"schema": {"type": "string"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    406: {"description": "The Accept header names no format this endpoint serves."},
+    413: {"description": "The request body is larger than LRS_MAX_BODY_BYTES."},
+    422: {"description": "Invalid spec, torch refused it, or a limit was exceeded."},
+}
+
+
+async def _respond(
+    request: Request,
+    spec: specs.ScheduleRequest,
+    format_param: str | None,
+    accept: str | None,
+    settings: Settings,
+    if_none_match: str | None = None,
+    plot: plots.PlotOptions | None = None,
+) -> Response:
+    plot = plot or plots.PlotOptions()
+    fmt: formats.Format = negotiate(format_param, accept, formats.FORMATS)  # type: ignore[assignment]
+    service.check_limits(spec, settings)
+    formats.check_points(fmt, service.count_points(spec), settings)
+    variant = f"{fmt};{plot.cache_key()}" if fmt in ("svg", "png") and plot.cache_key() else fmt
+    key = cache.spec_hash(spec, variant, resolve_device(spec.device).type)
+    headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL, "Vary": "Accept"}
+    store: cache.ResultCache = request.app.state.schedule_cache
+    entry = store.get(key)
+    if cache.etag_matches(if_none_match, headers["ETag"], exists=entry is not None):
+        return Response(status_code=304, headers=headers)
+    headers["X-Cache"] = "hit" if entry else "miss"
+    if entry is None:
+        title = plots.plot_title(spec)
+
+        def work() -> cache.Entry:
+            computed = service.compute(spec, settings)
+            rendered = formats.render(computed, fmt, title, plot)
+            about = {
+                "X-Engine": computed.engine,
+                "X-Device": computed.device,
+                "X-Torch-Version": TORCH_VERSION,
+            }
+            return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
+
+        entry = await anyio.to_thread.run_sync(work, limiter=request.app.state.compute_limiter)
+        store.put(key, entry)
+    return Response(entry.body, media_type=entry.media_type, headers={**entry.headers, **headers})
+
+
+@router.post(
+    "/v1/schedules/compute",
+    response_model=ScheduleResult,
+    responses=RESPONSES,
+    summary="Compute a learning-rate schedule",
+)
+async def compute_schedule(
+    request: Request,
+    spec: Annotated[specs.ScheduleRequest, Body(openapi_examples=SEED_EXAMPLES)],
+    settings: SettingsDep,
+    format_param: FormatQuery = None,
+    accept: AcceptHeader = None,
+    if_none_match: IfNoneMatchHeader = None,
+    yscale: YScaleQuery = "linear",
+    annotate: AnnotateQuery = None,
+) -> Response:
+    """Return the lr every optimizer step of a real torch training loop would use.
+
+    Index `i` of each array is the lr optimizer step `i` uses; index 0 is the value right
+    after the scheduler is constructed. `lr` holds one list per param group, in torch's
+    group order, aligned with `steps`.
+
+    The `ETag` is a hash of the normalized spec, the format and the torch version: send it
+    back in `If-None-Match` to get `304 Not Modified`. Repeats are served from a cache.
+    """
+    plot = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
+    return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
+
+
+@router.get(
+    "/v1/schedules/{type}",
+    response_model=ScheduleResult,
+    responses=RESPONSES,
+    summary="One scheduler with scalar parameters, from the query string",
+)
+async def schedule_from_query(
+    request: Request,
+    settings: SettingsDep,
+    kind: Annotated[
+        str,
+        Path(
+            alias="type",
+            description="A torch.optim.lr_scheduler class name (not SequentialLR or "
+            "ChainedScheduler, which need POST).",
+            examples=["StepLR"],
+        ),
+    ],
+    steps: Annotated[
+        int, Query(description="How many optimizer steps to compute.", examples=[100])
+    ],
+    format_param: FormatQuery = None,
+    accept: AcceptHeader = None,
+    if_none_match: IfNoneMatchHeader = None,
+    yscale: YScaleQuery = "linear",
+    annotate: AnnotateQuery = None,
+) -> Response:
+    """The same as `POST /v1/schedules/compute` for curl users.
+
+    Scheduler parameters are query parameters with torch's names
+    (`/v1/schedules/StepLR?step_size=30&gamma=0.1&steps=100`); lists are comma-separated
+    (`milestones=30,60,90`). Also: `lr`, `optimizer`, `interval`, `steps_per_epoch`,
+    `every`/`points` (sampling), `warmup`/`warmup_steps`/`warmup_start_factor`/`warmup_factor`,
+    `include=momentum`, `engine`, `device`.
+    """
+    if kind not in specs.SCHEDULER_TYPES:
+        raise InvalidSpec(
+            f"unknown scheduler type {kind!r}; known: {', '.join(specs.SCHEDULER_TYPES)}",
+            loc=("path", "type"),
+        )
+    if kind in ("SequentialLR", "ChainedScheduler"):
+        raise InvalidSpec(
+            f"{kind} nests other schedulers; send it as JSON to POST /v1/schedules/compute",
+            loc=("path", "type"),
+        )
+    body = query.query_body(specs.SCHEDULER_TYPES[kind], dict(request.query_params))
+    try:
+        spec = specs.ScheduleRequest.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": query.query_loc(err["loc"])} for err in exc.errors()]
+        ) from None
+    plot = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
+    try:
+        return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
+    except ServiceError as exc:
+        for err in exc.errors or []:
+            err["loc"] = query.query_loc(err["loc"])
+        raise
