@@ -22,7 +22,7 @@ RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 
 COPY pyproject.toml README.md nodeps-requirements.txt ./
 COPY service ./service
-RUN python -m pip install . && python -m pip install --no-deps -r nodeps-requirements.txt
+RUN python -m pip install '.[libraries]' && python -m pip install --no-deps -r nodeps-requirements.txt
 
 RUN useradd --create-home --uid 10001 app \
     && mkdir -p /data \

@@ -19,7 +19,7 @@ from service.health import register_readiness_check
 from service.jobs import specs
 from service.jobs.artifacts import Artifacts
 from service.jobs.events import EventHub
-from service.jobs.executor import ProcessExecutor
+from service.jobs.executor import make_executor
 from service.jobs.runner import RunConfig
 from service.jobs.service import MAX_SEQ, JobService
 from service.jobs.store import Store, sqlite_url
@@ -38,7 +38,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or sqlite_url(settings.data_dir)
-    store = Store(url, settings.job_table_prefix)
+    store = Store(url, settings.job_table_prefix, lease_s=settings.job_lease_s)
     await anyio.to_thread.run_sync(store.create_schema)
     config = RunConfig(
         database_url=url,
@@ -46,8 +46,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         data_dir=settings.data_dir,
         max_seconds=settings.job_max_seconds,
         progress_every=settings.job_progress_every,
+        lease_s=settings.job_lease_s,
+        heartbeat_s=settings.job_heartbeat_s,
     )
-    executor = ProcessExecutor(store, config, settings.job_workers)
+    executor = make_executor(settings, store, config)
     jobs = JobService(settings, store, executor, Artifacts(settings.data_dir))
     await anyio.to_thread.run_sync(jobs.recover)
     executor.start()
@@ -57,8 +59,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(jobs.maintain_storage, True)
 
     async def ready() -> tuple[bool, str]:
-        await anyio.to_thread.run_sync(store.ping)
-        return executor.status()
+        try:
+            await anyio.to_thread.run_sync(store.ping)
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return False, f"the job store {store.describe()} does not answer: {reason}"
+        return await anyio.to_thread.run_sync(executor.status)
 
     register_readiness_check(app, "jobs", ready)
 
