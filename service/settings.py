@@ -2,12 +2,21 @@
 
 Each field can be set from the environment with the ``LRS_`` prefix, e.g.
 ``LRS_TORCH_MAX_STEPS=50000``. ``DATABASE_URL`` is also read without the prefix.
+
+Every limit is read from the settings the app was created with: routes get them as a
+dependency, and spec validators read :func:`current_settings`, which a dependency binds to the
+app's settings for each request (:func:`using_settings` binds them elsewhere, e.g. in a batch
+or a test). Outside of both, it is the environment's :func:`get_settings`.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,6 +74,11 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
     )
+    cache_url: str | None = Field(
+        default=None,
+        description="Redis URL of a schedule result cache the API replicas share (e.g. "
+        "`redis://redis:6379/2`), behind the in-process one; unset: in-process only.",
+    )
     torch_threads: int = Field(
         default=1,
         description="torch intra-op threads in the API process; requests already run in "
@@ -96,7 +110,30 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LRS_DATABASE_URL", "DATABASE_URL"),
         description="SQLAlchemy URL of the job store; SQLite in data_dir when unset.",
     )
-    job_workers: int = Field(default=1, description="Training jobs that run at once.")
+    job_workers: int = Field(
+        default=1,
+        ge=0,
+        description="Training jobs that run at once in the API process (local executor); 0: "
+        "none, jobs run on `python -m service.jobs.worker` processes.",
+    )
+    job_executor: Literal["local", "celery"] = Field(
+        default="local",
+        description="Where jobs run: `local` worker processes of the API (or of "
+        "`python -m service.jobs.worker`), or `celery` workers fed through the broker.",
+    )
+    celery_broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL of the Celery broker (`LRS_JOB_EXECUTOR=celery`).",
+    )
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job whose worker sent no heartbeat for this long is taken "
+        "away: interrupted, or queued again when its spec asks for retries.",
+    )
+    job_heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a running job renews its lease."
+    )
     job_max_epochs: int = Field(default=1000, description="Most epochs in one job.")
     job_max_series: int = Field(default=100_000, description="Longest user series in one job.")
     job_max_seconds: float = Field(default=300.0, description="Wall time after which a job fails.")
@@ -110,13 +147,132 @@ class Settings(BaseSettings):
     job_events_poll_s: float = Field(
         default=0.2, gt=0, description="How often an event stream looks for new job events."
     )
+    job_events_max_streams: int = Field(
+        default=1000,
+        ge=0,
+        description="Event streams open at once over all jobs; more get 503 with Retry-After.",
+    )
+    job_events_max_streams_per_job: int = Field(
+        default=100, ge=0, description="Event streams open at once on one job (503 beyond)."
+    )
+    job_events_max_streams_per_client: int = Field(
+        default=32, ge=0, description="Event streams one client keeps open at once (429 beyond)."
+    )
+    job_max_parameters: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most parameters in a job's model (model.pt is about 4 bytes each).",
+    )
+    job_queue_max: int = Field(
+        default=500,
+        ge=0,
+        description="Queued and running jobs over all clients; a submit beyond is a 503.",
+    )
+    job_queue_max_per_client: int = Field(
+        default=16, ge=0, description="Queued and running jobs of one client (429 beyond)."
+    )
+    job_retry_after_s: int = Field(
+        default=10, ge=1, description="Retry-After (seconds) of the queue and stream caps' answers."
+    )
+    job_data_max_bytes: int = Field(
+        default=2 << 30,
+        ge=0,
+        description="Quota of the data directory (records and artifacts): the oldest "
+        "succeeded jobs' artifacts are removed beyond it, and submits get 503 while the "
+        "records alone exceed it.",
+    )
+    job_artifacts_keep: int = Field(
+        default=1000,
+        ge=1,
+        description="Succeeded jobs whose artifacts are kept; older ones' are removed "
+        "(their records stay).",
+    )
+    job_page_max_bytes: int = Field(
+        default=8 << 20,
+        ge=1,
+        description="Largest GET /v1/jobs page in bytes: a page ends early (with a "
+        "next_page_token) rather than exceed it.",
+    )
     job_table_prefix: str = Field(
         default="", description="Prefix of the job store's table names (one store, many apps)."
     )
     job_page_size_max: int = Field(default=100, description="Largest page_size of GET /v1/jobs.")
+
+    # Access: keys, rate limits, CORS, logs
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated SHA-256 hex digests of the accepted API keys "
+        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), job submission, "
+        "cancel, delete and artifacts need `Authorization: Bearer KEY`. Empty: no keys.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of SHA-256 hex digests, one a line (`#` comments), read at start.",
+    )
+    require_key_for_all: bool = Field(
+        default=False,
+        description="With keys set, every /v1 endpoint needs a key, schedules included.",
+    )
+    rate_limit_compute_per_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Schedule computations (compute, GET form, batch, ...) per second per key "
+        "(or client address without a key), refilled continuously; 0: no limit.",
+    )
+    rate_limit_compute_burst: int = Field(
+        default=60, ge=1, description="Computations a key may send at once before the rate applies."
+    )
+    rate_limit_jobs_per_s: float = Field(
+        default=0.0, ge=0, description="Job submissions per second per key or address; 0: no limit."
+    )
+    rate_limit_jobs_burst: int = Field(
+        default=10, ge=1, description="Job submissions a key may send at once."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins a browser page may call the API from "
+        "(`https://dash.example.com`, or `*`); none by default.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One JSON line per request on stderr (logger `service.access`): request "
+        "id, method, route, status, duration, engine.",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "Settings":
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(
+                f"LRS_JOB_HEARTBEAT_S ({self.job_heartbeat_s:g}) must be below LRS_JOB_LEASE_S "
+                f"({self.job_lease_s:g}), or every lease expires between two heartbeats"
+            )
+        return self
 
 
 @lru_cache
 def get_settings() -> Settings:
     """Return the process-wide settings, read once from the environment."""
     return Settings()
+
+
+_CURRENT: ContextVar["Settings | None"] = ContextVar("lrs_settings", default=None)
+
+
+def current_settings() -> Settings:
+    """Return the settings bound to this request (or block), else the environment's."""
+    return _CURRENT.get() or get_settings()
+
+
+def bind_settings(settings: Settings) -> None:
+    """Make ``settings`` the current ones for the rest of this task (one request)."""
+    _CURRENT.set(settings)
+
+
+@contextmanager
+def using_settings(settings: Settings) -> Iterator[Settings]:
+    """Make ``settings`` the current ones inside the ``with`` block."""
+    token = _CURRENT.set(settings)
+    try:
+        yield settings
+    finally:
+        _CURRENT.reset(token)

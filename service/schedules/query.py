@@ -27,6 +27,7 @@ RESERVED = {
     "warmup_steps",
     "warmup_start_factor",
     "warmup_factor",
+    "warmup_period",
     "yscale",
     "annotate",
 }
@@ -81,11 +82,16 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     """Return the compute body that the query ``params`` for scheduler ``cls`` describe."""
     kind = cls.model_fields["type"].default
     scheduler: dict[str, Any] = {"type": kind}
+    # a scheduler's own argument is the scheduler's, reserved name or not: OneCycleLR's
+    # steps_per_epoch (with epochs) is also the request's; Noam's and optax's warmup_steps and
+    # timm's warmup_epochs/warmup_lr/warmup_prefix are not the request's warmup
+    own = set(cls.model_fields)
     for name, raw in params.items():
-        # a scheduler's own argument of a reserved name is the scheduler's (OneCycleLR's
-        # steps_per_epoch is also the request's; optax's warmup_steps is not a warmup)
-        if name not in RESERVED or name in cls.model_fields:
+        if name not in RESERVED or name in own:
             scheduler[name] = _query_value(cls, name, raw)
+    from_query = getattr(cls, "from_query", None)
+    if from_query is not None:  # a family whose own arguments nest (transformers' kwargs)
+        scheduler = from_query(scheduler)
     body: dict[str, Any] = {"scheduler": scheduler}
     if "steps" in params:
         body["steps"] = params["steps"]
@@ -101,14 +107,16 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     sample = {name: params[name] for name in ("every", "points") if name in params}
     if sample:
         body["sample"] = sample  # both given: the spec refuses it
-    if any(name.startswith("warmup") and name not in cls.model_fields for name in params):
+    if any(name.startswith("warmup") and name not in own for name in params):
         warmup: dict[str, Any] = {"type": params.get("warmup", "linear")}
-        if "warmup_steps" in params and "warmup_steps" not in cls.model_fields:
+        if "warmup_steps" in params and "warmup_steps" not in own:
             warmup["steps"] = params["warmup_steps"]
         if "warmup_start_factor" in params:
             warmup["start_factor"] = params["warmup_start_factor"]
         if "warmup_factor" in params:
             warmup["factor"] = params["warmup_factor"]
+        if "warmup_period" in params:  # pytorch_warmup's
+            warmup["warmup_period"] = _json_or_raw(params["warmup_period"])
         body["warmup"] = warmup
     return body
 
@@ -123,11 +131,15 @@ def query_loc(loc: typing.Sequence[str | int]) -> list[str | int]:
         parts = parts[1:]
     head, rest = (parts[0], parts[1:]) if parts else ("", [])
     if head == "scheduler" and rest:
-        parts = rest
+        # transformers' own arguments are flat in the query string
+        parts = [p for p in rest if p != "scheduler_specific_kwargs"] or rest
     elif head == "optimizer" and rest:
         parts = ["optimizer" if rest == ["type"] else "lr"]
     elif head == "sample" and rest:
         parts = rest[-1:]
     elif head == "warmup" and rest:
-        parts = ["warmup" if rest[-1] == "type" else f"warmup_{rest[-1]}"]
+        last = str(rest[-1])
+        parts = [
+            "warmup" if last == "type" else last if last == "warmup_period" else f"warmup_{last}"
+        ]
     return ["query", *parts]

@@ -17,20 +17,23 @@ The formulas follow megatron-core 0.16.1 (the last release for Python 3.11), lin
 """
 
 import math
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
+from service.schedules.base import NonNegInt, Number, PerGroup, PosInt
 from service.schedules.families import Library
 from service.schedules.families.adapters import (
     LibraryLR,
+    family_leaf,
     group_mismatch,
-    scaled_values,
+    ignored_lr_warning,
     selector_check,
 )
-from service.schedules.specs import NonNegInt, Number, PerGroup, PosInt, SchedulerBase
+from service.schedules.registry import SchedulerBase, register
+from service.schedules.vectorized.formulas import column
 
 LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
 
@@ -165,10 +168,6 @@ class MegatronScheduler(SchedulerBase):
 
     # ------------------------------------------------------------------ closed forms
 
-    def scaled(self, factor: float) -> Self:
-        """Return this spec with every lr-valued argument multiplied by ``factor``."""
-        return self.model_copy(update=scaled_values(self, self.lr_fields, factor))
-
     def first_failure(self, last: int) -> tuple[int, Exception] | None:
         """Return None: the library refuses nothing once the spec is valid."""
         return None
@@ -221,6 +220,25 @@ class MegatronScheduler(SchedulerBase):
         else:
             coeff = 1.0 - torch.sqrt(ratio)
         return torch.where(n <= start, torch.ones_like(coeff), coeff)
+
+    def closed_form(self, sched: Any, device: torch.device) -> Any:
+        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
+        lrs."""
+        return family_leaf(sched.spec, column(sched.base_lrs, device))
+
+    def vectorized_unsupported(self) -> str | None:
+        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
+        if getattr(self, "metric_driven", False):
+            name = getattr(self, self.selector)
+            return (
+                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
+                "closed form; use engine 'torch' or 'auto'"
+            )
+        return None
+
+    def request_caveats(self, request: Any) -> list[str]:
+        """Return a warning when the request sets an lr this family does not read."""
+        return ignored_lr_warning(self.type, request) if self.sets_lr else []
 
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return ``{"weight_decay": ...}``: Megatron sets each group's weight decay too."""
@@ -285,6 +303,7 @@ class MegatronScheduler(SchedulerBase):
 # --------------------------------------------------------------------------- one class per style
 
 
+@register
 class MegatronConstant(MegatronScheduler):
     """Linear warmup to ``max_lr``, then ``max_lr`` (Megatron's ``--lr-decay-style constant``)."""
 
@@ -295,6 +314,7 @@ class MegatronConstant(MegatronScheduler):
     ]  # fmt: skip
 
 
+@register
 class MegatronLinear(MegatronScheduler):
     """Linear warmup, then linear decay to ``min_lr`` at ``lr_decay_steps``, then held."""
 
@@ -305,6 +325,7 @@ class MegatronLinear(MegatronScheduler):
     ]  # fmt: skip
 
 
+@register
 class MegatronCosine(MegatronScheduler):
     """Linear warmup, then cosine decay to ``min_lr`` at ``lr_decay_steps``, then held (torch's
     CosineAnnealingLR rises again instead)."""
@@ -316,6 +337,7 @@ class MegatronCosine(MegatronScheduler):
     ]  # fmt: skip
 
 
+@register
 class MegatronInverseSquareRoot(MegatronScheduler):
     """Linear warmup, then ``max_lr * sqrt(warmup / step)``, at least ``min_lr``."""
 
@@ -326,6 +348,7 @@ class MegatronInverseSquareRoot(MegatronScheduler):
     ]  # fmt: skip
 
 
+@register
 class MegatronWSD(MegatronScheduler):
     """Warmup-stable-decay: linear warmup, ``max_lr`` held, then an anneal to ``min_lr`` over the
     last ``wsd_decay_steps`` before ``lr_decay_steps``."""

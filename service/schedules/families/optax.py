@@ -14,20 +14,24 @@ values differ from these by float32 rounding (about 1e-7 relative).
 """
 
 import math
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
+from service.schedules.base import Number, PerGroup, SpecModel
 from service.schedules.families import Library
 from service.schedules.families.adapters import (
     ClosedFormLR,
+    family_leaf,
     group_mismatch,
+    ignored_lr_warning,
     scaled_values,
     selector_check,
 )
-from service.schedules.specs import Number, PerGroup, SchedulerBase, SpecModel
+from service.schedules.registry import SchedulerBase, register
+from service.schedules.vectorized.formulas import column
 
 LIBRARY = Library(family="optax", package="optax", version="0.2.8")
 
@@ -46,6 +50,7 @@ class OptaxBase(SchedulerBase):
     """Common parts of the optax schedules: per-group values and evaluation per group."""
 
     type: Literal["optax"] = "optax"
+    selector: ClassVar[str] = "schedule"
     library: ClassVar[Library] = LIBRARY
     sets_lr: ClassVar[bool] = True
     """The library sets the lr itself (the optimizer's and groups' lr are not read)."""
@@ -55,6 +60,10 @@ class OptaxBase(SchedulerBase):
     def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
         """Return (location, message) of a per-group list not ``groups`` long, or None."""
         return group_mismatch(self, self.lr_fields, groups)
+
+    def scaled_update(self, factor: float) -> dict[str, Any]:
+        """Return batch scaling's update of this schedule (nested ones included)."""
+        return scaled_values(self, self.lr_fields, factor)
 
     def values(self, group: int) -> Values:
         return {f: _value(getattr(self, f), group) for f in self.lr_fields}
@@ -72,13 +81,28 @@ class OptaxBase(SchedulerBase):
         """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
         return []
 
+    def closed_form(self, sched: Any, device: torch.device) -> Any:
+        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
+        lrs."""
+        return family_leaf(sched.spec, column(sched.base_lrs, device))
+
+    def vectorized_unsupported(self) -> str | None:
+        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
+        if getattr(self, "metric_driven", False):
+            name = getattr(self, self.selector)
+            return (
+                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
+                "closed form; use engine 'torch' or 'auto'"
+            )
+        return None
+
+    def request_caveats(self, request: Any) -> list[str]:
+        """Return a warning when the request sets an lr this family does not read."""
+        return ignored_lr_warning(self.type, request) if self.sets_lr else []
+
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return no other series: the library sets only the lr."""
         return {}
-
-    def scaled(self, factor: float) -> Self:
-        """Return this spec with every lr-valued argument multiplied by ``factor``."""
-        return self.model_copy(update=scaled_values(self, self.lr_fields, factor))
 
     def first_failure(self, last: int) -> tuple[int, Exception] | None:
         """Return None: the library refuses nothing once the spec is valid."""
@@ -222,6 +246,7 @@ Scales = Annotated[
 ]
 
 
+@register
 class ConstantSchedule(OptaxBase):
     """``value`` at every step. optax: ``constant_schedule(value)``."""
 
@@ -236,6 +261,7 @@ class ConstantSchedule(OptaxBase):
         return torch.full_like(count, self.values(group)["value"])
 
 
+@register
 class PolynomialSchedule(OptaxBase):
     """From ``init_value`` to ``end_value`` along ``(1 - t/T) ** power`` after ``transition_begin``.
 
@@ -273,6 +299,7 @@ class PolynomialSchedule(OptaxBase):
         )
 
 
+@register
 class LinearSchedule(OptaxBase):
     """From ``init_value`` to ``end_value`` linearly over ``transition_steps``.
 
@@ -302,6 +329,7 @@ class LinearSchedule(OptaxBase):
         )
 
 
+@register
 class PiecewiseConstantSchedule(OptaxBase):
     """``init_value`` times every scale whose boundary has been reached.
 
@@ -327,6 +355,7 @@ class PiecewiseConstantSchedule(OptaxBase):
         )
 
 
+@register
 class ExponentialDecay(OptaxBase):
     """``init_value * decay_rate ** ((t - transition_begin) / transition_steps)``.
 
@@ -374,6 +403,7 @@ class ExponentialDecay(OptaxBase):
         )
 
 
+@register
 class CosineDecaySchedule(OptaxBase):
     """Cosine from ``init_value`` to ``alpha * init_value`` over ``decay_steps``, then held.
 
@@ -403,6 +433,7 @@ class CosineDecaySchedule(OptaxBase):
         return _held_after(self.decay_steps, span, "alpha * init_value")
 
 
+@register
 class PiecewiseInterpolateSchedule(OptaxBase):
     """Linear or cosine interpolation between the accumulated scales at each boundary.
 
@@ -430,6 +461,7 @@ class PiecewiseInterpolateSchedule(OptaxBase):
         return piecewise_interpolate(count, self.interpolate_type, init, self.boundaries_and_scales)
 
 
+@register
 class LinearOnecycleSchedule(OptaxBase):
     """Three linear phases: up to ``peak_value``, back down, then to ``init/final_div_factor``.
 
@@ -468,6 +500,7 @@ class LinearOnecycleSchedule(OptaxBase):
         return _onecycle_peak(self.transition_steps, self.pct_start, span)
 
 
+@register
 class CosineOnecycleSchedule(OptaxBase):
     """Cosine up to ``peak_value`` over ``pct_start`` of the steps, then cosine down.
 
@@ -505,6 +538,7 @@ class CosineOnecycleSchedule(OptaxBase):
         return _onecycle_peak(self.transition_steps, self.pct_start, span)
 
 
+@register
 class WarmupConstantSchedule(OptaxBase):
     """Linear warmup from ``init_value`` to ``peak_value``, then held.
 
@@ -570,6 +604,7 @@ class _WarmupCosine(SpecModel):
         )
 
 
+@register
 class WarmupCosineDecaySchedule(OptaxBase, _WarmupCosine):
     """Linear warmup to ``peak_value``, then cosine to ``end_value`` at ``decay_steps``.
 
@@ -598,6 +633,7 @@ class WarmupCosineDecaySchedule(OptaxBase, _WarmupCosine):
         return _held_after(self.decay_steps, span, "end_value")
 
 
+@register
 class WarmupExponentialDecaySchedule(OptaxBase):
     """Linear warmup to ``peak_value``, then ``exponential_decay`` from it.
 
@@ -650,6 +686,7 @@ class WarmupExponentialDecaySchedule(OptaxBase):
         )
 
 
+@register
 class SgdrSchedule(OptaxBase):
     """SGD with warm restarts: one ``warmup_cosine_decay_schedule`` per cycle, back to back.
 
@@ -679,10 +716,11 @@ class SgdrSchedule(OptaxBase):
                 return found
         return None
 
-    def scaled(self, factor: float) -> Self:
+    def scaled_update(self, factor: float) -> dict[str, Any]:
+        """Return batch scaling's update: every cycle's lr-valued arguments times ``factor``."""
         names = ("init_value", "peak_value", "end_value")
         cycles = [c.model_copy(update=scaled_values(c, names, factor)) for c in self.cosine_kwargs]
-        return self.model_copy(update={"cosine_kwargs": cycles})
+        return {"cosine_kwargs": cycles}
 
     def fn(self, count: Tensor, group: int) -> Tensor:
         boundaries, parts, step = [], [], 0
@@ -746,8 +784,9 @@ class JoinSchedules(OptaxBase):
                 return ("schedules", i, *found[0]), found[1]
         return None
 
-    def scaled(self, factor: float) -> Self:
-        return self.model_copy(update={"schedules": [s.scaled(factor) for s in self.schedules]})
+    def scaled_update(self, factor: float) -> dict[str, Any]:
+        """Return batch scaling's update: every joined schedule scaled by ``factor``."""
+        return {"schedules": [s.model_copy(update=s.scaled_update(factor)) for s in self.schedules]}
 
     def fn(self, count: Tensor, group: int) -> Tensor:
         parts = [lambda c, s=s: s.fn(c, group) for s in self.schedules]
@@ -794,3 +833,4 @@ OptaxSchedule = Annotated[
 ]
 
 JoinSchedules.model_rebuild()
+register(JoinSchedules)  # after OptaxSchedule, which its schedules name

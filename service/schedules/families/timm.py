@@ -15,16 +15,23 @@ without the package ``__init__`` (which needs torchvision).
 
 import math
 import warnings
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import LimitExceeded
+from service.schedules.base import NonNegInt, Number, PosInt
 from service.schedules.families import Library, import_submodule_only
-from service.schedules.families.adapters import LibraryLR, scaled_values, selector_check
-from service.schedules.specs import NonNegInt, Number, PosInt, SchedulerBase
+from service.schedules.families.adapters import (
+    LibraryLR,
+    family_leaf,
+    ignored_lr_warning,
+    selector_check,
+)
+from service.schedules.registry import SchedulerBase, register
+from service.schedules.vectorized.formulas import column
 
 LIBRARY = Library(family="timm", package="timm", version="1.0.31")
 
@@ -152,9 +159,24 @@ class TimmScheduler(SchedulerBase):
         """Return None: timm takes each group's own lr; its arguments are single numbers."""
         return None
 
-    def scaled(self, factor: float) -> Self:
-        """Return this spec with every lr-valued argument multiplied by ``factor``."""
-        return self.model_copy(update=scaled_values(self, self.lr_fields, factor))
+    def closed_form(self, sched: Any, device: torch.device) -> Any:
+        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
+        lrs."""
+        return family_leaf(sched.spec, column(sched.base_lrs, device))
+
+    def vectorized_unsupported(self) -> str | None:
+        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
+        if getattr(self, "metric_driven", False):
+            name = getattr(self, self.selector)
+            return (
+                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
+                "closed form; use engine 'torch' or 'auto'"
+            )
+        return None
+
+    def request_caveats(self, request: Any) -> list[str]:
+        """Return a warning when the request sets an lr this family does not read."""
+        return ignored_lr_warning(self.type, request) if self.sets_lr else []
 
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return no other series: the library sets only the lr."""
@@ -380,6 +402,7 @@ class _Cycles(TimmScheduler):
     lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr", "min_lr")
 
 
+@register
 class TimmCosine(_Cycles):
     """Cosine decay from each group's lr to ``min_lr`` over ``num_epochs``, with restarts.
 
@@ -396,6 +419,7 @@ class TimmCosine(_Cycles):
     ]  # fmt: skip
 
 
+@register
 class TimmTanh(_Cycles):
     """Hyperbolic-tangent decay (lb = -7, ub = 3) from each group's lr to ``min_lr``, with restarts.
 
@@ -409,6 +433,7 @@ class TimmTanh(_Cycles):
     ]
 
 
+@register
 class TimmPoly(_Cycles):
     """Polynomial decay ``(1 - t_c^k / t_i^k) ** decay_rate`` to ``min_lr``, with restarts.
 
@@ -424,6 +449,7 @@ class TimmPoly(_Cycles):
     ]
 
 
+@register
 class TimmStep(TimmScheduler):
     """Decays each group's lr by ``decay_rate`` every ``decay_epochs``.
 
@@ -438,6 +464,7 @@ class TimmStep(TimmScheduler):
     ]
 
 
+@register
 class TimmConstant(TimmScheduler):
     """Each group's lr after the warmup, unchanged.
 
@@ -451,6 +478,7 @@ class TimmConstant(TimmScheduler):
     ]
 
 
+@register
 class TimmMultiStep(TimmScheduler):
     """Decays each group's lr by ``decay_rate`` at each of ``decay_milestones``.
 
@@ -478,6 +506,7 @@ class TimmMultiStep(TimmScheduler):
         return self
 
 
+@register
 class TimmPlateau(TimmScheduler):
     """Multiplies the lr by ``decay_rate`` when the metric stops improving (driven by ``metrics``).
 
@@ -495,6 +524,10 @@ class TimmPlateau(TimmScheduler):
     examples: ClassVar[list[dict[str, Any]]] = [
         {"type": "timm", "sched": "plateau", "num_epochs": 30, "patience_epochs": 2}
     ]
+    example_request: ClassVar[dict[str, Any]] = {
+        "steps": 10,
+        "metrics": [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.8, 0.8],
+    }
 
     @model_validator(mode="after")
     def _on_epochs(self) -> "TimmPlateau":
@@ -522,6 +555,7 @@ class _WarmupStableDecay(TimmScheduler):
         return self
 
 
+@register
 class TimmWSD(_WarmupStableDecay):
     """Warmup, then each group's lr held, then a decay to ``min_lr`` over ``decay_epochs``.
 
@@ -535,6 +569,7 @@ class TimmWSD(_WarmupStableDecay):
     ]
 
 
+@register
 class TimmRsqrt(_WarmupStableDecay):
     """Warmup, then ``lr (1 + t/timescale)^-0.5``, then a decay to ``min_lr`` (Big Vision).
 

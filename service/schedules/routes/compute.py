@@ -6,13 +6,15 @@ import anyio
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
 from service.negotiation import negotiate
-from service.schedules import cache, formats, plots, query, service, specs
-from service.schedules.families import libraries
+from service.schedules import cache, formats, plots, query, registry, service, specs
+from service.schedules.registry import SchedulerBase
 from service.schedules.result import ScheduleResult
 from service.settings import Settings
 
@@ -93,6 +95,32 @@ SEED_EXAMPLES: dict[str, dict[str, Any]] = {
             "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
             "steps": 8,
             "metrics": [1.0, 0.8, 0.8, 0.8, 0.8, 0.79, 0.79],
+        },
+    },
+    "transformers_cosine": {
+        "summary": "Hugging Face get_scheduler('cosine', W=100, T=1000), two param groups",
+        "value": {
+            "optimizer": {"type": "AdamW", "lr": 5e-5},
+            "param_groups": [{"lr": 5e-5}, {"lr": 1e-5}],
+            "scheduler": {
+                "type": "transformers",
+                "name": "cosine",
+                "num_warmup_steps": 100,
+                "num_training_steps": 1000,
+                "scheduler_specific_kwargs": {"num_cycles": 0.5},
+            },
+            "steps": 1000,
+            "sample": {"every": 50},
+        },
+    },
+    "pytorch_warmup_untuned": {
+        "summary": "pytorch_warmup's untuned linear warmup dampening a CosineAnnealingLR on Adam",
+        "value": {
+            "optimizer": {"type": "Adam", "lr": 1e-3, "betas": [0.9, 0.999]},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 10000},
+            "warmup": {"type": "untuned_linear"},
+            "steps": 10000,
+            "sample": {"points": 21},
         },
     },
     "timm_cosine": {
@@ -200,6 +228,9 @@ async def _respond(
                 "X-Engine": computed.engine,
                 "X-Device": computed.device,
                 "X-Torch-Version": TORCH_VERSION,
+                # for /metrics' compute time by family (torch's own schedulers: "torch")
+                "X-Schedule-Family": ",".join(str(f.get("family")) for f in computed.families)
+                or "torch",
             }
             return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
 
@@ -237,6 +268,19 @@ async def compute_schedule(
     return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
 
 
+def _scheduler_class(kind: str, params: dict[str, str]) -> type[SchedulerBase]:
+    """Return the scheduler class the path's ``type`` (and a family's selector) names."""
+    try:
+        return registry.choose({"type": kind, **params})
+    except PydanticCustomError as exc:
+        field = exc.type.removeprefix("missing_")
+        raise InvalidSpec(exc.message(), loc=("query", field)) from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ("path", "type") if list(err["loc"]) == ["type"] else ("query", *err["loc"])
+        raise InvalidSpec(err["msg"], loc=loc) from None
+
+
 @router.get(
     "/v1/schedules/{type}",
     response_model=ScheduleResult,
@@ -272,19 +316,15 @@ async def schedule_from_query(
     `every`/`points` (sampling), `warmup`/`warmup_steps`/`warmup_start_factor`/`warmup_factor`,
     `include=momentum`, `engine`, `device`.
     """
-    if kind not in specs.SCHEDULER_TYPES:
-        raise InvalidSpec(
-            f"unknown scheduler type {kind!r}; known: {', '.join(specs.SCHEDULER_TYPES)}",
-            loc=("path", "type"),
-        )
-    if kind in ("SequentialLR", "ChainedScheduler"):
+    params = dict(request.query_params)
+    if kind in ("compute", "batch"):
+        raise StarletteHTTPException(405, headers={"Allow": "POST"})
+    cls = _scheduler_class(kind, params)
+    if cls.compose is not SchedulerBase.compose:
         raise InvalidSpec(
             f"{kind} nests other schedulers; send it as JSON to POST /v1/schedules/compute",
             loc=("path", "type"),
         )
-    params = dict(request.query_params)
-    family = kind in libraries.FAMILIES
-    cls = libraries.choose(kind, params) if family else specs.SCHEDULER_TYPES[kind]
     body = query.query_body(cls, params)
     try:
         spec = specs.ScheduleRequest.model_validate(body)
