@@ -215,8 +215,34 @@ def test_onecycle_on_adam_then_overlay_log_cursor_and_permalink(w, live_server):
     narrow.screenshot(path=str(ARTIFACTS / "playground-390.png"), full_page=True)
 
 
+def _with_a_new_family(route):
+    """Answer GET /v1/schedulers with the real catalog plus a family entry built as the catalog
+    builds one (timm's spec model's own JSON Schema), as if the family had just landed."""
+    from service.schedules.families.timm import TimmScheduler
+
+    catalog = route.fetch().json()
+    catalog["schedulers"].append(
+        {
+            "type": "timm",
+            "torch_class": "timm.scheduler.create_scheduler_v2",
+            "description": "timm's schedulers",
+            "parameters": TimmScheduler.model_json_schema(),
+            "defaults": {},
+            "required": [],
+            "example": {
+                "scheduler": {"type": "timm", "sched": "cosine", "num_epochs": 10},
+                "steps": 100,
+            },
+        }
+    )
+    route.fulfill(json=catalog)
+
+
 def test_a_bad_value_shows_the_api_message_at_its_field(w, live_server):
-    page = w.open("/")
+    page = w.new_page()
+    page.route("**/v1/schedulers", _with_a_new_family)
+    page.goto(live_server + "/")
+    settle(page)
     choose(page, "OneCycleLR")
     settle(page)
     page.fill("#f-scheduler-pct_start", "2")
@@ -233,6 +259,26 @@ def test_a_bad_value_shows_the_api_message_at_its_field(w, live_server):
     page.fill("#f-scheduler-pct_start", "0.25")
     settle(page)
     assert page.inner_text('[data-error-for="scheduler.pct_start"]') == ""
+
+    # a family the page has never seen gets its form from its JSON Schema alone
+    page.select_option("#family", "timm")
+    settle(page)
+    assert page.input_value("#f-scheduler-num_epochs") == "10"
+    assert page.get_attribute("#f-scheduler-warmup_lr", "placeholder") == "0.00001"
+    assert page.locator("#f-scheduler-warmup_prefix").get_attribute("type") == "checkbox"
+    with page.expect_request("**/v1/schedules/batch") as sent:
+        page.fill("#f-scheduler-num_epochs", "20")
+        settle(page)
+    (body,) = sent.value.post_data_json["requests"]
+    assert body["scheduler"] == {"type": "timm", "sched": "cosine", "num_epochs": 20}
+    # whatever this service answers for it (a curve, or the API's problem at a field), the
+    # page shows it
+    legend = plotted(page)[0]["name"]
+    problem = page.inner_text('[data-error-for="scheduler"]')
+    if problem:  # the last curve that worked stays, under its own name
+        assert "timm" not in legend and "OneCycleLR" in legend
+    else:
+        assert "timm" in legend
 
 
 MAGIC = {"csv": b"step,", "npy": b"\x93NUMPY", "png": b"\x89PNG", "svg": b"<?xml"}
