@@ -98,7 +98,9 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/v1/info", response_model=Info, summary="Versions, devices and limits in force")
 async def info(settings: SettingsDep) -> Info:
     """Return service and torch versions, the devices available and every limit in force."""
-    limits = settings.model_dump(exclude={"data_dir", "database_url"}, mode="json")
+    limits = settings.model_dump(
+        exclude={"data_dir", "database_url", "api_keys", "api_keys_file"}, mode="json"
+    )
     return Info(
         service="lr-schedule-service",
         version=__version__,

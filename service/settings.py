@@ -115,6 +115,47 @@ class Settings(BaseSettings):
     )
     job_page_size_max: int = Field(default=100, description="Largest page_size of GET /v1/jobs.")
 
+    # Access: keys, rate limits, CORS, logs
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated SHA-256 hex digests of the accepted API keys "
+        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), job submission, "
+        "cancel, delete and artifacts need `Authorization: Bearer KEY`. Empty: no keys.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of SHA-256 hex digests, one a line (`#` comments), read at start.",
+    )
+    require_key_for_all: bool = Field(
+        default=False,
+        description="With keys set, every /v1 endpoint needs a key, schedules included.",
+    )
+    rate_limit_compute_per_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Schedule computations (compute, GET form, batch, ...) per second per key "
+        "(or client address without a key), refilled continuously; 0: no limit.",
+    )
+    rate_limit_compute_burst: int = Field(
+        default=60, ge=1, description="Computations a key may send at once before the rate applies."
+    )
+    rate_limit_jobs_per_s: float = Field(
+        default=0.0, ge=0, description="Job submissions per second per key or address; 0: no limit."
+    )
+    rate_limit_jobs_burst: int = Field(
+        default=10, ge=1, description="Job submissions a key may send at once."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins a browser page may call the API from "
+        "(`https://dash.example.com`, or `*`); none by default.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One JSON line per request on stderr (logger `service.access`): request "
+        "id, method, route, status, duration, engine.",
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

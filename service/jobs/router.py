@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
+from service import auth
 from service.errors import InvalidSpec, NotFound
 from service.health import register_readiness_check
 from service.jobs import specs
@@ -130,6 +131,7 @@ JOB_EXAMPLES = {
     status_code=202,
     response_model=specs.Job,
     summary="Submit a training job",
+    dependencies=[Depends(auth.job_writer)],
     responses={
         202: _example(
             {**JOB_EXAMPLE, "status": "queued", "progress": None},
@@ -157,6 +159,7 @@ async def submit_job(
     """
     spec = spec or specs.JobSpec()
     record, created = await anyio.to_thread.run_sync(_jobs(request).submit, spec, idempotency_key)
+    await auth.record_owner(request, record.id, created)
     headers = {"Location": f"/v1/jobs/{record.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -207,6 +210,7 @@ async def get_job(request: Request, job_id: JobId) -> JSONResponse:
     "/{job_id}/cancel",
     response_model=specs.Job,
     summary="Cancel a queued or running job",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: _example(
             {**JOB_EXAMPLE, "status": "cancelled", "started_at": None, "progress": None},
@@ -226,6 +230,7 @@ async def cancel_job(request: Request, job_id: JobId) -> JSONResponse:
     "/{job_id}",
     status_code=204,
     summary="Delete a finished job and its artifacts",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         204: {"description": "Deleted, e.g. `curl -X DELETE localhost:8000/v1/jobs/{id}`."},
         409: {
@@ -290,6 +295,7 @@ async def job_event_stream(
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download model.pt or metrics.json",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: {
             "content": {

@@ -64,3 +64,9 @@ def import_submodule_only(package: str, submodule: str) -> types.ModuleType | No
         shell.__spec__ = spec
         sys.modules[package] = shell
     return importlib.import_module(name)
+
+
+# The transformers, pytorch_warmup and llm modules build on the spec base classes and the specs
+# import them into their unions: importing the specs here lets any family module be imported
+# first (a family module imported before the specs would be only half defined when they ask).
+import service.schedules.specs  # noqa: E402, F401
