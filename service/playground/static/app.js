@@ -863,9 +863,15 @@ async function start() {
   app.state = loadHash() || defaultState();
   bindForm();
   renderForm();
+  // legend labels are shortened on narrow plots: redraw when the width changes
+  let width = window.innerWidth;
+  window.addEventListener("resize", () => {
+    clearTimeout(app.resizeTimer);
+    app.resizeTimer = setTimeout(() => { if (window.innerWidth !== width) { width = window.innerWidth; draw(); } }, 150);
+  });
   // a link pasted into this tab's address bar (history.replaceState never fires this)
   window.addEventListener("hashchange", () => {
-    const restored = loadHash();
+    const restored = location.hash.length > 1 ? loadHash() : defaultState();
     if (!restored) return;
     app.state = restored;
     renderForm();
