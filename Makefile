@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint format openapi bench clean browser
+.PHONY: serve test lint format openapi bench bench-scale wrk worker clean browser
 
 $(STAMP): pyproject.toml nodeps-requirements.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,21 @@ format: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m service.openapi > openapi/openapi.json
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(PY) bench/bench_schedules.py
+	$(PY) bench/bench_scale.py
+
+# 1 vs 2 API worker processes (wrk, Debian's package)
+bench-scale: $(STAMP) wrk
+	$(PY) bench/bench_scale.py
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
+	  || { echo "wrk is needed: install Debian's package wrk (apt-get install wrk)" >&2; exit 1; }
+
+# Local job workers outside the API (start the API with LRS_JOB_WORKERS=0)
+worker: $(STAMP)
+	$(PY) -m service.jobs.worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,8 +6,9 @@ Each field can be set from the environment with the ``LRS_`` prefix, e.g.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
     )
+    cache_url: str | None = Field(
+        default=None,
+        description="Redis URL of a schedule result cache the API replicas share (e.g. "
+        "`redis://redis:6379/2`), behind the in-process one; unset: in-process only.",
+    )
     torch_threads: int = Field(
         default=1,
         description="torch intra-op threads in the API process; requests already run in "
@@ -96,7 +102,30 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LRS_DATABASE_URL", "DATABASE_URL"),
         description="SQLAlchemy URL of the job store; SQLite in data_dir when unset.",
     )
-    job_workers: int = Field(default=1, description="Training jobs that run at once.")
+    job_workers: int = Field(
+        default=1,
+        ge=0,
+        description="Training jobs that run at once in the API process (local executor); 0: "
+        "none, jobs run on `python -m service.jobs.worker` processes.",
+    )
+    job_executor: Literal["local", "celery"] = Field(
+        default="local",
+        description="Where jobs run: `local` worker processes of the API (or of "
+        "`python -m service.jobs.worker`), or `celery` workers fed through the broker.",
+    )
+    celery_broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL of the Celery broker (`LRS_JOB_EXECUTOR=celery`).",
+    )
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job whose worker sent no heartbeat for this long is taken "
+        "away: interrupted, or queued again when its spec asks for retries.",
+    )
+    job_heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a running job renews its lease."
+    )
     job_max_epochs: int = Field(default=1000, description="Most epochs in one job.")
     job_max_series: int = Field(default=100_000, description="Longest user series in one job.")
     job_max_seconds: float = Field(default=300.0, description="Wall time after which a job fails.")
@@ -109,6 +138,52 @@ class Settings(BaseSettings):
     )
     job_events_poll_s: float = Field(
         default=0.2, gt=0, description="How often an event stream looks for new job events."
+    )
+    job_events_max_streams: int = Field(
+        default=1000,
+        ge=0,
+        description="Event streams open at once over all jobs; more get 503 with Retry-After.",
+    )
+    job_events_max_streams_per_job: int = Field(
+        default=100, ge=0, description="Event streams open at once on one job (503 beyond)."
+    )
+    job_events_max_streams_per_client: int = Field(
+        default=32, ge=0, description="Event streams one client keeps open at once (429 beyond)."
+    )
+    job_max_parameters: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most parameters in a job's model (model.pt is about 4 bytes each).",
+    )
+    job_queue_max: int = Field(
+        default=500,
+        ge=0,
+        description="Queued and running jobs over all clients; a submit beyond is a 503.",
+    )
+    job_queue_max_per_client: int = Field(
+        default=16, ge=0, description="Queued and running jobs of one client (429 beyond)."
+    )
+    job_retry_after_s: int = Field(
+        default=10, ge=1, description="Retry-After (seconds) of the queue and stream caps' answers."
+    )
+    job_data_max_bytes: int = Field(
+        default=2 << 30,
+        ge=0,
+        description="Quota of the data directory (records and artifacts): the oldest "
+        "succeeded jobs' artifacts are removed beyond it, and submits get 503 while the "
+        "records alone exceed it.",
+    )
+    job_artifacts_keep: int = Field(
+        default=1000,
+        ge=1,
+        description="Succeeded jobs whose artifacts are kept; older ones' are removed "
+        "(their records stay).",
+    )
+    job_page_max_bytes: int = Field(
+        default=8 << 20,
+        ge=1,
+        description="Largest GET /v1/jobs page in bytes: a page ends early (with a "
+        "next_page_token) rather than exceed it.",
     )
     job_table_prefix: str = Field(
         default="", description="Prefix of the job store's table names (one store, many apps)."
@@ -155,6 +230,15 @@ class Settings(BaseSettings):
         description="One JSON line per request on stderr (logger `service.access`): request "
         "id, method, route, status, duration, engine.",
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "Settings":
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(
+                f"LRS_JOB_HEARTBEAT_S ({self.job_heartbeat_s:g}) must be below LRS_JOB_LEASE_S "
+                f"({self.job_lease_s:g}), or every lease expires between two heartbeats"
+            )
+        return self
 
 
 @lru_cache

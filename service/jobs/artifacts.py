@@ -12,6 +12,9 @@ Deleting a job removes its own folder only: a symlink is unlinked, never followe
 ``rm -rf link/`` trap deletes the *target's* contents). Both the delete and a run that
 published after its job was deleted call :meth:`Artifacts.unpublish`, so whichever comes last
 leaves ``latest`` at an existing succeeded job's folder, or no ``latest``.
+
+Retention (:meth:`Artifacts.retain`) removes the oldest folders first, by the time their files
+were written, and never the one ``latest`` points at, so ``latest`` always names a folder.
 """
 
 import json
@@ -47,10 +50,12 @@ class Artifacts:
         path = self.folder(job_id) / name
         return path if path.is_file() and not path.is_symlink() else None
 
-    def sweep(self) -> list[str]:
+    def sweep(self, active: Callable[[str], bool] = lambda _job_id: False) -> list[str]:
         """Remove what runs that died left half-done: hidden staging folders and link temps.
 
-        Call only when no run is active (at start-up); returns the names removed.
+        Other processes may be running jobs on this folder (a shared volume): a staging folder
+        of a job ``active(job_id)`` says is running is left (a link temp swept under a live
+        run makes its :meth:`point_latest` try again). Returns the names removed.
         """
         if not self.runs.is_dir():
             return []
@@ -58,11 +63,49 @@ class Artifacts:
         for entry in self.runs.iterdir():
             if not entry.name.startswith("."):
                 continue
+            if not entry.name.startswith(f".{LATEST}.") and active(entry.name[1:].split(".", 1)[0]):
+                continue
             if entry.is_symlink() or entry.is_file():
                 entry.unlink(missing_ok=True)
             else:
                 shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
+        return removed
+
+    def retain(self, keep: int, max_bytes: int | None = None) -> list[str]:
+        """Remove the oldest job folders until at most ``keep`` remain and they hold at most
+        ``max_bytes`` (None: no byte budget); never the folder ``latest`` points at. Return
+        the ids whose folders were removed, oldest first."""
+        if not self.runs.is_dir():
+            return []
+        latest = self.latest()
+        folders: list[tuple[int, str, int]] = []
+        for entry in os.scandir(self.runs):
+            if entry.name.startswith(".") or entry.name == LATEST:
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                size = sum(
+                    f.stat(follow_symlinks=False).st_size
+                    for f in os.scandir(entry.path)
+                    if f.is_file(follow_symlinks=False)
+                )
+                folders.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, size))
+            except OSError:
+                continue  # deleted while we looked
+        folders.sort()
+        count, total = len(folders), sum(size for _, _, size in folders)
+        removed = []
+        for _, job_id, size in folders:
+            over_bytes = max_bytes is not None and total > max_bytes
+            if count <= keep and not over_bytes:
+                break
+            if job_id == latest:
+                continue
+            self.delete(job_id)
+            removed.append(job_id)
+            count, total = count - 1, total - size
         return removed
 
     def stage(self, job_id: str, state_dict: dict[str, torch.Tensor], metrics: Any) -> Path:
@@ -97,9 +140,15 @@ class Artifacts:
                 link.unlink()
             return
         self.runs.mkdir(parents=True, exist_ok=True)
-        tmp = self.runs / f".{LATEST}.{secrets.token_hex(6)}"
-        os.symlink(job_id, tmp, target_is_directory=True)
-        os.replace(tmp, link)  # rename(2) over the old link: never a moment without one
+        for attempt in range(3):
+            tmp = self.runs / f".{LATEST}.{secrets.token_hex(6)}"
+            os.symlink(job_id, tmp, target_is_directory=True)
+            try:
+                os.replace(tmp, link)  # rename(2) over the old link: never a moment without one
+                return
+            except FileNotFoundError:  # another process's start-up swept our temp
+                if attempt == 2:
+                    raise
 
     def latest(self) -> str | None:
         """Return the job id ``latest`` points at, or None."""

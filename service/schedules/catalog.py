@@ -23,6 +23,14 @@ class CatalogEntry(BaseModel):
     example: dict[str, Any] = Field(description="A ready request for POST /v1/schedules/compute.")
 
 
+class WarmupEntry(BaseModel):
+    type: str = Field(description="The warmup's `type`.")
+    library: str | None = Field(description="The library it reproduces; null: the service's own.")
+    description: str = Field(description="What the warmup does, in one line.")
+    parameters: dict[str, Any] = Field(description="JSON Schema of the warmup spec.")
+    example: dict[str, Any] = Field(description="A ready request for POST /v1/schedules/compute.")
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -51,6 +59,9 @@ class Catalog(BaseModel):
 
     schedulers: list[CatalogEntry]
     optimizers: list[str] = Field(description="torch.optim optimizer classes accepted.")
+    warmups: list[WarmupEntry] = Field(
+        default_factory=list, description="Every `warmup.type`, the service's and pytorch_warmup's."
+    )
 
 
 def _example_request(kind: str, example: dict[str, Any]) -> dict[str, Any]:
@@ -97,4 +108,8 @@ def catalog() -> Catalog:
             )
         )
     entries += [CatalogEntry(**entry) for entry in families.catalog_entries()]
-    return Catalog(schedulers=entries, optimizers=sorted(specs.optimizer_classes()))
+    return Catalog(
+        schedulers=entries,
+        optimizers=sorted(specs.optimizer_classes()),
+        warmups=[WarmupEntry(**entry) for entry in families.warmup_entries()],
+    )

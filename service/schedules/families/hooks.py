@@ -39,6 +39,34 @@ def catalog_entries() -> list[dict[str, Any]]:
     return out
 
 
+def warmup_entries() -> list[dict[str, Any]]:
+    """Return a catalog entry per warmup kind: the service's ``linear`` and ``constant``
+    (before the scheduler) and pytorch_warmup's (dampening it)."""
+    kinds = [
+        (specs.LinearWarmup, None, {"type": "linear", "steps": 20, "start_factor": 0.0}),
+        (specs.ConstantWarmup, None, {"type": "constant", "steps": 20, "factor": 0.1}),
+        *(
+            (cls, pytorch_warmup.LIBRARY.package, pytorch_warmup.EXAMPLES[kind])
+            for kind, cls in pytorch_warmup.SPECS.items()
+        ),
+    ]
+    return [
+        {
+            "type": example["type"],
+            "library": library,
+            "description": (cls.__doc__ or "").strip().splitlines()[0],
+            "parameters": cls.model_json_schema(),
+            "example": {
+                "optimizer": {"type": "Adam", "lr": 0.001},
+                "scheduler": {"type": "CosineAnnealingLR", "T_max": 200},
+                "warmup": example,
+                "steps": 200,
+            },
+        }
+        for cls, library, example in kinds
+    ]
+
+
 def scaled_fields(spec: specs.SchedulerBase, factor: float) -> dict[str, Any]:
     """Return the lr-valued fields of a family spec multiplied by ``factor`` (batch scaling),
     as a ``model_copy`` update (empty for torch's own types)."""

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Discriminator, Field, PlainValidator, Tag, WithJsonSchema
+from pydantic import BeforeValidator, Discriminator, Field, PlainValidator, Tag, WithJsonSchema
 
 from service.errors import InvalidSpec
 from service.schedules.families import Library
-from service.schedules.families.common import load
+from service.schedules.families.common import did_you_mean, load
 from service.schedules.specs import MAX_INT, SpecModel
 
 LIBRARY = Library(family="pytorch_warmup", package="pytorch-warmup", version="0.2.0")
@@ -121,6 +121,14 @@ PytorchWarmupSpec = (
     | UntunedExponentialWarmup
     | RAdamWarmup
 )
+SPECS: dict[str, type[SpecModel]] = {
+    "linear": PWLinearWarmup,
+    "exponential": ExponentialWarmup,
+    "untuned_linear": UntunedLinearWarmup,
+    "untuned_exponential": UntunedExponentialWarmup,
+    "radam": RAdamWarmup,
+}
+"""The spec of each pytorch_warmup kind (``linear``: with ``warmup_period``)."""
 CLASSES = {
     "linear": "LinearWarmup",
     "exponential": "ExponentialWarmup",
@@ -326,6 +334,21 @@ def _warmup_tag(value: Any) -> str | None:
     return getattr(value, "type", None)
 
 
+KINDS = ("linear", "constant", "exponential", "untuned_linear", "untuned_exponential", "radam")
+"""Every ``warmup.type``."""
+
+
+def _known_kind(value: Any) -> Any:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if isinstance(kind, str) and kind not in KINDS:
+        raise ValueError(
+            f"warmup.type {kind!r} is not a warmup.{did_you_mean(kind, KINDS)} The kinds: "
+            "linear (steps: before the scheduler; warmup_period: pytorch_warmup's), constant, "
+            "exponential, untuned_linear, untuned_exponential, radam"
+        )
+    return value
+
+
 def warmup_union(linear: type, constant: type) -> Any:
     """Return the request's ``warmup`` type: the service's ``linear`` (``steps``) and
     ``constant``, and pytorch_warmup's kinds (``linear`` with ``warmup_period``, ...)."""
@@ -343,6 +366,7 @@ def warmup_union(linear: type, constant: type) -> Any:
             custom_error_message="warmup.type must be one of: linear (steps, or pytorch_warmup's "
             "warmup_period), constant, exponential, untuned_linear, untuned_exponential, radam",
         ),
+        BeforeValidator(_known_kind),
     ]
 
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from service.schedules import cache
+from service.schedules import shared_cache
 from service.schedules.routes import batch, catalog, compute
 
 router = APIRouter()
@@ -23,5 +23,5 @@ router.include_router(catalog.router)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Bound how many schedule computations run at once in worker threads; start the cache."""
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
-    app.state.schedule_cache = cache.ResultCache(app.state.settings.cache_max_bytes)
+    app.state.schedule_cache = shared_cache.make_cache(app.state.settings)
     yield

@@ -1,5 +1,7 @@
 """Bad family specs are 4xx problem+json naming the field, with "did you mean" for names."""
 
+import sys
+
 import pytest
 
 HF = {"type": "transformers", "num_warmup_steps": 10, "num_training_steps": 100}
@@ -60,3 +62,25 @@ def test_metric_driven_names_need_metrics(client):
     assert got.status_code == 422
     assert got.json()["errors"][0]["loc"] == ["body", "metrics"]
     assert "transformers reduce_lr_on_plateau needs metrics" in got.json()["detail"]
+
+
+def test_without_the_library_torch_is_a_422_and_auto_still_answers(client, monkeypatch):
+    """The service runs without transformers/pytorch_warmup: only engine 'torch' needs them."""
+    monkeypatch.setitem(sys.modules, "transformers.optimization", None)  # import fails
+    monkeypatch.setitem(sys.modules, "pytorch_warmup", None)
+    cases = [
+        ({**HF, "name": "linear"}, None),
+        ({"type": "StepLR", "step_size": 5}, {"type": "radam"}),
+    ]
+    for scheduler, warmup in cases:
+        body = {
+            "scheduler": scheduler,
+            "steps": 20,
+            "warmup": warmup,
+            "optimizer": {"type": "Adam", "lr": 0.01},
+        }
+        refused = client.post("/v1/schedules/compute", json={**body, "engine": "torch"})
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["loc"] == ["body", "engine"]
+        assert "it is not installed on this server" in refused.json()["detail"]
+        assert client.post("/v1/schedules/compute", json=body).status_code == 200

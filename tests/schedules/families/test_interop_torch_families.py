@@ -93,3 +93,16 @@ def test_batch_answers_each_slot_like_compute(client):
     assert (
         results[3]["status"] == 422 and "Did you mean 'cosine'?" in results[3]["problem"]["detail"]
     )
+
+
+def test_the_catalog_lists_every_warmup_with_a_working_example(client):
+    warmups = client.get("/v1/schedulers").json()["warmups"]
+    kinds = {(w["type"], w["library"]) for w in warmups}
+    assert kinds == {("linear", None), ("constant", None), ("linear", "pytorch-warmup"),
+                     ("exponential", "pytorch-warmup"), ("untuned_linear", "pytorch-warmup"),
+                     ("untuned_exponential", "pytorch-warmup"), ("radam", "pytorch-warmup")}  # fmt: skip
+    for entry in warmups:
+        got = client.post("/v1/schedules/compute", json=entry["example"])
+        assert got.status_code == 200, (entry, got.text)
+        named = [f["family"] for f in got.json()["families"]]
+        assert named == (["pytorch_warmup"] if entry["library"] else [])

@@ -190,7 +190,8 @@ def test_linear_with_steps_keeps_its_meaning(client):
             ["body", "warmup", "steps"],
             "Extra inputs",
         ),
-        ({"type": "expo", "warmup_period": 5}, ["body", "warmup"], "exponential"),
+        ({"type": "expo", "warmup_period": 5}, ["body", "warmup"], "Did you mean 'exponential'?"),
+        ({"type": "untuned_liner"}, ["body", "warmup"], "Did you mean 'untuned_linear'?"),
     ],
 )
 def test_bad_warmups_are_422_naming_the_field(client, body, field, words):
