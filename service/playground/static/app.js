@@ -677,7 +677,8 @@ function renderWarnings() {
 function describe(spec) {
   const s = spec.scheduler || {};
   const entry = entryFor(s);
-  const name = entry ? entry.label : s.type;
+  // a family's name alone ("cosine") is ambiguous: say whose it is ("timm cosine")
+  const name = !entry ? s.type : entry.name && entry.name !== s.type ? `${s.type} ${entry.label}` : entry.label;
   const args = Object.entries(s).filter(([k]) => k !== "type" && !(entry && k in entry.consts))
     .slice(0, 3).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
   let text = `${name}(${args.join(", ")}) · ${spec.optimizer?.type || "SGD"}`;

@@ -414,8 +414,9 @@ class TimmCosine(_Cycles):
     sched: Literal["cosine"] = "cosine"
     k_decay: Number = Field(default=1.0, gt=0.0, description="k-decay exponent.")
     examples: ClassVar[list[dict[str, Any]]] = [
+        {"type": "timm", "sched": "cosine", "num_epochs": 10},
         {"type": "timm", "sched": "cosine", "num_epochs": 10, "warmup_epochs": 2,
-         "warmup_lr": 0.0, "updates_per_epoch": 10, "step_on_epochs": False}
+         "warmup_lr": 0.0, "updates_per_epoch": 10, "step_on_epochs": False},
     ]  # fmt: skip
 
 
