@@ -137,12 +137,16 @@ def _build(
     loc: Loc,
     span: int,
     closed: bool = False,
+    last_epoch: int = -1,
 ) -> lr_scheduler.LRScheduler:
     """Build the torch scheduler for ``spec``; ``span`` is how many steps it will cover.
 
     ``closed``: a family spec (another library's schedule) is built as a ``LambdaLR`` over its
-    closed form instead of by the real library.
+    closed form instead of by the real library. ``last_epoch``: passed to the outermost
+    torch constructor (a resumed script's rebuild; ChainedScheduler's children each get it,
+    ReduceLROnPlateau takes none).
     """
+    resumed = {} if last_epoch == -1 else {"last_epoch": last_epoch}
     if isinstance(spec, specs.SequentialLR):
         bounds = [0, *spec.milestones, span]
         children = []
@@ -150,10 +154,12 @@ def _build(
             child_span = max(bounds[i + 1] - bounds[i], 1) if i + 1 < len(bounds) else span
             children.append(_build(optimizer, child, (*loc, "schedulers", i), child_span, closed))
         with _located(loc):
-            return lr_scheduler.SequentialLR(optimizer, children, list(spec.milestones))
+            return lr_scheduler.SequentialLR(
+                optimizer, children, list(spec.milestones), **resumed
+            )
     if isinstance(spec, specs.ChainedScheduler):
         children = [
-            _build(optimizer, child, (*loc, "schedulers", i), span, closed)
+            _build(optimizer, child, (*loc, "schedulers", i), span, closed, last_epoch)
             for i, child in enumerate(spec.schedulers)
         ]
         with _located(loc):
@@ -166,13 +172,15 @@ def _build(
             return llm.build(spec, optimizer)
         if isinstance(spec, (specs.LambdaLR, specs.MultiplicativeLR)):
             cls = getattr(lr_scheduler, spec.type)
-            return cls(optimizer, _lambdas(spec.lr_lambda))
+            return cls(optimizer, _lambdas(spec.lr_lambda), **resumed)
         if isinstance(spec, specs.OneCycleLR):
-            return lr_scheduler.OneCycleLR(optimizer, **_one_cycle_kwargs(spec, span))
+            return lr_scheduler.OneCycleLR(optimizer, **_one_cycle_kwargs(spec, span), **resumed)
         if isinstance(spec, specs.SWALR):
             return TorchSWALR(optimizer, **spec.model_dump(exclude={"type"}))
         cls = getattr(lr_scheduler, spec.type)
-        return cls(optimizer, **spec.model_dump(exclude={"type"}))
+        if isinstance(spec, specs.ReduceLROnPlateau):
+            resumed = {}
+        return cls(optimizer, **spec.model_dump(exclude={"type"}), **resumed)
 
 
 def _warmup_scheduler(
@@ -212,7 +220,8 @@ class Stepper:
 
     ``closed``: build other libraries' schedules and warmups from their closed forms (the
     vectorized engine reads those) rather than by the real library; None: the real library
-    where it is installed.
+    where it is installed. ``last_epoch``: the outermost scheduler is built with it, as a
+    resumed training script rebuilds it (the resume check's ``last_epoch`` recipe).
     """
 
     def __init__(
@@ -222,6 +231,7 @@ class Stepper:
         warmup: Any,
         span: int,
         closed: bool | None = None,
+        last_epoch: int = -1,
     ) -> None:
         self.optimizer = optimizer
         self.dampener = None
@@ -239,7 +249,12 @@ class Stepper:
         try:
             if warmup is None:
                 self.scheduler = _build(
-                    optimizer, scheduler_spec, ("body", "scheduler"), span, bool(closed)
+                    optimizer,
+                    scheduler_spec,
+                    ("body", "scheduler"),
+                    span,
+                    bool(closed),
+                    last_epoch,
                 )
                 self.warmup = None
             elif self.plateau:
@@ -257,7 +272,7 @@ class Stepper:
                 )
                 with _located(("body", "warmup")):
                     self.scheduler = lr_scheduler.SequentialLR(
-                        optimizer, [first, main], milestones=[warmup.steps]
+                        optimizer, [first, main], milestones=[warmup.steps], last_epoch=last_epoch
                     )
                 self.warmup = None
             self.undampened = self.lrs()

@@ -1,6 +1,6 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
-``compute`` (POST and the GET form), ``batch`` and ``catalog``; :data:`router` holds them all
+``compute`` (POST and the GET form), ``batch``, ``catalog`` and ``compare``; :data:`router` holds them all
 and :func:`lifespan` starts what they share (the compute threads' limiter and the cache).
 """
 
@@ -11,12 +11,13 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from service.schedules import shared_cache
-from service.schedules.routes import batch, catalog, compute
+from service.schedules.routes import batch, catalog, compare, compute
 
 router = APIRouter()
 router.include_router(compute.router)
 router.include_router(batch.router)
 router.include_router(catalog.router)
+router.include_router(compare.router)
 
 
 @asynccontextmanager
