@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import plots, service
-from service.schedules.specs import ScheduleRequest
 from service.schedules.result import Computed
+from service.schedules.specs import ScheduleRequest
 from service.settings import Settings
 
 MAX_SPECS = 16
@@ -42,15 +42,15 @@ class CompareRequest(BaseModel):
                         },
                         {
                             "scheduler": {
-                                "type": "optax",
-                                "schedule": "cosine_onecycle_schedule",
-                                "transition_steps": 100,
-                                "peak_value": 0.1,
+                                "type": "transformers",
+                                "name": "cosine",
+                                "num_warmup_steps": 30,
+                                "num_training_steps": 100,
                             },
                             "steps": 100,
                         },
                     ],
-                    "labels": ["torch OneCycleLR", "optax cosine_onecycle_schedule"],
+                    "labels": ["torch OneCycleLR", "transformers cosine"],
                     "tolerance": 1e-12,
                 }
             ]

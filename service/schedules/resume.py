@@ -14,11 +14,15 @@ Recipes (at scheduler step ``k``, the one the run stopped at):
   old horizon included, which the answer makes visible.
 """
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.optim import lr_scheduler
+from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import compare, service, specs, torch_engine
@@ -145,24 +149,70 @@ def _check_limits(request: ResumeRequest, settings: Settings) -> None:
         )
 
 
+def _rebuilt(
+    optimizer: torch.optim.Optimizer, spec: specs.SchedulerBase, span: int, last_epoch: int
+) -> LRScheduler:
+    """Return the scheduler for ``spec`` built as a resumed script builds it: the outermost
+    torch constructor given ``last_epoch`` (SequentialLR's children built fresh, as users write
+    them; each of ChainedScheduler's children given it, since ChainedScheduler takes none)."""
+    if isinstance(spec, specs.SequentialLR):
+        children = [
+            torch_engine._build(optimizer, child, ("body", "spec", "scheduler"), child_span, {})
+            for child, child_span in zip(spec.children(), spec.child_spans(span), strict=True)
+        ]
+        return lr_scheduler.SequentialLR(
+            optimizer, children, list(spec.milestones), last_epoch=last_epoch
+        )
+    if isinstance(spec, specs.ChainedScheduler):
+        children = [_rebuilt(optimizer, child, span, last_epoch) for child in spec.children()]
+        return lr_scheduler.ChainedScheduler(children, optimizer)
+    if isinstance(spec, (specs.LambdaLR, specs.MultiplicativeLR)):
+        return spec.torch_class(optimizer, spec._parsed, last_epoch=last_epoch)
+    kwargs = spec.torch_kwargs()
+    if isinstance(spec, specs.OneCycleLR) and spec.total_steps is None and spec.epochs is None:
+        kwargs["total_steps"] = max(span, 1)
+    return spec.torch_class(optimizer, **kwargs, last_epoch=last_epoch)
+
+
 class _Run:
-    """One training run's scheduler side: real torch objects stepped, every lr recorded."""
+    """One training run's scheduler side: real torch objects stepped, every lr recorded.
+
+    ``last_epoch`` (not -1): the scheduler rebuilt with it on a fresh optimizer whose groups
+    have ``initial_lr`` set, as a resumed script does (the warmup becomes the SequentialLR it
+    is); ReduceLROnPlateau takes no ``last_epoch``, so it is built fresh.
+    """
 
     def __init__(self, request: specs.ScheduleRequest, last_epoch: int = -1) -> None:
-        self.request = request
         self.metrics = request.metrics or []
         optimizer = torch_engine.make_optimizer(request.optimizer, request.param_groups)
-        if last_epoch != -1:
-            for group in optimizer.param_groups:
-                group["initial_lr"] = group["lr"]
+        n = request.scheduler_steps
         self.stepper = torch_engine.Stepper(
-            optimizer,
-            request.scheduler,
-            request.warmup,
-            request.scheduler_steps,
-            closed=False,
-            last_epoch=last_epoch,
+            optimizer, request.scheduler, request.warmup, n, closed=False
         )
+        if last_epoch == -1 or self.stepper.plateau:
+            return
+        optimizer = torch_engine.make_optimizer(request.optimizer, request.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        warmup = request.warmup
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if warmup is None:
+                scheduler = _rebuilt(optimizer, request.scheduler, n, last_epoch)
+            else:
+                first = warmup.build(optimizer)
+                main = torch_engine._build(
+                    optimizer,
+                    request.scheduler,
+                    ("body", "spec", "scheduler"),
+                    torch_engine.main_span(n, warmup),
+                    {},
+                )
+                scheduler = lr_scheduler.SequentialLR(
+                    optimizer, [first, main], milestones=[warmup.steps], last_epoch=last_epoch
+                )
+        self.stepper.optimizer = optimizer
+        self.stepper.scheduler = scheduler
 
     def advance(self, start: int, stop: int, rows: list[list[float]]) -> None:
         """Take scheduler steps ``start..stop-1`` (1-based counts), appending each lr."""
@@ -172,6 +222,7 @@ class _Run:
             rows.append(self.stepper.lrs())
 
     def state(self) -> dict[str, Any]:
+        """Return what a checkpoint holds: the optimizer's and schedulers' ``state_dict()``."""
         stepper = self.stepper
         return {
             "optimizer": stepper.optimizer.state_dict(),
@@ -180,6 +231,7 @@ class _Run:
         }
 
     def load(self, state: dict[str, Any], k: int) -> None:
+        """Load a checkpoint taken at scheduler step ``k``."""
         stepper = self.stepper
         stepper.optimizer.load_state_dict(state["optimizer"])
         stepper.scheduler.load_state_dict(state["scheduler"])
@@ -206,7 +258,7 @@ def _recipes(
         rows, state = _stopped(spec, k)
         resumed = _Run(spec)
         resumed.load(state, k)
-        rows = rows[:k] + [resumed.stepper.lrs()]
+        rows = [*rows[:k], resumed.stepper.lrs()]
         resumed.advance(k + 1, n, rows)
         return rows
 
@@ -214,7 +266,7 @@ def _recipes(
         rows, _ = _stopped(spec, k)
         resumed = _Run(spec, last_epoch=k - 1)
         resumed.stepper._step_count = k
-        rows = rows[:k] + [resumed.stepper.lrs()]
+        rows = [*rows[:k], resumed.stepper.lrs()]
         resumed.advance(k + 1, n, rows)
         return rows
 
@@ -223,7 +275,7 @@ def _recipes(
         resumed = _Run(spec)
         skipped: list[list[float]] = []
         resumed.advance(1, k + 1, skipped)
-        rows = rows[:k] + [resumed.stepper.lrs()]
+        rows = [*rows[:k], resumed.stepper.lrs()]
         resumed.advance(k + 1, n, rows)
         return rows
 
@@ -232,7 +284,7 @@ def _recipes(
         rows, state = _stopped(spec, k)
         resumed = _Run(changed)
         resumed.load(state, k)
-        rows = rows[:k] + [resumed.stepper.lrs()]
+        rows = [*rows[:k], resumed.stepper.lrs()]
         resumed.advance(k + 1, n, rows)
         return rows
 
@@ -275,7 +327,7 @@ def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
     _check_limits(request, settings)
     scaled = service.apply_batch_scaling(spec)
     changed = None
-    warnings: list[str] = []
+    notes: list[str] = []
     if request.changed is not None:
         _refuse_unsupported(request.changed, "changed")
         changed = service.apply_batch_scaling(request.changed)
@@ -288,7 +340,7 @@ def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
         if changed.scheduler_steps < scaled.scheduler_steps:
             changed = changed.model_copy(update={"steps": scaled.steps})
         if changed.steps > scaled.steps:
-            warnings.append(
+            notes.append(
                 f"the changed spec runs {changed.steps} steps; the answer covers the first "
                 f"{scaled.steps}, as the uninterrupted run does"
             )
@@ -321,17 +373,17 @@ def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
             **diff,
             "verdict": _verdict(diff, ours, reference),
         }
-    if "changed" in results and results["changed"]["first_difference"] is None and changed:
-        if changed.scheduler != scaled.scheduler:
-            warnings.append(
-                "changed: identical to the uninterrupted run although the scheduler changed: "
-                "load_state_dict restored the saved scheduler's attributes over the changed "
-                "spec's. Set the new value on the scheduler after loading its state."
-            )
+    unchanged = "changed" in results and results["changed"]["first_difference"] is None
+    if unchanged and changed is not None and changed.scheduler != scaled.scheduler:
+        notes.append(
+            "changed: identical to the uninterrupted run although the scheduler changed: "
+            "load_state_dict restored the saved scheduler's attributes over the changed "
+            "spec's. Set the new value on the scheduler after loading its state."
+        )
     return {
         "steps": indices.tolist(),
         "resume_at": request.resume_at,
         "uninterrupted": reference[:, indices].tolist(),
         "recipes": results,
-        "warnings": warnings,
+        "warnings": notes,
     }

@@ -31,8 +31,10 @@ CASES = {
         {"type": "linear", "steps": 10, "start_factor": 0.1},
         lambda o, e: S.SequentialLR(
             o,
-            [S.LinearLR(o, start_factor=0.1, end_factor=1.0, total_iters=10),
-             S.CosineAnnealingLR(o, T_max=50)],
+            [
+                S.LinearLR(o, start_factor=0.1, end_factor=1.0, total_iters=10),
+                S.CosineAnnealingLR(o, T_max=50),
+            ],
             milestones=[10],
             last_epoch=e,
         ),
@@ -95,7 +97,7 @@ def real_recipe(make, recipe):
                     _step(opt, sched, j, [])
         except (KeyError, ValueError) as exc:
             return exc
-        lrs = lrs[:K] + [opt.param_groups[0]["lr"]]
+        lrs = [*lrs[:K], opt.param_groups[0]["lr"]]
         for j in range(K + 1, N):
             _step(opt, sched, j, lrs)
         return lrs
@@ -122,7 +124,9 @@ def test_each_recipe_matches_real_torch(client, case):
             assert got["lr"] is None and "torch refused" in got["verdict"], (recipe, got)
             continue
         assert got["lr"][0] == real, (case, recipe)
-        first = next((i for i, (a, b) in enumerate(zip(real, uninterrupted)) if a != b), None)
+        first = next(
+            (i for i, (a, b) in enumerate(zip(real, uninterrupted, strict=False)) if a != b), None
+        )
         assert got["first_difference"] == first, (case, recipe)
         assert (got["verdict"] == "identical") == (first is None)
     assert body["recipes"]["state_dict"]["verdict"] == "identical"
@@ -136,10 +140,12 @@ def test_sequentiallr_rebuilt_with_last_epoch_diverges_as_torch_does(client):
     )
     got = r.json()["recipes"]["last_epoch"]
     real, uninterrupted = real_recipe(make, "last_epoch"), real_recipe(make, None)
-    first = next(i for i, (a, b) in enumerate(zip(real, uninterrupted)) if a != b)
+    first = next(i for i, (a, b) in enumerate(zip(real, uninterrupted, strict=False)) if a != b)
     assert got["first_difference"] == first
     assert got["verdict"].startswith(f"differs from step {first}: lr {real[first]:.6g} instead")
-    assert got["max_abs_diff"] == pytest.approx(max(abs(a - b) for a, b in zip(real, uninterrupted)))
+    assert got["max_abs_diff"] == pytest.approx(
+        max(abs(a - b) for a, b in zip(real, uninterrupted, strict=False))
+    )
 
 
 def test_changed_horizon_shows_load_state_dict_restoring_the_old_t_max(client):
@@ -160,7 +166,7 @@ def test_changed_horizon_shows_load_state_dict_restoring_the_old_t_max(client):
         opt, sched = _fresh(lambda o, e: S.CosineAnnealingLR(o, T_max=200))
         opt.load_state_dict(state[0])
         sched.load_state_dict(state[1])
-        lrs = lrs[:K] + [opt.param_groups[0]["lr"]]
+        lrs = [*lrs[:K], opt.param_groups[0]["lr"]]
         for j in range(K + 1, N):
             _step(opt, sched, j, lrs)
     assert body["recipes"]["changed"]["lr"][0] == lrs
@@ -179,6 +185,8 @@ def test_bad_input_is_problem_json(client):
         "/v1/schedules/resume", json={"spec": spec, "resume_at": 5, "recipes": ["changed"]}
     )
     assert r.status_code == 422 and "needs the modified spec" in r.text
-    optax = {"type": "optax", "schedule": "constant_schedule", "value": 0.1}
-    r = client.post("/v1/schedules/resume", json={"spec": {"scheduler": optax, "steps": 9}, "resume_at": 3})
+    hf = {"type": "transformers", "name": "linear", "num_warmup_steps": 2, "num_training_steps": 9}
+    r = client.post(
+        "/v1/schedules/resume", json={"spec": {"scheduler": hf, "steps": 9}, "resume_at": 3}
+    )
     assert r.status_code == 422 and "torch's own schedulers" in r.json()["detail"]

@@ -1,7 +1,8 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
-``compute`` (POST and the GET form), ``batch``, ``catalog`` and ``compare``; :data:`router` holds them all
-and :func:`lifespan` starts what they share (the compute threads' limiter and the cache).
+``compute`` (POST and the GET form), ``batch``, ``catalog``, ``compare`` and ``resume``;
+:data:`router` holds them all and :func:`lifespan` starts what they share (the compute
+threads' limiter and the cache).
 """
 
 from collections.abc import AsyncIterator
@@ -11,13 +12,14 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from service.schedules import shared_cache
-from service.schedules.routes import batch, catalog, compare, compute
+from service.schedules.routes import batch, catalog, compare, compute, resume
 
 router = APIRouter()
 router.include_router(compute.router)
 router.include_router(batch.router)
 router.include_router(catalog.router)
 router.include_router(compare.router)
+router.include_router(resume.router)
 
 
 @asynccontextmanager

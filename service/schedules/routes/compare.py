@@ -57,7 +57,11 @@ async def compare_schedules(
     if format_param in ("svg", "png"):
         options = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
         content = await anyio.to_thread.run_sync(
-            compare.plot, body, settings, format_param, options,
+            compare.plot,
+            body,
+            settings,
+            format_param,
+            options,
             limiter=request.app.state.compute_limiter,
         )
         return Response(content, media_type=MEDIA_TYPES[format_param])
