@@ -362,11 +362,12 @@ class Store:
             )
 
     def reap(
-        self, gone: Callable[[str | None], bool] = lease.owner_gone
+        self, owner_state: Callable[[str | None], str] = lease.owner_state
     ) -> tuple[list[str], list[str]]:
         """Take running jobs away from workers that stopped renewing their lease.
 
-        A job whose lease expired, or whose owner ``gone(owner)`` says no longer exists, is
+        A job whose lease expired (unless ``owner_state(owner)`` says its owner is a live
+        process of this machine), or whose owner is ``"gone"``, is
         queued again when its spec's ``retries`` are not used up (and nobody asked to cancel
         it), otherwise marked ``interrupted`` (``cancelled`` when a cancel was pending).
         Jobs whose lease is alive are never touched. Returns (requeued ids, finished ids).
@@ -381,9 +382,10 @@ class Store:
         requeued: list[str] = []
         finished: list[str] = []
         for job_id, token, owner, _expires, is_expired in running:
-            if not is_expired and not gone(owner):
+            state = owner_state(owner)
+            if state == "alive" or (state == "unknown" and not is_expired):
                 continue
-            outcome = self._take_away(job_id, token, None if is_expired else owner)
+            outcome = self._take_away(job_id, token, owner if state == "gone" else None)
             if outcome == "queued":
                 requeued.append(job_id)
             elif outcome:
