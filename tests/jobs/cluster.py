@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import redis
+import sqlalchemy as sa
 
 from service.jobs.celery_app import queue_name
 from service.jobs.store import Store
@@ -181,6 +182,8 @@ class Cluster:
         store = Store(POSTGRES_URL, self.prefix)
         try:
             store.drop_schema()
+            with store.engine.begin() as conn:  # the auth module's table beside them
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{self.prefix}job_owners"'))
         finally:
             store.dispose()
         with contextlib.suppress(redis.RedisError):
