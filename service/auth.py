@@ -202,7 +202,7 @@ def warn_if_exposed(keys: frozenset[str]) -> None:
 
 def _problem_response(description: str, status: int, title: str, slug: str, detail: str) -> dict:
     example = {
-        "type": f"https://lr-schedules.dev/problems/{slug}",
+        "type": f"/problems/{slug}",
         "title": title,
         "status": status,
         "detail": detail,
