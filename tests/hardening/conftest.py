@@ -37,6 +37,7 @@ CAPS = {
     "LRS_JOB_ARTIFACTS_KEEP": "3",
     "LRS_JOB_PAGE_MAX_BYTES": "2000000",
     "LRS_JOB_PROGRESS_EVERY": "5",
+    "LRS_ACCESS_LOG": "false",
 }
 """The caps the tests run against (the defaults are larger; README says why)."""
 
@@ -92,7 +93,7 @@ def start_server(data_dir: Path, store: str, extra: dict[str, str] | None = None
     return Server(url, process, data_dir, store, database_url, prefix, env)
 
 
-def wait_ready(server: Server, timeout: float = 120) -> Server:
+def wait_ready(server: Server, timeout: float = 300) -> Server:
     """Wait until /readyz says the store and the workers are up; return the server."""
     deadline = time.monotonic() + timeout
     while True:
