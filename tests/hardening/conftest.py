@@ -44,6 +44,14 @@ CAPS = {
 _addresses = itertools.count(2)
 
 
+def uvicorn_flags() -> list[str]:
+    """Return the Makefile's UVICORN_FLAGS: the servers here run as `make serve` runs."""
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("UVICORN_FLAGS :="):
+            return line.split(":=", 1)[1].split()
+    raise AssertionError("the Makefile sets no UVICORN_FLAGS")
+
+
 @dataclass
 class Server:
     url: str
@@ -86,7 +94,7 @@ def start_server(data_dir: Path, store: str, extra: dict[str, str] | None = None
         env["DATABASE_URL"] = database_url
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "5"],
+         "--port", str(port), "--log-level", "warning", *uvicorn_flags()],
         env=env, cwd=ROOT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
