@@ -23,9 +23,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.errors import NotFound, ServiceError
 from service.settings import Settings
 
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/problems")
-"""Paths that never need a key, even with ``LRS_REQUIRE_KEY_FOR_ALL``."""
-
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 

@@ -255,3 +255,41 @@ def test_metrics_counts_match_the_traffic_sent(lrs, server, prom_dir):
     assert after[("lrs_job_workers_up", ())] == 1
     # both worker processes wrote samples, and every scrape above added them up
     assert len({p.name.rsplit("_", 1)[-1] for p in prom_dir.glob("counter_*.db")}) == 2
+
+
+def test_second_wave_methods_send_the_contracts_requests():
+    """resume, compare, export and lint are not served yet: their requests follow API.md."""
+    seen = []
+
+    def handler(request):
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.method, request.url.path, dict(request.url.params), body))
+        if request.url.path.endswith("/export"):
+            return httpx.Response(
+                200, text="print([[0.1]])", headers={"content-type": "text/x-python"}
+            )
+        if request.url.path.endswith("/lint"):
+            return httpx.Response(200, json={"findings": [{"code": "x", "message": "m"}]})
+        return httpx.Response(200, json={"ok": True})
+
+    with Client("http://lrs.test", transport=httpx.MockTransport(handler)) as c:
+        assert c.resume(STEP, 5, recipes=["state_dict"]) == {"ok": True}
+        assert c.compare([STEP, STEP], labels=["a", "b"], tolerance=1e-9) == {"ok": True}
+        assert c.export(STEP, "optax") == "print([[0.1]])"
+        assert c.lint(STEP) == [{"code": "x", "message": "m"}]
+    assert seen == [
+        (
+            "POST",
+            "/v1/schedules/resume",
+            {},
+            {"spec": STEP, "recipes": ["state_dict"], "resume_at": 5},
+        ),
+        (
+            "POST",
+            "/v1/schedules/compare",
+            {},
+            {"specs": [STEP, STEP], "tolerance": 1e-9, "labels": ["a", "b"]},
+        ),
+        ("POST", "/v1/schedules/export", {"target": "optax"}, STEP),
+        ("POST", "/v1/schedules/lint", {}, STEP),
+    ]
