@@ -1,7 +1,9 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
-``compute`` (POST and the GET form), ``batch`` and ``catalog``; :data:`router` holds them all
-and :func:`lifespan` starts what they share (the compute threads' limiter and the cache).
+``compute`` (POST and the GET form), ``batch``, ``catalog``, ``compare`` and ``resume``;
+:data:`router` holds them all and :func:`lifespan` starts what they share (the compute
+threads' limiter and the cache) and warms the compute path up before the service answers
+(:mod:`service.schedules.warmup`).
 """
 
 from collections.abc import AsyncIterator
@@ -10,18 +12,22 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from service.schedules import shared_cache
-from service.schedules.routes import batch, catalog, compute
+from service.schedules import shared_cache, warmup
+from service.schedules.routes import batch, catalog, compare, compute, resume
 
 router = APIRouter()
 router.include_router(compute.router)
 router.include_router(batch.router)
 router.include_router(catalog.router)
+router.include_router(compare.router)
+router.include_router(resume.router)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Bound how many schedule computations run at once in worker threads; start the cache."""
+    """Bound how many schedule computations run at once in worker threads; start the cache;
+    compute one tiny schedule per engine, so the first request pays no first-use imports."""
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
     app.state.schedule_cache = shared_cache.make_cache(app.state.settings)
+    await anyio.to_thread.run_sync(warmup.warm_up, app.state.settings)
     yield
