@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import SWALR as TorchSWALR
 
 from service.errors import InvalidSpec, LimitExceeded
-from service.schedules import specs
+from service.schedules import budget, specs
 from service.schedules.expressions import ExpressionEvaluationError, parse_expression
 from service.schedules.result import Computed
 from service.settings import get_settings
@@ -118,7 +119,12 @@ def _lambdas(source: str | list[str]) -> Any:
 
     if isinstance(source, str):
         return compile_one(source)
-    return [compile_one(text) for text in source]
+    # One Expression per distinct text: the vectorized engine evaluates each once.
+    compiled: dict[str, Any] = {}
+    for text in source:
+        if text not in compiled:
+            compiled[text] = compile_one(text)
+    return [compiled[text] for text in source]
 
 
 def _one_cycle_kwargs(spec: specs.OneCycleLR, span: int) -> dict[str, Any]:
@@ -318,10 +324,12 @@ def run_scheduler_steps(
             lr_rows.append(stepper.lrs())
             if want_momentum:
                 mom_rows.append(stepper.momenta())
+            if k % 256 == 0:
+                budget.check()
             if deadline is not None and k % 1024 == 0 and time.monotonic() > deadline:
                 raise LimitExceeded(
                     f"the torch engine stopped after {max_seconds:g} s at scheduler step {k} of "
-                    f"{n} (LRS_TORCH_MAX_SECONDS); lower steps or use engine 'auto' or "
+                    f"{n}; lower steps or use engine 'auto' or "
                     "'vectorized'.",
                     loc=("body", "steps"),
                 )

@@ -23,5 +23,7 @@ router.include_router(catalog.router)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Bound how many schedule computations run at once in worker threads; start the cache."""
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
+    # Expensive requests take turns on one thread, so they never hold every compute thread.
+    app.state.heavy_limiter = anyio.CapacityLimiter(1)
     app.state.schedule_cache = cache.ResultCache(app.state.settings.cache_max_bytes)
     yield

@@ -3,12 +3,12 @@
 import typing
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import SettingsDep
 from service.negotiation import MEDIA_TYPES
 from service.schedules import batch
+from service.schedules.routes import running
 
 router = APIRouter(tags=["schedules"])
 
@@ -64,8 +64,8 @@ async def compute_batch(
     """
     batch.check_size(len(body.requests), settings)
     run = batch.to_npy if format_param == "npy" else batch.to_json
-    content = await anyio.to_thread.run_sync(
-        run, body.requests, settings, limiter=request.app.state.compute_limiter
-    )
+    content = await running.run_budgeted(request, lambda: run(body.requests, settings), heavy=True)
+    if content is None:  # the client left; the computation was stopped
+        return Response(status_code=499)
     media_type = MEDIA_TYPES["npy"] if format_param == "npy" else "application/json"
     return Response(content, media_type=media_type)

@@ -52,13 +52,23 @@ def _lambda_fn(fn: object) -> Callable[[Tensor], Tensor]:
     return evaluate
 
 
+def _lambda_fns(lambdas: list[object]) -> tuple[Callable[[Tensor], Tensor], ...]:
+    """Return one function per group; groups sharing an lr_lambda share the function object,
+    so :meth:`Lambda.factor` evaluates each distinct expression once."""
+    made: dict[int, Callable[[Tensor], Tensor]] = {}
+    for fn in lambdas:
+        if id(fn) not in made:
+            made[id(fn)] = _lambda_fn(fn)
+    return tuple(made[id(fn)] for fn in lambdas)
+
+
 def _leaf(sched: lr_scheduler.LRScheduler, device: torch.device) -> Leaf:
     base = column(sched.base_lrs, device)
     groups = sched.optimizer.param_groups
     if isinstance(sched, lr_scheduler.MultiplicativeLR):
-        return Multiplicative(base, fns=tuple(_lambda_fn(f) for f in sched.lr_lambdas))
+        return Multiplicative(base, fns=_lambda_fns(sched.lr_lambdas))
     if isinstance(sched, lr_scheduler.LambdaLR):
-        fns = tuple(_lambda_fn(f) for f in sched.lr_lambdas)
+        fns = _lambda_fns(sched.lr_lambdas)
         plain = all(isinstance(f, torch_engine._LinearFromZero) for f in sched.lr_lambdas)
         keys = tuple(("linear_from_zero", f.steps) for f in sched.lr_lambdas) if plain else None
         return Lambda(base, fns=fns, lambda_field=not plain, fn_keys=keys)
