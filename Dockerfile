@@ -20,9 +20,9 @@ WORKDIR /app
 # torch first, from the chosen wheel index, so the service's install finds it satisfied
 RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md nodeps-requirements.txt ./
 COPY service ./service
-RUN python -m pip install .
+RUN python -m pip install . && python -m pip install --no-deps -r nodeps-requirements.txt
 
 RUN useradd --create-home --uid 10001 app \
     && mkdir -p /data \

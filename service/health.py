@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from service import __version__
 from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, cuda_available, device_names
+from service.errors import PROBLEM_JSON, problem_body
 
 router = APIRouter(tags=["service"])
 
@@ -77,11 +78,27 @@ async def healthz() -> Health:
                 }
             },
         },
-        503: {"description": "A dependency is not ready (same body, status 'not ready')"},
+        503: {
+            "description": "A dependency is not ready: a problem body whose detail names it, "
+            "with the same checks",
+            "content": {
+                "application/problem+json": {
+                    "example": {
+                        "type": "https://lr-schedules.dev/problems/not-ready",
+                        "title": "Not ready",
+                        "status": 503,
+                        "detail": "not ready: jobs: the Celery broker redis://redis:6379/0 "
+                        "does not answer (ConnectionError: …): jobs cannot be queued",
+                        "checks": {"jobs": {"ready": False, "detail": "…"}},
+                    }
+                }
+            },
+        },
     },
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Return 200 with each check's state when all are ready, 503 otherwise."""
+    """Return 200 with each check's state when all are ready, otherwise 503 with a problem
+    body whose `detail` names what is not ready."""
     checks: dict[str, dict[str, Any]] = {}
     ready = True
     for name, check in request.app.state.readiness_checks.items():
@@ -91,14 +108,21 @@ async def readyz(request: Request) -> JSONResponse:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         checks[name] = {"ready": ok, "detail": detail}
         ready = ready and ok
-    body = {"status": "ready" if ready else "not ready", "checks": checks}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    if ready:
+        return JSONResponse({"status": "ready", "checks": checks})
+    down = "; ".join(f"{name}: {c['detail']}" for name, c in checks.items() if not c["ready"])
+    body = problem_body(
+        503, f"not ready: {down}", title="Not ready", slug="not-ready", extra={"checks": checks}
+    )
+    return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON)
 
 
 @router.get("/v1/info", response_model=Info, summary="Versions, devices and limits in force")
 async def info(settings: SettingsDep) -> Info:
     """Return service and torch versions, the devices available and every limit in force."""
-    limits = settings.model_dump(exclude={"data_dir", "database_url"}, mode="json")
+    # URLs may carry passwords, keys are secrets
+    secret = {"data_dir", "database_url", "celery_broker_url", "cache_url", "api_keys"}
+    limits = settings.model_dump(exclude=secret | {"api_keys_file"}, mode="json")
     return Info(
         service="lr-schedule-service",
         version=__version__,

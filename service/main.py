@@ -9,15 +9,18 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
-from service import __version__, health
+from service import __version__, auth, health, metrics
 from service.docs import install_docs
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware
+from service.observability import ObservabilityMiddleware, RouteCapture, configure_access_log
 from service.playground import router as playground_router
+from service.ratelimit import RateLimitMiddleware
 from service.schedules import routes as schedules_router
 from service.settings import Settings, get_settings
 
@@ -29,17 +32,45 @@ Send a schedule spec in torch's own names (`{"scheduler": {"type": "StepLR", "st
 training loop would use. Errors are RFC 9457 `application/problem+json`.
 """
 
+CORS_REQUEST_HEADERS = [
+    "Accept",
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-None-Match",
+    "Last-Event-ID",
+    "X-Request-ID",
+]
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "ETag",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "X-Request-ID",
+    "X-Engine",
+    "X-Device",
+    "X-Cache",
+    "X-Torch-Version",
+]
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Return a configured application; ``settings`` defaults to the environment's."""
     settings = settings or get_settings()
+    key_hashes = auth.load_key_hashes(settings)
+    configure_access_log(settings.access_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        auth.warn_if_exposed(key_hashes)
         async with AsyncExitStack() as stack:
             for domain_lifespan in app.state.domain_lifespans:
                 await stack.enter_async_context(domain_lifespan(app))
+            jobs = getattr(app.state, "jobs", None)
+            if jobs is not None:
+                app.state.job_owners = auth.JobOwners(jobs.store.engine, settings.job_table_prefix)
+                app.state.job_owners.create_schema()
             # What is built by now (torch, pydantic and FastAPI internals: ~230k objects)
             # lives as long as the process; a full collection scanning it paused every
             # request for ~140 ms. Frozen, collections scan only what requests create.
@@ -57,19 +88,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(auth.require_key_for_all)],
     )
     app.state.settings = settings
+    app.state.api_key_hashes = key_hashes
     app.state.readiness_checks = {}
     app.state.domain_lifespans = [schedules_router.lifespan, jobs_router.lifespan]
 
     install_error_handlers(app)
+    app.add_middleware(RouteCapture)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, settings=settings)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(ObservabilityMiddleware)
 
     install_docs(app)
     app.include_router(health.router)
     app.include_router(schedules_router.router)
     app.include_router(dropout_router.router)
     app.include_router(jobs_router.router)
+    app.include_router(metrics.router)
     app.include_router(playground_router.router)
     return app
 

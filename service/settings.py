@@ -6,8 +6,9 @@ Each field can be set from the environment with the ``LRS_`` prefix, e.g.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +90,11 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
     )
+    cache_url: str | None = Field(
+        default=None,
+        description="Redis URL of a schedule result cache the API replicas share (e.g. "
+        "`redis://redis:6379/2`), behind the in-process one; unset: in-process only.",
+    )
     torch_threads: int = Field(
         default=1,
         description="torch intra-op threads in the API process; requests already run in "
@@ -120,7 +126,30 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LRS_DATABASE_URL", "DATABASE_URL"),
         description="SQLAlchemy URL of the job store; SQLite in data_dir when unset.",
     )
-    job_workers: int = Field(default=1, description="Training jobs that run at once.")
+    job_workers: int = Field(
+        default=1,
+        ge=0,
+        description="Training jobs that run at once in the API process (local executor); 0: "
+        "none, jobs run on `python -m service.jobs.worker` processes.",
+    )
+    job_executor: Literal["local", "celery"] = Field(
+        default="local",
+        description="Where jobs run: `local` worker processes of the API (or of "
+        "`python -m service.jobs.worker`), or `celery` workers fed through the broker.",
+    )
+    celery_broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL of the Celery broker (`LRS_JOB_EXECUTOR=celery`).",
+    )
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job whose worker sent no heartbeat for this long is taken "
+        "away: interrupted, or queued again when its spec asks for retries.",
+    )
+    job_heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a running job renews its lease."
+    )
     job_max_epochs: int = Field(default=1000, description="Most epochs in one job.")
     job_max_series: int = Field(default=100_000, description="Longest user series in one job.")
     job_max_seconds: float = Field(default=300.0, description="Wall time after which a job fails.")
@@ -138,6 +167,56 @@ class Settings(BaseSettings):
         default="", description="Prefix of the job store's table names (one store, many apps)."
     )
     job_page_size_max: int = Field(default=100, description="Largest page_size of GET /v1/jobs.")
+
+    # Access: keys, rate limits, CORS, logs
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated SHA-256 hex digests of the accepted API keys "
+        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), job submission, "
+        "cancel, delete and artifacts need `Authorization: Bearer KEY`. Empty: no keys.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of SHA-256 hex digests, one a line (`#` comments), read at start.",
+    )
+    require_key_for_all: bool = Field(
+        default=False,
+        description="With keys set, every /v1 endpoint needs a key, schedules included.",
+    )
+    rate_limit_compute_per_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Schedule computations (compute, GET form, batch, ...) per second per key "
+        "(or client address without a key), refilled continuously; 0: no limit.",
+    )
+    rate_limit_compute_burst: int = Field(
+        default=60, ge=1, description="Computations a key may send at once before the rate applies."
+    )
+    rate_limit_jobs_per_s: float = Field(
+        default=0.0, ge=0, description="Job submissions per second per key or address; 0: no limit."
+    )
+    rate_limit_jobs_burst: int = Field(
+        default=10, ge=1, description="Job submissions a key may send at once."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins a browser page may call the API from "
+        "(`https://dash.example.com`, or `*`); none by default.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One JSON line per request on stderr (logger `service.access`): request "
+        "id, method, route, status, duration, engine.",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "Settings":
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(
+                f"LRS_JOB_HEARTBEAT_S ({self.job_heartbeat_s:g}) must be below LRS_JOB_LEASE_S "
+                f"({self.job_lease_s:g}), or every lease expires between two heartbeats"
+            )
+        return self
 
 
 @lru_cache

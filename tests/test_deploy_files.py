@@ -63,3 +63,28 @@ def test_the_readme_documents_every_setting():
         for name in Settings.model_fields
     ]
     assert [n for n in names if f"`{n}`" not in readme] == []
+
+
+def test_the_scale_profile_has_replicas_workers_redis_postgres_and_a_shared_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    scaled = {n: s for n, s in services.items() if "scale" in s.get("profiles", [])}
+    assert set(scaled) == {"api-scaled", "worker", "redis", "db"}
+    api, worker = scaled["api-scaled"], scaled["worker"]
+    assert api["deploy"]["replicas"] >= 2
+    assert worker["command"][:4] == ["celery", "-A", "service.jobs.celery_app", "worker"]
+    env = api["environment"]
+    assert env["LRS_JOB_EXECUTOR"] == "celery" and env["LRS_CELERY_BROKER_URL"].startswith(
+        "redis://redis:"
+    )
+    assert env["DATABASE_URL"].startswith("postgresql+psycopg://") and "@db:" in env["DATABASE_URL"]
+    assert worker["environment"] == env  # the same store, broker and data directory
+    for service in scaled.values():  # every one of them has a healthcheck
+        assert service["healthcheck"]["test"]
+    shared = {v.split(":")[0] for v in api["volumes"]} & {
+        v.split(":")[0] for v in worker["volumes"]
+    }
+    assert shared and shared <= set(compose["volumes"])
+    for name in ("api-scaled", "worker"):
+        assert set(scaled[name]["depends_on"]) == {"db", "redis"}
+        assert all(d["condition"] == "service_healthy" for d in scaled[name]["depends_on"].values())

@@ -47,16 +47,20 @@ class Artifacts:
         path = self.folder(job_id) / name
         return path if path.is_file() and not path.is_symlink() else None
 
-    def sweep(self) -> list[str]:
+    def sweep(self, active: Callable[[str], bool] = lambda _job_id: False) -> list[str]:
         """Remove what runs that died left half-done: hidden staging folders and link temps.
 
-        Call only when no run is active (at start-up); returns the names removed.
+        Other processes may be running jobs on this folder (a shared volume): a staging folder
+        of a job ``active(job_id)`` says is running is left (a link temp swept under a live
+        run makes its :meth:`point_latest` try again). Returns the names removed.
         """
         if not self.runs.is_dir():
             return []
         removed = []
         for entry in self.runs.iterdir():
             if not entry.name.startswith("."):
+                continue
+            if not entry.name.startswith(f".{LATEST}.") and active(entry.name[1:].split(".", 1)[0]):
                 continue
             if entry.is_symlink() or entry.is_file():
                 entry.unlink(missing_ok=True)
@@ -97,9 +101,15 @@ class Artifacts:
                 link.unlink()
             return
         self.runs.mkdir(parents=True, exist_ok=True)
-        tmp = self.runs / f".{LATEST}.{secrets.token_hex(6)}"
-        os.symlink(job_id, tmp, target_is_directory=True)
-        os.replace(tmp, link)  # rename(2) over the old link: never a moment without one
+        for attempt in range(3):
+            tmp = self.runs / f".{LATEST}.{secrets.token_hex(6)}"
+            os.symlink(job_id, tmp, target_is_directory=True)
+            try:
+                os.replace(tmp, link)  # rename(2) over the old link: never a moment without one
+                return
+            except FileNotFoundError:  # another process's start-up swept our temp
+                if attempt == 2:
+                    raise
 
     def latest(self) -> str | None:
         """Return the job id ``latest`` points at, or None."""

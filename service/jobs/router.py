@@ -7,16 +7,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
+from service import auth
 from service.errors import InvalidSpec, NotFound
 from service.health import register_readiness_check
 from service.jobs import specs
 from service.jobs.artifacts import Artifacts
 from service.jobs.events import job_events
-from service.jobs.executor import ProcessExecutor
+from service.jobs.executor import make_executor
 from service.jobs.runner import RunConfig
 from service.jobs.service import MAX_SEQ, JobService
 from service.jobs.store import Store, sqlite_url
@@ -35,7 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or sqlite_url(settings.data_dir)
-    store = Store(url, settings.job_table_prefix)
+    store = Store(url, settings.job_table_prefix, lease_s=settings.job_lease_s)
     await anyio.to_thread.run_sync(store.create_schema)
     config = RunConfig(
         database_url=url,
@@ -43,16 +44,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         data_dir=settings.data_dir,
         max_seconds=settings.job_max_seconds,
         progress_every=settings.job_progress_every,
+        lease_s=settings.job_lease_s,
+        heartbeat_s=settings.job_heartbeat_s,
     )
-    executor = ProcessExecutor(store, config, settings.job_workers)
+    executor = make_executor(settings, store, config)
     jobs = JobService(settings, store, executor, Artifacts(settings.data_dir))
     await anyio.to_thread.run_sync(jobs.recover)
     executor.start()
     app.state.jobs = jobs
 
     async def ready() -> tuple[bool, str]:
-        await anyio.to_thread.run_sync(store.ping)
-        return executor.status()
+        try:
+            await anyio.to_thread.run_sync(store.ping)
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return False, f"the job store {store.describe()} does not answer: {reason}"
+        return await anyio.to_thread.run_sync(executor.status)
 
     register_readiness_check(app, "jobs", ready)
 
@@ -130,6 +137,7 @@ JOB_EXAMPLES = {
     status_code=202,
     response_model=specs.Job,
     summary="Submit a training job",
+    dependencies=[Depends(auth.job_writer)],
     responses={
         202: _example(
             {**JOB_EXAMPLE, "status": "queued", "progress": None},
@@ -157,6 +165,7 @@ async def submit_job(
     """
     spec = spec or specs.JobSpec()
     record, created = await anyio.to_thread.run_sync(_jobs(request).submit, spec, idempotency_key)
+    await auth.record_owner(request, record.id, created)
     headers = {"Location": f"/v1/jobs/{record.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -207,6 +216,7 @@ async def get_job(request: Request, job_id: JobId) -> JSONResponse:
     "/{job_id}/cancel",
     response_model=specs.Job,
     summary="Cancel a queued or running job",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: _example(
             {**JOB_EXAMPLE, "status": "cancelled", "started_at": None, "progress": None},
@@ -226,6 +236,7 @@ async def cancel_job(request: Request, job_id: JobId) -> JSONResponse:
     "/{job_id}",
     status_code=204,
     summary="Delete a finished job and its artifacts",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         204: {"description": "Deleted, e.g. `curl -X DELETE localhost:8000/v1/jobs/{id}`."},
         409: {
@@ -290,6 +301,7 @@ async def job_event_stream(
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download model.pt or metrics.json",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: {
             "content": {

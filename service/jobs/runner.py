@@ -2,8 +2,9 @@
 
 :func:`run_job` trains a claimed job, reports progress to the store, stages the artifacts,
 records the result, then publishes the artifacts (or discards them when the job is no longer
-this run's) and retargets ``latest``. It needs only the store, the artifacts folder and a
-cancel flag, so any executor (the local process pool today, a task queue later) can call it.
+this run's) and retargets ``latest``. While it runs, a heartbeat thread renews the job's lease
+in the store. It needs only the store, the artifacts folder and a cancel flag, so any executor
+(the local process pool, a Celery worker) can call it.
 """
 
 import logging
@@ -15,15 +16,17 @@ from typing import Any
 
 from service.devices import resolve_device
 from service.errors import ServiceError
-from service.jobs import specs, trainer
+from service.jobs import lease, specs, trainer
 from service.jobs.artifacts import Artifacts
-from service.jobs.store import JobRecord, Store
+from service.jobs.store import LEASE_S, JobRecord, Store
 
 log = logging.getLogger("service.jobs")
 
 STORE_CANCEL_POLL_S = 0.5
 """How often a running job also reads the store's cancel flag (for executors without a
 shared-memory flag)."""
+HEARTBEAT_GRACE_S = 60.0
+"""How long past its wall-time limit a run still renews its lease (staging, publishing)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class RunConfig:
     data_dir: Path
     max_seconds: float
     progress_every: int
+    lease_s: float = LEASE_S
+    heartbeat_s: float = LEASE_S / 3
+
+    def store(self) -> Store:
+        """Open the store this config names (in a worker process)."""
+        return Store(self.database_url, self.table_prefix, lease_s=self.lease_s)
 
 
 def run_job(
@@ -52,8 +61,16 @@ def run_job(
     last_store_check = started
     where: dict[str, Any] = {"epoch": 1, "step": 0}
 
+    heartbeat = lease.Heartbeat(
+        lambda: store.heartbeat(job.id, token),
+        config.heartbeat_s,
+        until=deadline + HEARTBEAT_GRACE_S,
+    )
+
     def check() -> None:
         nonlocal last_store_check
+        if heartbeat.lost.is_set():
+            raise trainer.JobStopped("lost", "the job is no longer this worker's run")
         now = time.monotonic()
         if now - last_store_check >= STORE_CANCEL_POLL_S:
             last_store_check = now
@@ -74,6 +91,19 @@ def run_job(
         if not store.report_progress(job.id, token, progress):
             raise trainer.JobStopped("lost", "the job is no longer this worker's run")
 
+    with heartbeat:
+        return _run(store, artifacts, job, token, config, check, on_progress)
+
+
+def _run(
+    store: Store,
+    artifacts: Artifacts,
+    job: JobRecord,
+    token: str,
+    config: RunConfig,
+    check: Callable[[], None],
+    on_progress: Callable[[dict[str, Any], bool], None],
+) -> str:
     try:
         spec = specs.JobSpec.model_validate(job.spec)
         device = resolve_device(spec.device)

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from service.devices import resolve_device
-from service.errors import Conflict, InvalidSpec, LimitExceeded, NotFound
+from service.errors import Conflict, InvalidSpec, LimitExceeded, NotFound, Unavailable
 from service.jobs import specs, trainer
 from service.jobs.artifacts import Artifacts
 from service.jobs.executor import Executor
@@ -114,7 +114,12 @@ class JobService:
                 loc=("header", "Idempotency-Key"),
             )
         if created:
-            self.executor.submit(record.id)
+            try:
+                self.executor.submit(record.id)
+            except Unavailable:  # the queue is down: keep no job the client is told failed
+                if self.store.withdraw(record.id):
+                    raise
+                record = self.get(record.id)  # another replica handed it on meanwhile
         return record, created
 
     # ----------------------------------------------------------------- read
@@ -147,6 +152,7 @@ class JobService:
         if record.status == "queued" and self.store.finish(
             job_id, "cancelled", from_status=("queued",), error=error
         ):
+            self.executor.cancel(record)  # e.g. revoke its Celery task
             return self.get(job_id)
         if self.store.request_cancel(job_id):
             self.executor.cancel(self.get(job_id))
@@ -170,15 +176,18 @@ class JobService:
         self.artifacts.unpublish(job_id, self.store.latest_succeeded)
 
     def recover(self) -> list[str]:
-        """After a restart: mark jobs left running interrupted (return their ids), sweep the
-        staging folders their runs left, and wake the workers for the queued ones."""
-        interrupted = self.store.interrupt_running(
-            "the service stopped while the job was running; submit it again to rerun it"
-        )
-        self.artifacts.sweep()
-        for record in self.store.list_jobs(status="queued", limit=1):
-            self.executor.submit(record.id)
-        return interrupted
+        """After a start: take away running jobs whose lease expired or whose worker is gone
+        (interrupted, or requeued when retries are left; return the ids of those finished),
+        sweep staging folders that no running job owns, and hand the queued jobs to the
+        executor. Jobs another live process runs are left alone."""
+        _requeued, finished = self.store.reap()
+        self.artifacts.sweep(active=self._running)
+        self.executor.resume()
+        return finished
+
+    def _running(self, job_id: str) -> bool:
+        record = self.store.get(job_id)
+        return record is not None and record.status == "running"
 
 
 def _encode_token(seq: int, status: str | None) -> str:

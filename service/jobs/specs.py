@@ -125,6 +125,10 @@ class ModelSpec(SpecModel):
     dropout: Number = Field(default=0.0, ge=0.0, lt=1.0, description="nn.Dropout p after each.")
 
 
+MAX_RETRIES = 5
+"""Most ``retries`` a job may ask for."""
+
+
 def _default_scheduler() -> ExponentialLR:
     return ExponentialLR(gamma=0.98)
 
@@ -177,8 +181,24 @@ class JobSpec(SpecModel):
     )
     seed: NonNegativeInt = Field(default=0, description="Seeds the data, the init and shuffling.")
     device: DeviceName = Field(default="auto", description="'auto' (CUDA when available), ...")
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETRIES,
+        description="Times the job is queued again when its worker dies (its lease expires) "
+        "mid-run; it reruns from scratch, so retries need a deterministic run: device 'cpu'.",
+    )
 
     _param_groups = field_validator("param_groups")(check_param_groups)
+
+    @model_validator(mode="after")
+    def _retries_deterministic(self) -> "JobSpec":
+        if self.retries and self.device != "cpu":
+            raise ValueError(
+                f"retries={self.retries} needs a deterministic run, which only the CPU gives "
+                f"(device={self.device!r}): set device to 'cpu' or retries to 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "JobSpec":

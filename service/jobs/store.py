@@ -9,23 +9,40 @@ both move a job; a worker's writes also carry its ``run_token``, so a worker tha
 a restart cannot overwrite what recovery decided. Each change appends to the event log,
 which Server-Sent Events replay.
 
+Ownership is a lease (:mod:`service.jobs.lease`): a claim writes the worker's identity and an
+expiry (the database's clock plus ``lease_s``), the run's heartbeat renews it, and
+:meth:`Store.reap` takes away only jobs whose lease expired (or whose owner is a process of
+this machine that no longer exists): interrupted, or queued again when the spec asked for
+retries and some are left. So any number of API processes and workers share one store, and
+starting one never touches another's running jobs.
+
 ``seq`` and event ids are never reused, not even after the newest job is deleted (SQLite
 tables use ``AUTOINCREMENT``): a worker's cancel flag names a job by its ``seq``, and a reused
 one would cancel the next job that got it.
 """
 
+import hashlib
 import json
+import logging
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from service.jobs import lease
 from service.jobs.specs import FINISHED
+
+log = logging.getLogger("service.jobs")
+
+LEASE_S = 30.0
+"""Default lease period (``LRS_JOB_LEASE_S``)."""
 
 TERMINAL_EVENT = "done"
 """The event that ends a job's stream; its data carries the final status."""
@@ -65,6 +82,9 @@ class JobRecord:
     cancel_requested: bool
     run_token: str | None
     worker: str | None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    attempts: int | None = 0
 
     @classmethod
     def from_row(cls, row: RowMapping) -> "JobRecord":
@@ -87,9 +107,10 @@ class Event:
 class Store:
     """Job records in a SQL database; every method is one short transaction (thread-safe)."""
 
-    def __init__(self, url: str, table_prefix: str = "") -> None:
+    def __init__(self, url: str, table_prefix: str = "", *, lease_s: float = LEASE_S) -> None:
         self.url = url
         self.table_prefix = table_prefix
+        self.lease_s = lease_s
         self.engine = _make_engine(url)
         self.metadata = sa.MetaData()
         big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -111,6 +132,11 @@ class Store:
             sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
             sa.Column("run_token", sa.String(32)),
             sa.Column("worker", sa.String(64)),
+            # the lease: who runs the job (lease.identity), until when (database clock,
+            # seconds since the epoch), and how many runs it has had
+            sa.Column("lease_owner", sa.String(255)),
+            sa.Column("lease_expires", sa.Float),
+            sa.Column("attempts", sa.Integer),
             sqlite_autoincrement=True,
         )
         self.events = sa.Table(
@@ -126,8 +152,38 @@ class Store:
     # ----------------------------------------------------------------- lifecycle
 
     def create_schema(self) -> None:
-        """Create the tables when they do not exist."""
-        self.metadata.create_all(self.engine)
+        """Create the tables when they do not exist and add columns older versions lacked.
+
+        Safe when several processes start at once: on PostgreSQL they queue on an advisory
+        lock; on SQLite a lost race (the table appeared meanwhile) is retried once.
+        """
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        digest = hashlib.sha256(f"lrs-schema:{self.table_prefix}".encode())
+                        key = int.from_bytes(digest.digest()[:8], "big", signed=True)
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                    self.metadata.create_all(conn)
+                    self._add_missing_columns(conn)
+                return
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                if attempt:
+                    raise
+
+    def _add_missing_columns(self, conn: Connection) -> None:
+        present = {c["name"] for c in sa.inspect(conn).get_columns(self.jobs.name)}
+        for column in self.jobs.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                quoted = conn.dialect.identifier_preparer
+                conn.execute(
+                    sa.text(
+                        f"ALTER TABLE {quoted.format_table(self.jobs)} "
+                        f"ADD COLUMN {quoted.format_column(column)} {kind}"
+                    )
+                )
+                log.info("job store: added column %s.%s", self.jobs.name, column.name)
 
     def drop_schema(self) -> None:
         """Drop the tables (tests clean up with this)."""
@@ -141,6 +197,18 @@ class Store:
         """Raise when the database cannot be reached."""
         with self.engine.connect() as conn:
             conn.execute(sa.select(sa.func.count()).select_from(self.jobs))
+
+    def describe(self) -> str:
+        """Return the store's URL without its password, for messages."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def _db_now(self) -> Any:
+        """The database's clock in seconds since the epoch, as an SQL expression."""
+        if self.engine.dialect.name == "postgresql":
+            return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+        if self.engine.dialect.name == "sqlite":
+            return (sa.func.julianday("now") - 2440587.5) * 86400.0
+        return sa.literal(time.time(), sa.Float)
 
     # ----------------------------------------------------------------- reading
 
@@ -223,8 +291,20 @@ class Store:
             row = conn.execute(query).mappings().first()
         return JobRecord.from_row(row) if row else None
 
+    def _claim_values(self, worker: str, token: str) -> dict[str, Any]:
+        return {
+            "status": "running",
+            "started_at": _now(),
+            "run_token": token,
+            "worker": worker[:64],
+            "lease_owner": lease.identity(),
+            "lease_expires": self._db_now() + self.lease_s,
+            "attempts": sa.func.coalesce(self.jobs.c.attempts, 0) + 1,
+        }
+
     def claim_next(self, worker: str) -> JobRecord | None:
-        """Move the oldest queued job to running for ``worker`` and return it (FIFO)."""
+        """Move the oldest queued job to running for ``worker`` (this process holds the
+        lease) and return it (FIFO)."""
         oldest = (
             sa.select(self.jobs.c.id)
             .where(self.jobs.c.status == "queued")
@@ -239,7 +319,7 @@ class Store:
                 claimed = conn.execute(
                     sa.update(self.jobs)
                     .where(self.jobs.c.id == oldest, self.jobs.c.status == "queued")
-                    .values(status="running", started_at=_now(), run_token=token, worker=worker)
+                    .values(**self._claim_values(worker, token))
                 ).rowcount
                 if claimed:
                     job_id = conn.execute(
@@ -249,6 +329,152 @@ class Store:
                     return self._get(conn, job_id)
             if not self._any_queued():
                 return None
+
+    def claim(self, job_id: str, worker: str) -> JobRecord | None:
+        """Move the job to running for ``worker`` if it is queued; return it, or None when it
+        is not queued (cancelled, deleted, or another worker has it)."""
+        token = secrets.token_hex(16)
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                sa.update(self.jobs)
+                .where(self.jobs.c.id == job_id, self.jobs.c.status == "queued")
+                .values(**self._claim_values(worker, token))
+            ).rowcount
+            if not claimed:
+                return None
+            self._event(conn, job_id, "status", {"status": "running"})
+            return self._get(conn, job_id)
+
+    def heartbeat(self, job_id: str, token: str) -> bool:
+        """Renew the run's lease for ``lease_s`` more; False when the job is no longer this
+        run's (finished, or taken away after its lease expired)."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    sa.update(self.jobs)
+                    .where(
+                        self.jobs.c.id == job_id,
+                        self.jobs.c.status == "running",
+                        self.jobs.c.run_token == token,
+                    )
+                    .values(lease_expires=self._db_now() + self.lease_s)
+                ).rowcount
+            )
+
+    def reap(
+        self, gone: Callable[[str | None], bool] = lease.owner_gone
+    ) -> tuple[list[str], list[str]]:
+        """Take running jobs away from workers that stopped renewing their lease.
+
+        A job whose lease expired, or whose owner ``gone(owner)`` says no longer exists, is
+        queued again when its spec's ``retries`` are not used up (and nobody asked to cancel
+        it), otherwise marked ``interrupted`` (``cancelled`` when a cancel was pending).
+        Jobs whose lease is alive are never touched. Returns (requeued ids, finished ids).
+        """
+        now = self._db_now()
+        expired = sa.or_(self.jobs.c.lease_expires.is_(None), self.jobs.c.lease_expires < now)
+        columns = [self.jobs.c[n] for n in ("id", "run_token", "lease_owner", "lease_expires")]
+        with self.engine.connect() as conn:
+            running = conn.execute(
+                sa.select(*columns, expired.label("expired")).where(self.jobs.c.status == "running")
+            ).all()
+        requeued: list[str] = []
+        finished: list[str] = []
+        for job_id, token, owner, _expires, is_expired in running:
+            if not is_expired and not gone(owner):
+                continue
+            outcome = self._take_away(job_id, token, None if is_expired else owner)
+            if outcome == "queued":
+                requeued.append(job_id)
+            elif outcome:
+                finished.append(job_id)
+        return requeued, finished
+
+    def _take_away(self, job_id: str, token: str | None, dead_owner: str | None) -> str | None:
+        where = [
+            self.jobs.c.id == job_id,
+            self.jobs.c.status == "running",
+            self.jobs.c.run_token.is_(None) if token is None else self.jobs.c.run_token == token,
+        ]
+        if dead_owner is None:  # expired: still expired now (a heartbeat may have just come)
+            where.append(
+                sa.or_(
+                    self.jobs.c.lease_expires.is_(None), self.jobs.c.lease_expires < self._db_now()
+                )
+            )
+            why = (
+                f"its worker stopped renewing the job's lease ({self.lease_s:g} s, "
+                "LRS_JOB_LEASE_S): the worker or its machine died or lost the store"
+            )
+        else:
+            why = f"its worker process ({dead_owner}) is gone"
+        with self.engine.begin() as conn:
+            record = self._get(conn, job_id)
+            if record is None or record.status != "running" or record.run_token != token:
+                return None
+            retries = record.spec.get("retries", 0) if isinstance(record.spec, dict) else 0
+            attempts = record.attempts or 0
+            if not record.cancel_requested and attempts <= (retries or 0):
+                done = conn.execute(
+                    sa.update(self.jobs)
+                    .where(*where)
+                    .values(
+                        status="queued",
+                        started_at=None,
+                        progress=None,
+                        run_token=None,
+                        worker=None,
+                        lease_owner=None,
+                        lease_expires=None,
+                    )
+                ).rowcount
+                if done:
+                    detail = (
+                        f"run {attempts} of at most {retries + 1} lost: {why}; queued again "
+                        "(the spec asked for retries)"
+                    )
+                    self._event(conn, job_id, "status", {"status": "queued", "detail": detail})
+                    return "queued"
+                return None
+            status = "cancelled" if record.cancel_requested else "interrupted"
+            error = {
+                "type": status,
+                "detail": f"the job was running when {why}; submit it again to rerun it"
+                + (f" (it had {attempts} runs)" if attempts > 1 else ""),
+            }
+            done = conn.execute(
+                sa.update(self.jobs)
+                .where(*where)
+                .values(status=status, finished_at=_now(), error=error)
+            ).rowcount
+            if done:
+                self._event(conn, job_id, TERMINAL_EVENT, {"status": status, "error": error})
+                return status
+            return None
+
+    def withdraw(self, job_id: str) -> bool:
+        """Delete a job that is still queued (its submission could not be handed to the
+        executor); return False when it is no longer queued."""
+        with self.engine.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(self.jobs).where(self.jobs.c.id == job_id, self.jobs.c.status == "queued")
+            ).rowcount
+            if deleted:
+                conn.execute(sa.delete(self.events).where(self.events.c.job_id == job_id))
+        return bool(deleted)
+
+    def queued_ids(self, limit: int = 10_000, min_age_s: float = 0.0) -> list[str]:
+        """Return the ids of queued jobs created at least ``min_age_s`` ago, oldest first."""
+        query = (
+            sa.select(self.jobs.c.id)
+            .where(self.jobs.c.status == "queued")
+            .order_by(self.jobs.c.seq)
+            .limit(limit)
+        )
+        if min_age_s > 0:
+            query = query.where(self.jobs.c.created_at <= _now() - timedelta(seconds=min_age_s))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
     def _any_queued(self) -> bool:
         query = sa.select(self.jobs.c.id).where(self.jobs.c.status == "queued").limit(1)

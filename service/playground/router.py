@@ -13,14 +13,12 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import plotly
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import HTMLResponse
 
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).parent / "static"
-PLOTLY_JS = Path(str(resources.files(plotly) / "package_data" / "plotly.min.js"))
 ASSETS = "/playground/assets"
 IMMUTABLE = "public, max-age=31536000, immutable"
 """Assets are addressed by a hash of their content (``?v=``), so a browser may keep them."""
@@ -38,12 +36,19 @@ _MEDIA = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=ut
 
 
 @cache
+def plotly_js() -> Path:
+    """Return the path of ``plotly.min.js`` in the installed ``plotly`` package (looked up when
+    first asked for, so the API starts even where the page's dependency is missing)."""
+    return Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
+
+
+@cache
 def _asset(name: str) -> Asset | None:
     """Return one of the page's files (or plotly.js), read and gzipped once per process."""
-    path = PLOTLY_JS if name == "plotly.min.js" else STATIC / name
-    if path.suffix not in _MEDIA or path.parent not in (STATIC, PLOTLY_JS.parent):
+    path = plotly_js() if name == "plotly.min.js" else STATIC / name
+    if path.suffix not in _MEDIA or not path.is_file():
         return None
-    if not path.is_file():
+    if name != "plotly.min.js" and path.parent != STATIC:
         return None
     body = path.read_bytes()
     digest = hashlib.sha256(body).hexdigest()[:16]

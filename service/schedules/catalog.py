@@ -6,15 +6,28 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schedules import specs
+from service.schedules.families import hooks as families
 
 
 class CatalogEntry(BaseModel):
     type: str = Field(description="The torch class name, the spec's `type`.")
-    torch_class: str = Field(description="Where the class lives in torch.")
+    name: str | None = Field(
+        default=None,
+        description="A family's own selector (transformers' `name`); null for torch's types.",
+    )
+    torch_class: str = Field(description="Where the class (or a family's function) lives.")
     description: str = Field(description="What the schedule does, in one line.")
     parameters: dict[str, Any] = Field(description="JSON Schema of the scheduler spec.")
     defaults: dict[str, Any] = Field(description="torch's default for each optional parameter.")
     required: list[str] = Field(description="Parameters without a default.")
+    example: dict[str, Any] = Field(description="A ready request for POST /v1/schedules/compute.")
+
+
+class WarmupEntry(BaseModel):
+    type: str = Field(description="The warmup's `type`.")
+    library: str | None = Field(description="The library it reproduces; null: the service's own.")
+    description: str = Field(description="What the warmup does, in one line.")
+    parameters: dict[str, Any] = Field(description="JSON Schema of the warmup spec.")
     example: dict[str, Any] = Field(description="A ready request for POST /v1/schedules/compute.")
 
 
@@ -46,6 +59,9 @@ class Catalog(BaseModel):
 
     schedulers: list[CatalogEntry]
     optimizers: list[str] = Field(description="torch.optim optimizer classes accepted.")
+    warmups: list[WarmupEntry] = Field(
+        default_factory=list, description="Every `warmup.type`, the service's and pytorch_warmup's."
+    )
 
 
 def _example_request(kind: str, example: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +85,8 @@ def catalog() -> Catalog:
     """Return the catalog; built once, since it depends only on the code."""
     entries = []
     for kind, cls in specs.SCHEDULER_TYPES.items():
+        if kind in families.FAMILY_TYPES:
+            continue  # one entry per family schedule, below
         schema = cls.model_json_schema()
         doc = (cls.__doc__ or "").strip().splitlines()
         defaults = {
@@ -89,4 +107,9 @@ def catalog() -> Catalog:
                 example=_example_request(kind, cls.examples[0]),
             )
         )
-    return Catalog(schedulers=entries, optimizers=sorted(specs.optimizer_classes()))
+    entries += [CatalogEntry(**entry) for entry in families.catalog_entries()]
+    return Catalog(
+        schedulers=entries,
+        optimizers=sorted(specs.optimizer_classes()),
+        warmups=[WarmupEntry(**entry) for entry in families.warmup_entries()],
+    )

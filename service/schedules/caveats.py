@@ -7,6 +7,7 @@ Each check reads the (batch-scaled) request and returns plain sentences; the res
 from collections import Counter
 
 from service.schedules import specs
+from service.schedules.families import hooks as families
 
 _TIMES = {2: "twice", 3: "three times"}
 
@@ -123,7 +124,7 @@ def caveats(request: specs.ScheduleRequest) -> list[str]:
     """Return the warnings for ``request``, in the order a reader meets them."""
     n = request.scheduler_steps
     out: list[str] = []
-    warmup = request.warmup
+    warmup = request.warmup if hasattr(request.warmup, "steps") else None
     main_span = n
     if warmup is not None:
         main_span = max(n - warmup.steps, 1)
@@ -133,7 +134,10 @@ def caveats(request: specs.ScheduleRequest) -> list[str]:
                 "steps requested: the scheduler never starts"
             )
     out += _walk(request.scheduler, main_span, request)
-    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau)
+    out += families.warnings(request, main_span)
+    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau) or getattr(
+        request.scheduler, "metric_driven", False
+    )
     if request.metrics is not None and not plateau:
         out.append("metrics are ignored: only ReduceLROnPlateau reads them")
     if plateau and warmup is not None:

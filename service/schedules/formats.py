@@ -75,6 +75,7 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "torch_version": TORCH_VERSION,
         "warnings": computed.warnings,
         "summary": computed.summary(),
+        "families": computed.families,
     }
 
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from service.schedules.service import Computed
+from service.errors import InvalidSpec
+from service.schedules.result import Computed
 
 PLOT_MAX_POINTS = 20_000
 """Most points drawn per line; longer schedules are strided down to this."""
@@ -190,3 +191,39 @@ def to_overlay_plot(
     if rows == 2:
         axes[1].set_ylabel("momentum / beta1")
     return _finish(figure, axes, fmt, options.yscale)
+
+
+def spec_label(item: dict[str, Any]) -> str:
+    """Return a legend label for a request body as sent: ``StepLR(step_size=30) on Adam``."""
+    scheduler = dict(item.get("scheduler") or {})
+    kind = scheduler.pop("type", "?")
+    args = ", ".join(f"{k}={_short(v)}" for k, v in list(scheduler.items())[:3])
+    label = f"{kind}({args})"
+    optimizer = (item.get("optimizer") or {}).get("type")
+    if optimizer:
+        label += f" on {optimizer}"
+    warmup = item.get("warmup")
+    if isinstance(warmup, dict):
+        label += f", {warmup.get('type', '?')} warmup {warmup.get('steps', '')}".rstrip()
+    return label
+
+
+def batch_plot(
+    items: Sequence[dict[str, Any]],
+    slots: Sequence[object],
+    fmt: Literal["svg", "png"],
+    options: PlotOptions | None = None,
+) -> bytes:
+    """Return the overlay plot of a batch (``slots`` as the batch computed them, one per
+    request body in ``items``); 422 naming the first spec that failed, since a plot has no
+    place for a problem."""
+    failed = [i for i, slot in enumerate(slots) if not isinstance(slot, Computed)]
+    if failed:
+        raise InvalidSpec(
+            f"{len(failed)} of the batch's specs failed (the first is requests[{failed[0]}]); "
+            "a plot needs every spec to succeed. Use format=json to get each slot's problem.",
+            loc=("body", "requests", failed[0]),
+        )
+    labels = [f"{i}: {spec_label(item)}" for i, item in enumerate(items)]
+    title = f"{len(items)} schedules" if len(items) != 1 else labels[0]
+    return to_overlay_plot(list(zip(labels, slots, strict=True)), fmt, title, options)  # type: ignore[arg-type]

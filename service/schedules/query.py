@@ -27,6 +27,7 @@ RESERVED = {
     "warmup_steps",
     "warmup_start_factor",
     "warmup_factor",
+    "warmup_period",
     "yscale",
     "annotate",
 }
@@ -81,10 +82,15 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     """Return the compute body that the query ``params`` for scheduler ``cls`` describe."""
     kind = cls.model_fields["type"].default
     scheduler: dict[str, Any] = {"type": kind}
+    # OneCycleLR's own steps_per_epoch (with epochs) is also the request's; Noam's own
+    # warmup_steps is the scheduler's (it has its warmup built in)
+    own = {"steps_per_epoch", "warmup_steps"} & set(cls.model_fields)
     for name, raw in params.items():
-        # OneCycleLR's own steps_per_epoch (with epochs) is also the request's
-        if name not in RESERVED or (name == "steps_per_epoch" and name in cls.model_fields):
+        if name not in RESERVED or name in own:
             scheduler[name] = _query_value(cls, name, raw)
+    from_query = getattr(cls, "from_query", None)
+    if from_query is not None:  # a family whose own arguments nest (transformers' kwargs)
+        scheduler = from_query(scheduler)
     body: dict[str, Any] = {"scheduler": scheduler}
     if "steps" in params:
         body["steps"] = params["steps"]
@@ -100,7 +106,7 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     sample = {name: params[name] for name in ("every", "points") if name in params}
     if sample:
         body["sample"] = sample  # both given: the spec refuses it
-    if any(name.startswith("warmup") for name in params):
+    if any(name.startswith("warmup") and name not in own for name in params):
         warmup: dict[str, Any] = {"type": params.get("warmup", "linear")}
         if "warmup_steps" in params:
             warmup["steps"] = params["warmup_steps"]
@@ -108,6 +114,8 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
             warmup["start_factor"] = params["warmup_start_factor"]
         if "warmup_factor" in params:
             warmup["factor"] = params["warmup_factor"]
+        if "warmup_period" in params:  # pytorch_warmup's
+            warmup["warmup_period"] = _json_or_raw(params["warmup_period"])
         body["warmup"] = warmup
     return body
 
@@ -122,11 +130,15 @@ def query_loc(loc: typing.Sequence[str | int]) -> list[str | int]:
         parts = parts[1:]
     head, rest = (parts[0], parts[1:]) if parts else ("", [])
     if head == "scheduler" and rest:
-        parts = rest
+        # transformers' own arguments are flat in the query string
+        parts = [p for p in rest if p != "scheduler_specific_kwargs"] or rest
     elif head == "optimizer" and rest:
         parts = ["optimizer" if rest == ["type"] else "lr"]
     elif head == "sample" and rest:
         parts = rest[-1:]
     elif head == "warmup" and rest:
-        parts = ["warmup" if rest[-1] == "type" else f"warmup_{rest[-1]}"]
+        last = str(rest[-1])
+        parts = [
+            "warmup" if last == "type" else last if last == "warmup_period" else f"warmup_{last}"
+        ]
     return ["query", *parts]

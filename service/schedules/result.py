@@ -32,6 +32,8 @@ class Computed:
     engine: EngineName
     device: str
     warnings: list[str] = field(default_factory=list)
+    families: list[dict[str, str | None]] = field(default_factory=list)
+    """``{family, library, version}`` of every other library (or paper) the schedule follows."""
 
     def summary(self) -> list[dict[str, float]]:
         """Return each group's min and max over ``indices`` and its final lr (the members of
@@ -44,6 +46,14 @@ class Computed:
             }
             for row, final in zip(self.lr, self.final_lr, strict=True)
         ]
+
+
+class FamilyInfo(BaseModel):
+    """Which family a schedule comes from, and the release whose semantics it reproduces."""
+
+    family: str = Field(description="The family: the spec's type, or warmup.type's library.")
+    library: str | None = Field(description="The library's package; null for a paper's formula.")
+    version: str | None = Field(description="The library's release the values reproduce.")
 
 
 class GroupSummary(BaseModel):
@@ -67,3 +77,8 @@ class ScheduleResult(BaseModel):
     torch_version: str
     warnings: list[str]
     summary: list[GroupSummary]
+    families: list[FamilyInfo] = Field(
+        default_factory=list,
+        description="The other libraries whose semantics the schedule reproduces (family, "
+        "library, release); empty for torch's own schedulers.",
+    )

@@ -14,6 +14,7 @@ from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
 from service.schedules import budget, specs, torch_engine, vectorized
 from service.schedules.caveats import caveats
+from service.schedules.families import hooks as families
 from service.schedules.result import Computed
 from service.settings import Settings
 
@@ -23,7 +24,7 @@ _LR_FIELDS = ("base_lr", "max_lr", "swa_lr", "eta_min", "min_lr")
 
 
 def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.SchedulerBase:
-    update: dict[str, object] = {}
+    update: dict[str, object] = families.scaled_fields(spec, factor)
     for name in _LR_FIELDS:
         if name in type(spec).model_fields:
             value = getattr(spec, name)
@@ -100,13 +101,16 @@ def count_points(request: specs.ScheduleRequest) -> int:
 
 
 def _check_metrics(request: specs.ScheduleRequest) -> None:
-    if not isinstance(request.scheduler, specs.ReduceLROnPlateau):
+    spec = request.scheduler
+    metric_driven = getattr(spec, "metric_driven", False)
+    if not (isinstance(spec, specs.ReduceLROnPlateau) or metric_driven):
         return
     needed = request.scheduler_steps - 1
     have = len(request.metrics or [])
     if have < needed:
+        what = f"{spec.type} {spec.name}" if metric_driven else spec.type  # type: ignore[attr-defined]
         raise InvalidSpec(
-            f"ReduceLROnPlateau needs metrics: one value per scheduler step, {needed} for this "
+            f"{what} needs metrics: one value per scheduler step, {needed} for this "
             f"request; {have} given. Add metrics or lower steps.",
             loc=("body", "metrics"),
         )
@@ -209,7 +213,12 @@ def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
 
 
 def _vectorized_computed(prep: _Prepared, result: Computed) -> Computed:
-    return replace(result, indices=prep.indices, warnings=caveats(prep.request))
+    return replace(
+        result,
+        indices=prep.indices,
+        warnings=caveats(prep.request),
+        families=families.families(prep.request),
+    )
 
 
 def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
@@ -221,6 +230,7 @@ def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
         lr=every.lr[:, columns],
         momentum=None if every.momentum is None else every.momentum[:, columns],
         warnings=caveats(prep.request),
+        families=families.families(prep.request),
     )
 
 

@@ -379,6 +379,10 @@ class ChainedScheduler(SchedulerBase):
     ]
 
 
+# The families import the base classes above; they join the unions here.
+from service.schedules.families import llm, pytorch_warmup  # noqa: E402
+from service.schedules.families import transformers as hf  # noqa: E402
+
 SchedulerSpec = Annotated[
     LambdaLR
     | MultiplicativeLR
@@ -395,7 +399,10 @@ SchedulerSpec = Annotated[
     | CyclicLR
     | OneCycleLR
     | CosineAnnealingWarmRestarts
-    | SWALR,
+    | SWALR
+    | hf.TransformersSchedule
+    | llm.Noam
+    | llm.REX,
     Field(discriminator="type"),
 ]
 
@@ -421,11 +428,14 @@ SCHEDULER_TYPES: dict[str, type[SchedulerBase]] = {
         OneCycleLR,
         CosineAnnealingWarmRestarts,
         SWALR,
+        hf.TransformersSchedule,
+        llm.Noam,
+        llm.REX,
     )
 }
 """Every scheduler type the service accepts, by torch class name."""
 
-register_union_tags(set(SCHEDULER_TYPES) | {"linear", "constant"})
+register_union_tags(set(SCHEDULER_TYPES) | {"linear", "constant", *pytorch_warmup.TAGS})
 
 
 def walk(spec: SchedulerBase) -> list[SchedulerBase]:
@@ -579,7 +589,8 @@ class ConstantWarmup(SpecModel):
     factor: Number = Field(default=0.1, ge=0.0, le=1.0, description="Factor during warmup.")
 
 
-WarmupSpec = Annotated[LinearWarmup | ConstantWarmup, Field(discriminator="type")]
+WarmupSpec = pytorch_warmup.warmup_union(LinearWarmup, ConstantWarmup)
+"""The service's own warmups (before the scheduler) and pytorch_warmup's (dampening it)."""
 
 
 # --------------------------------------------------------------------------- request

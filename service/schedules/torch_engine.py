@@ -24,6 +24,9 @@ from torch.optim.swa_utils import SWALR as TorchSWALR
 from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import budget, specs
 from service.schedules.expressions import ExpressionEvaluationError, parse_expression
+from service.schedules.families import llm, pytorch_warmup
+from service.schedules.families import transformers as hf
+from service.schedules.families.common import installed
 from service.schedules.result import Computed
 from service.settings import get_settings
 
@@ -135,26 +138,38 @@ def _one_cycle_kwargs(spec: specs.OneCycleLR, span: int) -> dict[str, Any]:
 
 
 def _build(
-    optimizer: torch.optim.Optimizer, spec: specs.SchedulerBase, loc: Loc, span: int
+    optimizer: torch.optim.Optimizer,
+    spec: specs.SchedulerBase,
+    loc: Loc,
+    span: int,
+    closed: bool = False,
 ) -> lr_scheduler.LRScheduler:
-    """Build the torch scheduler for ``spec``; ``span`` is how many steps it will cover."""
+    """Build the torch scheduler for ``spec``; ``span`` is how many steps it will cover.
+
+    ``closed``: a family spec (another library's schedule) is built as a ``LambdaLR`` over its
+    closed form instead of by the real library.
+    """
     if isinstance(spec, specs.SequentialLR):
         bounds = [0, *spec.milestones, span]
         children = []
         for i, child in enumerate(spec.schedulers):
             child_span = max(bounds[i + 1] - bounds[i], 1) if i + 1 < len(bounds) else span
-            children.append(_build(optimizer, child, (*loc, "schedulers", i), child_span))
+            children.append(_build(optimizer, child, (*loc, "schedulers", i), child_span, closed))
         with _located(loc):
             return lr_scheduler.SequentialLR(optimizer, children, list(spec.milestones))
     if isinstance(spec, specs.ChainedScheduler):
         children = [
-            _build(optimizer, child, (*loc, "schedulers", i), span)
+            _build(optimizer, child, (*loc, "schedulers", i), span, closed)
             for i, child in enumerate(spec.schedulers)
         ]
         with _located(loc):
             return lr_scheduler.ChainedScheduler(children, optimizer)
 
     with _located(loc):
+        if isinstance(spec, hf.TransformersSchedule):
+            return hf.build(spec, optimizer, closed=closed)
+        if isinstance(spec, (llm.Noam, llm.REX)):
+            return llm.build(spec, optimizer)
         if isinstance(spec, (specs.LambdaLR, specs.MultiplicativeLR)):
             cls = getattr(lr_scheduler, spec.type)
             return cls(optimizer, _lambdas(spec.lr_lambda))
@@ -169,6 +184,7 @@ def _build(
 def _warmup_scheduler(
     optimizer: torch.optim.Optimizer, warmup: specs.LinearWarmup | specs.ConstantWarmup
 ) -> lr_scheduler.LRScheduler:
+    """Return the service's own warmup scheduler (run before the main one by SequentialLR)."""
     with _located(("body", "warmup")):
         if isinstance(warmup, specs.ConstantWarmup):
             return lr_scheduler.ConstantLR(
@@ -199,37 +215,62 @@ class Stepper:
 
     ``step(metric)`` performs one scheduler step (``metric`` feeds ReduceLROnPlateau);
     ``lrs()`` and ``momenta()`` read the optimizer's groups as a training loop would see them.
+
+    ``closed``: build other libraries' schedules and warmups from their closed forms (the
+    vectorized engine reads those) rather than by the real library; None: the real library
+    where it is installed.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         scheduler_spec: specs.SchedulerBase,
-        warmup: specs.LinearWarmup | specs.ConstantWarmup | None,
+        warmup: Any,
         span: int,
+        closed: bool | None = None,
     ) -> None:
         self.optimizer = optimizer
+        self.dampener = None
+        if pytorch_warmup.is_pytorch_warmup(warmup):
+            dampening, warmup = warmup, None
+        else:
+            dampening = None
         self.warmup_steps = warmup.steps if warmup else 0
-        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau)
+        self.plateau = isinstance(scheduler_spec, specs.ReduceLROnPlateau) or getattr(
+            scheduler_spec, "metric_driven", False
+        )
         self._step_count = 0
+        if closed is None:
+            closed = not (installed(hf.LIBRARY) and installed(pytorch_warmup.LIBRARY))
         try:
             if warmup is None:
-                self.scheduler = _build(optimizer, scheduler_spec, ("body", "scheduler"), span)
+                self.scheduler = _build(
+                    optimizer, scheduler_spec, ("body", "scheduler"), span, bool(closed)
+                )
                 self.warmup = None
             elif self.plateau:
                 # SequentialLR refuses ReduceLROnPlateau; do what it does by hand: the warmup,
                 # then at index W the lr restarts at its initial value and the plateau takes over.
                 self.warmup = _warmup_scheduler(optimizer, warmup)
-                self.scheduler = _build(optimizer, scheduler_spec, ("body", "scheduler"), span)
+                self.scheduler = _build(
+                    optimizer, scheduler_spec, ("body", "scheduler"), span, bool(closed)
+                )
             else:
                 main_span = max(span - warmup.steps, 1)
                 first = _warmup_scheduler(optimizer, warmup)
-                main = _build(optimizer, scheduler_spec, ("body", "scheduler"), main_span)
+                main = _build(
+                    optimizer, scheduler_spec, ("body", "scheduler"), main_span, bool(closed)
+                )
                 with _located(("body", "warmup")):
                     self.scheduler = lr_scheduler.SequentialLR(
                         optimizer, [first, main], milestones=[warmup.steps]
                     )
                 self.warmup = None
+            self.undampened = self.lrs()
+            if dampening is not None:
+                # pytorch_warmup: built after the scheduler, it dampens whatever lr it sets
+                with _located(("body", "warmup")):
+                    self.dampener = pytorch_warmup.build(dampening, optimizer, closed=bool(closed))
         except _Failure as failure:
             raise _invalid(failure, "scheduler") from None
 
@@ -239,15 +280,22 @@ class Stepper:
         k = self._step_count
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if self.warmup is not None and k < self.warmup_steps:
-                self.warmup.step()
-            elif self.warmup is not None and k == self.warmup_steps:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = group["initial_lr"]
-            elif self.plateau:
-                self.scheduler.step(metric)
+            if self.dampener is not None:
+                with self.dampener.dampening():
+                    self._advance(k, metric)
             else:
-                self.scheduler.step()
+                self._advance(k, metric)
+
+    def _advance(self, k: int, metric: float | None) -> None:
+        if self.warmup is not None and k < self.warmup_steps:
+            self.warmup.step()
+        elif self.warmup is not None and k == self.warmup_steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+        elif self.plateau:
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
 
     def lrs(self) -> list[float]:
         """Return every group's current lr."""
@@ -310,7 +358,7 @@ def run_scheduler_steps(
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     optimizer = make_optimizer(request.optimizer, request.param_groups)
-    stepper = Stepper(optimizer, request.scheduler, request.warmup, n)
+    stepper = Stepper(optimizer, request.scheduler, request.warmup, n, closed=False)
     want_momentum = wants_momentum(request, optimizer)
     metrics = request.metrics or []
     lr_rows: list[list[float]] = [stepper.lrs()]

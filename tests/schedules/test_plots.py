@@ -121,19 +121,42 @@ def test_png_decodes_with_both_panels_and_log_scale(client):
     assert (np.abs(pixels.astype(int) - blue).sum(axis=2) < 30).sum() > 500  # group 0's colour
 
 
-def test_overlay_plot_has_one_colour_and_legend_entry_per_schedule():
-    from service.schedules import plots, service, specs
-    from service.settings import Settings
-
-    settings = Settings()
-    series = []
-    for label, scheduler in (
-        ("cosine", {"type": "CosineAnnealingLR", "T_max": 100}),
-        ("step", {"type": "StepLR", "step_size": 30}),
-    ):
-        spec = specs.ScheduleRequest.model_validate({"scheduler": scheduler, "steps": 100})
-        series.append((label, service.compute(spec, settings)))
-    root = ET.fromstring(plots.to_overlay_plot(series, "svg", "two schedules"))
+def test_batch_as_svg_is_one_overlay_plot_with_a_colour_and_legend_entry_per_spec(client):
+    body = {
+        "requests": [
+            {"scheduler": {"type": "CosineAnnealingLR", "T_max": 100}, "steps": 100},
+            {
+                "optimizer": {"type": "Adam", "lr": 0.01},
+                "scheduler": {"type": "StepLR", "step_size": 30},
+                "warmup": {"type": "linear", "steps": 10},
+                "steps": 100,
+            },
+        ]
+    }
+    response = client.post("/v1/schedules/batch?format=svg&yscale=log", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    root = ET.fromstring(response.content)
     (legend,) = _groups(root, "legend")
-    assert _texts(legend) == ["cosine", "step"]
+    labels = ["".join(t.itertext()) for t in legend.iter(f"{SVG}text")]
+    assert labels == [
+        "0: CosineAnnealingLR(T_max=100)",
+        "1: StepLR(step_size=30) on Adam, linear warmup 10",
+    ]
     assert len(set(_strokes(legend))) == 2
+    assert "learningrate(log)" in _texts(_groups(root, "matplotlib.axis")[1])
+    png = client.post("/v1/schedules/batch?format=png", json=body)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+def test_batch_plot_names_the_spec_that_failed(client):
+    body = {
+        "requests": [
+            {"scheduler": {"type": "StepLR", "step_size": 30}, "steps": 100},
+            {"scheduler": {"type": "StepLR", "step_size": 0}, "steps": 100},
+        ]
+    }
+    response = client.post("/v1/schedules/batch?format=svg", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "requests[1]" in response.json()["detail"]

@@ -4,6 +4,8 @@ import time
 
 import pytest
 
+from service.schedules.specs import SCHEDULER_TYPES
+
 
 def compute(client, **payload):
     r = client.post("/v1/schedules/compute", json=payload)
@@ -154,7 +156,12 @@ def test_plots(client, fmt, magic):
 def test_catalog_lists_every_type_with_a_working_example(client):
     catalog = client.get("/v1/schedulers").json()
     types = {entry["type"] for entry in catalog["schedulers"]}
-    assert "StepLR" in types and "SWALR" in types and len(types) == 16
+    torch_types = {
+        t
+        for t in types
+        if not SCHEDULER_TYPES[t].__module__.startswith("service.schedules.families")
+    }  # the families' entries are tested in tests/schedules/families/
+    assert "StepLR" in types and "SWALR" in types and len(torch_types) == 16
     for entry in catalog["schedulers"]:
         r = client.post("/v1/schedules/compute", json=entry["example"])
         assert r.status_code == 200, (entry["type"], r.text)
@@ -173,6 +180,6 @@ def test_info_reports_versions_and_limits(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     deadline = time.monotonic() + 60  # job worker processes take a few seconds to spawn
     while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
-        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert ready.status_code == 503 and ready.json()["detail"].startswith("not ready")
         time.sleep(0.5)
     assert ready.status_code == 200, ready.text

@@ -1,7 +1,8 @@
 // The schedule playground. Everything on the page is built from GET /v1/schedulers (the
 // catalog: every scheduler type with its JSON Schema, defaults and a ready example) and
-// /openapi.json (warmup types, and which optional endpoints this service has). The curve is
-// what POST /v1/schedules/compute returns; nothing is computed here but differences.
+// /openapi.json (warmup types, and which optional endpoints this service has). The curves are
+// what POST /v1/schedules/batch returns (one slot per schedule, each the body POST
+// /v1/schedules/compute would return); nothing is computed here but differences.
 "use strict";
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -205,10 +206,18 @@ function setPath(path, value) {
   changed();
 }
 
+// `data-busy` on <html> is "false" once every change has been computed and shown (tests wait
+// for it; people see the status line).
+function markBusy() { document.documentElement.dataset.busy = "true"; }
+function markIdle() {
+  if (!app.timer && !app.cursorTimer && !app.inflight) document.documentElement.dataset.busy = "false";
+}
+
 function changed() {
   saveHash();
   clearTimeout(app.timer);
-  app.timer = setTimeout(update, DEBOUNCE_MS);
+  markBusy();
+  app.timer = setTimeout(() => { app.timer = null; update(); }, DEBOUNCE_MS);
 }
 
 function entryFor(scheduler) {
@@ -440,25 +449,43 @@ async function post(path, body) {
   return { ok: response.ok, status: response.status, data };
 }
 
-async function compute(spec) {
-  const body = requestFor(spec);
-  const key = JSON.stringify(body);
-  if (app.results.has(key)) return app.results.get(key);
-  const answer = await post("/v1/schedules/compute", body);
-  if (answer.ok) {
+/** Return each spec's answer ({ok, status, data}: the result, or the problem) from one
+ * POST /v1/schedules/batch: a bad spec is a slot with its problem, not a failed request, so
+ * the console stays clean while someone types. Results are kept by request. */
+async function computeAll(specs) {
+  const keys = specs.map((spec) => JSON.stringify(requestFor(spec)));
+  const missing = [...new Set(keys.filter((k) => !app.results.has(k)))];
+  const failed = new Map();
+  if (missing.length) {
+    const answer = await post("/v1/schedules/batch", { requests: missing.map((k) => JSON.parse(k)) });
+    if (!answer.ok) return keys.map(() => answer);
     if (app.results.size > 64) app.results.clear();
-    app.results.set(key, answer);
+    answer.data.results.forEach((slot, i) => {
+      if (slot.status === 200) app.results.set(missing[i], { ok: true, status: 200, data: slot.result });
+      else failed.set(missing[i], { ok: false, status: slot.status, data: slot.problem });
+    });
   }
-  return answer;
+  return keys.map((k) => app.results.get(k) || failed.get(k));
 }
 
 async function update() {
+  app.inflight = (app.inflight || 0) + 1;
+  markBusy();
+  try {
+    await refresh();
+  } finally {
+    app.inflight -= 1;
+    markIdle();
+  }
+}
+
+async function refresh() {
   const seq = ++app.seq;
   const started = performance.now();
   $("status").textContent = "computing…";
   let answers;
   try {
-    answers = await Promise.all([compute(app.state.spec), ...app.state.overlays.map((o) => compute(o.spec))]);
+    answers = await computeAll([app.state.spec, ...app.state.overlays.map((o) => o.spec)]);
   } catch (err) {
     if (seq === app.seq) $("status").textContent = "the service did not answer: " + err.message;
     return;
@@ -478,6 +505,7 @@ async function update() {
   renderWarnings();
   renderOverlays();
   await renderReadout();
+  await renderDiffs();
   document.documentElement.dataset.updates = String(seq);
 }
 
@@ -499,7 +527,9 @@ function showProblem(problem) {
     : [{ loc: [], msg: problem.detail || problem.title }];
   const type = app.state.spec.scheduler.type;
   for (const err of errors) {
-    const loc = (err.loc || []).filter((p, i) => !(i === 0 && (p === "body" || p === "query")));
+    let loc = err.loc || [];
+    if (loc[0] === "body" && loc[1] === "requests" && typeof loc[2] === "number") loc = loc.slice(3); // a batch slot
+    else if (loc[0] === "body" || loc[0] === "query") loc = loc.slice(1);
     const candidates = [loc, loc.filter((p, i) => !(i === 1 && p === type))];
     let target = null;
     for (const path of candidates) {
@@ -524,9 +554,12 @@ function seriesList() {
   return list;
 }
 
+const shorten = (text, n) => (text.length > n ? text.slice(0, n - 1) + "…" : text);
+
 function draw() {
   if (!window.Plotly) return;
-  const series = seriesList();
+  const narrow = $("plot").clientWidth < 480;
+  const series = seriesList().map((s) => ({ ...s, label: narrow ? shorten(s.label, 44) : s.label }));
   const withMomentum = series.some((s) => s.result && s.result.momentum);
   const traces = [];
   for (const s of series) {
@@ -545,7 +578,6 @@ function draw() {
       hovertemplate: "step %{x}<br>momentum %{y:.4g}<extra>%{fullData.name}</extra>",
     }));
   }
-  const narrow = $("plot").clientWidth < 600;
   const layout = {
     margin: { l: 60, r: 16, t: 16, b: 24 },
     xaxis: { title: { text: "optimizer step" }, anchor: withMomentum ? "y2" : "y" },
@@ -559,7 +591,11 @@ function draw() {
     uirevision: "keep",
   };
   if (withMomentum) layout.yaxis2 = { title: { text: "momentum / beta1" }, domain: [0, 0.28] };
-  if (narrow) layout.margin = { l: 48, r: 8, t: 8, b: 32 };
+  if (narrow) {
+    layout.margin = { l: 48, r: 8, t: 8, b: 16 };
+    layout.xaxis.title = { text: "" };
+    layout.legend.y = -0.1;
+  }
   Plotly.react("plot", traces, layout, { responsive: true, displaylogo: false,
     modeBarButtonsToRemove: ["select2d", "lasso2d"] });
   const last = app.current ? app.current.steps[app.current.steps.length - 1] : 0;
@@ -579,7 +615,12 @@ function setCursor(step) {
   $("cursor-range").value = String(app.state.cursor);
   if (Number($("cursor-step").value) !== app.state.cursor) $("cursor-step").value = String(app.state.cursor);
   clearTimeout(app.cursorTimer);
-  app.cursorTimer = setTimeout(renderReadout, 60);
+  markBusy();
+  app.cursorTimer = setTimeout(async () => {
+    app.cursorTimer = null;
+    app.inflight = (app.inflight || 0) + 1;
+    try { await renderReadout(); } finally { app.inflight -= 1; markIdle(); }
+  }, 60);
 }
 
 /** Return {lr: [...per group], momentum} of `result` at `step`, exactly (asks the API when the
@@ -656,7 +697,6 @@ function renderOverlays() {
     remove.addEventListener("click", () => { app.state.overlays.splice(i, 1); changed(); });
     return el("li", {}, el("span", { className: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` }), input, remove);
   }));
-  renderDiffs();
 }
 
 /** Differences of each overlay against the current schedule: by the compare endpoint when the
@@ -735,15 +775,20 @@ async function copyCode() {
 async function download(format) {
   const plot = format === "png" || format === "svg";
   const query = `?format=${format}` + (plot && app.state.logy ? "&yscale=log" : "");
-  const response = await fetch("/v1/schedules/compute" + query, { method: "POST",
-    headers: { "Content-Type": "application/json" }, body: JSON.stringify(app.state.spec) });
+  // with overlays, a plot is the batch's overlay plot: every schedule, one colour each
+  const overlay = plot && app.state.overlays.length > 0;
+  const path = overlay ? "/v1/schedules/batch" : "/v1/schedules/compute";
+  const body = overlay ? { requests: [...app.state.overlays.map((o) => o.spec), app.state.spec] } : app.state.spec;
+  const response = await fetch(path + query, { method: "POST",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) {
     clearErrors();
     showProblem(await response.json().catch(() => response.statusText));
     return;
   }
   const blob = await response.blob();
-  const name = `${(app.state.spec.scheduler.type || "schedule").replace(/[^A-Za-z0-9_-]/g, "_")}.${format}`;
+  const stem = overlay ? "overlay" : (app.state.spec.scheduler.type || "schedule").replace(/[^A-Za-z0-9_-]/g, "_");
+  const name = `${stem}.${format}`;
   const url = URL.createObjectURL(blob);
   const a = el("a", { href: url, download: name });
   document.body.append(a);
@@ -780,8 +825,12 @@ function readOpenapi(openapi) {
   app.paths = new Set(Object.keys(openapi.paths || {}));
   app.requestSchema = schemas.ScheduleRequest || { properties: {} };
   app.optimizerSchema = schemas.OptimizerSpec || { properties: {} };
-  const warmup = deref((app.requestSchema.properties || {}).warmup, schemas);
-  const variants = (warmup.anyOf || warmup.oneOf || [warmup]).map((v) => deref(v, schemas));
+  const flatten = (schema) => {
+    const s = deref(schema, schemas);
+    const alternatives = s.anyOf || s.oneOf;
+    return alternatives ? alternatives.flatMap(flatten) : [s];
+  };
+  const variants = flatten((app.requestSchema.properties || {}).warmup);
   app.warmups = variants.filter((v) => v.properties && v.properties.type && v.properties.type.const)
     .map((v) => ({ type: v.properties.type.const, schema: v, description: (v.description || "").split("\n")[0] }));
   const exportPath = (openapi.paths || {})["/v1/schedules/export"];

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from service.schedules import cache
+from service.schedules import shared_cache
 from service.schedules.routes import batch, catalog, compute
 
 router = APIRouter()
@@ -25,5 +25,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
     # Expensive requests take turns on one thread, so they never hold every compute thread.
     app.state.heavy_limiter = anyio.CapacityLimiter(1)
-    app.state.schedule_cache = cache.ResultCache(app.state.settings.cache_max_bytes)
+    app.state.schedule_cache = shared_cache.make_cache(app.state.settings)
     yield

@@ -95,6 +95,32 @@ SEED_EXAMPLES: dict[str, dict[str, Any]] = {
             "metrics": [1.0, 0.8, 0.8, 0.8, 0.8, 0.79, 0.79],
         },
     },
+    "transformers_cosine": {
+        "summary": "Hugging Face get_scheduler('cosine', W=100, T=1000), two param groups",
+        "value": {
+            "optimizer": {"type": "AdamW", "lr": 5e-5},
+            "param_groups": [{"lr": 5e-5}, {"lr": 1e-5}],
+            "scheduler": {
+                "type": "transformers",
+                "name": "cosine",
+                "num_warmup_steps": 100,
+                "num_training_steps": 1000,
+                "scheduler_specific_kwargs": {"num_cycles": 0.5},
+            },
+            "steps": 1000,
+            "sample": {"every": 50},
+        },
+    },
+    "pytorch_warmup_untuned": {
+        "summary": "pytorch_warmup's untuned linear warmup dampening a CosineAnnealingLR on Adam",
+        "value": {
+            "optimizer": {"type": "Adam", "lr": 1e-3, "betas": [0.9, 0.999]},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 10000},
+            "warmup": {"type": "untuned_linear"},
+            "steps": 10000,
+            "sample": {"points": 21},
+        },
+    },
 }
 
 RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -139,7 +139,7 @@ def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Computed | InvalidS
     out: list[Computed | InvalidSpec | None] = [None] * len(jobs)
     buckets: dict[tuple[object, ...], list[int]] = {}
     for i, (program, steps) in enumerate(jobs):
-        sig = _signature(program.root)
+        sig = None if program.dampen is not None else _signature(program.root)
         if sig is None:
             buckets[("single", i)] = [i]
             continue

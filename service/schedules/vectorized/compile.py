@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import SWALR as TorchSWALR
 
 from service.schedules import specs, torch_engine
+from service.schedules.families import pytorch_warmup
 from service.schedules.vectorized.composition import Chained, Node, Segment, Sequential
 from service.schedules.vectorized.evaluation import Program
 from service.schedules.vectorized.formulas import (
@@ -167,6 +168,11 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
                 "ReduceLROnPlateau depends on the metric values step by step, so it has no "
                 "closed form; use engine 'torch' or 'auto'"
             )
+        if getattr(spec, "metric_driven", False):
+            return (
+                f"{spec.type} {spec.name!r} depends on the metric values step by step, so it "  # type: ignore[attr-defined]
+                "has no closed form; use engine 'torch' or 'auto'"
+            )
     nested = (specs.SequentialLR, specs.ChainedScheduler)
     for spec in specs.walk(request.scheduler):
         if isinstance(spec, specs.SequentialLR):
@@ -180,7 +186,11 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
                     "a SequentialLR or ChainedScheduler nested in a SequentialLR is only "
                     "stepped by the torch engine; use engine 'torch' or 'auto'"
                 )
-    if request.warmup is not None and isinstance(request.scheduler, nested):
+    if (
+        request.warmup is not None
+        and not pytorch_warmup.is_pytorch_warmup(request.warmup)
+        and isinstance(request.scheduler, nested)
+    ):
         return (
             "a warmup before a SequentialLR or ChainedScheduler is only stepped by the torch "
             "engine; use engine 'torch' or 'auto'"
@@ -198,15 +208,16 @@ def compile_request(request: specs.ScheduleRequest, n: int, device: torch.device
     if reason is not None:
         raise Unsupported(reason)
     optimizer = torch_engine.make_optimizer(request.optimizer, request.param_groups)
-    stepper = torch_engine.Stepper(optimizer, request.scheduler, request.warmup, n)
+    stepper = torch_engine.Stepper(optimizer, request.scheduler, request.warmup, n, closed=True)
     want_momentum = torch_engine.wants_momentum(request, optimizer)
     root = _node(stepper.scheduler, device, n)
     groups = optimizer.param_groups
     return Program(
         root=root,
         n=n,
-        lr0=column(stepper.lrs(), device),
+        lr0=column(stepper.undampened, device),
         momentum0=column(stepper.momenta(), device) if want_momentum else None,
         anchor=column([g["initial_lr"] for g in groups], device),
         device=device,
+        dampen=None if stepper.dampener is None else stepper.dampener.omega,
     )

@@ -8,7 +8,9 @@ general affine scan ``lr_k = A_k * lr_(k-1) + B_k`` gives every step from torch'
 step 0. Either way a refused step or a non-finite lr is the torch engine's 422.
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,7 @@ import torch
 from service.schedules import budget, torch_engine
 from service.schedules.result import Computed
 from service.schedules.vectorized.composition import Node, Sequential
-from service.schedules.vectorized.formulas import Failure, Leaf, Tensor
+from service.schedules.vectorized.formulas import F64, Failure, Leaf, Tensor
 
 PROBES_AT_ONCE = 7
 """Most probe steps evaluated in one tensor: up to this many, every point takes the same
@@ -91,6 +93,8 @@ class Program:
     momentum0: Tensor | None
     anchor: Tensor
     device: torch.device
+    dampen: Callable[[Tensor], Tensor] | None = None
+    """pytorch_warmup's factor per group at float64 steps, multiplying the lr (None: none)."""
 
     def failure(self) -> Failure | None:
         return self.root.failure_at(self.n - 1)
@@ -148,6 +152,10 @@ class Program:
         failure = self.failure()
         if failure is not None:
             _raise_failure(failure)
+        if self.dampen is not None:
+            lr, mom, final = dataclasses.replace(self, dampen=None).evaluate(k)
+            last = torch.tensor([self.n - 1], dtype=F64, device=self.device)
+            return lr * self.dampen(k.to(F64)), mom, final * self.dampen(last)[:, 0]
         if k.numel() < 2 or bool((k[1:] >= k[:-1]).all()):
             return self._evaluate_sorted(k)
         order = torch.argsort(k)

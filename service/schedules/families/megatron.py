@@ -1,0 +1,326 @@
+"""Megatron-core: ``megatron.core.optimizer_param_scheduler.OptimizerParamScheduler``.
+
+``{"type": "megatron", "lr_decay_style": "WSD", "max_lr": 3e-4, "min_lr": 3e-5,
+"lr_warmup_steps": 100, "lr_decay_steps": 1000, "wsd_decay_steps": 200}`` is
+``OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=3e-4, min_lr=3e-5,
+lr_warmup_steps=100, lr_decay_steps=1000, lr_decay_style="WSD", wsd_decay_steps=200, ...)``.
+Scheduler step ``k`` is ``num_steps = k`` (Megatron's training loop calls ``step(increment)``
+once per iteration; counting in iterations, not samples). The scheduler also sets each
+group's ``weight_decay`` (``start_wd`` to ``end_wd`` over ``wd_incr_steps``): ask for it with
+``include: ["weight_decay"]``.
+
+Megatron ignores the optimizer's lr: every group gets ``init_lr``/``max_lr``/``min_lr``.
+``max_lr``, ``min_lr``, ``start_wd`` and ``end_wd`` may be lists, one per group: Megatron's
+per-group overrides (``param_group["max_lr"]`` etc., its ``ParamGroupOverride``).
+
+The formulas follow megatron-core 0.16.1 (the last release for Python 3.11), line for line.
+"""
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch.optim.lr_scheduler import LRScheduler
+
+from service.schedules.families import Library
+from service.schedules.families.adapters import LibraryLR
+from service.schedules.specs import NonNegInt, Number, PerGroup, PosInt, SchedulerBase
+
+LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
+
+F64 = torch.float64
+Tensor = torch.Tensor
+
+STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
+
+
+def _per_group(value: float | list[float], groups: int, device: torch.device) -> Tensor:
+    """Return one value per row, (groups, 1); rows past a list are further requests' groups."""
+    values = value if isinstance(value, list) else [value]
+    rows = [float(values[g % len(values)]) for g in range(groups)]
+    return torch.tensor(rows, dtype=F64, device=device)[:, None]
+
+
+class MegatronScheduler(SchedulerBase):
+    """Megatron-core's lr (and weight-decay) schedule: linear warmup, then a decay style.
+
+    Megatron: ``OptimizerParamScheduler(optimizer, init_lr, max_lr, min_lr, lr_warmup_steps,
+    lr_decay_steps, lr_decay_style, start_wd, end_wd, wd_incr_steps, wd_incr_style,
+    wsd_decay_steps=None, lr_wsd_decay_style=None)`` (megatron-core 0.16.1). Defaults here are
+    Megatron's command-line defaults (``--lr-decay-style linear``, ``--lr-warmup-init 0``,
+    ``--weight-decay 0.01``, ``--weight-decay-incr-style constant``,
+    ``--lr-wsd-decay-style exponential``). After ``lr_decay_steps`` the lr stays at ``min_lr``.
+    """
+
+    type: Literal["megatron"] = "megatron"
+    lr_decay_style: str = Field(default="linear", description="One of: " + ", ".join(STYLES) + ".")
+    init_lr: Number = Field(default=0.0, ge=0.0, description="lr at step 0 of the warmup.")
+    max_lr: PerGroup = Field(description="Peak lr (after warmup), or one per group.")
+    min_lr: PerGroup = Field(default=0.0, description="Final lr, or one per group.")
+    lr_warmup_steps: NonNegInt = Field(default=0, description="Steps of linear warmup.")
+    lr_decay_steps: PosInt = Field(description="Step at which the decay ends (warmup included).")
+    wsd_decay_steps: PosInt | None = Field(
+        default=None, description="WSD: steps of the final anneal, ending at lr_decay_steps."
+    )
+    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = Field(
+        default="exponential", description="WSD: shape of the final anneal."
+    )
+    start_wd: PerGroup = Field(default=0.01, description="Weight decay at step 0.")
+    end_wd: PerGroup = Field(default=0.01, description="Weight decay after wd_incr_steps.")
+    wd_incr_steps: NonNegInt | None = Field(
+        default=None, description="Steps of the weight-decay ramp (null: lr_decay_steps)."
+    )
+    wd_incr_style: Literal["constant", "linear", "cosine"] = "constant"
+
+    library: ClassVar[Library] = LIBRARY
+    lr_fields: ClassVar[tuple[str, ...]] = ("init_lr", "max_lr", "min_lr")
+    examples: ClassVar[list[dict[str, Any]]] = [
+        {
+            "type": "megatron",
+            "lr_decay_style": "cosine",
+            "max_lr": 3e-4,
+            "min_lr": 3e-5,
+            "lr_warmup_steps": 100,
+            "lr_decay_steps": 1000,
+        },
+        {"type": "megatron", "lr_decay_style": "constant", "max_lr": 1e-3, "lr_decay_steps": 100},
+        {"type": "megatron", "lr_decay_style": "linear", "max_lr": 1e-3, "lr_decay_steps": 100},
+        {
+            "type": "megatron",
+            "lr_decay_style": "inverse-square-root",
+            "max_lr": 1e-3,
+            "min_lr": 1e-5,
+            "lr_warmup_steps": 10,
+            "lr_decay_steps": 100,
+        },
+        {
+            "type": "megatron",
+            "lr_decay_style": "WSD",
+            "max_lr": 3e-4,
+            "min_lr": 3e-5,
+            "lr_warmup_steps": 10,
+            "lr_decay_steps": 100,
+            "wsd_decay_steps": 20,
+            "lr_wsd_decay_style": "minus_sqrt",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _megatron_asserts(self) -> "MegatronScheduler":
+        from service.schedules.families.timm import _known_name
+
+        _known_name(
+            self.lr_decay_style, STYLES, "lr_decay_style", "Megatron's OptimizerParamScheduler"
+        )
+        pairs = self._pairs()
+        for i, (max_lr, min_lr, start_wd, end_wd) in enumerate(pairs):
+            where = f" (group {i})" if len(pairs) > 1 else ""
+            if min_lr < 0:
+                raise ValueError(f"min_lr: Megatron asserts min_lr >= 0{where}; got {min_lr}")
+            if max_lr < min_lr:
+                raise ValueError(
+                    f"max_lr: Megatron asserts max_lr >= min_lr{where}; got {max_lr} < {min_lr}"
+                )
+            if start_wd < 0:
+                raise ValueError(f"start_wd: Megatron asserts start_wd >= 0{where}")
+            if end_wd < start_wd:
+                raise ValueError(
+                    f"end_wd: Megatron asserts end_wd >= start_wd{where}; got {end_wd} < {start_wd}"
+                )
+            if self.wd_incr_style == "constant" and start_wd != end_wd:
+                raise ValueError(
+                    f"wd_incr_style: 'constant' needs start_wd == end_wd{where} (Megatron "
+                    "asserts it); choose 'linear' or 'cosine' to ramp the weight decay"
+                )
+        first_max = pairs[0][0]
+        if self.init_lr > first_max:
+            raise ValueError(
+                f"init_lr: Megatron asserts init_lr <= max_lr; got {self.init_lr} > {first_max}"
+            )
+        if self.lr_warmup_steps >= self.lr_decay_steps:
+            raise ValueError(
+                f"lr_warmup_steps: Megatron asserts lr_warmup_steps < lr_decay_steps; got "
+                f"{self.lr_warmup_steps} >= {self.lr_decay_steps}"
+            )
+        if self.lr_decay_style == "WSD":
+            if self.wsd_decay_steps is None:
+                raise ValueError("wsd_decay_steps: lr_decay_style 'WSD' needs wsd_decay_steps")
+            if self.wsd_decay_steps > self.lr_decay_steps - self.lr_warmup_steps:
+                raise ValueError(
+                    f"wsd_decay_steps: the anneal ({self.wsd_decay_steps} steps) must fit between "
+                    f"the warmup ({self.lr_warmup_steps}) and lr_decay_steps "
+                    f"({self.lr_decay_steps}): at most {self.lr_decay_steps - self.lr_warmup_steps}"
+                )
+        else:
+            for name in ("wsd_decay_steps", "lr_wsd_decay_style"):
+                if name in self.model_fields_set:
+                    raise ValueError(
+                        f"{name}: only lr_decay_style 'WSD' uses it; this is "
+                        f"'{self.lr_decay_style}'. Remove it"
+                    )
+        if self.wd_incr_style != "constant" and self.incr_steps <= 0:
+            raise ValueError(
+                f"wd_incr_steps: wd_incr_style '{self.wd_incr_style}' divides by it; give > 0"
+            )
+        return self
+
+    def _pairs(self) -> list[tuple[float, float, float, float]]:
+        lists = [v for v in (self.max_lr, self.min_lr, self.start_wd, self.end_wd)]
+        n = max((len(v) for v in lists if isinstance(v, list)), default=1)
+
+        def at(v: float | list[float], i: int) -> float:
+            if isinstance(v, list):
+                return float(v[i]) if i < len(v) else float(v[-1])
+            return float(v)
+
+        return [tuple(at(v, i) for v in lists) for i in range(n)]  # type: ignore[misc]
+
+    def group_lengths(self) -> set[int]:
+        """Return the lengths of the per-group lists given."""
+        values = (self.max_lr, self.min_lr, self.start_wd, self.end_wd)
+        return {len(v) for v in values if isinstance(v, list)}
+
+    @property
+    def incr_steps(self) -> int:
+        return self.lr_decay_steps if self.wd_incr_steps is None else self.wd_incr_steps
+
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """Return OptimizerParamScheduler's arguments; lists become the first group's value."""
+
+        def first(v: float | list[float]) -> float:
+            return float(v[0]) if isinstance(v, list) else float(v)
+
+        return {
+            "init_lr": self.init_lr,
+            "max_lr": first(self.max_lr),
+            "min_lr": first(self.min_lr),
+            "lr_warmup_steps": self.lr_warmup_steps,
+            "lr_decay_steps": self.lr_decay_steps,
+            "lr_decay_style": self.lr_decay_style,
+            "start_wd": first(self.start_wd),
+            "end_wd": first(self.end_wd),
+            "wd_incr_steps": self.incr_steps,
+            "wd_incr_style": self.wd_incr_style,
+            "wsd_decay_steps": self.wsd_decay_steps,
+            "lr_wsd_decay_style": self.lr_wsd_decay_style,
+        }
+
+    def group_overrides(self) -> dict[str, list[float]]:
+        """Return Megatron's per-group overrides: ``{key: [value per group]}`` for the lists."""
+        return {
+            name: [float(v) for v in getattr(self, name)]
+            for name in ("max_lr", "min_lr", "start_wd", "end_wd")
+            if isinstance(getattr(self, name), list)
+        }
+
+    # ------------------------------------------------------------------ closed forms
+
+    def lr(self, k: Tensor, base: Tensor) -> Tensor:
+        """Return ``get_lr`` at ``num_steps = k`` (int64), shape (groups, len(k)).
+
+        ``base`` only gives the number of groups: Megatron sets the lr itself.
+        """
+        groups = base.shape[0]
+        n = k.to(F64)[None, :]
+        max_lr = _per_group(self.max_lr, groups, k.device)
+        min_lr = _per_group(self.min_lr, groups, k.device)
+        warm = self.lr_warmup_steps
+        decay = self.lr_decay_steps
+        style = self.lr_decay_style
+        ones = torch.ones_like(n) * torch.ones_like(max_lr)
+        if style == "constant":
+            after = max_lr * ones
+        elif style == "inverse-square-root":
+            w = max(warm, 1)
+            lr = max_lr * w**0.5 / (torch.clamp_min(n, 1.0) ** 0.5)
+            after = torch.where(n > decay, min_lr * ones, torch.maximum(min_lr, lr))
+        else:
+            ratio = (n - warm) / float(decay - warm)
+            delta = max_lr - min_lr
+            if style == "linear":
+                coeff = 1.0 - ratio
+            elif style == "cosine":
+                coeff = 0.5 * (torch.cos(math.pi * ratio) + 1.0)
+            else:
+                coeff = self._wsd_coeff(n)
+            after = torch.where(n > decay, min_lr * ones, min_lr + coeff * delta)
+        if warm <= 0:
+            return after
+        warmup = self.init_lr + ((max_lr - self.init_lr) * n / float(warm))
+        return torch.where(n <= warm, warmup, after)
+
+    def _wsd_coeff(self, n: Tensor) -> Tensor:
+        wsd = self.wsd_decay_steps or 1
+        start = self.lr_decay_steps - wsd
+        ratio = torch.clamp_min(n - start, 0.0) / float(wsd)
+        style = self.lr_wsd_decay_style
+        if style == "linear":
+            coeff = 1.0 - ratio
+        elif style == "cosine":
+            coeff = 0.5 * (torch.cos(math.pi * ratio) + 1.0)
+        elif style == "exponential":
+            coeff = (2.0 * torch.pow(torch.tensor(0.5, dtype=F64), ratio)) - 1.0
+        else:
+            coeff = 1.0 - torch.sqrt(ratio)
+        return torch.where(n <= start, torch.ones_like(coeff), coeff)
+
+    def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
+        """Return ``{"weight_decay": ...}``: Megatron sets each group's weight decay too."""
+        return {"weight_decay": self.weight_decay(k, groups)}
+
+    def weight_decay(self, k: Tensor, groups: int) -> Tensor:
+        """Return ``get_wd`` at ``num_steps = k`` (int64), shape (groups, len(k))."""
+        n = k.to(F64)[None, :]
+        start = _per_group(self.start_wd, groups, k.device)
+        end = _per_group(self.end_wd, groups, k.device)
+        ones = torch.ones_like(n) * torch.ones_like(start)
+        if self.wd_incr_style == "constant":
+            return end * ones
+        steps = self.incr_steps
+        ratio = n / float(steps)
+        if self.wd_incr_style == "linear":
+            coeff = ratio
+        else:
+            coeff = 0.5 * (torch.cos(math.pi * (1 - ratio)) + 1.0)
+        return torch.where(n > steps, end * ones, start + coeff * (end - start))
+
+    # ------------------------------------------------------------------ torch engine
+
+    def library_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Return Megatron's own OptimizerParamScheduler on ``optimizer`` (it sets step 0)."""
+        try:
+            from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+        except ImportError as exc:
+            raise RuntimeError(
+                "engine 'torch' steps Megatron's own OptimizerParamScheduler, and megatron-core "
+                "is not installed here (pip install --no-deps megatron-core); use engine "
+                "'vectorized' or 'auto'"
+            ) from exc
+
+        for key, values in self.group_overrides().items():
+            for group, value in zip(optimizer.param_groups, values, strict=True):
+                group[key] = value
+        return OptimizerParamScheduler(optimizer, **self.constructor_kwargs())
+
+    @staticmethod
+    def drive(scheduler: Any, k: int) -> None:
+        """Make Megatron's scheduler set ``num_steps = k`` (its training loop's ``step``)."""
+        scheduler.step(increment=k - scheduler.num_steps)
+
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> LRScheduler:
+        """Return a torch scheduler stepping Megatron's own (built at the first step)."""
+        return LibraryLR(optimizer, self, self.library_scheduler, self.drive)
+
+    # ------------------------------------------------------------------ warnings
+
+    def caveats(self, span: int) -> list[str]:
+        """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
+        if self.lr_decay_style in ("linear", "cosine", "WSD") and self.lr_decay_steps + 1 < span:
+            return [
+                f"Megatron holds min_lr from step {self.lr_decay_steps + 1} on (after "
+                f"lr_decay_steps={self.lr_decay_steps}); torch's CosineAnnealingLR would rise "
+                "again after T_max"
+            ]
+        return []
