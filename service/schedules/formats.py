@@ -88,8 +88,10 @@ CHUNK_VALUES = 1 << 18
 """Values per chunk of a streamed body (about 5 MB of CSV or JSON text, 2 MB of npy)."""
 
 
-CSV_CHUNK_VALUES = 1 << 16
-"""Values per CSV chunk: its rows are split and joined in Python, faster when cache-sized."""
+CSV_CHUNK_VALUES = 1 << 14
+"""Values per CSV chunk (1024 rows of 16 groups): its rows are split and joined in Python,
+fastest when a chunk's text fits the CPU cache (measured: 1024 rows 1.8× orjson's time for
+the same values as JSON, 4096 rows 2.1×, 16384 rows 2.3×)."""
 
 
 def _csv_columns(computed: Computed) -> tuple[list[str], np.ndarray]:

@@ -33,8 +33,8 @@ ENV = {
     # every request above 0.1% of the vectorized cost limit takes the one expensive lane
     "LRS_COMPUTE_HEAVY_SHARE": "0.001",
     "LRS_BATCH_MAX_POINTS": "500000",
-    "LRS_TORCH_MAX_WORK": "200000",
-    "LRS_CACHE_MAX_BYTES": str(256 * 1024),
+    "LRS_TORCH_MAX_WORK": "100000",
+    "LRS_CACHE_MAX_BYTES": str(128 * 1024),
 }
 
 
@@ -194,14 +194,21 @@ def test_two_probes_stop_at_the_limit_while_other_requests_are_served(server):
 
 def test_a_client_that_disconnects_stops_its_computation(server):
     url, _ = server
+    # Another expensive-lane request (cheap to compute, but above the heavy share)
+    other = f"{url}/v1/schedules/CosineAnnealingLR?T_max=10&steps=300000&points=5"
+    alone = []
+    for i in range(2):
+        start = time.monotonic()
+        assert httpx.get(f"{other}&eta_min={i}e-9").status_code == 200
+        alone.append(time.monotonic() - start)
     start = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/schedules/compute", json=probe(1_400_000), timeout=0.3)
-    # Another expensive-lane request (cheap to compute, but above the heavy share): had the
-    # probe kept computing it would hold the lane until its limit, MAX_SECONDS after start.
-    r = httpx.get(f"{url}/v1/schedules/CosineAnnealingLR?T_max=10&steps=300000&points=5")
-    assert r.status_code == 200
-    assert time.monotonic() - start < MAX_SECONDS - 0.2
+    r = httpx.get(f"{other}&eta_min=1e-6")
+    assert r.status_code == 200 and r.headers["x-cache"] == "miss"
+    # had the probe kept computing after its client left, it would have held the expensive
+    # lane until its limit, MAX_SECONDS after it started, and the other request after that
+    assert time.monotonic() - start < MAX_SECONDS + min(alone) - 0.1
 
 
 # --------------------------------------------------------------------------- item 2
@@ -236,15 +243,15 @@ def test_batch_limits_count_groups_and_schedulers(server):
             "schedulers": [{"type": "LambdaLR", "lr_lambda": "0.999 ** epoch"}] * 15,
         },
         "param_groups": [{"lr": 0.1}] * 16,
-        "steps": 600,
+        "steps": 300,
         "engine": "torch",
     }
     start = time.monotonic()
     r = httpx.post(f"{url}/v1/schedules/batch", json={"requests": [chained] * 4}, timeout=30)
     assert time.monotonic() - start < MAX_SECONDS + 1
     slots = r.json()["results"]
-    # 600 steps × 16 groups × 16 schedulers = 153,600 updates; two exceed 200k
-    assert [s["status"] for s in slots] == [200, 422, 422, 422]
+    # 300 steps × 16 groups × 16 schedulers = 76,800 updates (+ the lambdas); two exceed 100k
+    assert [s["status"] for s in slots] == [200, 422, 422, 422], slots[0]
     detail = slots[1]["problem"]["detail"]
     assert "16 param groups" in detail and "16 schedulers" in detail, detail
     assert "LRS_TORCH_MAX_WORK" in detail
@@ -276,14 +283,17 @@ def test_csv_streams_in_bounded_memory_within_twice_the_json_time(server):
     body = {
         "scheduler": {"type": "CosineAnnealingLR", "T_max": 1000},
         "param_groups": [{"lr": 0.1 / (g + 1)} for g in range(16)],
-        "steps": 250_000,
+        "steps": 150_000,
     }
-    json_s, _, _ = _timed_download(url, "json", body, pid)
+    runs: dict[str, list[float]] = {"json": [], "csv": []}
     with healthz_latencies(url) as latencies:
-        csv_s, csv_mb, headers = _timed_download(url, "csv", body, pid)
-    assert csv_s <= 2 * json_s + 0.2, (csv_s, json_s)
-    # the lrs themselves are 32 MB; the CSV is ~80 MB and never held whole
-    assert csv_mb < 120, csv_mb
+        for _ in range(2):  # the faster of two runs each: the machine is shared
+            for fmt in ("json", "csv"):
+                seconds, grown_mb, headers = _timed_download(url, fmt, body, pid)
+                runs[fmt].append(seconds)
+                # the lrs themselves are 19 MB; the CSV is ~50 MB and never held whole
+                assert grown_mb < 100, (fmt, grown_mb)
+    assert min(runs["csv"]) <= 2 * min(runs["json"]), runs
     assert headers.get("content-length") is None  # streamed
     assert headers["x-cache"] == "bypass" and headers["etag"]
     assert_healthz_fast(latencies)
@@ -308,12 +318,12 @@ def test_csv_streams_in_bounded_memory_within_twice_the_json_time(server):
 def test_many_tiny_distinct_specs_keep_rss_flat(server):
     url, pid = server
     with httpx.Client() as client:
-        for i in range(100):  # warm up the code paths, then fill the 256 KiB cache
+        for i in range(100):  # warm up the code paths, then fill the 128 KiB cache
             client.get(f"{url}/v1/schedules/StepLR?step_size={i + 1}&steps=10")
         before = rss_mb(pid)
-        for i in range(600):
+        for i in range(400):
             r = client.get(f"{url}/v1/schedules/StepLR?step_size={i + 1000}&steps=10")
             assert r.status_code == 200 and r.headers["x-cache"] == "miss"
         grown = rss_mb(pid) - before
-    # counted as body bytes only, 600 ~400-byte entries fit the budget and held ~2.7 MB
-    assert grown < 1.5, grown
+    # counted as body bytes only, ~320 entries of ~400 bytes fit and held ~1.4 MB of RSS
+    assert grown < 0.8, grown
