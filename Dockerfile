@@ -22,7 +22,7 @@ RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 
 COPY pyproject.toml README.md nodeps-requirements.txt ./
 COPY service ./service
-RUN python -m pip install . && python -m pip install --no-deps -r nodeps-requirements.txt
+RUN python -m pip install '.[libraries]' && python -m pip install --no-deps -r nodeps-requirements.txt
 
 RUN useradd --create-home --uid 10001 app \
     && mkdir -p /data \
@@ -34,4 +34,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 
-CMD ["python", "-m", "uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# --no-access-log: the service writes its own access log, one JSON line per request.
+# Listening on 0.0.0.0 without LRS_API_KEYS prints a warning at start: set keys when deployed.
+CMD ["python", "-m", "uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

@@ -11,7 +11,6 @@ Without keys configured everything stays open, as before.
 
 import hashlib
 import hmac
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -23,11 +22,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import NotFound, ServiceError
 from service.settings import Settings
-
-log = logging.getLogger("service")
-
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/problems")
-"""Paths that never need a key, even with ``LRS_REQUIRE_KEY_FOR_ALL``."""
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -200,8 +194,69 @@ def exposure_warning(host: str, keys: frozenset[str]) -> str | None:
 
 
 def warn_if_exposed(keys: frozenset[str]) -> None:
-    """Log (and print to stderr) the exposure warning when it applies."""
+    """Print the exposure warning to stderr (where uvicorn logs) when it applies."""
     message = exposure_warning(listening_host(), keys)
     if message:
-        log.warning(message)
         print(message, file=sys.stderr, flush=True)
+
+
+def _problem_response(description: str, status: int, title: str, slug: str, detail: str) -> dict:
+    example = {
+        "type": f"https://lr-schedules.dev/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"example": example}},
+    }
+
+
+def document_access(app: Any) -> None:
+    """Add the 401 (keys) and 429 (rate limits) answers to the OpenAPI operations they apply
+    to, so the document says what a client must handle."""
+    from service.ratelimit import COMPUTE
+
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = original()
+        for path, item in schema.get("paths", {}).items():
+            for method, operation in item.items():
+                responses = operation.setdefault("responses", {})
+                keyed = path.startswith("/v1/jobs") and (
+                    method in ("post", "delete") or "/artifacts/" in path
+                )
+                if keyed:
+                    responses.setdefault(
+                        "401",
+                        _problem_response(
+                            "With LRS_API_KEYS set: no key or an unknown one. Another key's job "
+                            "answers 404.",
+                            401,
+                            "Unauthorized",
+                            "unauthorized",
+                            "this endpoint needs an API key: send `Authorization: Bearer "
+                            "YOUR_KEY` (the service has LRS_API_KEYS set)",
+                        ),
+                    )
+                limited = (path == "/v1/jobs" and method == "post") or (
+                    COMPUTE.match(path) and method in ("post", "get")
+                )
+                if limited:
+                    responses.setdefault(
+                        "429",
+                        _problem_response(
+                            "Rate limited (LRS_RATE_LIMIT_*): retry after `Retry-After` seconds.",
+                            429,
+                            "Too many requests",
+                            "rate-limited",
+                            "too many schedule computations (LRS_RATE_LIMIT_COMPUTE_PER_S): 60 "
+                            "at once, then 1 a second per API key or client address; retry "
+                            "after 1 s",
+                        ),
+                    )
+        return schema
+
+    app.openapi = openapi

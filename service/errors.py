@@ -95,6 +95,14 @@ class InternalError(ServiceError):
     slug = "internal"
 
 
+class TooManyRequests(ServiceError):
+    """A client over its share (queued jobs, open streams); ``Retry-After`` says when to retry."""
+
+    status = 429
+    title = "Too many requests"
+    slug = "too-many-requests"
+
+
 class Unavailable(ServiceError):
     status = 503
     title = "Service unavailable"
@@ -260,9 +268,72 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details; `errors` lists `{loc, msg, type}` for bad input.",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_BODY_ERRORS = {
+    "400": "The body is not JSON that can be read (not UTF-8, or nested too deeply).",
+    "413": "The body is larger than LRS_MAX_BODY_BYTES.",
+    "422": "Invalid input: the problem's `errors` point at the fields to change.",
+}
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the handlers and middleware really answer: every
+    422 is problem+json (not FastAPI's JSON `HTTPValidationError`), and every operation that
+    takes a body lists 400, 413 and 422. Returns ``schema``, changed in place."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                for status, description in _BODY_ERRORS.items():
+                    responses.setdefault(status, {"description": description})
+            for status, response in responses.items():
+                if not status.startswith("4"):
+                    continue
+                content = response.get("content") or {}
+                ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                if not content or ref.endswith("/HTTPValidationError"):
+                    examples = content.get("application/json", {})
+                    response["content"] = {
+                        PROBLEM_JSON: {**_PROBLEM_CONTENT[PROBLEM_JSON], **{
+                            k: v for k, v in examples.items() if k != "schema"
+                        }}
+                    }  # fmt: skip
+                elif PROBLEM_JSON in content and "schema" not in content[PROBLEM_JSON]:
+                    content[PROBLEM_JSON] = {
+                        **_PROBLEM_CONTENT[PROBLEM_JSON],
+                        **content[PROBLEM_JSON],
+                    }
+    return schema
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error the app can raise as problem+json."""
+    """Render every error the app can raise as problem+json, and document it so."""
     app.add_exception_handler(ServiceError, _on_service_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

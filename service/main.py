@@ -17,7 +17,7 @@ from service.docs import install_docs
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
-from service.middleware import BodyLimitMiddleware
+from service.middleware import BodyLimitMiddleware, DuplicateKeyMiddleware
 from service.observability import ObservabilityMiddleware, RouteCapture, configure_access_log
 from service.playground import router as playground_router
 from service.ratelimit import RateLimitMiddleware
@@ -50,6 +50,7 @@ CORS_EXPOSED_HEADERS = [
     "X-Engine",
     "X-Device",
     "X-Cache",
+    "X-Schedule-Family",
     "X-Torch-Version",
 ]
 
@@ -97,8 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.add_middleware(RouteCapture)
+    app.add_middleware(DuplicateKeyMiddleware)  # inside the body limit: bodies come bounded
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RateLimitMiddleware, settings=settings)
+    app.add_middleware(RateLimitMiddleware, settings=settings, keys=key_hashes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router.router)
     app.include_router(metrics.router)
     app.include_router(playground_router.router)
+    auth.document_access(app)
     return app
 
 

@@ -1,7 +1,10 @@
-"""Pure-ASGI middleware: request body size limit and curl-friendly content types."""
+"""Pure-ASGI middleware: request body size limit, curl-friendly content types, and JSON
+bodies whose objects repeat a key refused (422), for every endpoint at once."""
 
 import json
+from typing import Any
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PROBLEM_JSON, problem_body
@@ -85,3 +88,139 @@ class BodyLimitMiddleware:
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object of the body names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class _Pairs(list):  # type: ignore[type-arg]
+    """An object's (key, value) pairs as parsed, duplicates kept, to find where one is."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _first_duplicate(value: Any, path: list[str | int]) -> list[str | int] | None:
+    """Return the body path of the first repeated key in the parsed ``value``."""
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, item in value:
+            if key in seen:
+                return [*path, key]
+            seen.add(key)
+            found = _first_duplicate(item, [*path, key])
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_duplicate(item, [*path, index])
+            if found:
+                return found
+    return None
+
+
+def duplicate_key_path(body: bytes) -> list[str | int] | None:
+    """Return the path (``["scheduler", "gamma"]``) of the first key that an object of the
+    JSON ``body`` repeats, or None (also for a body that is not JSON: the app says why)."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except DuplicateKey:
+        return _first_duplicate(json.loads(body, object_pairs_hook=_Pairs), [])
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+THREAD_ABOVE_BYTES = 64 << 10
+"""Bodies larger than this are checked in a worker thread, off the event loop."""
+
+
+async def _send_duplicate(send: Send, path: list[str | int]) -> None:
+    key = path[-1]
+    where = ".".join(str(p) for p in path)
+    detail = (
+        f"{where}: the key {key!r} appears twice in one JSON object; JSON parsers keep only "
+        "one of them, so give it once"
+    )
+    error = {"loc": ["body", *path], "msg": detail, "type": "duplicate_key"}
+    body = json.dumps(
+        problem_body(
+            422, detail, title="Validation failed", slug="validation-failed", errors=[error]
+        )
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 422,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class DuplicateKeyMiddleware:
+    """Refuse a JSON request body in which an object repeats a key with a 422 naming it
+    (``{"steps": 10, "steps": 20}`` would otherwise mean 20, silently).
+
+    Reads the body (``BodyLimitMiddleware``, outside it, has bounded it), checks it, and
+    hands the same bytes on to the app. Bodies that are not JSON pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        ctype = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if not (ctype == b"application/json" or ctype.endswith(b"+json")):
+            await self.app(scope, receive, send)
+            return
+
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if len(body) > THREAD_ABOVE_BYTES:
+            path = await anyio.to_thread.run_sync(duplicate_key_path, body)
+        else:
+            path = duplicate_key_path(body)
+        if path is not None:
+            await _send_duplicate(send, path)
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """Return a receive that gives ``messages`` first, then whatever ``receive`` gives."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed

@@ -110,7 +110,7 @@ class ObservabilityMiddleware:
                         seen["engine"] = v.decode("latin-1")
                     elif k == b"x-cache":
                         seen["cache"] = v.decode("latin-1")
-                    elif k == b"x-family":
+                    elif k == b"x-schedule-family":
                         seen["family"] = v.decode("latin-1")
                 headers.append((b"x-request-id", request_id.encode()))
                 message = dict(message, headers=headers)

@@ -1,6 +1,7 @@
 """Rate limits on schedule computation and job submission: a token bucket per caller.
 
-The caller is its API key (by digest) when it sends one, else its client address. Each bucket
+The caller is its API key (by digest) when it sends one the service accepts, else its client
+address. Each bucket
 holds up to ``burst`` tokens, refilled at ``per_s`` tokens a second; a request takes one, and
 with none left it gets ``429 Too Many Requests`` (problem+json) with ``Retry-After``: the
 whole seconds until a token is back. The buckets live in the process: with several API
@@ -64,11 +65,15 @@ class TokenBuckets:
             del self.buckets[key]
 
 
-def caller(scope: Scope) -> str:
-    """Return who is calling: ``key:<digest prefix>`` for a bearer key, else ``ip:<address>``."""
+def caller(scope: Scope, keys: frozenset[str] = frozenset()) -> str:
+    """Return who is calling: ``key:<digest>`` for one of the configured API keys, else
+    ``ip:<address>`` (so a client cannot get a fresh bucket by inventing keys)."""
     for name, value in scope["headers"]:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
-            return "key:" + hashlib.sha256(value[7:].strip()).hexdigest()[:32]
+            digest = hashlib.sha256(value[7:].strip()).hexdigest()
+            if digest in keys:
+                return "key:" + digest
+            break
     client = scope.get("client")
     return f"ip:{client[0] if client else 'unknown'}"
 
@@ -76,8 +81,11 @@ def caller(scope: Scope) -> str:
 class RateLimitMiddleware:
     """Apply the compute and job-submission limits before the request reaches a route."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, keys: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
+        self.keys = keys
         self.compute = (
             TokenBuckets(settings.rate_limit_compute_per_s, settings.rate_limit_compute_burst)
             if settings.rate_limit_compute_per_s > 0
@@ -102,7 +110,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         buckets, what = self._limit(scope)
-        wait = buckets.take(caller(scope)) if buckets is not None else 0.0
+        wait = buckets.take(caller(scope, self.keys)) if buckets is not None else 0.0
         if not wait:
             await self.app(scope, receive, send)
             return

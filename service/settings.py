@@ -163,6 +163,52 @@ class Settings(BaseSettings):
     job_events_poll_s: float = Field(
         default=0.2, gt=0, description="How often an event stream looks for new job events."
     )
+    job_events_max_streams: int = Field(
+        default=1000,
+        ge=0,
+        description="Event streams open at once over all jobs; more get 503 with Retry-After.",
+    )
+    job_events_max_streams_per_job: int = Field(
+        default=100, ge=0, description="Event streams open at once on one job (503 beyond)."
+    )
+    job_events_max_streams_per_client: int = Field(
+        default=32, ge=0, description="Event streams one client keeps open at once (429 beyond)."
+    )
+    job_max_parameters: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most parameters in a job's model (model.pt is about 4 bytes each).",
+    )
+    job_queue_max: int = Field(
+        default=500,
+        ge=0,
+        description="Queued and running jobs over all clients; a submit beyond is a 503.",
+    )
+    job_queue_max_per_client: int = Field(
+        default=16, ge=0, description="Queued and running jobs of one client (429 beyond)."
+    )
+    job_retry_after_s: int = Field(
+        default=10, ge=1, description="Retry-After (seconds) of the queue and stream caps' answers."
+    )
+    job_data_max_bytes: int = Field(
+        default=2 << 30,
+        ge=0,
+        description="Quota of the data directory (records and artifacts): the oldest "
+        "succeeded jobs' artifacts are removed beyond it, and submits get 503 while the "
+        "records alone exceed it.",
+    )
+    job_artifacts_keep: int = Field(
+        default=1000,
+        ge=1,
+        description="Succeeded jobs whose artifacts are kept; older ones' are removed "
+        "(their records stay).",
+    )
+    job_page_max_bytes: int = Field(
+        default=8 << 20,
+        ge=1,
+        description="Largest GET /v1/jobs page in bytes: a page ends early (with a "
+        "next_page_token) rather than exceed it.",
+    )
     job_table_prefix: str = Field(
         default="", description="Prefix of the job store's table names (one store, many apps)."
     )

@@ -89,8 +89,11 @@ def test_rate_limit_429_with_retry_after_after_the_burst(keyed):
     assert r.headers["content-type"] == "application/problem+json"
     assert int(r.headers["retry-after"]) >= 1
     assert "LRS_RATE_LIMIT_COMPUTE_PER_S" in r.json()["detail"]
-    # another caller has its own bucket
+    # another key has its own bucket; an invented key does not get a fresh one
     assert keyed.get(url, headers=bearer(KEY_A)).status_code == 200
+    assert keyed.get(url).status_code == 200  # the address's bucket (testclient)
+    assert keyed.get(url).status_code == 200
+    assert keyed.get(url, headers=bearer("made-up-key")).status_code == 429
 
 
 def test_cors_preflight_from_an_allowed_origin_passes_from_another_fails(keyed):

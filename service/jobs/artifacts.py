@@ -12,6 +12,9 @@ Deleting a job removes its own folder only: a symlink is unlinked, never followe
 ``rm -rf link/`` trap deletes the *target's* contents). Both the delete and a run that
 published after its job was deleted call :meth:`Artifacts.unpublish`, so whichever comes last
 leaves ``latest`` at an existing succeeded job's folder, or no ``latest``.
+
+Retention (:meth:`Artifacts.retain`) removes the oldest folders first, by the time their files
+were written, and never the one ``latest`` points at, so ``latest`` always names a folder.
 """
 
 import json
@@ -67,6 +70,42 @@ class Artifacts:
             else:
                 shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
+        return removed
+
+    def retain(self, keep: int, max_bytes: int | None = None) -> list[str]:
+        """Remove the oldest job folders until at most ``keep`` remain and they hold at most
+        ``max_bytes`` (None: no byte budget); never the folder ``latest`` points at. Return
+        the ids whose folders were removed, oldest first."""
+        if not self.runs.is_dir():
+            return []
+        latest = self.latest()
+        folders: list[tuple[int, str, int]] = []
+        for entry in os.scandir(self.runs):
+            if entry.name.startswith(".") or entry.name == LATEST:
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                size = sum(
+                    f.stat(follow_symlinks=False).st_size
+                    for f in os.scandir(entry.path)
+                    if f.is_file(follow_symlinks=False)
+                )
+                folders.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, size))
+            except OSError:
+                continue  # deleted while we looked
+        folders.sort()
+        count, total = len(folders), sum(size for _, _, size in folders)
+        removed = []
+        for _, job_id, size in folders:
+            over_bytes = max_bytes is not None and total > max_bytes
+            if count <= keep and not over_bytes:
+                break
+            if job_id == latest:
+                continue
+            self.delete(job_id)
+            removed.append(job_id)
+            count, total = count - 1, total - size
         return removed
 
     def stage(self, job_id: str, state_dict: dict[str, torch.Tensor], metrics: Any) -> Path:

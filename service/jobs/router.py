@@ -2,21 +2,23 @@
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from service import auth
 from service.errors import InvalidSpec, NotFound
 from service.health import register_readiness_check
 from service.jobs import specs
 from service.jobs.artifacts import Artifacts
-from service.jobs.events import job_events
+from service.jobs.events import EventHub
 from service.jobs.executor import make_executor
 from service.jobs.runner import RunConfig
 from service.jobs.service import MAX_SEQ, JobService
@@ -25,7 +27,7 @@ from service.jobs.store import Store, sqlite_url
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 SUPERVISE_EVERY_S = 1.0
-"""How often the API checks that its worker processes are alive."""
+"""How often the API checks that its worker processes are alive (and the data quota)."""
 
 JobId = Annotated[str, Path(description="The job's id.")]
 
@@ -52,6 +54,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(jobs.recover)
     executor.start()
     app.state.jobs = jobs
+    hub = EventHub(store, settings)
+    app.state.job_events = hub
+    await anyio.to_thread.run_sync(jobs.maintain_storage, True)
 
     async def ready() -> tuple[bool, str]:
         try:
@@ -67,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         while True:
             await anyio.sleep(SUPERVISE_EVERY_S)
             await anyio.to_thread.run_sync(executor.supervise)
+            await anyio.to_thread.run_sync(jobs.maintain_storage)
 
     supervisor = asyncio.create_task(supervise())
     try:
@@ -75,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
+        await hub.aclose()
         await anyio.to_thread.run_sync(executor.stop)
         store.dispose()
 
@@ -83,8 +90,60 @@ def _jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
-def _view(record: Any) -> dict[str, Any]:
-    return specs.Job.from_record(record).model_dump(mode="json")
+def _client(request: Request) -> str:
+    """Return who is asking, for the per-client caps: the digest of the request's verified
+    API key (``auth`` sets it), else the peer address (behind a reverse proxy, run uvicorn
+    with ``--proxy-headers`` so that is the client's, not the proxy's). An unverified
+    Authorization header counts as the address: made-up keys get no fresh share."""
+    digest = getattr(request.state, "key_hash", None)
+    if digest:
+        return f"key:{digest[:32]}"
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
+def _view_bytes(record: Any) -> bytes:
+    return specs.Job.from_record(record).model_dump_json().encode()
+
+
+async def _job_response(record: Any, status_code: int = 200, **headers: str) -> Response:
+    """Render the job off the event loop (a result may hold millions of values)."""
+    body = await anyio.to_thread.run_sync(_view_bytes, record)
+    return Response(body, status_code, headers=headers, media_type="application/json")
+
+
+def _page_bytes(
+    jobs: JobService, records: list[Any], token: str | None, status: str | None, limit: int
+) -> bytes:
+    """Return the page as JSON, ending it early (with a token) rather than pass ``limit``
+    bytes; a page always holds at least one job."""
+    parts: list[bytes] = []
+    size = 0
+    for index, record in enumerate(records):
+        part = _view_bytes(record)
+        if parts and size + len(part) > limit:
+            token = jobs.token_after(records[index - 1].seq, status)
+            break
+        parts.append(part)
+        size += len(part) + 1
+    tail = json.dumps(token).encode()
+    return b'{"jobs":[' + b",".join(parts) + b'],"next_page_token":' + tail + b"}"
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {}}}
+
+
+def _busy(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+        },
+        "content": {"application/problem+json": {}},
+    }
+
+
+NO_JOB = _problem("No such job (any id that is not 32 hex digits names none).")
 
 
 JOB_EXAMPLE: dict[str, Any] = {
@@ -144,6 +203,8 @@ JOB_EXAMPLES = {
             "Queued; `Location` names the job.",
         ),
         422: {"description": "Invalid spec, a limit exceeded, or a reused Idempotency-Key."},
+        429: _busy("This client has LRS_JOB_QUEUE_MAX_PER_CLIENT jobs queued or running."),
+        503: _busy("LRS_JOB_QUEUE_MAX jobs are queued or running, or the data quota is full."),
     },
 )
 async def submit_job(
@@ -157,19 +218,21 @@ async def submit_job(
             description="Retrying with the same key and body returns the same job.",
         ),
     ] = None,
-) -> JSONResponse:
+) -> Response:
     """Queue a job that trains the seed's MLP with the given schedule; `{}` is the seed's task.
 
     Returns 202 with the job and `Location: /v1/jobs/{id}`. A retry with the same
     `Idempotency-Key` and body returns the same job (header `Idempotent-Replayed: true`).
     """
     spec = spec or specs.JobSpec()
-    record, created = await anyio.to_thread.run_sync(_jobs(request).submit, spec, idempotency_key)
+    record, created = await anyio.to_thread.run_sync(
+        _jobs(request).submit, spec, idempotency_key, _client(request)
+    )
     await auth.record_owner(request, record.id, created)
     headers = {"Location": f"/v1/jobs/{record.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(_view(record), status_code=202, headers=headers)
+    return await _job_response(record, 202, **headers)
 
 
 @router.get(
@@ -192,24 +255,28 @@ async def list_jobs(
     page_token: Annotated[
         str | None, Query(max_length=200, description="`next_page_token` of the last page.")
     ] = None,
-) -> JSONResponse:
-    """Return a page of jobs and the token of the next page (null on the last page)."""
-    page_size = min(page_size, request.app.state.settings.job_page_size_max)
-    records, token = await anyio.to_thread.run_sync(
-        _jobs(request).list_jobs, status, page_size, page_token
+) -> Response:
+    """Return a page of jobs and the token of the next page (null on the last page). A page
+    ends early, with a token, rather than pass LRS_JOB_PAGE_MAX_BYTES."""
+    settings = request.app.state.settings
+    page_size = min(page_size, settings.job_page_size_max)
+    jobs = _jobs(request)
+    records, token = await anyio.to_thread.run_sync(jobs.list_jobs, status, page_size, page_token)
+    body = await anyio.to_thread.run_sync(
+        _page_bytes, jobs, records, token, status, settings.job_page_max_bytes
     )
-    return JSONResponse({"jobs": [_view(r) for r in records], "next_page_token": token})
+    return Response(body, media_type="application/json")
 
 
 @router.get(
     "/{job_id}",
     response_model=specs.Job,
     summary="A job: status, progress, result",
-    responses={200: _example(JOB_EXAMPLE, "The job."), 404: {"description": "No such job."}},
+    responses={200: _example(JOB_EXAMPLE, "The job."), 404: NO_JOB},
 )
-async def get_job(request: Request, job_id: JobId) -> JSONResponse:
+async def get_job(request: Request, job_id: JobId) -> Response:
     """Return the job; 404 when there is none."""
-    return JSONResponse(_view(await anyio.to_thread.run_sync(_jobs(request).get, job_id)))
+    return await _job_response(await anyio.to_thread.run_sync(_jobs(request).get, job_id))
 
 
 @router.post(
@@ -223,13 +290,17 @@ async def get_job(request: Request, job_id: JobId) -> JSONResponse:
             "It was queued and is now cancelled.",
         ),
         202: _example(JOB_EXAMPLE, "Running: it stops before its next batch."),
-        409: {"description": "The job already finished."},
+        404: NO_JOB,
+        409: _problem(
+            "The job already finished, or finished (its last batch done) before the cancel "
+            "took effect; the job's `cancel.outcome` is then `too_late`."
+        ),
     },
 )
-async def cancel_job(request: Request, job_id: JobId) -> JSONResponse:
+async def cancel_job(request: Request, job_id: JobId) -> Response:
     """Cancel a queued job at once (200) or stop a running one before its next batch (202)."""
     record = await anyio.to_thread.run_sync(_jobs(request).cancel, job_id)
-    return JSONResponse(_view(record), status_code=200 if record.status == "cancelled" else 202)
+    return await _job_response(record, 200 if record.status == "cancelled" else 202)
 
 
 @router.delete(
@@ -239,6 +310,7 @@ async def cancel_job(request: Request, job_id: JobId) -> JSONResponse:
     dependencies=[Depends(auth.job_owner)],
     responses={
         204: {"description": "Deleted, e.g. `curl -X DELETE localhost:8000/v1/jobs/{id}`."},
+        404: NO_JOB,
         409: {
             "description": "The job is queued or running.",
             "content": {
@@ -273,7 +345,14 @@ async def delete_job(request: Request, job_id: JobId) -> Response:
                     '{"status": "succeeded", "error": null}\n\n'
                 }
             }
-        }
+        },
+        404: NO_JOB,
+        422: _problem("Last-Event-ID is not an event id this service sent."),
+        429: _busy("This client has LRS_JOB_EVENTS_MAX_STREAMS_PER_CLIENT streams open."),
+        503: _busy(
+            "The job has LRS_JOB_EVENTS_MAX_STREAMS_PER_JOB streams open, or the service "
+            "LRS_JOB_EVENTS_MAX_STREAMS."
+        ),
     },
 )
 async def job_event_stream(
@@ -285,7 +364,8 @@ async def job_event_stream(
 ) -> EventSourceResponse:
     """Stream `status` (queued, running), `progress` (every epoch and every
     `LRS_JOB_PROGRESS_EVERY` optimizer steps) and a final `done` event whose data holds the
-    status. A finished job's stream replays its events and closes."""
+    status. A finished job's stream replays its events and closes. Open streams are capped
+    per client (429), per job and in all (503)."""
     jobs = _jobs(request)
     await anyio.to_thread.run_sync(jobs.get, job_id)
     if last_event_id is not None and last_event_id > MAX_SEQ:
@@ -294,8 +374,11 @@ async def job_event_stream(
             "`id` of the last event received",
             loc=("header", "Last-Event-ID"),
         )
-    poll_s = request.app.state.settings.job_events_poll_s
-    return EventSourceResponse(job_events(jobs.store, job_id, last_event_id or 0, poll_s))
+    hub: EventHub = request.app.state.job_events
+    ticket = hub.admit(job_id, _client(request))
+    return EventSourceResponse(
+        hub.stream(ticket, last_event_id or 0), background=BackgroundTask(hub.release, ticket)
+    )
 
 
 @router.get(
@@ -323,7 +406,8 @@ async def get_artifact(
     if path is None:
         raise NotFound(
             f"job {job_id} ({record.status}) has no artifact {name!r}; succeeded jobs have "
-            "model.pt and metrics.json",
+            "model.pt and metrics.json until retention removes the oldest "
+            "(LRS_JOB_ARTIFACTS_KEEP, LRS_JOB_DATA_MAX_BYTES)",
             loc=("path", "name"),
         )
     media = "application/json" if name.endswith(".json") else "application/octet-stream"

@@ -7,11 +7,23 @@ and schedule) before it is queued, so a spec torch would refuse is a 422, never 
 import base64
 import binascii
 import hashlib
+import itertools
 import json
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from service.devices import resolve_device
-from service.errors import Conflict, InvalidSpec, LimitExceeded, NotFound, Unavailable
+from service.errors import (
+    Conflict,
+    InvalidSpec,
+    LimitExceeded,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
 from service.jobs import specs, trainer
 from service.jobs.artifacts import Artifacts
 from service.jobs.executor import Executor
@@ -29,6 +41,55 @@ UNTRAINABLE: dict[str, str] = {
     "Muon": "it takes 2-D parameters only and every Linear layer has a 1-D bias",
 }
 """torch.optim classes the schedule API builds but a job cannot train with, and why."""
+MODEL_PT_OVERHEAD = 8192
+"""Bytes of ``model.pt`` beyond 4 a parameter (torch.save's zip; 2.6 KB for the seed's)."""
+STORAGE_RECHECK_S = 30.0
+"""How often the data directory is measured even when no run was published (records grow)."""
+
+
+def model_parameters(model: specs.ModelSpec, tau: int) -> int:
+    """Return the number of parameters (weights and biases) of the job's MLP."""
+    widths = [tau, *model.hidden, 1]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+
+
+def _check_float32(value: Any, loc: tuple[str | int, ...]) -> None:
+    """Raise InvalidSpec at the first float in ``value`` that float32 cannot hold."""
+    if isinstance(value, float) and abs(value) > specs.FLOAT32_MAX:
+        where = ".".join(str(p) for p in loc[1:])
+        raise InvalidSpec(
+            f"{where}={value:g} overflows float32 (largest 3.4e38), which a job trains in: "
+            "torch would fail at the first optimizer step; use a smaller value",
+            loc=loc,
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_float32(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_float32(item, (*loc, index))
+
+
+def tree_bytes(path: Path, skip: Path | None = None) -> int:
+    """Return the bytes of the regular files under ``path`` (not under ``skip``; links are
+    not followed)."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if skip is None or Path(entry.path) != skip:
+                        stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue  # removed while we looked
+    return total
 
 
 class JobService:
@@ -41,6 +102,9 @@ class JobService:
         self.store = store
         self.executor = executor
         self.artifacts = artifacts
+        self._submit_lock = threading.Lock()
+        self.storage_full = False
+        self._storage_seen: tuple[int, float] = (-1, 0.0)
 
     # ----------------------------------------------------------------- submit
 
@@ -87,6 +151,24 @@ class JobService:
                 loc=("body", "optimizer", "type"),
             )
         resolve_device(spec.device)
+        parameters = model_parameters(spec.model, data.tau)
+        model_bytes = 4 * parameters + MODEL_PT_OVERHEAD
+        if parameters > limits.job_max_parameters:
+            raise LimitExceeded(
+                f"the model has {parameters:,} parameters (model.pt about {model_bytes:,} "
+                f"bytes); the limit is {limits.job_max_parameters:,} (LRS_JOB_MAX_PARAMETERS): "
+                "use fewer or narrower hidden layers",
+                loc=("body", "model", "hidden"),
+            )
+        if limits.job_data_max_bytes and model_bytes > limits.job_data_max_bytes:
+            raise LimitExceeded(
+                f"model.pt would take about {model_bytes:,} bytes, more than the data "
+                f"directory's quota of {limits.job_data_max_bytes:,} (LRS_JOB_DATA_MAX_BYTES)",
+                loc=("body", "model", "hidden"),
+            )
+        dumped = spec.model_dump(mode="json", include={"optimizer", "param_groups", "scheduler"})
+        for name in ("optimizer", "param_groups", "scheduler"):
+            _check_float32(dumped.get(name), ("body", name))
         n_groups = len(spec.param_groups) if spec.param_groups else 1
         linears = len(spec.model.hidden) + 1
         if n_groups not in (1, linears):
@@ -98,15 +180,22 @@ class JobService:
         trainer.build_schedule(spec)
 
     def submit(
-        self, spec: specs.JobSpec, idempotency_key: str | None = None
+        self, spec: specs.JobSpec, idempotency_key: str | None = None, client: str | None = None
     ) -> tuple[JobRecord, bool]:
-        """Queue ``spec``; return the job and whether it is new. The same
-        ``idempotency_key`` with the same spec returns the first job; with another spec it
-        is a 422."""
+        """Queue ``spec`` for ``client``; return the job and whether it is new. The same
+        ``idempotency_key`` with the same spec returns the first job (even when the queue is
+        full); with another spec it is a 422. Past the queue caps: TooManyRequests (429, the
+        client's) or Unavailable (503, everyone's, or the data quota), with Retry-After."""
         self.check(spec)
         body = spec.model_dump(mode="json")
         spec_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        record, created = self.store.create(body, spec_hash, idempotency_key)
+        record = self.store.by_idempotency_key(idempotency_key) if idempotency_key else None
+        if record is not None:
+            created = False
+        else:
+            with self._submit_lock:  # count and insert as one step, within this process
+                self._check_room(client)
+                record, created = self.store.create(body, spec_hash, idempotency_key, client)
         if not created and record.spec_hash != spec_hash:
             raise InvalidSpec(
                 f"Idempotency-Key {idempotency_key!r} was already used for job {record.id} "
@@ -122,10 +211,62 @@ class JobService:
                 record = self.get(record.id)  # another replica handed it on meanwhile
         return record, created
 
+    def _check_room(self, client: str | None) -> None:
+        limits = self.settings
+        retry = {"Retry-After": str(limits.job_retry_after_s)}
+        per_client = limits.job_queue_max_per_client
+        if per_client and client is not None and self.store.count_active(client) >= per_client:
+            raise TooManyRequests(
+                f"you have {per_client} jobs queued or running, the most one client may "
+                "(LRS_JOB_QUEUE_MAX_PER_CLIENT); retry when one has finished",
+                headers=retry,
+            )
+        if limits.job_queue_max and self.store.count_active() >= limits.job_queue_max:
+            raise Unavailable(
+                f"{limits.job_queue_max} jobs are queued or running, the most the service "
+                "takes (LRS_JOB_QUEUE_MAX); retry later",
+                headers=retry,
+            )
+        if self.storage_full:
+            raise Unavailable(
+                f"the data directory holds more than its quota of {limits.job_data_max_bytes:,} "
+                "bytes (LRS_JOB_DATA_MAX_BYTES) in job records alone; delete finished jobs",
+                headers=retry,
+            )
+
+    def maintain_storage(self, force: bool = False) -> list[str]:
+        """Keep the data directory within LRS_JOB_DATA_MAX_BYTES and the artifacts of the
+        newest LRS_JOB_ARTIFACTS_KEEP succeeded jobs: remove the oldest others' artifacts
+        (never what ``latest`` points at); return their ids. Measures only when a run was
+        published since the last call, or every STORAGE_RECHECK_S."""
+        limits = self.settings
+        try:
+            mtime = self.artifacts.runs.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        now = time.monotonic()
+        last_mtime, last_at = self._storage_seen
+        if not force and mtime == last_mtime and now - last_at < STORAGE_RECHECK_S:
+            return []
+        quota = limits.job_data_max_bytes or None
+        records = tree_bytes(limits.data_dir, skip=self.artifacts.runs) if quota else 0
+        budget = None if quota is None else max(0, quota - records)
+        removed = self.artifacts.retain(limits.job_artifacts_keep, budget)
+        self.storage_full = quota is not None and records > quota
+        try:
+            mtime = self.artifacts.runs.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        self._storage_seen = (mtime, now)
+        return removed
+
     # ----------------------------------------------------------------- read
 
     def get(self, job_id: str) -> JobRecord:
-        """Return the job; NotFound (404) when there is none."""
+        """Return the job; NotFound (404) when there is none (any id that is not 32 hex
+        digits names none, and never reaches the store)."""
+        if not specs.JOB_ID.fullmatch(job_id):
+            raise NotFound(f"no job {job_id!r}: job ids are 32 hex digits", loc=("path", "job_id"))
         record = self.store.get(job_id)
         if record is None:
             raise NotFound(f"no job {job_id!r}", loc=("path", "job_id"))
@@ -142,6 +283,10 @@ class JobService:
         page = records[:page_size]
         return page, _encode_token(page[-1].seq, status)
 
+    def token_after(self, seq: int, status: str | None) -> str:
+        """Return the page token of the jobs older than ``seq`` (same status filter)."""
+        return _encode_token(seq, status)
+
     # ----------------------------------------------------------------- change
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -156,7 +301,13 @@ class JobService:
             return self.get(job_id)
         if self.store.request_cancel(job_id):
             self.executor.cancel(self.get(job_id))
-            return self.get(job_id)
+            record = self.get(job_id)
+            if record.status in specs.FINISHED and record.status != "cancelled":
+                raise Conflict(
+                    f"job {job_id} finished ({record.status}) before the cancel took effect: "
+                    "it had run its last batch; the job's `cancel` says so too"
+                )
+            return record
         record = self.get(job_id)
         if record.status in specs.FINISHED:
             raise Conflict(
@@ -167,8 +318,9 @@ class JobService:
 
     def delete(self, job_id: str) -> None:
         """Delete a finished job, its events and its artifacts; Conflict (409) otherwise."""
-        record = self.get(job_id)
+        self.get(job_id)
         if not self.store.delete(job_id):
+            record = self.get(job_id)  # NotFound when a concurrent delete removed it
             raise Conflict(
                 f"job {job_id} is {record.status}; cancel it first, only finished jobs can "
                 "be deleted"

@@ -6,6 +6,8 @@ models (imported from :mod:`service.schedules.specs`, never copied), so a schedu
 ``POST /v1/schedules/compute`` accepts trains as written.
 """
 
+import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -36,6 +38,27 @@ Activation = Literal["ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "LeakyReL
 MAX_WIDTH = 4096
 """Widest layer of a job's model: each hidden width, and ``tau`` (the first layer's input)."""
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""Largest finite float32: a job trains in float32, so an lr or optimizer argument above it
+cannot be converted (torch raises an overflow RuntimeError at the first step)."""
+MAX_DATA_ABS = 1e18
+"""Largest magnitude of a series value or of ``noise_std``: the squared error of values up to
+this size (1e36, and 25× that for 5-sigma noise) stays below float32's 3.4e38; beyond it the
+loss is infinite at the first batch whatever the learning rate."""
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+"""What every job id looks like (the store issues ``uuid4().hex``); anything else, a NUL or
+any other character, names no job."""
+
+
+def _check_magnitude(value: float, field: str, fix: str) -> float:
+    if math.fabs(value) > MAX_DATA_ABS:
+        raise ValueError(
+            f"{field}={value:g} is beyond ±{MAX_DATA_ABS:g}: the model trains in float32 "
+            f"(largest 3.4e38), and the squared error of such values overflows it; {fix}"
+        )
+    return value
+
 
 class NoisySine(SpecModel):
     """The seed's series: ``x = sin(0.01 t) + N(0, noise_std)`` for ``t = 1..n``.
@@ -49,6 +72,11 @@ class NoisySine(SpecModel):
     tau: PositiveInt = Field(default=4, description="Previous values each prediction sees.")
     noise_std: Number = Field(default=0.02, ge=0.0, description="Std of the Gaussian noise.")
     n_train: PositiveInt = Field(default=600, description="Examples used for training.")
+
+    @field_validator("noise_std")
+    @classmethod
+    def _noise_fits_float32(cls, value: float) -> float:
+        return _check_magnitude(value, "noise_std", "lower noise_std")
 
     @property
     def length(self) -> int:
@@ -73,6 +101,14 @@ class Series(SpecModel):
     n_train: PositiveInt | None = Field(
         default=None, description="Examples used for training; 60% of them when null."
     )
+
+    @field_validator("values")
+    @classmethod
+    def _values_fit_float32(cls, values: list[float]) -> list[float]:
+        if values and max(map(abs, values)) > MAX_DATA_ABS:
+            index = next(i for i, v in enumerate(values) if abs(v) > MAX_DATA_ABS)
+            _check_magnitude(values[index], f"values[{index}]", "rescale the series")
+        return values
 
     @property
     def length(self) -> int:
@@ -273,6 +309,28 @@ class JobError(BaseModel):
     detail: str
 
 
+class CancelState(BaseModel):
+    """What became of a cancel: ``pending`` (asked; a running job stops before its next
+    batch), ``cancelled``, or ``too_late`` (the job finished first, as its status says)."""
+
+    outcome: Literal["pending", "cancelled", "too_late"]
+    detail: str
+
+
+def cancel_state(status: str, requested: bool) -> CancelState | None:
+    """Return what the job's record says about a cancel, or None when none was asked."""
+    if status == "cancelled":
+        return CancelState(outcome="cancelled", detail="the job was cancelled on request")
+    if not requested:
+        return None
+    if status == "running":
+        return CancelState(outcome="pending", detail="asked; the job stops before its next batch")
+    return CancelState(
+        outcome="too_late",
+        detail=f"the cancel arrived after the job's last batch: it finished as {status}",
+    )
+
+
 class Job(BaseModel):
     """A training job as the API shows it."""
 
@@ -285,11 +343,18 @@ class Job(BaseModel):
     spec: JobSpec
     result: JobResult | None
     error: JobError | None
+    cancel: CancelState | None = Field(
+        default=None,
+        description="Null unless a cancel was asked: whether it took effect, or came too late "
+        "(the job had finished its last batch).",
+    )
 
     @classmethod
     def from_record(cls, record: Any) -> "Job":
         """Return the API view of a store record."""
-        return cls.model_validate(record, from_attributes=True)
+        job = cls.model_validate(record, from_attributes=True)
+        job.cancel = cancel_state(record.status, bool(record.cancel_requested))
+        return job
 
 
 class JobPage(BaseModel):

@@ -85,6 +85,7 @@ class JobRecord:
     lease_owner: str | None = None
     lease_expires: float | None = None
     attempts: int | None = 0
+    client: str | None = None
 
     @classmethod
     def from_row(cls, row: RowMapping) -> "JobRecord":
@@ -137,6 +138,7 @@ class Store:
             sa.Column("lease_owner", sa.String(255)),
             sa.Column("lease_expires", sa.Float),
             sa.Column("attempts", sa.Integer),
+            sa.Column("client", sa.String(128)),  # who submitted: the per-client queue cap
             sqlite_autoincrement=True,
         )
         self.events = sa.Table(
@@ -243,6 +245,45 @@ class Store:
         with self.engine.connect() as conn:
             return [Event(**row) for row in conn.execute(query).mappings()]
 
+    def events_for(self, afters: dict[str, int]) -> dict[str, list[Event]]:
+        """Return, for each job id, its events with an id above ``afters[job_id]``, oldest
+        first: one query for many jobs (the event streams' shared poll)."""
+        found: dict[str, list[Event]] = {job_id: [] for job_id in afters}
+        items = list(afters.items())
+        for start in range(0, len(items), 200):  # SQLite nests ORs: keep each query shallow
+            chunk = items[start : start + 200]
+            query = (
+                sa.select(self.events)
+                .where(sa.or_(*(
+                    sa.and_(self.events.c.job_id == j, self.events.c.id > a) for j, a in chunk
+                )))
+                .order_by(self.events.c.id)
+            )  # fmt: skip
+            with self.engine.connect() as conn:
+                for row in conn.execute(query).mappings():
+                    found[row["job_id"]].append(Event(**row))
+        return found
+
+    def existing(self, job_ids: list[str]) -> set[str]:
+        """Return which of ``job_ids`` the store has."""
+        if not job_ids:
+            return set()
+        query = sa.select(self.jobs.c.id).where(self.jobs.c.id.in_(job_ids))
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def count_active(self, client: str | None = None) -> int:
+        """Return how many jobs are queued or running (of ``client`` when given)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(self.jobs)
+            .where(self.jobs.c.status.in_(("queued", "running")))
+        )
+        if client is not None:
+            query = query.where(self.jobs.c.client == client)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def cancel_requested(self, job_id: str) -> bool:
         """Return True when someone asked to cancel the job."""
         query = sa.select(self.jobs.c.cancel_requested).where(self.jobs.c.id == job_id)
@@ -255,10 +296,14 @@ class Store:
         conn.execute(sa.insert(self.events).values(job_id=job_id, event=event, data=data))
 
     def create(
-        self, spec: dict[str, Any], spec_hash: str, idempotency_key: str | None = None
+        self,
+        spec: dict[str, Any],
+        spec_hash: str,
+        idempotency_key: str | None = None,
+        client: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Insert a queued job; return it and True, or the job already stored under
-        ``idempotency_key`` and False."""
+        """Insert a queued job (submitted by ``client``); return it and True, or the job
+        already stored under ``idempotency_key`` and False."""
         job_id = uuid.uuid4().hex
         values = {
             "id": job_id,
@@ -268,6 +313,7 @@ class Store:
             "spec_hash": spec_hash,
             "idempotency_key": idempotency_key,
             "cancel_requested": False,
+            "client": client,
         }
         try:
             with self.engine.begin() as conn:
@@ -279,7 +325,7 @@ class Store:
                 raise
             existing = self.by_idempotency_key(idempotency_key)
             if existing is None:  # deleted in between: try once more
-                return self.create(spec, spec_hash, idempotency_key)
+                return self.create(spec, spec_hash, idempotency_key, client)
             return existing, False
         assert record is not None
         return record, True

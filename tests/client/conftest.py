@@ -1,5 +1,5 @@
-"""A real server for the client and CLI tests: uvicorn on a free port, with API keys, a rate
-limit on job submission and Prometheus multiprocess mode, as a deployment would run it."""
+"""A real server for the client and CLI tests: uvicorn on a free port with two worker
+processes, API keys and Prometheus multiprocess mode, as a deployment would run it."""
 
 import hashlib
 import os
@@ -22,7 +22,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def prom_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The server's PROMETHEUS_MULTIPROC_DIR, where each worker process writes its samples."""
+    return tmp_path_factory.mktemp("prom")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, prom_dir):
     """Yield the base URL of a running service that accepts API_KEY and OTHER_KEY."""
     port = free_port()
     digests = ",".join(hashlib.sha256(k.encode()).hexdigest() for k in (API_KEY, OTHER_KEY))
@@ -33,13 +39,13 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         "LRS_JOB_PROGRESS_EVERY": "10",
         "LRS_JOB_EVENTS_POLL_S": "0.05",
         "LRS_ACCESS_LOG": "false",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prom")),
+        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
     }
     for name in ("DATABASE_URL", "LRS_DATABASE_URL", "LRS_URL", "LRS_API_KEY"):
         env.pop(name, None)
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+         "--port", str(port), "--workers", "2", "--log-level", "warning"],
         env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

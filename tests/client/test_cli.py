@@ -151,3 +151,32 @@ def test_a_large_download_shows_a_progress_bar(server, tmp_path):
     seen = percents(text)
     assert seen and seen[-1] == 100, text[-2000:]
     assert "8.0 MB" in text or "8.0/8.0 MB" in text
+
+
+def test_batch_dropout_info_health_and_job_events_as_json(server, tmp_path):
+    specs = tmp_path / "specs.json"
+    specs.write_text(json.dumps([
+        {"scheduler": {"type": "StepLR", "step_size": 3}, "steps": 6},
+        {"scheduler": {"type": "StepLR", "step_size": 0}, "steps": 6},
+    ]))  # fmt: skip
+    slots = json.loads(lrs(server, "batch", str(specs), "--json").stdout)
+    assert [s["status"] for s in slots] == [200, 422]
+    assert slots[0]["result"]["lr"][0][3] == 0.1 * 0.1 and "step_size" in str(slots[1]["problem"])
+    out = tmp_path / "batch.npy"
+    assert lrs(server, "batch", str(specs), "--out", str(out)).returncode == 3  # 422: use json
+
+    drop = tmp_path / "drop.json"
+    drop.write_text(json.dumps({"variant": "Dropout", "p": 0.5, "shape": [3, 3], "seed": 1}))
+    body = json.loads(lrs(server, "dropout", str(drop), "--json").stdout)
+    assert body["seed"] == 1 and body["scale"] == 2.0
+
+    info = json.loads(lrs(server, "info", "--json", "--url", server).stdout)
+    assert info["torch_version"] == "2.13.0"
+    assert json.loads(lrs(server, "health", "--json").stdout)["status"] == "ready"
+
+    job = json.loads(lrs(server, "jobs", "submit", "--json").stdout)  # the seed's task
+    lines = lrs(server, "jobs", "events", job["id"], "--json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded"
+    record = json.loads(lrs(server, "jobs", "get", job["id"], "--json").stdout)
+    assert [e["data"] for e in events if e["event"] == "progress"][-1] == record["progress"]

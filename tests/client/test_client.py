@@ -9,6 +9,7 @@ import pytest
 from lrs_client import (
     AsyncClient,
     Client,
+    Conflict,
     ConnectionFailed,
     InvalidSpec,
     NotFound,
@@ -156,8 +157,11 @@ def test_submission_sends_an_idempotency_key_and_a_replay_returns_the_same_job(l
     first = lrs.submit_job(SMALL_JOB, idempotency_key="client-test-replay")
     again = lrs.submit_job(SMALL_JOB, idempotency_key="client-test-replay")
     assert again.id == first.id and again.replayed and not first.replayed
-    cancelled = lrs.cancel_job(first)
-    assert cancelled.status in ("cancelled", "running", "succeeded")
+    try:
+        stopped = lrs.cancel_job(first)
+        assert stopped.status in ("cancelled", "running")
+    except Conflict as finished:  # it may finish first: then cancel is a 409 saying so
+        assert "already finished" in finished.detail
 
 
 def test_keys_401_without_and_the_async_client(server):
@@ -202,7 +206,7 @@ def test_retries_503_for_idempotent_calls_and_a_down_server_raises_connection_fa
     assert down in str(caught.value)
 
 
-def test_metrics_counts_match_the_traffic_sent(lrs, server):
+def test_metrics_counts_match_the_traffic_sent(lrs, server, prom_dir):
     def scrape():
         families = text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
         return {
@@ -216,14 +220,19 @@ def test_metrics_counts_match_the_traffic_sent(lrs, server):
                (("method", method), ("route", route), ("status", str(status))))  # fmt: skip
         return samples.get(key, 0.0)
 
-    before = scrape()
+    before = scrape()  # the server runs 2 worker processes: any one scrape adds both up
     query = {"step_size": 7, "steps": 1234}  # a spec no other test computes: one miss
     for _ in range(3):
         lrs.schedule("StepLR", **query)
     with pytest.raises(InvalidSpec):
         lrs.schedule("StepLR", steps=10, step_size=-5)
     lrs.catalog()
+    lrs.compute({"scheduler": {"type": "transformers", "name": "cosine", "num_warmup_steps": 10,
+                 "num_training_steps": 321}, "steps": 321})  # fmt: skip
     after = scrape()
+    by_family = ("lrs_schedule_compute_seconds_count",
+                 (("engine", "vectorized"), ("family", "transformers")))  # fmt: skip
+    assert after[by_family] - before.get(by_family, 0) == 1
     assert (
         count(after, "/v1/schedules/{type}", 200) - count(before, "/v1/schedules/{type}", 200) == 3
     )
@@ -233,8 +242,10 @@ def test_metrics_counts_match_the_traffic_sent(lrs, server):
     assert count(after, "/v1/schedulers", 200) - count(before, "/v1/schedulers", 200) == 1
     hits = ("lrs_schedule_cache_total", (("result", "hit"),))
     misses = ("lrs_schedule_cache_total", (("result", "miss"),))
-    assert after[misses] - before.get(misses, 0) == 1
-    assert after[hits] - before.get(hits, 0) == 2
+    # each API process has its own result cache: a miss in each process that got the spec
+    new_misses = after[misses] - before.get(misses, 0)
+    assert 2 <= new_misses <= 3  # the transformers spec is one more miss
+    assert after.get(hits, 0) - before.get(hits, 0) == 4 - new_misses
     latency = ("lrs_http_request_duration_seconds_count",
                (("method", "GET"), ("route", "/v1/schedules/{type}")))  # fmt: skip
     assert after[latency] - before.get(latency, 0) == 4
@@ -242,3 +253,43 @@ def test_metrics_counts_match_the_traffic_sent(lrs, server):
     listed = lrs.list_jobs("succeeded", page_size=100).jobs
     assert jobs["succeeded"] == len(listed)
     assert after[("lrs_job_workers_up", ())] == 1
+    # both worker processes wrote samples, and every scrape above added them up
+    assert len({p.name.rsplit("_", 1)[-1] for p in prom_dir.glob("counter_*.db")}) == 2
+
+
+def test_second_wave_methods_send_the_contracts_requests():
+    """resume, compare, export and lint are not served yet: their requests follow API.md."""
+    seen = []
+
+    def handler(request):
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.method, request.url.path, dict(request.url.params), body))
+        if request.url.path.endswith("/export"):
+            return httpx.Response(
+                200, text="print([[0.1]])", headers={"content-type": "text/x-python"}
+            )
+        if request.url.path.endswith("/lint"):
+            return httpx.Response(200, json={"findings": [{"code": "x", "message": "m"}]})
+        return httpx.Response(200, json={"ok": True})
+
+    with Client("http://lrs.test", transport=httpx.MockTransport(handler)) as c:
+        assert c.resume(STEP, 5, recipes=["state_dict"]) == {"ok": True}
+        assert c.compare([STEP, STEP], labels=["a", "b"], tolerance=1e-9) == {"ok": True}
+        assert c.export(STEP, "optax") == "print([[0.1]])"
+        assert c.lint(STEP) == [{"code": "x", "message": "m"}]
+    assert seen == [
+        (
+            "POST",
+            "/v1/schedules/resume",
+            {},
+            {"spec": STEP, "recipes": ["state_dict"], "resume_at": 5},
+        ),
+        (
+            "POST",
+            "/v1/schedules/compare",
+            {},
+            {"specs": [STEP, STEP], "tolerance": 1e-9, "labels": ["a", "b"]},
+        ),
+        ("POST", "/v1/schedules/export", {"target": "optax"}, STEP),
+        ("POST", "/v1/schedules/lint", {}, STEP),
+    ]

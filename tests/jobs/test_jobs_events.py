@@ -2,8 +2,9 @@
 
 import anyio
 
-from service.jobs.events import job_events
+from service.jobs.events import EventHub
 from service.jobs.store import TERMINAL_EVENT, Event
+from service.settings import Settings
 
 
 class FinishesBetweenReads:
@@ -19,14 +20,23 @@ class FinishesBetweenReads:
         done = Event(7, job_id, TERMINAL_EVENT, {"status": "succeeded", "error": None})
         return [done] if after < done.id else []
 
+    def events_for(self, afters: dict[str, int]) -> dict[str, list[Event]]:
+        return {job_id: self.events_after(job_id, after) for job_id, after in afters.items()}
+
+    def existing(self, job_ids: list[str]) -> set[str]:
+        return set(job_ids)
+
     def get(self, job_id: str) -> object:
         return type("Record", (), {"status": "succeeded" if self.finished else "running"})()
 
 
 def _stream(store: object, after: int = 0) -> list[tuple[str, str]]:
     async def collect() -> list[tuple[str, str]]:
-        stream = job_events(store, "job", after, poll_s=0.01)  # type: ignore[arg-type]
-        return [(event.event, event.id) async for event in stream]
+        hub = EventHub(store, Settings(job_events_poll_s=0.01))  # type: ignore[arg-type]
+        ticket = hub.admit("job", "client")
+        events = [(event.event, event.id) async for event in hub.stream(ticket, after)]
+        assert hub.total == 0 and not hub.feeds  # the stream gave its place back
+        return events
 
     return anyio.run(collect)
 

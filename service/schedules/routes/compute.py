@@ -180,6 +180,9 @@ async def _respond(
             "X-Engine": computed.engine,
             "X-Device": computed.device,
             "X-Torch-Version": TORCH_VERSION,
+            # for /metrics' compute time by family (torch's own schedulers: "torch")
+            "X-Schedule-Family": ",".join(str(f.get("family")) for f in computed.families)
+            or "torch",
         }
         if streamed:
             return computed, about

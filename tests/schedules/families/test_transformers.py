@@ -193,3 +193,22 @@ def test_every_schedulertype_of_the_release_has_three_cases():
     from service.schedules.families.transformers import NAMES
 
     assert set(NAMES) == set(counts)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in {"cosine", "poly-groups-sqrt", "wsd-stable-given", "isqrt-timescale"}],
+                         ids=lambda c: c[0])  # fmt: skip
+def test_closed_forms_on_cuda_match_the_library(client, case):
+    _, name, w, t, kwargs, steps, groups = case
+    want = _reference(name, w, t, kwargs, steps, groups)
+    body = _body(name, w, t, kwargs, steps, groups, "vectorized", device="cuda",
+                 warmup={"type": "radam"} if groups["optimizer"]["type"] == "AdamW" else None)  # fmt: skip
+    got = client.post("/v1/schedules/compute", json=body)
+    assert got.status_code == 200, got.text
+    assert got.json()["device"].startswith("cuda")
+    if body["warmup"] is None:
+        np.testing.assert_allclose(got.json()["lr"], want, rtol=1e-9, atol=0)
+    else:
+        on_cpu = client.post("/v1/schedules/compute", json={**body, "device": "cpu"}).json()["lr"]
+        np.testing.assert_allclose(got.json()["lr"], on_cpu, rtol=1e-9, atol=0)

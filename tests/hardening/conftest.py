@@ -1,0 +1,203 @@
+"""The real server (uvicorn on a free port) on SQLite and on PostgreSQL, for abuse tests.
+
+One server per store for the whole run, with small caps so the tests reach them quickly.
+Each test speaks from its own loopback address (127.0.0.N: all of 127/8 is loopback on
+Linux), so the per-client caps of one test never count another's requests.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import free_port
+from tests.jobs.support import POSTGRES_URL, postgres_available
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CAPS = {
+    "LRS_JOB_WORKERS": "1",
+    "LRS_JOB_QUEUE_MAX_PER_CLIENT": "3",
+    "LRS_JOB_QUEUE_MAX": "8",
+    "LRS_JOB_RETRY_AFTER_S": "7",
+    "LRS_JOB_EVENTS_MAX_STREAMS_PER_CLIENT": "30",
+    "LRS_JOB_EVENTS_MAX_STREAMS_PER_JOB": "40",
+    "LRS_JOB_EVENTS_MAX_STREAMS": "400",
+    "LRS_JOB_EVENTS_POLL_S": "0.05",
+    "LRS_JOB_ARTIFACTS_KEEP": "3",
+    "LRS_JOB_PAGE_MAX_BYTES": "2000000",
+    "LRS_JOB_PROGRESS_EVERY": "5",
+}
+"""The caps the tests run against (the defaults are larger; README says why)."""
+
+_addresses = itertools.count(2)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    data_dir: Path
+    store: str
+    database_url: str | None
+    prefix: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def rss_bytes(self) -> int:
+        """Return the server process's resident memory."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def client(self, address: str | None = None, timeout: float = 30) -> httpx.Client:
+        """Return an HTTP client speaking from ``address`` (a fresh 127.0.0.N by default)."""
+        address = address or new_address()
+        transport = httpx.HTTPTransport(local_address=address)
+        return httpx.Client(base_url=self.url, transport=transport, timeout=timeout)
+
+
+def new_address() -> str:
+    """Return a loopback address no other test of this run speaks from."""
+    n = next(_addresses)
+    return f"127.0.{n // 250}.{n % 250 + 2}"
+
+
+def start_server(data_dir: Path, store: str, extra: dict[str, str] | None = None) -> Server:
+    """Start uvicorn as `make serve` does; :func:`wait_ready` waits for it."""
+    port = free_port()
+    prefix = f"h{uuid.uuid4().hex[:10]}_"
+    env = {**os.environ, **CAPS, **(extra or {}), "LRS_DATA_DIR": str(data_dir)}
+    env["LRS_JOB_TABLE_PREFIX"] = prefix
+    env.pop("DATABASE_URL", None)
+    database_url = POSTGRES_URL if store == "postgresql" else None
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "5"],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    return Server(url, process, data_dir, store, database_url, prefix, env)
+
+
+def wait_ready(server: Server, timeout: float = 120) -> Server:
+    """Wait until /readyz says the store and the workers are up; return the server."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            server.process.kill()
+            raise RuntimeError("the service did not become ready")
+        time.sleep(0.2)
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    if server.database_url:
+        engine = sa.create_engine(server.database_url)
+        with engine.begin() as conn:
+            for table in ("jobs", "job_events"):
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{server.prefix}{table}"'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _servers(tmp_path_factory) -> Iterator[dict[str, Server]]:
+    """Both servers, started at once (each takes ~20 s to import torch and warm a worker)."""
+    stores = ["sqlite"]
+    if postgres_available():
+        stores.append("postgresql")
+    servers = {s: start_server(tmp_path_factory.mktemp(f"hard-{s}"), s) for s in stores}
+    try:
+        yield servers
+    finally:
+        for running in servers.values():
+            stop_server(running)
+
+
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def server(request: pytest.FixtureRequest, _servers: dict[str, Server]) -> Server:
+    """The hardened server on SQLite, then on PostgreSQL (tables with a unique prefix,
+    dropped afterwards)."""
+    if request.param not in _servers:
+        message = "PostgreSQL is not reachable on 127.0.0.1:5432"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: CI must test the PostgreSQL store")
+        pytest.skip(message)
+    return wait_ready(_servers[request.param])
+
+
+class HealthProbe:
+    """Asks /healthz every ``every`` seconds from a thread; ``latencies`` in seconds."""
+
+    def __init__(self, url: str, every: float = 0.02) -> None:
+        self.url = url
+        self.every = every
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                start = time.perf_counter()
+                try:
+                    status = client.get(f"{self.url}/healthz").status_code
+                    if status != 200:
+                        self.failures.append(str(status))
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.latencies.append(time.perf_counter() - start)
+                self._stop.wait(self.every)
+
+    def __enter__(self) -> "HealthProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies)
+
+
+def wait_status(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 30):
+    """Poll the job until its status is one of ``statuses``; return its JSON."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
+QUICK = {"epochs": 1, "data": {"type": "noisy_sine", "n": 100, "n_train": 60}}
+LONG = {"epochs": 1000, "batch_size": 1}
