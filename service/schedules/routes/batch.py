@@ -45,6 +45,10 @@ BatchFormatQuery = Annotated[
             "description": "The batch itself is invalid or too large, or `format=npy` and a "
             "spec failed or the shapes differ."
         },
+        429: {
+            "description": "Expensive computations (every batch is one) fill their share of "
+            "the compute threads beyond LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds."
+        },
     },
     summary="Compute many schedules in one request",
 )

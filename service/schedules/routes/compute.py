@@ -138,7 +138,14 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     406: {"description": "The Accept header names no format this endpoint serves."},
     413: {"description": "The request body is larger than LRS_MAX_BODY_BYTES."},
-    422: {"description": "Invalid spec, torch refused it, or a limit was exceeded."},
+    422: {
+        "description": "Invalid spec, torch refused it, or a limit was exceeded (the cost "
+        "model up front, or LRS_COMPUTE_MAX_SECONDS while computing)."
+    },
+    429: {
+        "description": "Expensive computations fill their share of the compute threads beyond "
+        "LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds, or make the request cheaper."
+    },
 }
 
 
