@@ -63,6 +63,14 @@ class LimitExceeded(ServiceError):
     slug = "limit-exceeded"
 
 
+class ValidationFailed(ServiceError):
+    """A request that does not match its schema (pydantic's errors, made readable)."""
+
+    status = 422
+    title = "Validation failed"
+    slug = "validation-failed"
+
+
 class NotFound(ServiceError):
     status = 404
     title = "Not found"
@@ -168,13 +176,23 @@ def service_error_body(exc: ServiceError, instance: str | None = None) -> dict[s
 
 
 def validation_body(raw_errors: Sequence[Any], instance: str | None = None) -> dict[str, Any]:
-    """Return the 422 problem body of pydantic validation errors, locations cleaned."""
+    """Return the 422 problem body of pydantic validation errors, locations cleaned.
+
+    A limit found while validating (error type ``limit_exceeded``) makes it the same
+    ``limit-exceeded`` problem a limit found anywhere else is.
+    """
     cleaned = _clean_validation_errors(raw_errors)
+    limits = [err for err in cleaned if err["type"] == "limit_exceeded"]
+    if limits:
+        cls: type[ServiceError] = LimitExceeded
+        cleaned = limits
+    else:
+        cls = ValidationFailed
     return problem_body(
         422,
         _summary(cleaned) or "The request is not valid.",
-        title="Validation failed",
-        slug="validation-failed",
+        title=cls.title,
+        slug=cls.slug,
         errors=cleaned,
         instance=instance,
     )

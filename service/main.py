@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__, auth, health, metrics
+from service.deps import bind_app_settings
 from service.docs import install_docs
 from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        dependencies=[Depends(auth.require_key_for_all)],
+        dependencies=[Depends(bind_app_settings), Depends(auth.require_key_for_all)],
     )
     app.state.settings = settings
     app.state.api_key_hashes = key_hashes

@@ -2,8 +2,16 @@
 
 Each field can be set from the environment with the ``LRS_`` prefix, e.g.
 ``LRS_TORCH_MAX_STEPS=50000``. ``DATABASE_URL`` is also read without the prefix.
+
+Every limit is read from the settings the app was created with: routes get them as a
+dependency, and spec validators read :func:`current_settings`, which a dependency binds to the
+app's settings for each request (:func:`using_settings` binds them elsewhere, e.g. in a batch
+or a test). Outside of both, it is the environment's :func:`get_settings`.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -269,3 +277,26 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Return the process-wide settings, read once from the environment."""
     return Settings()
+
+
+_CURRENT: ContextVar["Settings | None"] = ContextVar("lrs_settings", default=None)
+
+
+def current_settings() -> Settings:
+    """Return the settings bound to this request (or block), else the environment's."""
+    return _CURRENT.get() or get_settings()
+
+
+def bind_settings(settings: Settings) -> None:
+    """Make ``settings`` the current ones for the rest of this task (one request)."""
+    _CURRENT.set(settings)
+
+
+@contextmanager
+def using_settings(settings: Settings) -> Iterator[Settings]:
+    """Make ``settings`` the current ones inside the ``with`` block."""
+    token = _CURRENT.set(settings)
+    try:
+        yield settings
+    finally:
+        _CURRENT.reset(token)

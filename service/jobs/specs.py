@@ -2,8 +2,9 @@
 
 A job spec is the seed's task with every field defaulted: noisy sine data, the named
 ``Sequential`` MLP, and the schedule API's own optimizer, param-group, scheduler and warmup
-models (imported from :mod:`service.schedules.specs`, never copied), so a schedule that
-``POST /v1/schedules/compute`` accepts trains as written.
+models: ``JobSpec`` extends :class:`~service.schedules.specs.ScheduleConfig`, so a schedule
+that ``POST /v1/schedules/compute`` accepts trains as written, and one it refuses (a limit,
+a bad value) is refused here the same way.
 """
 
 import math
@@ -25,12 +26,10 @@ from service.errors import register_union_tags
 from service.schedules.specs import (
     ExponentialLR,
     Number,
-    OptimizerSpec,
     ParamGroup,
+    ScheduleConfig,
     SchedulerSpec,
     SpecModel,
-    WarmupSpec,
-    check_param_groups,
 )
 
 Activation = Literal["ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "ELU", "LeakyReLU"]
@@ -169,7 +168,7 @@ def _default_scheduler() -> ExponentialLR:
     return ExponentialLR(gamma=0.98)
 
 
-class JobSpec(SpecModel):
+class JobSpec(ScheduleConfig):
     """What to train and how: data, model, optimizer, schedule, epochs, batches, seed.
 
     Every field has the seed's default, so ``{}`` trains the seed's model on the seed's data
@@ -179,7 +178,7 @@ class JobSpec(SpecModel):
     after every epoch; ``ReduceLROnPlateau`` is fed the training loss of that step or epoch.
     """
 
-    model_config = SpecModel.model_config | {
+    model_config = ScheduleConfig.model_config | {
         "json_schema_extra": {
             "examples": [
                 {},
@@ -198,7 +197,6 @@ class JobSpec(SpecModel):
 
     data: DataSpec = Field(default_factory=NoisySine, description="The series to learn.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The MLP.")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     param_groups: list[ParamGroup] | None = Field(
         default=None,
         min_length=1,
@@ -206,10 +204,6 @@ class JobSpec(SpecModel):
         "one group per Linear layer in order (first, second, …).",
     )
     scheduler: SchedulerSpec = Field(default_factory=_default_scheduler)
-    warmup: WarmupSpec | None = Field(default=None, description="Warmup before the scheduler.")
-    interval: Literal["step", "epoch"] = Field(
-        default="step", description="Step the scheduler after every optimizer step or epoch."
-    )
     epochs: PositiveInt = Field(default=5, description="Passes over the training examples.")
     batch_size: PositiveInt = Field(default=16, description="Examples per batch.")
     accumulation_steps: PositiveInt = Field(
@@ -224,8 +218,6 @@ class JobSpec(SpecModel):
         description="Times the job is queued again when its worker dies (its lease expires) "
         "mid-run; it reruns from scratch, so retries need a deterministic run: device 'cpu'.",
     )
-
-    _param_groups = field_validator("param_groups")(check_param_groups)
 
     @model_validator(mode="after")
     def _retries_deterministic(self) -> "JobSpec":

@@ -1,21 +1,22 @@
-"""The catalog: every scheduler type with its JSON Schema, torch's defaults and an example."""
+"""The catalog: every registered scheduler with its JSON Schema, defaults and an example."""
 
 import functools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.schedules import specs
+from service.schedules import registry, specs
 from service.schedules.families import hooks as families
 
 
 class CatalogEntry(BaseModel):
-    type: str = Field(description="The torch class name, the spec's `type`.")
+    type: str = Field(description="The spec's `type`: the torch class name, or the family.")
     name: str | None = Field(
         default=None,
-        description="A family's own selector (transformers' `name`); null for torch's types.",
+        description="A family's own selector value (transformers' `name`, optax's "
+        "`schedule`); null for torch's types.",
     )
-    torch_class: str = Field(description="Where the class (or a family's function) lives.")
+    torch_class: str = Field(description="Where the schedule lives (torch's class path).")
     description: str = Field(description="What the schedule does, in one line.")
     parameters: dict[str, Any] = Field(description="JSON Schema of the scheduler spec.")
     defaults: dict[str, Any] = Field(description="torch's default for each optional parameter.")
@@ -64,49 +65,46 @@ class Catalog(BaseModel):
     )
 
 
-def _example_request(kind: str, example: dict[str, Any]) -> dict[str, Any]:
-    body: dict[str, Any] = {"scheduler": example, "steps": 200}
-    if kind == "ReduceLROnPlateau":
-        body["steps"] = 10
-        body["metrics"] = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.85, 0.85, 0.85]
-    if kind == "OneCycleLR":
-        body["steps"] = 1000
-        body["include"] = ["momentum"]
-        body["sample"] = {"points": 21}
-    if kind == "CyclicLR":
-        body["include"] = ["momentum"]
-    if kind == "MultiStepLR":
-        body["steps"] = 400
-    return body
+def _entry(cls: type[specs.SchedulerBase]) -> CatalogEntry:
+    schema = cls.model_json_schema()
+    doc = (cls.__doc__ or "").strip().splitlines()
+    kind = cls.model_fields["type"].default
+    fixed = {"type", *([cls.selector] if cls.selector else [])}
+    defaults = {
+        name: field.default
+        for name, field in cls.model_fields.items()
+        if name not in fixed and not field.is_required()
+    }
+    required = [n for n, f in cls.model_fields.items() if f.is_required()]
+    torch_class = cls.torch_class
+    source = cls.source or (
+        f"{torch_class.__module__}.{torch_class.__qualname__}" if torch_class else kind
+    )
+    return CatalogEntry(
+        type=kind,
+        name=cls.model_fields[cls.selector].default if cls.selector else None,
+        torch_class=source,
+        description=doc[0] if doc else kind,
+        parameters=schema,
+        defaults=defaults,
+        required=required,
+        example={"scheduler": cls.examples[0], "steps": 200, **cls.example_request},
+    )
+
+
+def catalog() -> Catalog:
+    """Return the catalog of every registered scheduler (built once per registry state)."""
+    return _catalog(tuple(registry.classes()))
 
 
 @functools.cache
-def catalog() -> Catalog:
-    """Return the catalog; built once, since it depends only on the code."""
-    entries = []
-    for kind, cls in specs.SCHEDULER_TYPES.items():
-        if kind in families.FAMILY_TYPES:
-            continue  # one entry per family schedule, below
-        schema = cls.model_json_schema()
-        doc = (cls.__doc__ or "").strip().splitlines()
-        defaults = {
-            name: field.default
-            for name, field in cls.model_fields.items()
-            if name != "type" and not field.is_required()
-        }
-        required = [n for n, f in cls.model_fields.items() if f.is_required()]
-        home = "torch.optim.swa_utils" if kind == "SWALR" else "torch.optim.lr_scheduler"
-        entries.append(
-            CatalogEntry(
-                type=kind,
-                torch_class=f"{home}.{kind}",
-                description=doc[0] if doc else kind,
-                parameters=schema,
-                defaults=defaults,
-                required=required,
-                example=_example_request(kind, cls.examples[0]),
-            )
-        )
+def _catalog(classes: tuple[type[specs.SchedulerBase], ...]) -> Catalog:
+    entries = [
+        _entry(cls)
+        for cls in classes
+        if cls.model_fields["type"].default not in families.FAMILY_TYPES
+    ]
+    # transformers: one entry per name; Noam and REX with their own example optimizer
     entries += [CatalogEntry(**entry) for entry in families.catalog_entries()]
     return Catalog(
         schedulers=entries,

@@ -12,22 +12,23 @@ import torch
 
 from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import budget, specs, torch_engine, vectorized
+from service.schedules import budget, specs, torch_engine
 from service.schedules.caveats import caveats
 from service.schedules.families import hooks as families
 from service.schedules.result import Computed
+from service.schedules.vectorized import batch as vectorized_batch
+from service.schedules.vectorized import compile as vectorized
+from service.schedules.vectorized.evaluation import Program
 from service.settings import Settings
 
 log = logging.getLogger("service.schedules")
 
-_LR_FIELDS = ("base_lr", "max_lr", "swa_lr", "eta_min", "min_lr")
-
 
 def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.SchedulerBase:
     update: dict[str, object] = families.scaled_fields(spec, factor)
-    for name in _LR_FIELDS:
-        if name in type(spec).model_fields:
-            value = getattr(spec, name)
+    for name in spec.lr_fields:
+        value = getattr(spec, name)
+        if value is not None:
             update[name] = (
                 [v * factor for v in value] if isinstance(value, list) else value * factor
             )
@@ -39,9 +40,10 @@ def _scale_scheduler(spec: specs.SchedulerBase, factor: float) -> specs.Schedule
 def apply_batch_scaling(request: specs.ScheduleRequest) -> specs.ScheduleRequest:
     """Return ``request`` with the linear scaling rule applied to every lr-valued parameter.
 
-    Group lrs, ``base_lr``/``max_lr`` (CyclicLR, OneCycleLR), ``swa_lr``, ``eta_min`` and
-    ``min_lr`` are multiplied by ``batch_size / base_batch_size``; the result has no
-    ``batch_scaling``. Without ``batch_scaling`` the request is returned unchanged.
+    Group lrs and every scheduler's ``lr_fields`` (``base_lr``/``max_lr`` of CyclicLR,
+    ``swa_lr``, ``eta_min``, ``min_lr``, ...) are multiplied by ``batch_size /
+    base_batch_size``; the result has no ``batch_scaling``. Without ``batch_scaling`` the
+    request is returned unchanged.
     """
     if request.batch_scaling is None:
         return request
@@ -108,7 +110,7 @@ def _check_metrics(request: specs.ScheduleRequest) -> None:
     needed = request.scheduler_steps - 1
     have = len(request.metrics or [])
     if have < needed:
-        what = f"{spec.type} {spec.name}" if metric_driven else spec.type  # type: ignore[attr-defined]
+        what = f"{spec.type} {spec.name}" if metric_driven else spec.type
         raise InvalidSpec(
             f"{what} needs metrics: one value per scheduler step, {needed} for this "
             f"request; {have} given. Add metrics or lower steps.",
@@ -264,7 +266,7 @@ def _compute_many(
     requests: list[specs.ScheduleRequest | ServiceError], settings: Settings
 ) -> list[Computed | ServiceError]:
     out: list[Computed | ServiceError | None] = [None] * len(requests)
-    jobs: list[tuple[vectorized.Program, np.ndarray]] = []
+    jobs: list[tuple[Program, np.ndarray]] = []
     owners: list[tuple[int, _Prepared]] = []
     for i, request in enumerate(requests):
         if isinstance(request, ServiceError):
@@ -286,6 +288,6 @@ def _compute_many(
             continue
         jobs.append((program, prep.sched_index))
         owners.append((i, prep))
-    for (i, prep), result in zip(owners, vectorized.run_many(jobs), strict=True):
+    for (i, prep), result in zip(owners, vectorized_batch.run_many(jobs), strict=True):
         out[i] = result if isinstance(result, ServiceError) else _vectorized_computed(prep, result)
     return out  # type: ignore[return-value]

@@ -1,441 +1,110 @@
 """Schedule specifications: torch's own class and parameter names, as pydantic models.
 
-A spec names a real ``torch.optim`` optimizer and a real ``torch.optim.lr_scheduler`` class
-(or ``torch.optim.swa_utils.SWALR``) with the keyword arguments torch takes, so
+A spec names a real ``torch.optim`` optimizer and a registered scheduler (every class in
+``torch.optim.lr_scheduler``, ``SWALR``, and the families in
+:mod:`service.schedules.families`) with the keyword arguments torch takes, so
 ``StepLR(optimizer, step_size=30, gamma=0.1)`` is ``{"type": "StepLR", "step_size": 30,
-"gamma": 0.1}``. Defaults are torch's. Both engines and the training jobs read these models;
-this module is the only place a schedule is validated.
-
-To add a scheduler: add its model here, add it to ``SchedulerSpec``, and teach
-``torch_engine.build_scheduler`` (and ``vectorized``) to build it.
+"gamma": 0.1}``. Defaults are torch's. :class:`ScheduleConfig` is the schedule itself, shared
+by :class:`ScheduleRequest` and the training jobs' ``JobSpec``, so every rule and limit here
+applies to both; this module (with the scheduler classes) is where a schedule is validated.
+Limits are the current settings' (:func:`service.settings.current_settings`).
 """
 
 import inspect
 import math
 from functools import cache
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveInt,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
+from torch.optim import lr_scheduler
 
 from service.devices import DeviceName
 from service.errors import register_union_tags
-from service.schedules.expressions import ExpressionError, parse_expression
-from service.settings import get_settings
+from service.schedules import families, registry
+from service.schedules.base import (
+    MAX_INT,
+    IntList,
+    NonNegInt,
+    NonNegIntList,
+    Number,
+    PerGroup,
+    PosInt,
+    SpecModel,
+    in_range,
+)
+from service.schedules.registry import SchedulerBase, SchedulerSpec
+from service.schedules.vectorized import formulas
+from service.settings import current_settings
 
-Number = Annotated[float, Field(allow_inf_nan=False)]
-PerGroup = Number | list[Number]
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
 
-MAX_INT = 2**53
-"""Largest integer magnitude a spec accepts: exact in float64, far from int64 overflow."""
+families.load()
 
+from service.schedules.families.torch import (  # noqa: E402 - registered by families.load()
+    SWALR,
+    ChainedScheduler,
+    ConstantLR,
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    CyclicLR,
+    ExponentialLR,
+    LambdaLR,
+    LinearLR,
+    MultiplicativeLR,
+    MultiStepLR,
+    OneCycleLR,
+    PolynomialLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+    StepLR,
+)
 
-def _in_range(value: int) -> int:
-    if not -MAX_INT <= value <= MAX_INT:
-        raise ValueError(f"{value} is out of range: integers must lie within +-2**53 ({MAX_INT})")
-    return value
-
-
-def _all_in_range(values: list[int]) -> list[int]:
-    if values and (min(values) < -MAX_INT or max(values) > MAX_INT):
-        for value in values:
-            _in_range(value)
-    return values
-
-
-PosInt = Annotated[PositiveInt, AfterValidator(_in_range)]
-NonNegInt = Annotated[NonNegativeInt, AfterValidator(_in_range)]
-IntList = Annotated[list[int], AfterValidator(_all_in_range)]
-NonNegIntList = Annotated[list[NonNegativeInt], AfterValidator(_all_in_range)]
-
-
-class SpecModel(BaseModel):
-    """Base of every request model: unknown fields and non-finite numbers are refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-# --------------------------------------------------------------------------- schedulers
-
-
-class SchedulerBase(SpecModel):
-    """Common parts of scheduler specs."""
-
-    examples: ClassVar[list[dict[str, Any]]] = []
-    """Example specs for the catalog and the OpenAPI page (the first is the main one)."""
-
-    def children(self) -> list["SchedulerSpec"]:
-        """Return the nested scheduler specs (empty for a leaf scheduler)."""
-        return []
-
-
-def _check_expressions(value: str | list[str]) -> str | list[str]:
-    settings = get_settings()
-    for source in [value] if isinstance(value, str) else value:
-        try:
-            parse_expression(
-                source,
-                max_length=settings.expression_max_length,
-                max_depth=settings.expression_max_depth,
-                max_nodes=settings.expression_max_nodes,
-            )
-        except ExpressionError as exc:
-            raise ValueError(f"lr_lambda {source[:60]!r}: {exc.message}") from exc
-    return value
-
-
-LambdaSource = Annotated[
-    str | list[Annotated[str, Field(min_length=1)]],
-    Field(
-        description="An expression in `epoch` (the scheduler's step count), or one per param "
-        "group. Numbers, + - * / // % **, comparisons, `a if cond else b`, and/or/not, "
-        "min/max/abs, exp/log/log2/log10/sqrt/sin/cos/tan/tanh/floor/ceil, pi, e.",
-        examples=["0.95 ** epoch"],
-    ),
-    AfterValidator(_check_expressions),
+__all__ = [
+    "MAX_INT",
+    "SWALR",
+    "ChainedScheduler",
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "ExponentialLR",
+    "IntList",
+    "LambdaLR",
+    "LinearLR",
+    "MultiStepLR",
+    "MultiplicativeLR",
+    "NonNegInt",
+    "Number",
+    "OneCycleLR",
+    "PerGroup",
+    "PolynomialLR",
+    "PosInt",
+    "ReduceLROnPlateau",
+    "SchedulerBase",
+    "SchedulerSpec",
+    "SequentialLR",
+    "SpecModel",
+    "StepLR",
 ]
 
 
-class LambdaLR(SchedulerBase):
-    """Sets each group's lr to its initial lr times ``lr_lambda(epoch)``.
-
-    ``lr = base_lr * lr_lambda(epoch)``. torch: ``LambdaLR(optimizer, lr_lambda)``.
-    """
-
-    type: Literal["LambdaLR"] = "LambdaLR"
-    lr_lambda: LambdaSource
-
-    examples = [{"type": "LambdaLR", "lr_lambda": "0.95 ** epoch"}]
-
-
-class MultiplicativeLR(SchedulerBase):
-    """Multiplies each group's lr by ``lr_lambda(epoch)`` at every step after the first.
-
-    ``lr_epoch = lr_(epoch-1) * lr_lambda(epoch)``.
-    torch: ``MultiplicativeLR(optimizer, lr_lambda)``.
-    """
-
-    type: Literal["MultiplicativeLR"] = "MultiplicativeLR"
-    lr_lambda: LambdaSource
-
-    examples = [{"type": "MultiplicativeLR", "lr_lambda": "0.95"}]
-
-
-class StepLR(SchedulerBase):
-    """Decays each group's lr by ``gamma`` every ``step_size`` steps.
-
-    ``lr = base_lr * gamma ** (epoch // step_size)``.
-    torch: ``StepLR(optimizer, step_size, gamma=0.1)``.
-    """
-
-    type: Literal["StepLR"] = "StepLR"
-    step_size: PosInt = Field(description="Period of the decay, in scheduler steps.")
-    gamma: Number = Field(default=0.1, description="Multiplicative factor of the decay.")
-    examples = [{"type": "StepLR", "step_size": 30, "gamma": 0.65}]
-
-
-class MultiStepLR(SchedulerBase):
-    """Decays each group's lr by ``gamma`` at each milestone.
-
-    ``lr = base_lr * gamma ** (number of milestones <= epoch)``; a milestone listed twice
-    counts twice. torch: ``MultiStepLR(optimizer, milestones, gamma=0.1)``.
-    """
-
-    type: Literal["MultiStepLR"] = "MultiStepLR"
-    milestones: IntList = Field(
-        max_length=10_000, description="Scheduler steps at which gamma is applied."
+def limit_exceeded(message: str, loc: tuple[str | int, ...] = ()) -> ValidationError:
+    """Return a validation error of type ``limit_exceeded`` (a ``limit-exceeded`` problem)."""
+    error = PydanticCustomError("limit_exceeded", message)
+    return ValidationError.from_exception_data(
+        "limit", [{"type": error, "loc": loc, "input": None}]
     )
-    gamma: Number = Field(default=0.1, description="Multiplicative factor of the decay.")
-    examples = [{"type": "MultiStepLR", "milestones": [200, 300, 320, 340, 200], "gamma": 0.8}]
-
-
-class ConstantLR(SchedulerBase):
-    """Multiplies each group's lr by ``factor`` until step ``total_iters``, then restores it.
-
-    torch: ``ConstantLR(optimizer, factor=1/3, total_iters=5)``.
-    """
-
-    type: Literal["ConstantLR"] = "ConstantLR"
-    factor: Number = Field(default=1.0 / 3, ge=0.0, le=1.0, description="Factor while active.")
-    total_iters: NonNegInt = Field(default=5, description="Steps the factor is applied.")
-    examples = [{"type": "ConstantLR", "factor": 0.1, "total_iters": 400}]
-
-
-class LinearLR(SchedulerBase):
-    """Moves the lr factor linearly from ``start_factor`` to ``end_factor`` over ``total_iters``.
-
-    torch: ``LinearLR(optimizer, start_factor=1/3, end_factor=1.0, total_iters=5)``.
-    """
-
-    type: Literal["LinearLR"] = "LinearLR"
-    start_factor: Number = Field(
-        default=1.0 / 3, gt=0.0, le=1.0, description="Factor at step 0 (0 < f <= 1)."
-    )
-    end_factor: Number = Field(default=1.0, ge=0.0, le=1.0, description="Factor at the end.")
-    total_iters: NonNegInt = Field(default=5, description="Steps of the ramp.")
-    examples = [{"type": "LinearLR", "start_factor": 0.01, "end_factor": 1.0, "total_iters": 100}]
-
-
-class ExponentialLR(SchedulerBase):
-    """Decays each group's lr by ``gamma`` every step.
-
-    ``lr = base_lr * gamma ** epoch``. torch: ``ExponentialLR(optimizer, gamma)``.
-    """
-
-    type: Literal["ExponentialLR"] = "ExponentialLR"
-    gamma: Number = Field(description="Multiplicative factor per step.")
-    examples = [{"type": "ExponentialLR", "gamma": 0.98}]
-
-
-class PolynomialLR(SchedulerBase):
-    """Decays each group's lr by a polynomial of power ``power`` to 0 at ``total_iters``.
-
-    ``lr = base_lr * (1 - min(epoch, total_iters) / total_iters) ** power``.
-    torch: ``PolynomialLR(optimizer, total_iters=5, power=1.0)``.
-    """
-
-    type: Literal["PolynomialLR"] = "PolynomialLR"
-    total_iters: NonNegInt = Field(default=5, description="Steps until the lr reaches 0.")
-    power: Number = Field(default=1.0, description="Power of the polynomial.")
-    examples = [{"type": "PolynomialLR", "total_iters": 100, "power": 2.0}]
-
-
-class CosineAnnealingLR(SchedulerBase):
-    """Anneals each group's lr along a cosine from its initial lr to ``eta_min`` in ``T_max`` steps.
-
-    torch uses a recursive form, so past ``T_max`` the lr rises again along the cosine.
-    torch: ``CosineAnnealingLR(optimizer, T_max, eta_min=0.0)``.
-    """
-
-    type: Literal["CosineAnnealingLR"] = "CosineAnnealingLR"
-    T_max: PosInt = Field(description="Half period of the cosine, in scheduler steps.")
-    eta_min: Number = Field(default=0.0, description="Minimum learning rate.")
-    examples = [{"type": "CosineAnnealingLR", "T_max": 150, "eta_min": 0.0}]
-
-
-class CosineAnnealingWarmRestarts(SchedulerBase):
-    """Cosine annealing restarted every ``T_0`` steps, each period ``T_mult`` times longer.
-
-    torch: ``CosineAnnealingWarmRestarts(optimizer, T_0, T_mult=1, eta_min=0.0)``.
-    """
-
-    type: Literal["CosineAnnealingWarmRestarts"] = "CosineAnnealingWarmRestarts"
-    T_0: PosInt = Field(description="Steps until the first restart.")
-    T_mult: PosInt = Field(default=1, description="Factor by which each period grows.")
-    eta_min: Number = Field(default=0.0, description="Minimum learning rate.")
-    examples = [{"type": "CosineAnnealingWarmRestarts", "T_0": 50, "T_mult": 2, "eta_min": 1e-4}]
-
-
-class CyclicLR(SchedulerBase):
-    """Cycles each group's lr between ``base_lr`` and ``max_lr`` (Smith, 2017), momentum inversely.
-
-    torch: ``CyclicLR(optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
-    mode='triangular', gamma=1.0, scale_mode='cycle', cycle_momentum=True, base_momentum=0.8,
-    max_momentum=0.9)``. Custom ``scale_fn`` callables are not accepted over HTTP.
-    """
-
-    type: Literal["CyclicLR"] = "CyclicLR"
-    base_lr: PerGroup = Field(description="Lower lr bound of the cycle, or one per group.")
-    max_lr: PerGroup = Field(description="Upper lr bound of the cycle, or one per group.")
-    step_size_up: PosInt = Field(default=2000, description="Steps of the rising half.")
-    step_size_down: PosInt | None = Field(
-        default=None, description="Steps of the falling half; step_size_up when null."
-    )
-    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
-    gamma: Number = Field(default=1.0, description="Decay base of 'exp_range'.")
-    scale_mode: Literal["cycle", "iterations"] = "cycle"
-    cycle_momentum: bool = Field(default=True, description="Cycle momentum inversely to lr.")
-    base_momentum: PerGroup = Field(default=0.8, description="Lower momentum bound.")
-    max_momentum: PerGroup = Field(default=0.9, description="Upper momentum bound.")
-    examples = [
-        {
-            "type": "CyclicLR",
-            "base_lr": 0.001,
-            "max_lr": 0.1,
-            "step_size_up": 50,
-            "mode": "triangular2",
-        }
-    ]
-
-
-class OneCycleLR(SchedulerBase):
-    """The 1cycle policy: warm up to ``max_lr``, then anneal far below the start (Smith, 2018).
-
-    torch: ``OneCycleLR(optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
-    pct_start=0.3, anneal_strategy='cos', cycle_momentum=True, base_momentum=0.85,
-    max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False)``.
-    When neither ``total_steps`` nor ``epochs`` is given, ``total_steps`` defaults to the
-    number of scheduler steps the request covers (a warning says so).
-    """
-
-    type: Literal["OneCycleLR"] = "OneCycleLR"
-    max_lr: PerGroup = Field(description="Peak lr, or one per group.")
-    total_steps: PosInt | None = Field(default=None, description="Length of the cycle.")
-    epochs: PosInt | None = Field(default=None, description="With steps_per_epoch.")
-    steps_per_epoch: PosInt | None = Field(default=None, description="With epochs.")
-    pct_start: Number = Field(default=0.3, ge=0.0, le=1.0, description="Fraction rising.")
-    anneal_strategy: Literal["cos", "linear"] = "cos"
-    cycle_momentum: bool = True
-    base_momentum: PerGroup = 0.85
-    max_momentum: PerGroup = 0.95
-    div_factor: Number = Field(default=25.0, description="initial_lr = max_lr / div_factor.")
-    final_div_factor: Number = Field(
-        default=1e4, description="min_lr = initial_lr / final_div_factor."
-    )
-    three_phase: bool = False
-    examples = [{"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 1000}]
-
-
-class ReduceLROnPlateau(SchedulerBase):
-    """Multiplies the lr by ``factor`` when the metric stops improving for ``patience`` steps.
-
-    Driven by the request's ``metrics`` (one value per scheduler step).
-    torch: ``ReduceLROnPlateau(optimizer, mode='min', factor=0.1, patience=10,
-    threshold=1e-4, threshold_mode='rel', cooldown=0, min_lr=0, eps=1e-8)``.
-    """
-
-    type: Literal["ReduceLROnPlateau"] = "ReduceLROnPlateau"
-    mode: Literal["min", "max"] = "min"
-    factor: Number = Field(default=0.1, lt=1.0, description="Reduction factor (< 1).")
-    patience: NonNegInt = Field(default=10, description="Steps without improvement.")
-    threshold: Number = Field(default=1e-4, description="Least change that counts as better.")
-    threshold_mode: Literal["rel", "abs"] = "rel"
-    cooldown: NonNegInt = Field(default=0, description="Steps to wait after a reduction.")
-    min_lr: PerGroup = Field(default=0.0, description="Lower bound on the lr, or one per group.")
-    eps: Number = Field(default=1e-8, description="Smaller reductions are ignored.")
-    examples = [{"type": "ReduceLROnPlateau", "mode": "min", "factor": 0.5, "patience": 2}]
-
-
-class SWALR(SchedulerBase):
-    """Anneals each group's lr to ``swa_lr`` over ``anneal_epochs`` steps, then holds it.
-
-    torch: ``torch.optim.swa_utils.SWALR(optimizer, swa_lr, anneal_epochs=10,
-    anneal_strategy='cos')``.
-    """
-
-    type: Literal["SWALR"] = "SWALR"
-    swa_lr: PerGroup = Field(description="The SWA learning rate, or one per group.")
-    anneal_epochs: NonNegInt = Field(default=10, description="Steps of the annealing.")
-    anneal_strategy: Literal["cos", "linear"] = "cos"
-    examples = [{"type": "SWALR", "swa_lr": 0.05, "anneal_epochs": 5}]
-
-
-class SequentialLR(SchedulerBase):
-    """Runs ``schedulers`` one after another, switching at each of ``milestones``.
-
-    At a milestone the next scheduler restarts at its own step 0. torch:
-    ``SequentialLR(optimizer, schedulers, milestones)``.
-    """
-
-    type: Literal["SequentialLR"] = "SequentialLR"
-    schedulers: list["SchedulerSpec"] = Field(min_length=1, description="The schedulers, in order.")
-    milestones: IntList = Field(description="One fewer than schedulers: where each starts.")
-
-    def children(self) -> list["SchedulerSpec"]:
-        return list(self.schedulers)
-
-    examples = [
-        {
-            "type": "SequentialLR",
-            "schedulers": [
-                {"type": "ConstantLR", "factor": 0.1, "total_iters": 20},
-                {"type": "ExponentialLR", "gamma": 0.9},
-            ],
-            "milestones": [20],
-        }
-    ]
-
-
-class ChainedScheduler(SchedulerBase):
-    """Steps every one of ``schedulers`` at each step, so their effects multiply.
-
-    torch: ``ChainedScheduler(schedulers)``.
-    """
-
-    type: Literal["ChainedScheduler"] = "ChainedScheduler"
-    schedulers: list["SchedulerSpec"] = Field(min_length=1, description="Stepped together.")
-
-    def children(self) -> list["SchedulerSpec"]:
-        return list(self.schedulers)
-
-    examples = [
-        {
-            "type": "ChainedScheduler",
-            "schedulers": [
-                {"type": "ConstantLR", "factor": 0.1, "total_iters": 2},
-                {"type": "ExponentialLR", "gamma": 0.9},
-            ],
-        }
-    ]
-
-
-# The families import the base classes above; they join the unions here.
-from service.schedules.families import llm, pytorch_warmup  # noqa: E402
-from service.schedules.families import transformers as hf  # noqa: E402
-
-SchedulerSpec = Annotated[
-    LambdaLR
-    | MultiplicativeLR
-    | StepLR
-    | MultiStepLR
-    | ConstantLR
-    | LinearLR
-    | ExponentialLR
-    | SequentialLR
-    | PolynomialLR
-    | CosineAnnealingLR
-    | ChainedScheduler
-    | ReduceLROnPlateau
-    | CyclicLR
-    | OneCycleLR
-    | CosineAnnealingWarmRestarts
-    | SWALR
-    | hf.TransformersSchedule
-    | llm.Noam
-    | llm.REX,
-    Field(discriminator="type"),
-]
-
-SequentialLR.model_rebuild()
-ChainedScheduler.model_rebuild()
-
-SCHEDULER_TYPES: dict[str, type[SchedulerBase]] = {
-    cls.model_fields["type"].default: cls
-    for cls in (
-        LambdaLR,
-        MultiplicativeLR,
-        StepLR,
-        MultiStepLR,
-        ConstantLR,
-        LinearLR,
-        ExponentialLR,
-        SequentialLR,
-        PolynomialLR,
-        CosineAnnealingLR,
-        ChainedScheduler,
-        ReduceLROnPlateau,
-        CyclicLR,
-        OneCycleLR,
-        CosineAnnealingWarmRestarts,
-        SWALR,
-        hf.TransformersSchedule,
-        llm.Noam,
-        llm.REX,
-    )
-}
-"""Every scheduler type the service accepts, by torch class name."""
-
-register_union_tags(set(SCHEDULER_TYPES) | {"linear", "constant", *pytorch_warmup.TAGS})
 
 
 def walk(spec: SchedulerBase) -> list[SchedulerBase]:
@@ -520,7 +189,7 @@ def _check_argument(optimizer: str, allowed: tuple[str, ...], key: str, value: A
             raise ValueError(f"{key}: numbers must be finite")
         if isinstance(item, int) and not isinstance(item, bool):
             try:
-                _in_range(item)
+                in_range(item)
             except ValueError as exc:
                 raise ValueError(f"{key}: {exc}") from None
     if isinstance(value, dict):
@@ -540,9 +209,11 @@ def check_param_groups(
     """
     if groups is None:
         return None
-    limit = get_settings().max_param_groups
+    limit = current_settings().max_param_groups
     if len(groups) > limit:
-        raise ValueError(f"{len(groups)} param groups; the limit is {limit} (LRS_MAX_PARAM_GROUPS)")
+        raise limit_exceeded(
+            f"{len(groups)} param groups; the limit is {limit} (LRS_MAX_PARAM_GROUPS)"
+        )
     optimizer = info.data.get("optimizer")
     if optimizer is None:  # the optimizer itself failed validation; that error is reported
         return groups
@@ -568,6 +239,25 @@ def check_param_groups(
 # --------------------------------------------------------------------------- warmup
 
 
+# --------------------------------------------------------------------------- warmup
+
+
+class LinearFromZero:
+    """The seed's gradual warmup factor as an ``lr_lambda``: ``epoch / steps``."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.key = ("linear_from_zero", steps)
+        """What it computes, comparable across specs (batches stack equal keys)."""
+
+    def __call__(self, epoch: int) -> float:
+        return epoch / self.steps
+
+    def evaluate_tensor(self, epoch: torch.Tensor) -> torch.Tensor:
+        """Return the factor at every epoch of a float64 tensor."""
+        return epoch / self.steps
+
+
 class LinearWarmup(SpecModel):
     """Ramps the lr linearly from ``start_factor * lr`` to ``lr`` over ``steps`` steps.
 
@@ -580,6 +270,20 @@ class LinearWarmup(SpecModel):
     steps: PosInt = Field(description="Warmup length, in scheduler steps.")
     start_factor: Number = Field(default=0.0, ge=0.0, le=1.0, description="Factor at step 0.")
 
+    def build(self, optimizer: torch.optim.Optimizer) -> "LRScheduler":
+        """Return the torch scheduler of the warmup."""
+        if self.start_factor > 0:
+            return lr_scheduler.LinearLR(
+                optimizer, start_factor=self.start_factor, end_factor=1.0, total_iters=self.steps
+            )
+        return lr_scheduler.LambdaLR(optimizer, LinearFromZero(self.steps))
+
+    def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
+        """Return the warmup's vectorized leaf, read from the built ``sched``."""
+        if self.start_factor > 0:
+            return formulas.Linear.of(sched, device)
+        return formulas.Lambda.of(sched, device)
+
 
 class ConstantWarmup(SpecModel):
     """Holds ``factor * lr`` for ``steps`` steps (the ResNet recipe), via ``ConstantLR``."""
@@ -588,9 +292,20 @@ class ConstantWarmup(SpecModel):
     steps: PosInt = Field(description="Warmup length, in scheduler steps.")
     factor: Number = Field(default=0.1, ge=0.0, le=1.0, description="Factor during warmup.")
 
+    def build(self, optimizer: torch.optim.Optimizer) -> "LRScheduler":
+        """Return the torch scheduler of the warmup."""
+        return lr_scheduler.ConstantLR(optimizer, factor=self.factor, total_iters=self.steps)
+
+    def closed_form(self, sched: "LRScheduler", device: torch.device) -> formulas.Leaf:
+        """Return the warmup's vectorized leaf, read from the built ``sched``."""
+        return formulas.Constant.of(sched, device)
+
+
+from service.schedules.families import pytorch_warmup  # noqa: E402 - needs the models above
 
 WarmupSpec = pytorch_warmup.warmup_union(LinearWarmup, ConstantWarmup)
 """The service's own warmups (before the scheduler) and pytorch_warmup's (dampening it)."""
+register_union_tags({"linear", "constant", *pytorch_warmup.TAGS})
 
 
 # --------------------------------------------------------------------------- request
@@ -622,10 +337,11 @@ class Sample(SpecModel):
         given = [n for n in ("every", "points", "at") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'every', 'points' or 'at'")
-        if self.at is not None and len(self.at) > get_settings().max_sample_points:
-            raise ValueError(
-                f"'at' lists {len(self.at)} indices; the limit is "
-                f"{get_settings().max_sample_points} (LRS_MAX_SAMPLE_POINTS)"
+        limit = current_settings().max_sample_points
+        if self.at is not None and len(self.at) > limit:
+            raise limit_exceeded(
+                f"'at' lists {len(self.at)} indices; the limit is {limit} (LRS_MAX_SAMPLE_POINTS)",
+                ("at",),
             )
         return self
 
@@ -649,7 +365,61 @@ def _nesting(raw: Any) -> tuple[int, int]:
     return depth, count
 
 
-class ScheduleRequest(SpecModel):
+@registry.uses_schedulers
+class ScheduleConfig(SpecModel):
+    """A schedule: the optimizer, its param groups, the scheduler, a warmup and the interval.
+
+    ``ScheduleRequest`` (what to compute) and the training jobs' ``JobSpec`` (what to train
+    with) both extend it, so a schedule one accepts the other accepts too, within the same
+    limits (``LRS_MAX_PARAM_GROUPS``, ``LRS_MAX_SCHEDULERS``, ``LRS_MAX_NESTING_DEPTH``).
+    """
+
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    param_groups: list[ParamGroup] | None = Field(
+        default=None,
+        min_length=1,
+        description="Per-group overrides of the optimizer's arguments; one group when absent.",
+    )
+    scheduler: SchedulerSpec
+    warmup: WarmupSpec | None = Field(
+        default=None,
+        description="Warmup before the scheduler, which starts at its step 0 after it.",
+    )
+    interval: Literal["step", "epoch"] = Field(
+        default="step",
+        description="'step': scheduler.step() after every optimizer step; 'epoch': after "
+        "every epoch.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_nesting(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            settings = current_settings()
+            depth, count = _nesting(data.get("scheduler"))
+            if depth > settings.max_nesting_depth:
+                raise limit_exceeded(
+                    f"scheduler nesting is {depth} levels deep; the limit is "
+                    f"{settings.max_nesting_depth} (LRS_MAX_NESTING_DEPTH)",
+                    ("scheduler",),
+                )
+            if count > settings.max_schedulers:
+                raise limit_exceeded(
+                    f"the request has {count} schedulers; the limit is "
+                    f"{settings.max_schedulers} (LRS_MAX_SCHEDULERS)",
+                    ("scheduler",),
+                )
+        return data
+
+    _param_groups = field_validator("param_groups")(check_param_groups)
+
+    @property
+    def n_groups(self) -> int:
+        """Return the number of param groups the optimizer will have."""
+        return len(self.param_groups) if self.param_groups else 1
+
+
+class ScheduleRequest(ScheduleConfig):
     """What to compute: the optimizer, its param groups, the scheduler and how it is stepped.
 
     Index ``i`` of every returned array is the lr that optimizer step ``i`` uses; index 0 is
@@ -678,24 +448,10 @@ class ScheduleRequest(SpecModel):
         },
     )
 
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    param_groups: list[ParamGroup] | None = Field(
-        default=None,
-        min_length=1,
-        description="Per-group overrides of the optimizer's arguments; one group when absent.",
-    )
-    scheduler: SchedulerSpec
-    warmup: WarmupSpec | None = Field(
-        default=None,
-        description="Warmup before the scheduler, which starts at its step 0 after it.",
-    )
     steps: PosInt = Field(description="How many optimizer steps (array length) to compute.")
-    interval: Literal["step", "epoch"] = Field(
-        default="step",
-        description="'step': scheduler.step() after every optimizer step; 'epoch': after "
-        "every steps_per_epoch optimizer steps.",
+    steps_per_epoch: PosInt = Field(
+        default=1, description="Optimizer steps per epoch (with interval 'epoch')."
     )
-    steps_per_epoch: PosInt = Field(default=1, description="Optimizer steps per epoch.")
     metrics: list[Number] | None = Field(
         default=None,
         max_length=10_000_000,
@@ -713,31 +469,6 @@ class ScheduleRequest(SpecModel):
         default_factory=list, description="Extra series: 'momentum' (momentum or beta1 per group)."
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _bounded_nesting(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            settings = get_settings()
-            depth, count = _nesting(data.get("scheduler"))
-            if depth > settings.max_nesting_depth:
-                raise ValueError(
-                    f"scheduler nesting is {depth} levels deep; the limit is "
-                    f"{settings.max_nesting_depth} (LRS_MAX_NESTING_DEPTH)"
-                )
-            if count > settings.max_schedulers:
-                raise ValueError(
-                    f"the request has {count} schedulers; the limit is "
-                    f"{settings.max_schedulers} (LRS_MAX_SCHEDULERS)"
-                )
-        return data
-
-    _param_groups = field_validator("param_groups")(check_param_groups)
-
-    @property
-    def n_groups(self) -> int:
-        """Return the number of param groups the optimizer will have."""
-        return len(self.param_groups) if self.param_groups else 1
-
     @property
     def scheduler_steps(self) -> int:
         """Return how many distinct scheduler states the request covers (values to compute)."""
@@ -746,27 +477,4 @@ class ScheduleRequest(SpecModel):
         return self.steps
 
 
-# --------------------------------------------------------------------------- response
-
-
-class GroupSummary(BaseModel):
-    """The lr range of one param group over the returned indices, and its final value."""
-
-    min: float
-    max: float
-    final: float = Field(description="The lr of the last index, steps - 1.")
-
-
-class ScheduleResult(BaseModel):
-    """Per-group learning rates at the requested indices."""
-
-    steps: list[int] = Field(description="The optimizer-step index of every returned value.")
-    lr: list[list[float]] = Field(description="One list per param group, aligned with steps.")
-    momentum: list[list[float]] | None = Field(
-        default=None, description="Momentum (or beta1) per group, when include asks for it."
-    )
-    engine: Literal["torch", "vectorized"]
-    device: str
-    torch_version: str
-    warnings: list[str]
-    summary: list[GroupSummary]
+registry.complete()

@@ -12,23 +12,20 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch._dynamo
 from torch.optim import lr_scheduler
-from torch.optim.swa_utils import SWALR as TorchSWALR
 
 from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import budget, specs
-from service.schedules.expressions import ExpressionEvaluationError, parse_expression
-from service.schedules.families import llm, pytorch_warmup
+from service.schedules.expressions import ExpressionEvaluationError
+from service.schedules.families import pytorch_warmup
 from service.schedules.families import transformers as hf
 from service.schedules.families.common import installed
 from service.schedules.result import Computed
-from service.settings import get_settings
 
 Loc = tuple[str | int, ...]
 
@@ -109,105 +106,42 @@ def make_optimizer(
 # --------------------------------------------------------------------------- schedulers
 
 
-def _lambdas(source: str | list[str]) -> Any:
-    settings = get_settings()
-
-    def compile_one(text: str) -> Any:
-        return parse_expression(
-            text,
-            max_length=settings.expression_max_length,
-            max_depth=settings.expression_max_depth,
-            max_nodes=settings.expression_max_nodes,
-        )
-
-    if isinstance(source, str):
-        return compile_one(source)
-    # One Expression per distinct text: the vectorized engine evaluates each once.
-    compiled: dict[str, Any] = {}
-    for text in source:
-        if text not in compiled:
-            compiled[text] = compile_one(text)
-    return [compiled[text] for text in source]
-
-
-def _one_cycle_kwargs(spec: specs.OneCycleLR, span: int) -> dict[str, Any]:
-    kwargs = spec.model_dump(exclude={"type"})
-    if spec.total_steps is None and spec.epochs is None:
-        kwargs["total_steps"] = max(span, 1)
-    return kwargs
-
-
 def _build(
     optimizer: torch.optim.Optimizer,
     spec: specs.SchedulerBase,
     loc: Loc,
     span: int,
+    built: dict[int, Any],
     closed: bool = False,
 ) -> lr_scheduler.LRScheduler:
     """Build the torch scheduler for ``spec``; ``span`` is how many steps it will cover.
 
-    ``closed``: a family spec (another library's schedule) is built as a ``LambdaLR`` over its
-    closed form instead of by the real library.
+    ``closed``: another library's schedule is built over its closed form (``build_closed``)
+    instead of by the real library. Records in ``built`` which spec each torch scheduler was
+    built from (by ``id``).
     """
-    if isinstance(spec, specs.SequentialLR):
-        bounds = [0, *spec.milestones, span]
-        children = []
-        for i, child in enumerate(spec.schedulers):
-            child_span = max(bounds[i + 1] - bounds[i], 1) if i + 1 < len(bounds) else span
-            children.append(_build(optimizer, child, (*loc, "schedulers", i), child_span, closed))
-        with _located(loc):
-            return lr_scheduler.SequentialLR(optimizer, children, list(spec.milestones))
-    if isinstance(spec, specs.ChainedScheduler):
-        children = [
-            _build(optimizer, child, (*loc, "schedulers", i), span, closed)
-            for i, child in enumerate(spec.schedulers)
+    children = spec.children()
+    if children:
+        kids = [
+            _build(optimizer, child, (*loc, "schedulers", i), child_span, built, closed)
+            for i, (child, child_span) in enumerate(
+                zip(children, spec.child_spans(span), strict=True)
+            )
         ]
         with _located(loc):
-            return lr_scheduler.ChainedScheduler(children, optimizer)
-
-    with _located(loc):
-        if isinstance(spec, hf.TransformersSchedule):
-            return hf.build(spec, optimizer, closed=closed)
-        if isinstance(spec, (llm.Noam, llm.REX)):
-            return llm.build(spec, optimizer)
-        if isinstance(spec, (specs.LambdaLR, specs.MultiplicativeLR)):
-            cls = getattr(lr_scheduler, spec.type)
-            return cls(optimizer, _lambdas(spec.lr_lambda))
-        if isinstance(spec, specs.OneCycleLR):
-            return lr_scheduler.OneCycleLR(optimizer, **_one_cycle_kwargs(spec, span))
-        if isinstance(spec, specs.SWALR):
-            return TorchSWALR(optimizer, **spec.model_dump(exclude={"type"}))
-        cls = getattr(lr_scheduler, spec.type)
-        return cls(optimizer, **spec.model_dump(exclude={"type"}))
+            sched = spec.compose(optimizer, kids)
+    else:
+        with _located(loc):
+            sched = spec.build_closed(optimizer, span) if closed else spec.build(optimizer, span)
+    built[id(sched)] = spec
+    return sched
 
 
-def _warmup_scheduler(
-    optimizer: torch.optim.Optimizer, warmup: specs.LinearWarmup | specs.ConstantWarmup
-) -> lr_scheduler.LRScheduler:
-    """Return the service's own warmup scheduler (run before the main one by SequentialLR)."""
-    with _located(("body", "warmup")):
-        if isinstance(warmup, specs.ConstantWarmup):
-            return lr_scheduler.ConstantLR(
-                optimizer, factor=warmup.factor, total_iters=warmup.steps
-            )
-        if warmup.start_factor > 0:
-            return lr_scheduler.LinearLR(
-                optimizer,
-                start_factor=warmup.start_factor,
-                end_factor=1.0,
-                total_iters=warmup.steps,
-            )
-        return lr_scheduler.LambdaLR(optimizer, _LinearFromZero(warmup.steps))
-
-
-@dataclass(frozen=True)
-class _LinearFromZero:
-    """The seed's gradual warmup factor: ``epoch / steps``."""
-
-    steps: int
-
-    def __call__(self, epoch: int) -> float:
-        return epoch / self.steps
+def main_span(span: int, warmup: Any) -> int:
+    """Return the scheduler steps the scheduler itself covers of ``span``, after a warmup that
+    runs before it (pytorch_warmup's dampen it instead and take none)."""
+    steps = getattr(warmup, "steps", None)
+    return span if steps is None else max(span - steps, 1)
 
 
 class Stepper:
@@ -230,6 +164,8 @@ class Stepper:
         closed: bool | None = None,
     ) -> None:
         self.optimizer = optimizer
+        self.specs: dict[int, Any] = {}
+        """The spec (scheduler or warmup) each torch scheduler was built from, by ``id``."""
         self.dampener = None
         if pytorch_warmup.is_pytorch_warmup(warmup):
             dampening, warmup = warmup, None
@@ -242,25 +178,19 @@ class Stepper:
         self._step_count = 0
         if closed is None:
             closed = not (installed(hf.LIBRARY) and installed(pytorch_warmup.LIBRARY))
+        self._closed = bool(closed)
         try:
             if warmup is None:
-                self.scheduler = _build(
-                    optimizer, scheduler_spec, ("body", "scheduler"), span, bool(closed)
-                )
+                self.scheduler = self._build(scheduler_spec, span)
                 self.warmup = None
             elif self.plateau:
                 # SequentialLR refuses ReduceLROnPlateau; do what it does by hand: the warmup,
                 # then at index W the lr restarts at its initial value and the plateau takes over.
-                self.warmup = _warmup_scheduler(optimizer, warmup)
-                self.scheduler = _build(
-                    optimizer, scheduler_spec, ("body", "scheduler"), span, bool(closed)
-                )
+                self.warmup = self._build_warmup(warmup)
+                self.scheduler = self._build(scheduler_spec, span)
             else:
-                main_span = max(span - warmup.steps, 1)
-                first = _warmup_scheduler(optimizer, warmup)
-                main = _build(
-                    optimizer, scheduler_spec, ("body", "scheduler"), main_span, bool(closed)
-                )
+                first = self._build_warmup(warmup)
+                main = self._build(scheduler_spec, main_span(span, warmup))
                 with _located(("body", "warmup")):
                     self.scheduler = lr_scheduler.SequentialLR(
                         optimizer, [first, main], milestones=[warmup.steps]
@@ -270,9 +200,18 @@ class Stepper:
             if dampening is not None:
                 # pytorch_warmup: built after the scheduler, it dampens whatever lr it sets
                 with _located(("body", "warmup")):
-                    self.dampener = pytorch_warmup.build(dampening, optimizer, closed=bool(closed))
+                    self.dampener = pytorch_warmup.build(dampening, optimizer, closed=self._closed)
         except _Failure as failure:
             raise _invalid(failure, "scheduler") from None
+
+    def _build(self, spec: specs.SchedulerBase, span: int) -> lr_scheduler.LRScheduler:
+        return _build(self.optimizer, spec, ("body", "scheduler"), span, self.specs, self._closed)
+
+    def _build_warmup(self, warmup: specs.LinearWarmup | specs.ConstantWarmup) -> Any:
+        with _located(("body", "warmup")):
+            sched = warmup.build(self.optimizer)
+        self.specs[id(sched)] = warmup
+        return sched
 
     def step(self, metric: float | None = None) -> None:
         """Advance the schedule by one scheduler step."""

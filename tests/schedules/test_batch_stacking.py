@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from service.errors import ServiceError
-from service.schedules import service, specs, vectorized
+from service.schedules import service, specs
+from service.schedules.vectorized.evaluation import Program
 from service.settings import Settings
 from tests.schedules.test_vectorized import ERRORS, PARITY
 
@@ -70,13 +71,13 @@ def test_a_stacked_batch_gives_each_spec_its_own_bits(body):
 
 def test_same_structure_is_evaluated_once(monkeypatch):
     calls = []
-    evaluate = vectorized.Program.evaluate
+    evaluate = Program.evaluate
 
     def counting(self, k):
         calls.append(self.lr0.shape[0])
         return evaluate(self, k)
 
-    monkeypatch.setattr(vectorized.Program, "evaluate", counting)
+    monkeypatch.setattr(Program, "evaluate", counting)
     body = {
         "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
         "scheduler": {"type": "CosineAnnealingLR", "T_max": 990},

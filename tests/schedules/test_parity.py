@@ -160,15 +160,11 @@ def test_matches_a_real_torch_loop(client, spec, factory, steps):
 
 
 def test_every_scheduler_type_has_three_parity_cases():
-    from service.schedules.specs import SCHEDULER_TYPES
+    from service.schedules import registry
 
     # ReduceLROnPlateau needs metrics: its four cases are the test_reduce_on_plateau_* tests.
     # Other libraries' families have their parity tests in tests/schedules/families/.
-    counts = {
-        t: 0
-        for t, cls in SCHEDULER_TYPES.items()
-        if t != "ReduceLROnPlateau" and not cls.__module__.startswith("service.schedules.families")
-    }
+    counts = {t: 0 for t in registry.types("torch") if t != "ReduceLROnPlateau"}
     for _, spec, _, _ in CASES:
         counts[spec["type"]] += 1
     assert {t: n for t, n in counts.items() if n < 3} == {}

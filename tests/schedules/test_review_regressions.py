@@ -1,20 +1,13 @@
 """Regressions found in review: inputs that got a 500 or values torch would not produce."""
 
-from typing import Any
-
 import pytest
 import torch
 
+from tests.problems import assert_problem
 from tests.schedules.helpers import torch_loop
 
 STEP = {"type": "StepLR", "step_size": 3}
 BIG = 2**70
-
-
-def assert_problem(response: Any, status: int = 422) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    return response.json()
 
 
 @pytest.mark.parametrize(
@@ -156,7 +149,7 @@ def test_responses_that_depend_on_accept_say_so_for_shared_caches(client):
 
 
 def test_a_bug_in_one_batch_slot_fails_that_slot_alone(client, monkeypatch):
-    from service.schedules import vectorized
+    from service.schedules.vectorized import compile as vectorized
 
     real = vectorized.compile_request
 

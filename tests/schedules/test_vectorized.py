@@ -13,7 +13,7 @@ import torch
 from torch.optim import lr_scheduler as L
 from torch.optim.swa_utils import SWALR
 
-from service.schedules import service, specs
+from service.schedules import registry, service, specs
 from service.settings import Settings
 from tests.schedules.helpers import torch_loop
 
@@ -457,12 +457,7 @@ def test_the_suite_is_big_enough():
             s.type
             for s in specs.walk(specs.ScheduleRequest.model_validate(param.values[0]).scheduler)
         }
-    torch_types = {
-        t
-        for t, cls in specs.SCHEDULER_TYPES.items()
-        if not cls.__module__.startswith("service.schedules.families")  # tests/.../families/
-    }
-    assert covered == torch_types - {"ReduceLROnPlateau"}
+    assert covered == set(registry.types("torch")) - {"ReduceLROnPlateau"}
 
 
 @pytest.mark.parametrize("body", PARITY)

@@ -495,10 +495,13 @@ async function refresh() {
   clearErrors();
   if (!mine.ok) {
     showProblem(mine.data);
-    $("status").textContent = `error ${mine.status}`;
+    $("status").textContent = `error ${mine.status}` + (app.current ? ": the plot shows the last schedule that worked" : "");
   } else {
     app.current = mine.data;
-    $("status").textContent = `${mine.data.engine} engine on ${mine.data.device}, ${Math.round(performance.now() - started)} ms`;
+    app.currentSpec = clone(app.state.spec);
+    const sampled = requestFor(app.state.spec).sample
+      ? ` · ${mine.data.steps.length} of ${app.state.spec.steps} steps drawn (the readout is exact)` : "";
+    $("status").textContent = `${mine.data.engine} engine on ${mine.data.device}, ${Math.round(performance.now() - started)} ms${sampled}`;
   }
   app.overlayResults = others.map((a) => (a.ok ? a.data : null));
   draw();
@@ -549,7 +552,8 @@ function showProblem(problem) {
 function seriesList() {
   const list = app.state.overlays.map((o, i) => ({ label: o.label, spec: o.spec, result: (app.overlayResults || [])[i],
     color: PALETTE[i % PALETTE.length] }));
-  list.push({ label: "current: " + describe(app.state.spec), spec: app.state.spec, result: app.current,
+  const spec = app.currentSpec || app.state.spec; // the spec of the curve on show
+  list.push({ label: "current: " + describe(spec), spec, result: app.current,
     color: PALETTE[app.state.overlays.length % PALETTE.length], current: true });
   return list;
 }
@@ -859,6 +863,20 @@ async function start() {
   app.state = loadHash() || defaultState();
   bindForm();
   renderForm();
+  // legend labels are shortened on narrow plots: redraw when the width changes
+  let width = window.innerWidth;
+  window.addEventListener("resize", () => {
+    clearTimeout(app.resizeTimer);
+    app.resizeTimer = setTimeout(() => { if (window.innerWidth !== width) { width = window.innerWidth; draw(); } }, 150);
+  });
+  // a link pasted into this tab's address bar (history.replaceState never fires this)
+  window.addEventListener("hashchange", () => {
+    const restored = location.hash.length > 1 ? loadHash() : defaultState();
+    if (!restored) return;
+    app.state = restored;
+    renderForm();
+    changed();
+  });
   await update();
   const plot = $("plot");
   if (plot.on) plot.on("plotly_click", (ev) => { if (ev.points && ev.points.length) setCursor(ev.points[0].x); });

@@ -1,4 +1,9 @@
-"""Schedules from other libraries, one module per library ("family").
+"""Scheduler families: one module per library, each registering its spec classes.
+
+:mod:`.torch` holds ``torch.optim.lr_scheduler`` and ``SWALR``; every other module is another
+library's schedules ("family"). :func:`load` imports every module in this package, so a new
+family is one new module here (see :mod:`service.schedules.registry` for what its classes
+declare and how they join).
 
 A family spec is ``{"type": "<family>", <the library's own selector>, ...its own argument
 names}``: ``{"type": "timm", "sched": "cosine", ...}`` is timm's ``create_scheduler_v2``,
@@ -14,6 +19,7 @@ semantics a family reproduces; responses report it.
 import importlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import sys
 import types
 from dataclasses import dataclass
@@ -66,7 +72,19 @@ def import_submodule_only(package: str, submodule: str) -> types.ModuleType | No
     return importlib.import_module(name)
 
 
-# The transformers, pytorch_warmup and llm modules build on the spec base classes and the specs
-# import them into their unions: importing the specs here lets any family module be imported
-# first (a family module imported before the specs would be only half defined when they ask).
+HELPERS = frozenset({"adapters", "common", "hooks"})
+"""Modules of this package that are shared code, not families."""
+
+
+def load() -> None:
+    """Import every family module, registering its schedulers: torch's first, then the others
+    by name (the order of the catalog and of the OpenAPI union)."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPERS)
+    for name in ["torch", *(n for n in names if n != "torch")]:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+# The family modules build on the spec base classes, and the specs load every family: importing
+# the specs here lets any family module be imported first (a family module imported before the
+# specs would be only half defined when they ask for it).
 import service.schedules.specs  # noqa: E402, F401

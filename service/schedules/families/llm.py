@@ -20,7 +20,9 @@ import torch
 from pydantic import Field
 
 from service.schedules.families.common import Factor
+from service.schedules.registry import register
 from service.schedules.specs import Number, PosInt, SchedulerBase
+from service.schedules.vectorized import formulas
 
 Tensor = torch.Tensor
 
@@ -29,6 +31,7 @@ NOAM_INFO = {"family": "noam", "library": None, "version": None}
 REX_INFO = {"family": "rex", "library": None, "version": None}
 
 
+@register
 class Noam(SchedulerBase):
     """The Transformer's schedule (Vaswani et al. 2017): linear warmup, then ``1/sqrt(step)``.
 
@@ -45,7 +48,14 @@ class Noam(SchedulerBase):
         {"type": "noam", "d_model": 512, "warmup_steps": 40, "factor": 1.0}
     ]
 
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> Any:
+        return build(self, optimizer)
 
+    def closed_form(self, sched: Any, device: torch.device) -> formulas.Leaf:
+        return formulas.Lambda.of(sched, device)
+
+
+@register
 class REX(SchedulerBase):
     """REX (Chen et al. 2022): ``z / (1/2 + z/2)``, ``z = 1 - step/total_steps``, down to 0.
 
@@ -56,6 +66,12 @@ class REX(SchedulerBase):
     total_steps: PosInt = Field(description="Steps until the lr reaches 0.")
 
     examples: ClassVar[list[dict[str, Any]]] = [{"type": "rex", "total_steps": 100}]
+
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> Any:
+        return build(self, optimizer)
+
+    def closed_form(self, sched: Any, device: torch.device) -> formulas.Leaf:
+        return formulas.Lambda.of(sched, device)
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,7 +35,9 @@ from torch.optim import lr_scheduler
 from service.errors import InvalidSpec
 from service.schedules.families import Library
 from service.schedules.families.common import TensorFactor, did_you_mean, load
+from service.schedules.registry import register
 from service.schedules.specs import MAX_INT, NonNegInt, Number, PerGroup, SchedulerBase, SpecModel
+from service.schedules.vectorized import formulas
 
 LIBRARY = Library(family="transformers", package="transformers", version="5.23.0")
 Tensor = torch.Tensor
@@ -239,6 +241,7 @@ def _argument_error(key: str, value: Any, message: str) -> ValidationError:
     )
 
 
+@register
 class TransformersSchedule(SchedulerBase):
     """A Hugging Face transformers schedule: ``get_scheduler(name, optimizer,
     num_warmup_steps, num_training_steps, scheduler_specific_kwargs)`` (transformers 5.23.0).
@@ -378,6 +381,23 @@ class TransformersSchedule(SchedulerBase):
     def metric_driven(self) -> bool:
         """Return True when the lr follows the request's metrics."""
         return self.name in METRIC_DRIVEN
+
+    def build(self, optimizer: torch.optim.Optimizer, span: int) -> Any:
+        return build(self, optimizer, closed=False)
+
+    def build_closed(self, optimizer: torch.optim.Optimizer, span: int) -> Any:
+        return build(self, optimizer, closed=True)
+
+    def closed_form(self, sched: Any, device: torch.device) -> formulas.Leaf:
+        return formulas.Lambda.of(sched, device)
+
+    def vectorized_unsupported(self) -> str | None:
+        if self.metric_driven:
+            return (
+                f"transformers {self.name!r} depends on the metric values step by step, so it "
+                "has no closed form; use engine 'torch' or 'auto'"
+            )
+        return None
 
 
 def _located_error(field: str, message: str) -> ValueError:

@@ -6,12 +6,15 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
 from service.negotiation import MEDIA_TYPES, negotiate
-from service.schedules import budget, cache, formats, plots, query, service, specs
+from service.schedules import budget, cache, formats, plots, query, registry, service, specs
+from service.schedules.registry import SchedulerBase
 from service.schedules.result import Computed, ScheduleResult
 from service.schedules.routes import running
 from service.settings import Settings
@@ -241,6 +244,19 @@ async def compute_schedule(
     return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
 
 
+def _scheduler_class(kind: str, params: dict[str, str]) -> type[SchedulerBase]:
+    """Return the scheduler class the path's ``type`` (and a family's selector) names."""
+    try:
+        return registry.choose({"type": kind, **params})
+    except PydanticCustomError as exc:
+        field = exc.type.removeprefix("missing_")
+        raise InvalidSpec(exc.message(), loc=("query", field)) from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ("path", "type") if list(err["loc"]) == ["type"] else ("query", *err["loc"])
+        raise InvalidSpec(err["msg"], loc=loc) from None
+
+
 @router.get(
     "/v1/schedules/{type}",
     response_model=ScheduleResult,
@@ -276,17 +292,16 @@ async def schedule_from_query(
     `every`/`points` (sampling), `warmup`/`warmup_steps`/`warmup_start_factor`/`warmup_factor`,
     `include=momentum`, `engine`, `device`.
     """
-    if kind not in specs.SCHEDULER_TYPES:
-        raise InvalidSpec(
-            f"unknown scheduler type {kind!r}; known: {', '.join(specs.SCHEDULER_TYPES)}",
-            loc=("path", "type"),
-        )
-    if kind in ("SequentialLR", "ChainedScheduler"):
+    params = dict(request.query_params)
+    if kind in ("compute", "batch"):
+        raise StarletteHTTPException(405, headers={"Allow": "POST"})
+    cls = _scheduler_class(kind, params)
+    if cls.compose is not SchedulerBase.compose:
         raise InvalidSpec(
             f"{kind} nests other schedulers; send it as JSON to POST /v1/schedules/compute",
             loc=("path", "type"),
         )
-    body = query.query_body(specs.SCHEDULER_TYPES[kind], dict(request.query_params))
+    body = query.query_body(cls, params)
     try:
         spec = specs.ScheduleRequest.model_validate(body)
     except ValidationError as exc:

@@ -21,6 +21,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -134,6 +135,16 @@ def _scale(factor: Tensor) -> Map:
     return factor, torch.zeros_like(factor)
 
 
+def _tensor_fns(lambdas: list[Any]) -> tuple[Callable[[Tensor], Tensor], ...]:
+    """Return each group's ``evaluate_tensor``; groups sharing an lr_lambda share one bound
+    method, so :meth:`Lambda.factor` evaluates each distinct expression once per step."""
+    made: dict[int, Callable[[Tensor], Tensor]] = {}
+    for fn in lambdas:
+        if id(fn) not in made:
+            made[id(fn)] = fn.evaluate_tensor
+    return tuple(made[id(fn)] for fn in lambdas)
+
+
 @dataclass(eq=False)
 class Lambda(Leaf):
     """LambdaLR: ``lr = base_lr * lr_lambda(e)``."""
@@ -142,6 +153,19 @@ class Lambda(Leaf):
     lambda_field: bool = True
     fn_keys: tuple[object, ...] | None = None
     """What the ``fns`` compute, comparable across specs (None: not comparable)."""
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Lambda":
+        """Return torch's ``LambdaLR`` ``sched``: its functions' tensor forms, and their
+        ``key`` where every function has one (then specs compare and stack)."""
+        keys = tuple(getattr(f, "key", None) for f in sched.lr_lambdas)
+        plain = all(key is not None for key in keys)
+        return cls(
+            column(sched.base_lrs, device),
+            fns=_tensor_fns(sched.lr_lambdas),
+            lambda_field=not plain,
+            fn_keys=keys if plain else None,
+        )
 
     @property
     def dense_check(self) -> bool:  # type: ignore[override]
@@ -182,6 +206,11 @@ class Multiplicative(Lambda):
 
     relative = True
 
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Multiplicative":
+        """Return torch's ``MultiplicativeLR`` ``sched``."""
+        return cls(column(sched.base_lrs, device), fns=_tensor_fns(sched.lr_lambdas))
+
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         top = int(e.max()) if e.numel() else 0
         steps = self.factor(torch.arange(0 if restarted else 1, top + 1, device=e.device))
@@ -204,6 +233,11 @@ class Step(Leaf):
     step_size: int = 1
     gamma: float = 0.1
 
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Step":
+        """Return torch's ``StepLR`` ``sched``."""
+        return cls(column(sched.base_lrs, device), step_size=sched.step_size, gamma=sched.gamma)
+
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         start = self.base if restarted else x
         return start * torch.pow(torch.tensor(self.gamma, dtype=F64), (e // self.step_size))
@@ -223,6 +257,12 @@ class MultiStep(Leaf):
 
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "MultiStep":
+        """Return torch's ``MultiStepLR`` ``sched`` (its milestones as torch counts them)."""
+        milestones = tuple(sched.milestones.elements())
+        return cls(column(sched.base_lrs, device), milestones=milestones, gamma=sched.gamma)
 
     def _count(self, e: Tensor, low: int | None) -> Tensor:
         ms = torch.tensor(sorted(self.milestones), dtype=torch.int64, device=e.device)
@@ -252,6 +292,12 @@ class Constant(Leaf):
 
     factor: float = 1 / 3
     total_iters: int = 5
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Constant":
+        """Return torch's ``ConstantLR`` ``sched``."""
+        base = column(sched.base_lrs, device)
+        return cls(base, factor=sched.factor, total_iters=sched.total_iters)
 
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         t = self.total_iters
@@ -287,6 +333,16 @@ class Linear(Leaf):
     end_factor: float = 1.0
     total_iters: int = 5
 
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Linear":
+        """Return torch's ``LinearLR`` ``sched``."""
+        return cls(
+            column(sched.base_lrs, device),
+            start_factor=sched.start_factor,
+            end_factor=sched.end_factor,
+            total_iters=sched.total_iters,
+        )
+
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         s, t = self.start_factor, self.total_iters
         start = self.base if restarted else x
@@ -316,6 +372,11 @@ class Exponential(Leaf):
 
     gamma: float = 0.9
 
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Exponential":
+        """Return torch's ``ExponentialLR`` ``sched``."""
+        return cls(column(sched.base_lrs, device), gamma=sched.gamma)
+
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         start = self.base if restarted else x
         return start * torch.pow(torch.tensor(self.gamma, dtype=F64), e)
@@ -333,6 +394,12 @@ class Polynomial(Leaf):
 
     total_iters: int = 5
     power: float = 1.0
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Polynomial":
+        """Return torch's ``PolynomialLR`` ``sched``."""
+        base = column(sched.base_lrs, device)
+        return cls(base, total_iters=sched.total_iters, power=sched.power)
 
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         t = self.total_iters
@@ -372,6 +439,11 @@ class Cosine(Leaf):
     T_max: int = 1
     eta_min: float = 0.0
 
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Cosine":
+        """Return torch's ``CosineAnnealingLR`` ``sched``."""
+        return cls(column(sched.base_lrs, device), T_max=sched.T_max, eta_min=sched.eta_min)
+
     def _half(self, e: Tensor) -> Tensor:
         """Return ``1 + cos(pi * e / T_max)``, in torch's order of operations (in place)."""
         return e.to(F64).mul_(math.pi).div_(self.T_max).cos_().add_(1)
@@ -409,6 +481,12 @@ class WarmRestarts(Leaf):
     T_mult: int = 1
     eta_min: float = 0.0
 
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "WarmRestarts":
+        """Return torch's ``CosineAnnealingWarmRestarts`` ``sched``."""
+        base = column(sched.base_lrs, device)
+        return cls(base, T_0=sched.T_0, T_mult=sched.T_mult, eta_min=sched.eta_min)
+
     def _position(self, e: Tensor) -> tuple[Tensor, Tensor]:
         top = int(e.max()) if e.numel() else 0
         starts, periods = [0], [self.T_0]
@@ -444,6 +522,22 @@ class Cyclic(Leaf):
     scale_mode: str = "cycle"
     base_momentum: Tensor | None = None
     max_momentum: Tensor | None = None
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Cyclic":
+        """Return torch's ``CyclicLR`` ``sched``."""
+        cyc = sched.cycle_momentum
+        return cls(
+            column(sched.base_lrs, device),
+            max_lr=column(sched.max_lrs, device),
+            total_size=sched.total_size,
+            step_ratio=sched.step_ratio,
+            mode=sched.mode,
+            gamma=sched.gamma,
+            scale_mode=sched.scale_mode,
+            base_momentum=column(sched.base_momentums, device) if cyc else None,
+            max_momentum=column(sched.max_momentums, device) if cyc else None,
+        )
 
     def _scales(self, e: Tensor) -> tuple[Tensor, Tensor]:
         ef = e.to(F64)
@@ -501,6 +595,32 @@ class OneCycle(Leaf):
     values: dict[str, Tensor] = field(default_factory=dict)
     cos: bool = True
     cycle_momentum: bool = True
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "OneCycle":
+        """Return torch's ``OneCycleLR`` ``sched``, by its phase table."""
+        groups = sched.optimizer.param_groups
+        keys = ("initial_lr", "max_lr", "min_lr")
+        if sched.cycle_momentum:
+            keys += ("base_momentum", "max_momentum")
+        phases = tuple(
+            (
+                float(p["end_step"]),
+                p["start_lr"],
+                p["end_lr"],
+                p["start_momentum"],
+                p["end_momentum"],
+            )
+            for p in sched._schedule_phases
+        )
+        return cls(
+            column(sched.base_lrs, device),
+            total_steps=sched.total_steps,
+            phases=phases,
+            values={key: column([g[key] for g in groups], device) for key in keys},
+            cos=sched._anneal_func_type == "cos",
+            cycle_momentum=sched.cycle_momentum,
+        )
 
     def _anneal(self, start: Tensor, end: Tensor, pct: Tensor) -> Tensor:
         if self.cos:
@@ -568,6 +688,16 @@ class Swa(Leaf):
     anneal_epochs: int = 10
     cos: bool = True
     relative = True
+
+    @classmethod
+    def of(cls, sched: Any, device: torch.device) -> "Swa":
+        """Return torch's ``SWALR`` ``sched``."""
+        return cls(
+            column(sched.base_lrs, device),
+            swa_lr=column([g["swa_lr"] for g in sched.optimizer.param_groups], device),
+            anneal_epochs=sched.anneal_epochs,
+            cos=sched._anneal_strategy == "cos",
+        )
 
     def _alpha(self, steps: Tensor) -> Tensor:
         t = torch.clamp(steps.to(F64) / max(1, self.anneal_epochs), 0.0, 1.0)

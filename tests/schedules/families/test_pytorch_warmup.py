@@ -188,7 +188,7 @@ def test_linear_with_steps_keeps_its_meaning(client):
         (
             {"type": "linear", "warmup_period": 5, "steps": 5},
             ["body", "warmup", "steps"],
-            "Extra inputs",
+            "unknown field 'steps'; linear takes: warmup_period",
         ),
         ({"type": "expo", "warmup_period": 5}, ["body", "warmup"], "Did you mean 'exponential'?"),
         ({"type": "untuned_liner"}, ["body", "warmup"], "Did you mean 'untuned_linear'?"),
