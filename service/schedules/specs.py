@@ -413,6 +413,11 @@ class ScheduleConfig(SpecModel):
 
     _param_groups = field_validator("param_groups")(check_param_groups)
 
+    @model_validator(mode="after")
+    def _warmup_interval(self) -> "ScheduleConfig":
+        pytorch_warmup.check_interval(self.warmup, self.interval)
+        return self
+
     @property
     def n_groups(self) -> int:
         """Return the number of param groups the optimizer will have."""

@@ -145,6 +145,21 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+def check_interval(warmup: Any, interval: str) -> None:
+    """Raise ValueError for a pytorch_warmup warmup with ``interval: "epoch"``.
+
+    The library dampens at every optimizer step (its README calls ``dampening()`` after each
+    one and steps the scheduler inside it once per epoch); here the warmup is stepped with the
+    scheduler, so per epoch it would follow neither.
+    """
+    if interval == "epoch" and is_pytorch_warmup(warmup):
+        raise ValueError(
+            f"warmup: pytorch_warmup's {warmup.type!r} dampens the lr at every optimizer step, "
+            "while interval 'epoch' steps the scheduler (and so the warmup here) once per "
+            "epoch; use interval 'step' (give the scheduler its lengths in optimizer steps)"
+        )
+
+
 def is_pytorch_warmup(warmup: Any) -> bool:
     """Return True when ``warmup`` is one of this module's specs."""
     return isinstance(

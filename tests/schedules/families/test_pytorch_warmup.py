@@ -220,3 +220,14 @@ def test_radam_refuses_a_small_beta2_like_the_library(client):
                                                           {"type": "Adam", "lr": 0.1, "betas": [0.9, 0.5]}, None, "auto"))  # fmt: skip
     assert got.status_code == 422
     assert "must be greater than 0.6" in got.json()["detail"]
+
+
+def test_interval_epoch_is_refused_since_the_library_dampens_every_optimizer_step(client):
+    body = {"scheduler": {"type": "StepLR", "step_size": 3}, "warmup": {"type": "exponential", "warmup_period": 5},
+            "steps": 40, "interval": "epoch", "steps_per_epoch": 4}  # fmt: skip
+    got = client.post("/v1/schedules/compute", json=body)
+    assert got.status_code == 422
+    assert "dampens the lr at every optimizer step" in got.json()["detail"]
+    assert (
+        client.post("/v1/schedules/compute", json={**body, "interval": "step"}).status_code == 200
+    )
