@@ -34,6 +34,11 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 
+# The same image runs the Celery job workers (docker-compose.yml, profile "scale"):
+#   command: celery -A service.jobs.celery_app worker --concurrency 2
+# (override the HEALTHCHECK there: a worker serves no HTTP), or local workers apart from the
+# API (LRS_JOB_WORKERS=0 on the API): python -m service.jobs.worker
+
 # --no-access-log: the service writes its own access log, one JSON line per request.
 # Listening on 0.0.0.0 without LRS_API_KEYS prints a warning at start: set keys when deployed.
 CMD ["python", "-m", "uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

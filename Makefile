@@ -48,6 +48,8 @@ format: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m service.openapi > openapi/openapi.json
 
+# bench_schedules.py compares with optax's jitted schedule: optax and jax come with the parity
+# extra $(STAMP) installs (never with the service's own dependencies).
 bench: $(STAMP) wrk
 	$(PY) bench/bench_schedules.py
 	$(PY) bench/bench_scale.py

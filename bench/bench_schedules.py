@@ -5,7 +5,13 @@ medians per case, a concurrent load on case (a), the server's peak RSS around ca
 the time to serialize the 1M-value array to JSON alone, then prints a markdown table, the
 targets of issue 3 (met or missed, with numbers) and the machine, and stops the server.
 
-    .venv/bin/python bench/bench_schedules.py [--repeat 7] [--load-seconds 10]
+    .venv/bin/python bench/bench_schedules.py [--repeat 7] [--load-seconds 10] [--peers-only]
+
+It also compares, in this process, our compute of one warmup+cosine schedule (1% linear
+warmup from 0, cosine to 0, float64) at 10k, 1M and 10M steps with optax's jitted
+``warmup_cosine_decay_schedule`` (x64, CPU; optax and jax come with the ``parity`` extra that
+``make bench`` installs, never with the service's own dependencies) and with a plain numpy
+closed form, and prints ours/optax per size. ``--peers-only`` runs that part alone.
 
 Every timed HTTP request has a distinct spec (the optimizer's lr differs in the 12th digit),
 so the result cache never answers it; the cached rate is reported on its own line.
@@ -185,9 +191,75 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms" if seconds < 10 else f"{seconds:,.2f} s"
 
 
+PEER_SIZES = (10_000, 1_000_000, 10_000_000)
+
+
+def numpy_closed_form(steps: int) -> np.ndarray:
+    """The obvious numpy one-liner for :func:`warmup_cosine` (lr 0.1)."""
+    warm = max(1, steps // 100)
+    k = np.arange(steps, dtype=np.float64)
+    cosine = 0.05 * (1.0 + np.cos(np.pi * (k - warm) / (steps - warm)))
+    return np.where(k < warm, 0.1 * k / warm, cosine)
+
+
+def compare_peers(repeat: int) -> list[tuple[int, float, float | None, float]]:
+    """Return (steps, ours, optax or None, numpy) median seconds per size, measured
+    back-to-back in this process. Ours is :func:`service.compute` of an already validated
+    request (vectorized engine, indices and lr as float64 arrays); optax's is its jitted
+    schedule on a float64 step array, compiled beforehand, until the result is ready."""
+    try:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        jax = None
+    rows = []
+    for steps in PEER_SIZES:
+        warm = max(1, steps // 100)
+        request = specs.ScheduleRequest.model_validate(
+            {**warmup_cosine(steps), "engine": "vectorized"}
+        )
+        ours_values = service.compute(request, SETTINGS).lr[0]
+        ours = harness.median_seconds(lambda r=request: service.compute(r, SETTINGS), repeat)
+        peer = None
+        if jax is not None:
+            schedule = jax.jit(
+                optax.warmup_cosine_decay_schedule(
+                    init_value=0.0, peak_value=0.1, warmup_steps=warm, decay_steps=steps
+                )
+            )
+            k = jnp.arange(steps, dtype=jnp.float64)
+            peer_values = np.asarray(schedule(k).block_until_ready())
+            assert peer_values.dtype == np.float64
+            np.testing.assert_allclose(peer_values, ours_values, rtol=1e-9, atol=1e-15)
+            peer = harness.median_seconds(lambda s=schedule, k=k: s(k).block_until_ready(), repeat)
+        np.testing.assert_allclose(numpy_closed_form(steps), ours_values, rtol=1e-9, atol=1e-15)
+        plain = harness.median_seconds(lambda n=steps: numpy_closed_form(n), repeat)
+        rows.append((steps, ours, peer, plain))
+    return rows
+
+
+def print_peers(rows: list[tuple[int, float, float | None, float]]) -> None:
+    print("\n### In-process compute against optax (jit, x64, CPU) and numpy\n")
+    print("| steps | ours (vectorized) | optax jit | numpy closed form | ours/optax | ours/numpy |")
+    print("|---|---|---|---|---|---|")
+    for steps, ours, peer, plain in rows:
+        peer_text = ms(peer) if peer is not None else "not installed"
+        ratio = f"{ours / peer:.2f}" if peer is not None else "n/a"
+        print(
+            f"| {steps:,} | {ms(ours)} | {peer_text} | {ms(plain)} | {ratio} | {ours / plain:.2f} |"
+        )
+    if any(peer is None for _, _, peer, _ in rows):
+        print("\noptax/jax are not installed here: `make bench` installs them (parity extra).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--peers-only", action="store_true", help="only the optax/numpy part")
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--load-tool", choices=["auto", "wrk", "httpx"], default="auto")
@@ -198,6 +270,12 @@ def main() -> None:
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "httpx"
     load_before = loadavg()
+    if args.peers_only:
+        peers = compare_peers(repeat)
+        print(f"Machine: {machine()}. Medians of {repeat} runs.")
+        print_peers(peers)
+        print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.")
+        return
 
     rows: list[tuple[str, str, str, str]] = []
     notes: dict[str, float] = {}
@@ -289,6 +367,7 @@ def main() -> None:
                 load(url, body, args.load_seconds, args.concurrency, 100_000, distinct)
             )
 
+        peers = compare_peers(repeat)  # in-process, while the server is idle
         rps, p50, p99, errs = run_load(small, distinct=True)
         rps_c, p50_c, p99_c, errs_c = run_load(fresh(small), distinct=False)
         rps_d, p50_d, p99_d, errs_d = run_load(dashboard, distinct=True)
@@ -336,6 +415,7 @@ def main() -> None:
         f"| not (a): same spec with `sample: {{points: 1000}}`, distinct (dashboard) "
         f"| {rps_d:,.0f} | {p50_d:.1f} ms | {p99_d:.1f} ms | {errs_d} |"
     )
+    print_peers(peers)
     print(f"\nLoad average (/proc/loadavg, 1/5/15 min): {load_before} before, {load_after} after.")
     print(
         f"\nServer peak RSS (VmHWM): {rss_before:,.0f} MB before (b), {rss_after_b:,.0f} MB "
@@ -367,6 +447,11 @@ def main() -> None:
         ("(e) ≤ 2 s on CPU, npy over HTTP", notes["e_npy_http"], 2, "s (≤)"),
         ("(e) ≤ 2 s on CPU, JSON body in-process", notes["e_body"], 2, "s (≤)"),
         ("peak RSS growth for (b) ≤ 150 MB", notes["rss"], 150, "MB (≤)"),
+    ]
+    checks += [
+        (f"ours/optax at {steps:,} steps ≤ 1.0 (issue 14)", ours / peer, 1.0, "× (≤)")
+        for steps, ours, peer, _ in peers
+        if peer is not None
     ]
     for label, value, target, unit in checks:
         met = value <= target if "≤" in unit else value >= target

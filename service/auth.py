@@ -144,6 +144,7 @@ class JobOwners:
 
     def __init__(self, engine: sa.Engine, table_prefix: str = "") -> None:
         self.engine = engine
+        self.table_prefix = table_prefix
         self.metadata = sa.MetaData()
         self.table = sa.Table(
             f"{table_prefix}job_owners",
@@ -153,7 +154,9 @@ class JobOwners:
         )
 
     def create_schema(self) -> None:
-        self.metadata.create_all(self.engine)
+        from service.jobs.store import create_tables  # API processes may start at once
+
+        create_tables(self.engine, self.metadata, self.table_prefix)
 
     def drop_schema(self) -> None:
         self.metadata.drop_all(self.engine)
@@ -202,7 +205,7 @@ def warn_if_exposed(keys: frozenset[str]) -> None:
 
 def _problem_response(description: str, status: int, title: str, slug: str, detail: str) -> dict:
     example = {
-        "type": f"https://lr-schedules.dev/problems/{slug}",
+        "type": f"/problems/{slug}",
         "title": title,
         "status": status,
         "detail": detail,

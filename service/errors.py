@@ -5,17 +5,21 @@ handlers installed by :func:`install_error_handlers` render those, FastAPI's val
 errors and Starlette's HTTP errors all the same way, as ``application/problem+json``.
 """
 
+import difflib
+import html
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
-PROBLEM_BASE = "https://lr-schedules.dev/problems/"
+PROBLEM_BASE = "/problems/"
+"""Problem ``type`` URIs are references into this service: ``GET /problems/<slug>`` explains
+each (see :data:`PROBLEMS`)."""
 
 log = logging.getLogger("service")
 
@@ -87,12 +91,6 @@ class NotAcceptable(ServiceError):
     status = 406
     title = "Not acceptable"
     slug = "not-acceptable"
-
-
-class PayloadTooLarge(ServiceError):
-    status = 413
-    title = "Payload too large"
-    slug = "payload-too-large"
 
 
 class InternalError(ServiceError):
@@ -237,11 +235,27 @@ def _clean_validation_errors(raw: Sequence[Any]) -> list[dict[str, Any]]:
     for err in raw:
         loc = _body_path(err.get("loc", ()))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        ctx_error = (err.get("ctx") or {}).get("error")
+        ctx = err.get("ctx") or {}
+        ctx_error = ctx.get("error")
         if err.get("type") == "json_invalid" and ctx_error:
             msg = f"JSON decode error: {ctx_error}"
+        if err.get("type") == "union_tag_not_found":
+            msg = f"add `{str(ctx.get('discriminator', 'type')).strip(chr(39))}`"
+        if err.get("type") == "union_tag_invalid":
+            msg = _unknown_tag(ctx)
         out.append({"loc": loc, "msg": msg, "type": str(err.get("type", "value_error"))})
     return out
+
+
+def _unknown_tag(ctx: dict[str, Any]) -> str:
+    """Return pydantic's "Input tag 'x' found using 'type' does not match any of the expected
+    tags" in words: the value, the name it is closest to, and the values there are."""
+    field = str(ctx.get("discriminator", "type")).strip("'")
+    given = str(ctx.get("tag", ""))
+    names = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+    close = difflib.get_close_matches(given, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown {field} {given!r}; {hint}one of {', '.join(names)}"
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:
@@ -271,7 +285,10 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"No route for {request.method} {request.url.path}; see /docs for the API."
     if exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the API."
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        detail = f"{request.method} is not allowed on {request.url.path}; " + (
+            f"it takes {allow} (see /docs for the API)." if allow else "see /docs for the API."
+        )
     if exc.status_code == 400 and detail == "There was an error parsing the body":
         detail = "The body could not be parsed as JSON (too deeply nested or not JSON)."
     return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
@@ -341,12 +358,138 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+PROBLEMS: dict[str, tuple[str, str, str]] = {
+    "validation-failed": (
+        "Validation failed",
+        "The body or the query string does not match the API's schema: a field is missing, "
+        "misspelt, of the wrong type or out of its range.",
+        "Each entry of `errors` has `loc`, where in what you sent, and `msg`, what to change "
+        "(with the name you probably meant for a misspelt type or field). Fix those and send "
+        "the request again.",
+    ),
+    "invalid-spec": (
+        "Invalid specification",
+        "The request is well-formed, but the schedule cannot be computed: torch refused a "
+        "value when building the optimizer or scheduler or at a step, or the lr stopped being "
+        "finite.",
+        "Change the field that `errors[].loc` names; the detail quotes torch's reason and "
+        "the scheduler step.",
+    ),
+    "limit-exceeded": (
+        "Limit exceeded",
+        "The request is over one of the limits in force (GET /v1/info lists them).",
+        "Lower what the detail names (steps, schedulers, param groups, points...), or, where "
+        "you run the service, raise the `LRS_` setting it names.",
+    ),
+    "unprocessable-content": (
+        "Unprocessable content",
+        "The request was read but cannot be processed as it is.",
+        "The detail says what to change.",
+    ),
+    "bad-request": (
+        "Bad request",
+        "The request could not be read (for example a body that is not JSON).",
+        "Send a JSON body with `Content-Type: application/json`.",
+    ),
+    "unauthorized": (
+        "Unauthorized",
+        "The service needs an API key and the request has none, or an unknown one.",
+        "Send `Authorization: Bearer <key>` with a key the service was configured with.",
+    ),
+    "forbidden": (
+        "Forbidden",
+        "The API key is valid but may not do this (for example another key's job).",
+        "Use the key that created the resource.",
+    ),
+    "not-found": (
+        "Not found",
+        "No route, job or resource answers to this path.",
+        "Check the path against /docs; a job id comes from the `Location` of its POST.",
+    ),
+    "method-not-allowed": (
+        "Method not allowed",
+        "The path exists but does not take this HTTP method.",
+        "Use the method the `Allow` header names (POST /v1/schedules/compute takes JSON).",
+    ),
+    "not-acceptable": (
+        "Not acceptable",
+        "The `Accept` header names no format this endpoint can produce.",
+        "Ask for one the detail lists, or use `?format=`.",
+    ),
+    "conflict": (
+        "Conflict",
+        "The resource is not in a state that allows this (for example deleting a running "
+        "job, or an Idempotency-Key reused with another body).",
+        "Wait for the job to finish or cancel it first; use a new Idempotency-Key.",
+    ),
+    "payload-too-large": (
+        "Payload too large",
+        "The request body is larger than `LRS_MAX_BODY_BYTES`.",
+        "Send a smaller body (sample fewer points, split a batch).",
+    ),
+    "unsupported-media-type": (
+        "Unsupported media type",
+        "The body's `Content-Type` is not one this endpoint reads.",
+        "Send JSON with `Content-Type: application/json`.",
+    ),
+    "too-many-requests": (
+        "Too many requests",
+        "A rate or queue limit was reached.",
+        "Wait for the number of seconds `Retry-After` gives, then try again.",
+    ),
+    "internal": (
+        "Internal server error",
+        "A bug in the service; nothing in the request needs to change.",
+        "Report it with the request and the `X-Request-ID` it got.",
+    ),
+    "internal-server-error": (
+        "Internal server error",
+        "A bug in the service; nothing in the request needs to change.",
+        "Report it with the request and the `X-Request-ID` it got.",
+    ),
+    "unavailable": (
+        "Service unavailable",
+        "A dependency (the job store, the workers, the broker) cannot serve this now.",
+        "Try again after `Retry-After`; GET /readyz says what is not ready.",
+    ),
+    "service-unavailable": (
+        "Service unavailable",
+        "A dependency (the job store, the workers, the broker) cannot serve this now.",
+        "Try again after `Retry-After`; GET /readyz says what is not ready.",
+    ),
+    "not-ready": (
+        "Not ready",
+        "A dependency of the service is not ready (the detail names it).",
+        "Wait and ask GET /readyz again; see the named check's detail.",
+    ),
+}
+"""What each problem ``type`` means and how to fix it: ``(title, meaning, what to do)``."""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>
+<body><h1>{title}</h1><p>{meaning}</p><h2>What to do</h2><p>{fix}</p>
+<p>Problem type <code>{uri}</code>; the API is at <a href="/docs">/docs</a>.</p></body></html>
+"""
+
+
+async def _problem_page(request: Request) -> HTMLResponse:
+    slug = request.path_params["slug"]
+    if slug not in PROBLEMS:
+        raise StarletteHTTPException(404, f"no problem type {slug!r}; see /docs for the API.")
+    title, meaning, fix = (html.escape(part) for part in PROBLEMS[slug])
+    page = _PAGE.format(title=title, meaning=meaning, fix=fix, uri=PROBLEM_BASE + slug)
+    return HTMLResponse(page)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem+json, and document it so."""
     app.add_exception_handler(ServiceError, _on_service_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
+    app.add_api_route(
+        PROBLEM_BASE + "{slug}", _problem_page, methods=["GET"], include_in_schema=False
+    )
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

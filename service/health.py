@@ -84,7 +84,7 @@ async def healthz() -> Health:
             "content": {
                 "application/problem+json": {
                     "example": {
-                        "type": "https://lr-schedules.dev/problems/not-ready",
+                        "type": "/problems/not-ready",
                         "title": "Not ready",
                         "status": 503,
                         "detail": "not ready: jobs: the Celery broker redis://redis:6379/0 "

@@ -45,7 +45,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):
         env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded 2-core machine: torch import and warm-up
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:

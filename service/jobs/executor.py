@@ -334,8 +334,11 @@ class CeleryExecutor:
             log.warning("could not resend queued jobs: %s: %s", type(exc).__name__, exc)
 
     def cancel(self, job: JobRecord) -> None:
-        # The running task stops on the store's cancel flag (recorded as cancelled, with its
-        # progress); the revoke makes workers drop any copy of the task still queued.
+        # A running task stops on the store's cancel flag (recorded as cancelled, with its
+        # progress); a queued one is revoked, so workers drop it unrun. (Were it not, its
+        # claim would find the job cancelled and do nothing.)
+        if job.status != "queued":
+            return
         try:
             self.app.control.revoke(job.id)
         except Exception as exc:

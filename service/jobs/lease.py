@@ -9,10 +9,12 @@ not need to agree.
 
 One shortcut, for a worker that died on this very machine: the identity names the host, its
 boot, the PID namespace, the PID and the process's start time, so a process on the same host
-can see at once that the owner no longer exists (:func:`owner_gone`) instead of waiting for
+can see at once that the owner no longer exists (:func:`owner_state`) instead of waiting for
 the lease to run out. A restarted ``make serve`` therefore reports the job it was running as
-``interrupted`` at start-up, as it did before leases. For any other owner (another host,
-another container) only the expiry counts.
+``interrupted`` at start-up, as it did before leases. Conversely a live owner on this machine
+keeps its job even when a heartbeat came late (a worker at ``nice 19`` on a busy machine can
+be starved for seconds). For any other owner (another host, another container) only the
+expiry counts.
 """
 
 import functools
@@ -68,19 +70,23 @@ def identity(pid: int | None = None) -> str:
     return SEP.join((host, boot, ns, str(pid), _start_time(pid) or "?"))
 
 
-def owner_gone(owner: str | None) -> bool:
-    """Return True when ``owner`` names a process of this machine that no longer exists.
-
-    False means alive or unknown (another host, container or boot): wait for the lease.
-    """
+def owner_state(owner: str | None) -> str:
+    """Return ``"gone"`` when ``owner`` names a process of this machine that no longer
+    exists, ``"alive"`` when it names one that does, else ``"unknown"`` (another host,
+    container or boot: only the lease's expiry tells)."""
     if not owner:
-        return False
+        return "unknown"
     parts = owner.rsplit(SEP, 4)
     if len(parts) != 5 or tuple(parts[:3]) != _machine() or not parts[3].isdigit():
-        return False
+        return "unknown"
     if not Path("/proc/self/stat").exists():
-        return False  # no /proc: cannot tell
-    return _start_time(int(parts[3])) != parts[4]
+        return "unknown"  # no /proc: cannot tell
+    return "alive" if _start_time(int(parts[3])) == parts[4] else "gone"
+
+
+def owner_gone(owner: str | None) -> bool:
+    """Return True when ``owner`` names a process of this machine that no longer exists."""
+    return owner_state(owner) == "gone"
 
 
 class Heartbeat:

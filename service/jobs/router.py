@@ -316,7 +316,7 @@ async def cancel_job(request: Request, job_id: JobId) -> Response:
             "content": {
                 "application/problem+json": {
                     "example": {
-                        "type": "https://lr-schedules.dev/problems/conflict",
+                        "type": "/problems/conflict",
                         "title": "Conflict",
                         "status": 409,
                         "detail": "job 3f2a… is running; cancel it first, only finished jobs "

@@ -154,24 +154,9 @@ class Store:
     # ----------------------------------------------------------------- lifecycle
 
     def create_schema(self) -> None:
-        """Create the tables when they do not exist and add columns older versions lacked.
-
-        Safe when several processes start at once: on PostgreSQL they queue on an advisory
-        lock; on SQLite a lost race (the table appeared meanwhile) is retried once.
-        """
-        for attempt in range(2):
-            try:
-                with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql":
-                        digest = hashlib.sha256(f"lrs-schema:{self.table_prefix}".encode())
-                        key = int.from_bytes(digest.digest()[:8], "big", signed=True)
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-                    self.metadata.create_all(conn)
-                    self._add_missing_columns(conn)
-                return
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-                if attempt:
-                    raise
+        """Create the tables when they do not exist and add columns older versions lacked
+        (safe when several processes start at once: :func:`create_tables`)."""
+        create_tables(self.engine, self.metadata, self.table_prefix, self._add_missing_columns)
 
     def _add_missing_columns(self, conn: Connection) -> None:
         present = {c["name"] for c in sa.inspect(conn).get_columns(self.jobs.name)}
@@ -408,11 +393,12 @@ class Store:
             )
 
     def reap(
-        self, gone: Callable[[str | None], bool] = lease.owner_gone
+        self, owner_state: Callable[[str | None], str] = lease.owner_state
     ) -> tuple[list[str], list[str]]:
         """Take running jobs away from workers that stopped renewing their lease.
 
-        A job whose lease expired, or whose owner ``gone(owner)`` says no longer exists, is
+        A job whose lease expired (unless ``owner_state(owner)`` says its owner is a live
+        process of this machine), or whose owner is ``"gone"``, is
         queued again when its spec's ``retries`` are not used up (and nobody asked to cancel
         it), otherwise marked ``interrupted`` (``cancelled`` when a cancel was pending).
         Jobs whose lease is alive are never touched. Returns (requeued ids, finished ids).
@@ -427,9 +413,10 @@ class Store:
         requeued: list[str] = []
         finished: list[str] = []
         for job_id, token, owner, _expires, is_expired in running:
-            if not is_expired and not gone(owner):
+            state = owner_state(owner)
+            if state == "alive" or (state == "unknown" and not is_expired):
                 continue
-            outcome = self._take_away(job_id, token, None if is_expired else owner)
+            outcome = self._take_away(job_id, token, owner if state == "gone" else None)
             if outcome == "queued":
                 requeued.append(job_id)
             elif outcome:
@@ -616,6 +603,32 @@ class Store:
         )
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
+
+
+def create_tables(
+    engine: Engine,
+    metadata: sa.MetaData,
+    table_prefix: str = "",
+    then: Callable[[Connection], None] | None = None,
+) -> None:
+    """``metadata.create_all`` that several processes may run at the same instant: on
+    PostgreSQL they queue on an advisory lock (two concurrent ``CREATE TABLE`` otherwise
+    collide on the type catalog); on SQLite a lost race (the table appeared meanwhile) is
+    retried once. ``then(conn)`` runs in the same transaction."""
+    for attempt in range(2):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    digest = hashlib.sha256(f"lrs-schema:{table_prefix}".encode()).digest()
+                    key = int.from_bytes(digest[:8], "big", signed=True)
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                metadata.create_all(conn)
+                if then is not None:
+                    then(conn)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt:
+                raise
 
 
 def _make_engine(url: str) -> Engine:

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import SWALR
 from service.schedules import registry, service, specs
 from service.settings import Settings
 from tests.schedules.helpers import torch_loop
+from tests.schedules.test_torch_engine import CASES as TORCH_CASES
 
 SGD_M = {"type": "SGD", "lr": 0.1, "momentum": 0.9}
 ADAM = {"type": "Adam", "lr": 0.01}
@@ -759,3 +760,19 @@ def test_parity_on_cuda(client, body):
     assert got.status_code == 200, got.text
     assert got.json()["device"].startswith("cuda")
     assert_same_schedule(want.json(), got.json())
+
+
+@pytest.mark.parametrize(
+    "spec,factory,steps",
+    [c[1:] for c in TORCH_CASES if c[1]["type"] != "ReduceLROnPlateau"],
+    ids=[c[0] for c in TORCH_CASES if c[1]["type"] != "ReduceLROnPlateau"],
+)
+def test_every_torch_parity_case_matches_a_real_torch_loop(client, spec, factory, steps):
+    """The torch engine's parity cases (each a real torch loop), on the vectorized engine."""
+    expected, _ = torch_loop(factory, steps)
+    body = {"scheduler": spec, "steps": steps}
+    r = post(client, body, "auto")
+    assert r.status_code == 200, r.text
+    if r.json()["engine"] != "vectorized":
+        pytest.skip(f"the vectorized engine does not take this spec: {r.json()['engine']}")
+    assert_close(expected, r.json()["lr"])

@@ -42,6 +42,27 @@ def _sets_momentum(request: "ScheduleRequest") -> bool:
     return "momentum" in (request.optimizer.model_extra or {}) or bool(request.param_groups)
 
 
+def _cycle_caveats(
+    kind: str, start: str, cycle_momentum: bool, request: "ScheduleRequest"
+) -> list[str]:
+    """Return the warnings of a per-batch cyclic schedule (CyclicLR, OneCycleLR) in
+    ``request``: stepped per epoch, the optimizer's lr or momentum given but overwritten."""
+    out = []
+    if request.interval == "epoch":
+        out.append(f"{kind} is meant to be stepped after every batch, not every epoch")
+    if _sets_lr(request):
+        out.append(
+            f"{kind} replaces the optimizer's lr: every group starts at {start} "
+            "(the optimizer's lr is not used)"
+        )
+    if cycle_momentum and _sets_momentum(request):
+        out.append(
+            f"{kind} with cycle_momentum=True overwrites the optimizer's momentum "
+            "(it cycles between base_momentum and max_momentum)"
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- lr_lambda
 
 
@@ -485,20 +506,7 @@ class CyclicLR(SchedulerBase):
         return formulas.Cyclic.of(sched, device)
 
     def request_caveats(self, request: "ScheduleRequest") -> list[str]:
-        out = []
-        if request.interval == "epoch":
-            out.append("CyclicLR is meant to be stepped after every batch, not every epoch")
-        if _sets_lr(request):
-            out.append(
-                "CyclicLR replaces the optimizer's lr: every group starts at base_lr "
-                "(the optimizer's lr is not used)"
-            )
-        if self.cycle_momentum and _sets_momentum(request):
-            out.append(
-                "CyclicLR with cycle_momentum=True overwrites the optimizer's momentum "
-                "(it cycles between base_momentum and max_momentum)"
-            )
-        return out
+        return _cycle_caveats("CyclicLR", "base_lr", self.cycle_momentum, request)
 
 
 @register
@@ -551,20 +559,7 @@ class OneCycleLR(SchedulerBase):
         return out
 
     def request_caveats(self, request: "ScheduleRequest") -> list[str]:
-        out = []
-        if request.interval == "epoch":
-            out.append("OneCycleLR is meant to be stepped after every batch, not every epoch")
-        if _sets_lr(request):
-            out.append(
-                "OneCycleLR replaces the optimizer's lr: every group starts at max_lr / "
-                "div_factor (the optimizer's lr is not used)"
-            )
-        if self.cycle_momentum and _sets_momentum(request):
-            out.append(
-                "OneCycleLR with cycle_momentum=True overwrites the optimizer's momentum "
-                "(it cycles between base_momentum and max_momentum)"
-            )
-        return out
+        return _cycle_caveats("OneCycleLR", "max_lr / div_factor", self.cycle_momentum, request)
 
 
 @register

@@ -1,7 +1,8 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
 ``compute`` (POST and the GET form), ``batch`` and ``catalog``; :data:`router` holds them all
-and :func:`lifespan` starts what they share (the compute threads' limiter and the cache).
+and :func:`lifespan` starts what they share (the compute threads' limiter and the cache) and
+warms the compute path up before the service answers (:mod:`service.schedules.warmup`).
 """
 
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from service.schedules import shared_cache
+from service.schedules import shared_cache, warmup
 from service.schedules.routes import batch, catalog, compute
 
 router = APIRouter()
@@ -21,9 +22,11 @@ router.include_router(catalog.router)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Bound how many schedule computations run at once in worker threads; start the cache."""
+    """Bound how many schedule computations run at once in worker threads; start the cache;
+    compute one tiny schedule per engine, so the first request pays no first-use imports."""
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
     # Expensive requests take turns on one thread, so they never hold every compute thread.
     app.state.heavy_limiter = anyio.CapacityLimiter(1)
     app.state.schedule_cache = shared_cache.make_cache(app.state.settings)
+    await anyio.to_thread.run_sync(warmup.warm_up, app.state.settings)
     yield

@@ -244,6 +244,14 @@ async def compute_schedule(
     return await _respond(request, spec, format_param, accept, settings, if_none_match, plot)
 
 
+@router.get("/v1/schedules/compute", include_in_schema=False)
+@router.get("/v1/schedules/batch", include_in_schema=False)
+async def post_only() -> None:
+    """Answer GET on the POST-only endpoints with a 405 saying to POST (without this, the
+    path would read as a scheduler type of the GET form)."""
+    raise StarletteHTTPException(405, headers={"Allow": "POST"})
+
+
 def _scheduler_class(kind: str, params: dict[str, str]) -> type[SchedulerBase]:
     """Return the scheduler class the path's ``type`` (and a family's selector) names."""
     try:
@@ -293,8 +301,6 @@ async def schedule_from_query(
     `include=momentum`, `engine`, `device`.
     """
     params = dict(request.query_params)
-    if kind in ("compute", "batch"):
-        raise StarletteHTTPException(405, headers={"Allow": "POST"})
     cls = _scheduler_class(kind, params)
     if cls.compose is not SchedulerBase.compose:
         raise InvalidSpec(

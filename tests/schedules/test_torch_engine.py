@@ -467,3 +467,40 @@ def test_query_string_form_matches_post(client):
     multi = client.get("/v1/schedules/MultiStepLR?milestones=3,6&steps=8&lr=1&engine=torch")
     expected, _ = torch_loop(lambda o: L.MultiStepLR(o, [3, 6]), 8, lr=1.0)
     assert multi.json()["lr"] == expected
+
+
+@pytest.mark.parametrize("engine", ["torch", "vectorized"])
+def test_both_engines_name_the_first_step_and_group_that_overflows(client, engine):
+    body = {
+        "param_groups": [{"lr": 0.001}, {"lr": 0.1}],
+        "scheduler": {"type": "ExponentialLR", "gamma": 1e10},
+        "steps": 33,
+        "engine": engine,
+    }
+    r = client.post("/v1/schedules/compute", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        "the lr of group 1 is not finite at scheduler step 31; check the scheduler's "
+        "parameters (e.g. lr_lambda or gamma)."
+    )
+
+
+def test_an_lr_lambda_is_parsed_once_per_request(client, monkeypatch):
+    from service.schedules.families import torch as family
+
+    calls = []
+    real = family.parse_expression
+
+    def counting(source, **limits):
+        calls.append(source)
+        return real(source, **limits)
+
+    monkeypatch.setattr(family, "parse_expression", counting)
+    for engine in ("torch", "vectorized"):
+        calls.clear()
+        spec = {"type": "LambdaLR", "lr_lambda": f"0.5 ** epoch + {len(engine)}"}
+        r = client.post(
+            "/v1/schedules/compute", json={"scheduler": spec, "steps": 4, "engine": engine}
+        )
+        assert r.status_code == 200, r.text
+        assert len(calls) == 1, calls

@@ -180,3 +180,40 @@ def test_info_reports_versions_and_limits(client):
         assert ready.status_code == 503 and ready.json()["detail"].startswith("not ready")
         time.sleep(0.5)
     assert ready.status_code == 200, ready.text
+
+
+def test_a_sequential_childs_warnings_use_the_steps_it_runs_in_this_request(client):
+    # cosine runs 3 of its T_max=2 steps here (milestone 10 lies past the request's end)
+    body = compute(
+        client,
+        scheduler={
+            "type": "SequentialLR",
+            "schedulers": [{"type": "CosineAnnealingLR", "T_max": 2},
+                           {"type": "ExponentialLR", "gamma": 0.9}],
+            "milestones": [10],
+        },
+        steps=3,
+    )  # fmt: skip
+    assert body["warnings"] == []
+    longer = compute(
+        client,
+        scheduler={
+            "type": "SequentialLR",
+            "schedulers": [{"type": "StepLR", "step_size": 4},
+                           {"type": "ExponentialLR", "gamma": 0.9}],
+            "milestones": [10],
+        },
+        steps=3,
+    )  # fmt: skip
+    assert longer["warnings"] == [
+        "StepLR step_size=4 is not shorter than the 3 scheduler steps of this schedule: "
+        "the lr never changes"
+    ]
+
+
+def test_steplr_growing_past_the_end_never_changes(client):
+    body = compute(client, scheduler={"type": "StepLR", "step_size": 30, "gamma": 2.0}, steps=20)
+    assert body["warnings"] == [
+        "StepLR step_size=30 is not shorter than the 20 scheduler steps of this schedule: "
+        "the lr never changes"
+    ]
