@@ -41,4 +41,6 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
 
 # --no-access-log: the service writes its own access log, one JSON line per request.
 # Listening on 0.0.0.0 without LRS_API_KEYS prints a warning at start: set keys when deployed.
-CMD ["python", "-m", "uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+# The Makefile's UVICORN_FLAGS: idle keep-alive 5 s, 1200 connections at most (1000 event
+# streams and room for requests; 503 beyond), graceful stop within 10 s (docs/deploy.md)
+CMD ["python", "-m", "uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--timeout-keep-alive", "5", "--limit-concurrency", "1200", "--backlog", "2048", "--timeout-graceful-shutdown", "10"]

@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml nodeps-requirements.txt client/pyproject.toml
 	$(PY) -c 'import torch, sys; v = torch.__version__.split("+")[0]; sys.exit(0 if v == "2.13.0" else f"torch {v} was installed; the service pins 2.13.0")'
 	touch $(STAMP)
 
+# uvicorn's own limits (docs/deploy.md says why these numbers, and what a proxy adds); the
+# Dockerfile's CMD passes the same flags (tests/hardening/test_http_edges.py checks it).
+UVICORN_FLAGS := --timeout-keep-alive 5 --limit-concurrency 1200 --backlog 2048 --timeout-graceful-shutdown 10
+
 serve: $(STAMP)
-	$(PY) -m uvicorn service.main:app --host $(HOST) --port $(PORT)
+	$(PY) -m uvicorn service.main:app --host $(HOST) --port $(PORT) $(UVICORN_FLAGS)
 
 test: $(STAMP) browser
 	$(PY) -m ruff check .

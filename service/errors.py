@@ -319,7 +319,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _BODY_ERRORS = {
-    "400": "The body is not JSON that can be read (not UTF-8, or nested too deeply).",
+    "400": "The body could not be parsed: JSON nested too deeply.",
     "413": "The body is larger than LRS_MAX_BODY_BYTES.",
     "422": "Invalid input: the problem's `errors` point at the fields to change.",
 }

@@ -111,24 +111,6 @@ async def _job_response(record: Any, status_code: int = 200, **headers: str) -> 
     return Response(body, status_code, headers=headers, media_type="application/json")
 
 
-def _page_bytes(
-    jobs: JobService, records: list[Any], token: str | None, status: str | None, limit: int
-) -> bytes:
-    """Return the page as JSON, ending it early (with a token) rather than pass ``limit``
-    bytes; a page always holds at least one job."""
-    parts: list[bytes] = []
-    size = 0
-    for index, record in enumerate(records):
-        part = _view_bytes(record)
-        if parts and size + len(part) > limit:
-            token = jobs.token_after(records[index - 1].seq, status)
-            break
-        parts.append(part)
-        size += len(part) + 1
-    tail = json.dumps(token).encode()
-    return b'{"jobs":[' + b",".join(parts) + b'],"next_page_token":' + tail + b"}"
-
-
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/problem+json": {}}}
 
@@ -260,11 +242,16 @@ async def list_jobs(
     ends early, with a token, rather than pass LRS_JOB_PAGE_MAX_BYTES."""
     settings = request.app.state.settings
     page_size = min(page_size, settings.job_page_size_max)
-    jobs = _jobs(request)
-    records, token = await anyio.to_thread.run_sync(jobs.list_jobs, status, page_size, page_token)
-    body = await anyio.to_thread.run_sync(
-        _page_bytes, jobs, records, token, status, settings.job_page_max_bytes
+    parts, token = await anyio.to_thread.run_sync(
+        _jobs(request).list_page,
+        status,
+        page_size,
+        page_token,
+        _view_bytes,
+        settings.job_page_max_bytes,
     )
+    tail = json.dumps(token).encode()
+    body = b'{"jobs":[' + b",".join(parts) + b'],"next_page_token":' + tail + b"}"
     return Response(body, media_type="application/json")
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,20 +273,38 @@ class JobService:
             raise NotFound(f"no job {job_id!r}", loc=("path", "job_id"))
         return record
 
-    def list_jobs(
-        self, status: str | None, page_size: int, page_token: str | None
-    ) -> tuple[list[JobRecord], str | None]:
-        """Return one page of jobs, newest first, and the token of the next page (or None)."""
+    def list_page(
+        self,
+        status: str | None,
+        page_size: int,
+        page_token: str | None,
+        render: Callable[[JobRecord], bytes],
+        max_bytes: int,
+    ) -> tuple[list[bytes], str | None]:
+        """Return one page of jobs, newest first, each rendered by ``render``, and the token
+        of the next page (or None). The page ends early, with a token, rather than pass
+        ``max_bytes`` (it always holds one job). Records are read in growing chunks, so a
+        page of a few huge jobs never loads a hundred of them."""
         before = _decode_token(page_token, status) if page_token else None
-        records = self.store.list_jobs(status, page_size + 1, before)
-        if len(records) <= page_size:
-            return records, None
-        page = records[:page_size]
-        return page, _encode_token(page[-1].seq, status)
-
-    def token_after(self, seq: int, status: str | None) -> str:
-        """Return the page token of the jobs older than ``seq`` (same status filter)."""
-        return _encode_token(seq, status)
+        parts: list[bytes] = []
+        size = 0
+        chunk = 1
+        last: JobRecord | None = None
+        while True:
+            records = self.store.list_jobs(status, chunk, before)
+            for record in records:
+                if len(parts) == page_size:
+                    return parts, _encode_token(last.seq, status) if last else None
+                part = render(record)
+                if parts and size + len(part) > max_bytes:
+                    return parts, _encode_token(last.seq, status) if last else None
+                parts.append(part)
+                size += len(part) + 1
+                last = record
+            if len(records) < chunk:
+                return parts, None
+            before = records[-1].seq
+            chunk = min(chunk * 2, page_size + 1 - len(parts), 32) or 1
 
     # ----------------------------------------------------------------- change
 

@@ -37,10 +37,19 @@ CAPS = {
     "LRS_JOB_ARTIFACTS_KEEP": "3",
     "LRS_JOB_PAGE_MAX_BYTES": "2000000",
     "LRS_JOB_PROGRESS_EVERY": "5",
+    "LRS_ACCESS_LOG": "false",
 }
 """The caps the tests run against (the defaults are larger; README says why)."""
 
 _addresses = itertools.count(2)
+
+
+def uvicorn_flags() -> list[str]:
+    """Return the Makefile's UVICORN_FLAGS: the servers here run as `make serve` runs."""
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("UVICORN_FLAGS :="):
+            return line.split(":=", 1)[1].split()
+    raise AssertionError("the Makefile sets no UVICORN_FLAGS")
 
 
 @dataclass
@@ -85,14 +94,14 @@ def start_server(data_dir: Path, store: str, extra: dict[str, str] | None = None
         env["DATABASE_URL"] = database_url
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "5"],
+         "--port", str(port), "--log-level", "warning", *uvicorn_flags()],
         env=env, cwd=ROOT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     return Server(url, process, data_dir, store, database_url, prefix, env)
 
 
-def wait_ready(server: Server, timeout: float = 120) -> Server:
+def wait_ready(server: Server, timeout: float = 300) -> Server:
     """Wait until /readyz says the store and the workers are up; return the server."""
     deadline = time.monotonic() + timeout
     while True:
@@ -163,7 +172,7 @@ class HealthProbe:
 
     def _run(self) -> None:
         with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
+            while True:  # at least one answer, however short the test
                 start = time.perf_counter()
                 try:
                     status = client.get(f"{self.url}/healthz").status_code
@@ -172,7 +181,8 @@ class HealthProbe:
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
                 self.latencies.append(time.perf_counter() - start)
-                self._stop.wait(self.every)
+                if self._stop.wait(self.every):
+                    return
 
     def __enter__(self) -> "HealthProbe":
         self._thread.start()

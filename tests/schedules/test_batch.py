@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.schedules.cache import ENTRY_OVERHEAD, Entry, ResultCache
 from service.settings import Settings
+from tests.schedules.test_caveats import assert_schedule_result
 
 COSINE = {"scheduler": {"type": "CosineAnnealingLR", "T_max": 50}, "steps": 100}
 
@@ -25,6 +26,7 @@ def test_each_spec_gets_the_body_compute_would_return(client):
     for slot, spec in zip(slots, [COSINE, step], strict=True):
         alone = client.post("/v1/schedules/compute", json=spec).json()
         assert slot["result"] == alone
+        assert_schedule_result(alone)
 
 
 def test_a_bad_spec_fails_only_its_slot(client):

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from service.schedules import registry
+from service.schedules.result import ScheduleResult
 
 
 def compute(client, **payload):
@@ -153,6 +154,12 @@ def test_plots(client, fmt, magic):
     assert r.content.startswith(magic)
 
 
+def assert_schedule_result(body: dict) -> None:
+    """Assert ``body`` is exactly the ScheduleResult model's (fields, types, values)."""
+    assert set(body) == set(ScheduleResult.model_fields)
+    assert ScheduleResult.model_validate(body).model_dump(mode="json") == body
+
+
 def test_catalog_lists_every_type_with_a_working_example(client):
     catalog = client.get("/v1/schedulers").json()
     types = {entry["type"] for entry in catalog["schedulers"]}
@@ -163,6 +170,7 @@ def test_catalog_lists_every_type_with_a_working_example(client):
         r = client.post("/v1/schedules/compute", json=entry["example"])
         assert r.status_code == 200, (entry["type"], r.text)
         assert entry["description"]
+        assert_schedule_result(r.json())
     step = next(e for e in catalog["schedulers"] if e["type"] == "StepLR")
     assert step["defaults"] == {"gamma": 0.1}
     assert step["required"] == ["step_size"]

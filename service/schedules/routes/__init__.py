@@ -1,8 +1,9 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
-``compute`` (POST and the GET form), ``batch`` and ``catalog``; :data:`router` holds them all
-and :func:`lifespan` starts what they share (the compute threads' limiter and the cache) and
-warms the compute path up before the service answers (:mod:`service.schedules.warmup`).
+``compute`` (POST and the GET form), ``batch``, ``catalog``, ``compare`` and ``resume``;
+:data:`router` holds them all and :func:`lifespan` starts what they share (the compute
+threads' limiter and the cache) and warms the compute path up before the service answers
+(:mod:`service.schedules.warmup`).
 """
 
 from collections.abc import AsyncIterator
@@ -12,12 +13,14 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from service.schedules import shared_cache, warmup
-from service.schedules.routes import batch, catalog, compute
+from service.schedules.routes import batch, catalog, compare, compute, resume
 
 router = APIRouter()
 router.include_router(compute.router)
 router.include_router(batch.router)
 router.include_router(catalog.router)
+router.include_router(compare.router)
+router.include_router(resume.router)
 
 
 @asynccontextmanager
