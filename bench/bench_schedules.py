@@ -45,7 +45,12 @@ from harness import loadavg, machine, peak_rss_mb
 from service.schedules import batch, formats, service, specs
 from service.settings import Settings
 
-SETTINGS = Settings(torch_max_steps=10**7, torch_max_work=10**9, torch_max_seconds=10**6)
+SETTINGS = Settings(
+    torch_max_steps=10**7,
+    torch_max_work=10**9,
+    compute_max_seconds=10**6,
+    vectorized_max_cost=10**12,
+)
 _unique = count(1)
 
 

@@ -37,10 +37,27 @@ class Settings(BaseSettings):
     )
     torch_max_work: int = Field(
         default=1_600_000,
-        description="Largest scheduler steps × schedulers × param groups the torch engine accepts.",
+        description="Largest torch cost accepted: scheduler steps × param groups × (schedulers "
+        "+ lr_lambda operations / 64), in scheduler updates (about 15 µs each).",
     )
-    torch_max_seconds: float = Field(
-        default=4.5, description="The torch engine gives up (422) after this many seconds."
+    compute_max_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wall-clock limit of one schedule computation, any engine and format (a "
+        "batch counts as one); past it the request is a 422. Checked between chunks of work; "
+        "a client that disconnects stops its computation too.",
+    )
+    vectorized_max_cost: int = Field(
+        default=800_000_000,
+        description="Largest vectorized cost accepted: scheduler steps × (param groups × "
+        "schedulers × 4 + 3 × lr_lambda operations), plus the scan of a ChainedScheduler "
+        "(the 753-character lr_lambda probe, 511 per step, is refused above 1.5M steps).",
+    )
+    compute_heavy_share: float = Field(
+        default=0.1,
+        description="A request costing more than this share of its engine's limit is "
+        "expensive: expensive requests take turns on one compute thread, so cheaper ones "
+        "always find another.",
     )
     vectorized_max_steps: int = Field(
         default=10_000_000, description="Largest `steps` the vectorized engine accepts."
@@ -69,7 +86,14 @@ class Settings(BaseSettings):
     expression_max_nodes: int = Field(default=256, description="Most AST nodes in one lr_lambda.")
     batch_max_specs: int = Field(default=1000, description="Most specs in one batch request.")
     batch_max_points: int = Field(
-        default=20_000_000, description="Most values per group over all results of one batch."
+        default=10_000_000,
+        description="Most values (points × param groups, × 2 with momentum) over all results "
+        "of one batch: at most ~220 MB of JSON or 80 MB of npy (1000 × 10k steps fits).",
+    )
+    stream_min_bytes: int = Field(
+        default=8 << 20,
+        description="JSON, CSV and npy bodies estimated above this are streamed in chunks of "
+        "~5 MB and not cached (memory stays bounded; the ETag is still the spec's).",
     )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."

@@ -1,8 +1,11 @@
 """Many schedules in one request: each spec validated, limited and computed in its own slot.
 
 Specs of one structure are stacked by :func:`~service.schedules.service.compute_many`; the
-batch-wide limits (``LRS_BATCH_MAX_SPECS``, ``LRS_BATCH_MAX_POINTS``, the torch engine's
-work) are applied here, slot by slot in order, so a slot over a limit fails alone.
+batch-wide limits (``LRS_BATCH_MAX_SPECS``; values returned, points × groups, against
+``LRS_BATCH_MAX_POINTS``; torch work, steps × schedulers × groups, against
+``LRS_TORCH_MAX_WORK``; vectorized cost, lr_lambda operations included, against
+``LRS_VECTORIZED_MAX_COST``) are applied here, slot by slot in order and before any work
+starts, so a slot over a limit fails alone and the response size is known to be bounded.
 """
 
 from typing import Any
@@ -14,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service import errors
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
 from service.negotiation import npy_bytes
-from service.schedules import formats, service, specs
+from service.schedules import budget, formats, service, specs
 from service.schedules.result import Computed, ScheduleResult
 from service.settings import Settings
 
@@ -90,8 +93,9 @@ def _validate(
     """Validate every spec and apply the batch-wide limits, in order: each slot holds its
     request, the ServiceError it got, or the problem of its failed validation."""
     slots: list[specs.ScheduleRequest | ServiceError | dict[str, Any]] = []
-    points = 0
+    values = 0
     torch_work = 0
+    vector_cost = 0
     for index, raw in enumerate(items):
         try:
             spec = specs.ScheduleRequest.model_validate(raw)
@@ -101,23 +105,44 @@ def _validate(
         try:
             count = service.count_points(spec)
             formats.check_points("json", count, settings)
-            points += count
-            if points > settings.batch_max_points:
+            series = 2 if "momentum" in spec.include else 1
+            here = count * spec.n_groups * series
+            if values + here > settings.batch_max_points:
                 raise LimitExceeded(
-                    f"the batch's results so far carry {points} values per group; a batch is "
-                    f"limited to {settings.batch_max_points} (LRS_BATCH_MAX_POINTS). Sample "
-                    "fewer points or split the batch.",
+                    f"this spec's result carries {count} points × {spec.n_groups} param groups"
+                    + (" × 2 (lr and momentum)" if series == 2 else "")
+                    + f" = {here} values; with the slots before it the batch would carry "
+                    f"{values + here}, above its limit of {settings.batch_max_points} "
+                    "(LRS_BATCH_MAX_POINTS). Sample fewer points, use fewer param groups or "
+                    "split the batch.",
                     loc=("body", "sample"),
                 )
-            if service.choose_engine(spec) == "torch":
-                torch_work += spec.scheduler_steps
-                if torch_work > settings.torch_max_work:
+            engine = service.choose_engine(spec)
+            service.check_limits(spec, settings)
+            cost = budget.cost(spec, engine)
+            if engine == "torch":
+                if torch_work + cost.total > settings.torch_max_work:
                     raise LimitExceeded(
-                        f"the batch's torch-engine specs need {torch_work} scheduler steps so "
-                        f"far; a batch is limited to {settings.torch_max_work} "
-                        "(LRS_TORCH_MAX_WORK).",
+                        f"this torch-engine spec needs {cost.total} scheduler updates "
+                        f"({cost.describe()}); with the slots before it the batch would need "
+                        f"{torch_work + cost.total}, above its limit of "
+                        f"{settings.torch_max_work} (LRS_TORCH_MAX_WORK). Use fewer steps, "
+                        "groups or schedulers, or split the batch.",
                         loc=("body", "steps"),
                     )
+                torch_work += cost.total
+            elif vector_cost + cost.total > settings.vectorized_max_cost:
+                raise LimitExceeded(
+                    f"this spec costs {cost.total} value operations ({cost.describe()}); with "
+                    f"the slots before it the batch would cost {vector_cost + cost.total}, "
+                    f"above its limit of {settings.vectorized_max_cost} "
+                    "(LRS_VECTORIZED_MAX_COST). Use fewer steps, groups or schedulers, a "
+                    "shorter lr_lambda, or split the batch.",
+                    loc=("body", "steps"),
+                )
+            else:
+                vector_cost += cost.total
+            values += here
         except ServiceError as exc:
             slots.append(exc)
             continue

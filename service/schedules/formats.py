@@ -4,6 +4,8 @@ The JSON body is :class:`~service.schedules.result.ScheduleResult`'s. Which form
 gets is the routes' business (``?format=``, then ``Accept``, then JSON).
 """
 
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -82,27 +84,123 @@ def to_json_bytes(computed: Computed) -> bytes:
     return orjson.dumps(result_dict(computed), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def to_csv(computed: Computed) -> bytes:
-    """Return ``step,lr`` (one group) or ``step,lr_0,lr_1,...`` rows, momentum after lr."""
+CHUNK_VALUES = 1 << 18
+"""Values per chunk of a streamed body (about 5 MB of CSV or JSON text, 2 MB of npy)."""
+
+
+CSV_CHUNK_VALUES = 1 << 14
+"""Values per CSV chunk (1024 rows of 16 groups): its rows are split and joined in Python,
+fastest when a chunk's text fits the CPU cache (measured: 1024 rows 1.8× orjson's time for
+the same values as JSON, 4096 rows 2.1×, 16384 rows 2.3×)."""
+
+
+def _csv_columns(computed: Computed) -> tuple[list[str], np.ndarray]:
     groups = computed.lr.shape[0]
     names = ["lr"] if groups == 1 else [f"lr_{g}" for g in range(groups)]
     columns = [computed.lr]
     if computed.momentum is not None:
         names += ["momentum"] if groups == 1 else [f"momentum_{g}" for g in range(groups)]
         columns.append(computed.momentum)
-    table = np.vstack(columns)
-    lines = ["step," + ",".join(names)]
-    rows = table.T.tolist()
-    lines.extend(
-        f"{step}," + ",".join(map(repr, row))
-        for step, row in zip(computed.indices.tolist(), rows, strict=True)
-    )
-    return ("\n".join(lines) + "\n").encode()
+    return names, np.vstack(columns).astype(np.float64, copy=False)
+
+
+def csv_chunks(computed: Computed) -> Iterator[bytes]:
+    """Yield ``step,lr`` (one group) or ``step,lr_0,lr_1,...`` rows, momentum after lr, a
+    chunk of rows at a time. Numbers are written as the JSON body writes them (orjson's
+    shortest round-trip form: ``0.00001`` where Python's repr says ``1e-05``)."""
+    names, table = _csv_columns(computed)
+    yield ("step," + ",".join(names) + "\n").encode()
+    rows = max(1, CSV_CHUNK_VALUES // max(1, table.shape[0]))
+    indices = np.ascontiguousarray(computed.indices, dtype=np.int64)
+    for start in range(0, indices.size, rows):
+        block = np.ascontiguousarray(table[:, start : start + rows].T)
+        values = orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+        steps = orjson.dumps(indices[start : start + rows], option=orjson.OPT_SERIALIZE_NUMPY)
+        lines = zip(steps[1:-1].split(b","), values, strict=True)
+        yield b"\n".join(map(b",".join, lines)) + b"\n"
+
+
+def to_csv(computed: Computed) -> bytes:
+    """Return the whole CSV body (see :func:`csv_chunks`)."""
+    return b"".join(csv_chunks(computed))
+
+
+def _array_chunks(values: np.ndarray) -> Iterator[bytes]:
+    """Yield the JSON of a 1-D array (``[a,b,...]``) a chunk at a time."""
+    yield b"["
+    for start in range(0, values.size, CHUNK_VALUES):
+        part = orjson.dumps(
+            np.ascontiguousarray(values[start : start + CHUNK_VALUES]),
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        yield (b"," if start else b"") + part[1:-1]
+    yield b"]"
+
+
+def _rows_chunks(table: np.ndarray | None) -> Iterator[bytes]:
+    if table is None:
+        yield b"null"
+        return
+    yield b"["
+    for g, row in enumerate(table):
+        if g:
+            yield b","
+        yield from _array_chunks(row)
+    yield b"]"
+
+
+def json_chunks(computed: Computed) -> Iterator[bytes]:
+    """Yield the JSON body a chunk at a time: the bytes :func:`to_json_bytes` returns."""
+    body = result_dict(computed)
+    yield b'{"steps":'
+    steps = body.pop("steps")
+    if isinstance(steps, orjson.Fragment):
+        yield orjson.dumps(steps)
+    else:
+        yield from _array_chunks(computed.indices)
+    yield b',"lr":'
+    yield from _rows_chunks(body.pop("lr"))  # type: ignore[arg-type]
+    yield b',"momentum":'
+    yield from _rows_chunks(body.pop("momentum"))  # type: ignore[arg-type]
+    yield b"," + orjson.dumps(body)[1:]
+
+
+def npy_chunks(computed: Computed) -> Iterator[bytes]:
+    """Yield the ``.npy`` of the lr array (float64, (groups, points)) a chunk at a time: the
+    bytes :func:`to_npy` returns."""
+    array = np.ascontiguousarray(computed.lr, dtype=np.float64)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    yield header.getvalue()
+    flat = memoryview(array.reshape(-1)).cast("B")
+    step = CHUNK_VALUES * 8
+    for start in range(0, len(flat), step):
+        yield bytes(flat[start : start + step])
 
 
 def to_npy(computed: Computed) -> bytes:
     """Return the lr array as ``.npy``: float64, shape (groups, points)."""
     return npy_bytes(computed.lr.astype(np.float64, copy=False))
+
+
+def estimated_bytes(fmt: Format, points: int, series: int) -> int:
+    """Return about how large a body of ``points`` × ``series`` values is (an upper bound for
+    JSON and CSV, whose numbers take at most 24 characters, exact for npy)."""
+    if fmt == "npy":
+        return 128 + 8 * points * series
+    if fmt in ("json", "csv"):
+        return 256 + points * (24 * series + 12)
+    return 0
+
+
+STREAMED: tuple[Format, ...] = ("json", "csv", "npy")
+_CHUNKS = {"json": json_chunks, "csv": csv_chunks, "npy": npy_chunks}
+
+
+def stream(computed: Computed, fmt: Format) -> Iterator[bytes]:
+    """Yield ``computed`` in ``fmt`` (json, csv or npy) a chunk at a time: the bytes
+    :func:`render` returns, in pieces of at most a few MB."""
+    return _CHUNKS[fmt](computed)
 
 
 @dataclass(frozen=True)

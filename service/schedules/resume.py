@@ -346,7 +346,7 @@ def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
             )
     k = request.resume_at // spec.steps_per_epoch if spec.interval == "epoch" else request.resume_at
     uninterrupted = torch_engine.run_scheduler_steps(
-        scaled, scaled.scheduler_steps, max_seconds=settings.torch_max_seconds
+        scaled, scaled.scheduler_steps, max_seconds=settings.compute_max_seconds
     ).lr
     reference = _by_optimizer_step(spec, uninterrupted.T.tolist())
     indices = service.sample_indices(scaled)

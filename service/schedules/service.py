@@ -12,7 +12,7 @@ import torch
 
 from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import specs, torch_engine
+from service.schedules import budget, specs, torch_engine
 from service.schedules.caveats import caveats
 from service.schedules.families import hooks as families
 from service.schedules.result import Computed
@@ -146,17 +146,34 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
                 "Lower steps or use fewer param groups.",
                 loc=("body", "steps"),
             )
-    if engine == "torch":
-        schedulers = len(specs.walk(request.scheduler)) + (1 if request.warmup else 0)
-        work = request.scheduler_steps * schedulers * request.n_groups
-        if work > settings.torch_max_work:
+        cost = budget.cost(request, engine)
+        if cost.total > settings.vectorized_max_cost:
             raise LimitExceeded(
-                f"this request needs {request.scheduler_steps} scheduler steps × {schedulers} "
-                f"schedulers × {request.n_groups} param groups = {work} scheduler updates; the "
-                f"torch engine's limit is {settings.torch_max_work} (LRS_TORCH_MAX_WORK). Lower "
-                f"steps, or use fewer groups or schedulers.{hint}",
+                f"this request costs {cost.total} value operations ({cost.describe()}); the "
+                f"vectorized engine's limit is {settings.vectorized_max_cost} "
+                "(LRS_VECTORIZED_MAX_COST). Lower steps, use fewer param groups or "
+                "schedulers, or a shorter lr_lambda (an lr_lambda is evaluated at every "
+                "scheduler step, whatever sample asks).",
                 loc=("body", "steps"),
             )
+    if engine == "torch":
+        cost = budget.cost(request, engine)
+        if cost.total > settings.torch_max_work:
+            raise LimitExceeded(
+                f"this request needs {cost.total} scheduler updates ({cost.describe()}; an "
+                f"lr_lambda of {budget.TORCH_NODES_PER_UPDATE} operations counts as one more "
+                f"update); the torch engine's limit is {settings.torch_max_work} "
+                f"(LRS_TORCH_MAX_WORK). Lower steps, or use fewer groups or schedulers.{hint}",
+                loc=("body", "steps"),
+            )
+
+
+def request_cost(request: specs.ScheduleRequest, settings: Settings) -> float:
+    """Return the share of its engine's cost limit ``request`` uses (1.0: the most allowed);
+    the routes run requests above ``LRS_COMPUTE_HEAVY_SHARE`` in the expensive lane."""
+    engine = choose_engine(request)
+    limit = settings.torch_max_work if engine == "torch" else settings.vectorized_max_cost
+    return budget.cost(request, engine).total / max(limit, 1)
 
 
 def choose_engine(request: specs.ScheduleRequest) -> str:
@@ -207,9 +224,7 @@ def _vectorized_computed(prep: _Prepared, result: Computed) -> Computed:
 
 
 def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
-    every = torch_engine.run_scheduler_steps(
-        prep.request, prep.n, max_seconds=settings.torch_max_seconds
-    )
+    every = torch_engine.run_scheduler_steps(prep.request, prep.n)
     columns = prep.sched_index
     return replace(
         every,
@@ -226,11 +241,12 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
 
     Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
     """
-    prep = _prepare(request, settings)
-    if prep.engine == "vectorized":
-        result = vectorized.run(prep.request, prep.sched_index, prep.n, prep.device)
-        return _vectorized_computed(prep, result)
-    return _torch_computed(prep, settings)
+    with budget.ensure(settings.compute_max_seconds):
+        prep = _prepare(request, settings)
+        if prep.engine == "vectorized":
+            result = vectorized.run(prep.request, prep.sched_index, prep.n, prep.device)
+            return _vectorized_computed(prep, result)
+        return _torch_computed(prep, settings)
 
 
 def compute_many(
@@ -242,6 +258,13 @@ def compute_many(
     (scheduler tree, scalar parameters, groups, steps and sampled indices) are stacked and
     evaluated as one tensor computation; the values are the bits :func:`compute` gives.
     """
+    with budget.ensure(settings.compute_max_seconds):
+        return _compute_many(requests, settings)
+
+
+def _compute_many(
+    requests: list[specs.ScheduleRequest | ServiceError], settings: Settings
+) -> list[Computed | ServiceError]:
     out: list[Computed | ServiceError | None] = [None] * len(requests)
     jobs: list[tuple[Program, np.ndarray]] = []
     owners: list[tuple[int, _Prepared]] = []
@@ -249,6 +272,7 @@ def compute_many(
         if isinstance(request, ServiceError):
             out[i] = request
             continue
+        budget.check()
         try:
             prep = _prepare(request, settings)
             if prep.engine != "vectorized":

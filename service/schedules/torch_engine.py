@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo
 from torch.optim import lr_scheduler
 
 from service.errors import InvalidSpec, LimitExceeded
-from service.schedules import specs
+from service.schedules import budget, specs
 from service.schedules.expressions import ExpressionEvaluationError
 from service.schedules.families import pytorch_warmup
 from service.schedules.families import transformers as hf
@@ -310,10 +311,12 @@ def run_scheduler_steps(
             lr_rows.append(stepper.lrs())
             if want_momentum:
                 mom_rows.append(stepper.momenta())
+            if k % 256 == 0:
+                budget.check()
             if deadline is not None and k % 1024 == 0 and time.monotonic() > deadline:
                 raise LimitExceeded(
                     f"the torch engine stopped after {max_seconds:g} s at scheduler step {k} of "
-                    f"{n} (LRS_TORCH_MAX_SECONDS); lower steps or use engine 'auto' or "
+                    f"{n}; lower steps or use engine 'auto' or "
                     "'vectorized'.",
                     loc=("body", "steps"),
                 )

@@ -1,10 +1,12 @@
 """POST /v1/schedules/batch (a slot per spec) and the schedule cache (ETag, 304, LRU)."""
 
+import sys
+
 import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.schedules.cache import Entry, ResultCache
+from service.schedules.cache import ENTRY_OVERHEAD, Entry, ResultCache
 from service.settings import Settings
 from tests.schedules.test_caveats import assert_schedule_result
 
@@ -125,18 +127,38 @@ def entry(size: int) -> Entry:
 
 
 def test_lru_keeps_within_its_byte_budget():
-    cache = ResultCache(max_bytes=100)
+    # every entry costs its body, its key and the overhead an entry really holds
+    each = ENTRY_OVERHEAD + 1 + 40
+    cache = ResultCache(max_bytes=2 * each + 10)
     cache.put("a", entry(40))
     cache.put("b", entry(40))
     assert cache.get("a") is not None  # a is now the most recently used
     cache.put("c", entry(40))
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("c") is not None
-    assert cache.size == 80
-    cache.put("huge", entry(101))
+    assert cache.size == 2 * each
+    cache.put("huge", entry(2 * each))
     assert cache.get("huge") is None and len(cache) == 2
     cache.put("a", entry(10))
-    assert cache.size == 50
+    assert cache.size == 2 * each - 30
+
+
+def test_tiny_entries_count_their_real_memory():
+    import tracemalloc
+
+    cache = ResultCache(max_bytes=1 << 30)
+    keys = [f"{i:064x}" for i in range(2000)]
+    bodies = [bytes([i % 256]) * 300 for i in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, body in zip(keys, bodies, strict=True):
+            cache.put(key, Entry(body, "application/json", {"X-Engine": "torch"}))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # what the budget counts covers what the entries hold (the keys included)
+    assert held + sum(map(sys.getsizeof, keys)) <= cache.size
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "npy"])

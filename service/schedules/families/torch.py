@@ -88,7 +88,11 @@ class _LambdaBase(SchedulerBase):
         settings = current_settings()
         sources = [self.lr_lambda] if isinstance(self.lr_lambda, str) else self.lr_lambda
         parsed: list[Expression] = []
+        seen: dict[str, Expression] = {}
         for source in sources:
+            if source in seen:  # one Expression per distinct text: evaluated once per step
+                parsed.append(seen[source])
+                continue
             try:
                 parsed.append(
                     parse_expression(
@@ -106,6 +110,7 @@ class _LambdaBase(SchedulerBase):
                     type(self).__name__,
                     [{"type": error, "loc": ("lr_lambda",), "input": source}],
                 ) from None
+            seen[source] = parsed[-1]
         self._parsed = parsed[0] if isinstance(self.lr_lambda, str) else parsed
         return self
 

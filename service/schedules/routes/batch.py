@@ -3,12 +3,12 @@
 import typing
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import SettingsDep
 from service.negotiation import MEDIA_TYPES
 from service.schedules import batch, plots
+from service.schedules.routes import running
 from service.schedules.routes.compute import AnnotateQuery, YScaleQuery
 from service.settings import Settings
 
@@ -44,6 +44,10 @@ BatchFormatQuery = Annotated[
         422: {
             "description": "The batch itself is invalid or too large, or `format=npy` and a "
             "spec failed or the shapes differ."
+        },
+        429: {
+            "description": "Expensive computations (every batch is one) fill their share of "
+            "the compute threads beyond LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds."
         },
     },
     summary="Compute many schedules in one request",
@@ -83,8 +87,8 @@ async def compute_batch(
 
     else:
         run = batch.to_npy if format_param == "npy" else batch.to_json
-    content = await anyio.to_thread.run_sync(
-        run, body.requests, settings, limiter=request.app.state.compute_limiter
-    )
+    content = await running.run_budgeted(request, lambda: run(body.requests, settings), heavy=True)
+    if content is None:  # the client left; the computation was stopped
+        return Response(status_code=499)
     media_type = "application/json" if format_param == "json" else MEDIA_TYPES[format_param]
     return Response(content, media_type=media_type)

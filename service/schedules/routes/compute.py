@@ -2,9 +2,9 @@
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -12,10 +12,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
-from service.negotiation import negotiate
-from service.schedules import cache, formats, plots, query, registry, service, specs
+from service.negotiation import MEDIA_TYPES, negotiate
+from service.schedules import budget, cache, formats, plots, query, registry, service, specs
 from service.schedules.registry import SchedulerBase
-from service.schedules.result import ScheduleResult
+from service.schedules.result import Computed, ScheduleResult
+from service.schedules.routes import running
 from service.settings import Settings
 
 router = APIRouter(tags=["schedules"])
@@ -140,7 +141,14 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     406: {"description": "The Accept header names no format this endpoint serves."},
     413: {"description": "The request body is larger than LRS_MAX_BODY_BYTES."},
-    422: {"description": "Invalid spec, torch refused it, or a limit was exceeded."},
+    422: {
+        "description": "Invalid spec, torch refused it, or a limit was exceeded (the cost "
+        "model up front, or LRS_COMPUTE_MAX_SECONDS while computing)."
+    },
+    429: {
+        "description": "Expensive computations fill their share of the compute threads beyond "
+        "LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds, or make the request cheaper."
+    },
 }
 
 
@@ -165,25 +173,46 @@ async def _respond(
     if cache.etag_matches(if_none_match, headers["ETag"], exists=entry is not None):
         return Response(status_code=304, headers=headers)
     headers["X-Cache"] = "hit" if entry else "miss"
-    if entry is None:
-        title = plots.plot_title(spec)
+    if entry is not None:
+        return Response(
+            entry.body, media_type=entry.media_type, headers={**entry.headers, **headers}
+        )
+    title = plots.plot_title(spec)
+    with_momentum = "momentum" in spec.include and fmt in ("json", "csv")
+    series = spec.n_groups * (2 if with_momentum else 1)
+    size = formats.estimated_bytes(fmt, service.count_points(spec), series)
+    streamed = fmt in formats.STREAMED and size > settings.stream_min_bytes
 
-        def work() -> cache.Entry:
-            computed = service.compute(spec, settings)
-            rendered = formats.render(computed, fmt, title, plot)
-            about = {
-                "X-Engine": computed.engine,
-                "X-Device": computed.device,
-                "X-Torch-Version": TORCH_VERSION,
-                # for /metrics' compute time by family (torch's own schedulers: "torch")
-                "X-Schedule-Family": ",".join(str(f.get("family")) for f in computed.families)
-                or "torch",
-            }
-            return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
+    def work() -> cache.Entry | tuple[Computed, dict[str, str]]:
+        computed = service.compute(spec, settings)
+        budget.check_cancelled()
+        about = {
+            "X-Engine": computed.engine,
+            "X-Device": computed.device,
+            "X-Torch-Version": TORCH_VERSION,
+            # for /metrics' compute time by family (torch's own schedulers: "torch")
+            "X-Schedule-Family": ",".join(str(f.get("family")) for f in computed.families)
+            or "torch",
+        }
+        if streamed:
+            return computed, about
+        rendered = formats.render(computed, fmt, title, plot)
+        return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
 
-        entry = await anyio.to_thread.run_sync(work, limiter=request.app.state.compute_limiter)
-        store.put(key, entry)
-    return Response(entry.body, media_type=entry.media_type, headers={**entry.headers, **headers})
+    heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
+    done = await running.run_budgeted(request, work, heavy=heavy)
+    if done is None:  # the client left; the computation was stopped
+        return Response(status_code=499)
+    if isinstance(done, tuple):  # large: streamed in chunks, never cached
+        computed, about = done
+        headers["X-Cache"] = "bypass"
+        return StreamingResponse(
+            formats.stream(computed, fmt),
+            media_type=MEDIA_TYPES[fmt],
+            headers={**about, **headers},
+        )
+    store.put(key, done)
+    return Response(done.body, media_type=done.media_type, headers={**done.headers, **headers})
 
 
 @router.post(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.schedules import torch_engine
+from service.schedules import budget, torch_engine
 from service.schedules.result import Computed
 from service.schedules.vectorized.composition import Node, Sequential
 from service.schedules.vectorized.formulas import F64, Failure, Leaf, Tensor
@@ -32,6 +32,7 @@ def _affine_scan(lr0: Tensor, a: Tensor, b: Tensor) -> Tensor:
     d = 1
     size = a.shape[1]
     while d < size:
+        budget.check()
         a_new, b_new = a.clone(), b.clone()
         a_new[:, d:] = a[:, d:] * a[:, :-d]
         b_new[:, d:] = a[:, d:] * b[:, :-d] + b[:, d:]
@@ -198,8 +199,10 @@ class Program:
         values = None if probes is None else self._at(probes.points)
         if probes is None or values is None or not self._matches_lr0(values[:, 0]):
             return self._by_scan(k)
+        budget.check()
         lr = self._closed(k)
         assert lr is not None
+        budget.check()
         lr[:, : _zeros(k)] = self.lr0
         final = self.lr0[:, 0] if self.n == 1 else values[:, probes.points.index(self.n - 1)]
         checked = values[:, [probes.points.index(p) for p in probes.finite]]
@@ -207,6 +210,7 @@ class Program:
         for start, top in probes.ranges:
             if not ok:
                 break
+            budget.check()
             dense = self._closed(torch.arange(start, top + 1, device=self.device))
             ok = dense is not None and _all_finite(dense)
         if not ok:
@@ -231,7 +235,9 @@ class Program:
             lr = self.lr0.clone()
             mom = None if self.momentum0 is None else self.momentum0.clone()
             return lr, mom
+        budget.check()
         a, b = root.maps(k)
+        budget.check()
         groups = self.lr0.shape[0]
         lr = _affine_scan(self.lr0, a.expand(groups, -1), b.expand(groups, -1))
         mom = None

@@ -135,6 +135,16 @@ def _scale(factor: Tensor) -> Map:
     return factor, torch.zeros_like(factor)
 
 
+def _tensor_fns(lambdas: list[Any]) -> tuple[Callable[[Tensor], Tensor], ...]:
+    """Return each group's ``evaluate_tensor``; groups sharing an lr_lambda share one bound
+    method, so :meth:`Lambda.factor` evaluates each distinct expression once per step."""
+    made: dict[int, Callable[[Tensor], Tensor]] = {}
+    for fn in lambdas:
+        if id(fn) not in made:
+            made[id(fn)] = fn.evaluate_tensor
+    return tuple(made[id(fn)] for fn in lambdas)
+
+
 @dataclass(eq=False)
 class Lambda(Leaf):
     """LambdaLR: ``lr = base_lr * lr_lambda(e)``."""
@@ -152,7 +162,7 @@ class Lambda(Leaf):
         plain = all(key is not None for key in keys)
         return cls(
             column(sched.base_lrs, device),
-            fns=tuple(f.evaluate_tensor for f in sched.lr_lambdas),
+            fns=_tensor_fns(sched.lr_lambdas),
             lambda_field=not plain,
             fn_keys=keys if plain else None,
         )
@@ -199,8 +209,7 @@ class Multiplicative(Lambda):
     @classmethod
     def of(cls, sched: Any, device: torch.device) -> "Multiplicative":
         """Return torch's ``MultiplicativeLR`` ``sched``."""
-        fns = tuple(f.evaluate_tensor for f in sched.lr_lambdas)
-        return cls(column(sched.base_lrs, device), fns=fns)
+        return cls(column(sched.base_lrs, device), fns=_tensor_fns(sched.lr_lambdas))
 
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
         top = int(e.max()) if e.numel() else 0

@@ -1,0 +1,191 @@
+"""Every schedule request's budget: a wall-clock limit and a cancel flag, checked inside the
+computation, and the cost model that refuses what would not fit before any work starts.
+
+A :class:`Budget` is made per request by the routes and made current (a context variable) in
+the worker thread that computes; the engines, the lr_lambda evaluator and the formats call
+:func:`check` between chunks of work, so a computation stops at the limit (a 422 saying what
+to change) or soon after its client has gone (:class:`Cancelled`), and its thread and its
+compute slot are free again.
+
+The cost model counts value operations (one float64 operation on one value):
+:func:`cost` is what :func:`~service.schedules.service.check_limits` compares with
+``LRS_VECTORIZED_MAX_COST`` and ``LRS_TORCH_MAX_WORK``.
+"""
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import lru_cache
+
+from service.errors import LimitExceeded, ServiceError
+from service.schedules import specs
+
+
+class Cancelled(Exception):
+    """The client went away: the computation stops; nobody is left to answer."""
+
+
+class Busy(ServiceError):
+    """Expensive computations already fill their share of the compute threads."""
+
+    status = 429
+    title = "Too many requests"
+    slug = "busy"
+
+
+class Budget:
+    """A computation's wall-clock limit and cancel flag (set from the event loop)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.cancelled = False
+
+    def start(self) -> None:
+        """Start the clock (when a compute thread takes the work, not while it queues)."""
+        self.deadline = time.monotonic() + self.seconds
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def check(self) -> None:
+        """Raise Cancelled when the client is gone, LimitExceeded past the deadline."""
+        if self.cancelled:
+            raise Cancelled
+        if time.monotonic() > self.deadline:
+            raise LimitExceeded(
+                f"the computation stopped at its limit of {self.seconds:g} s "
+                "(LRS_COMPUTE_MAX_SECONDS). Lower steps, sample fewer points, use fewer param "
+                "groups or schedulers, or a shorter lr_lambda.",
+                loc=("body", "steps"),
+            )
+
+
+_current: ContextVar[Budget | None] = ContextVar("schedule_budget", default=None)
+
+
+def check() -> None:
+    """Check the current budget, if the computation runs under one."""
+    budget = _current.get()
+    if budget is not None:
+        budget.check()
+
+
+def check_cancelled() -> None:
+    """Raise Cancelled when the client of the current computation is gone (work that is done
+    is not thrown away for being late)."""
+    budget = _current.get()
+    if budget is not None and budget.cancelled:
+        raise Cancelled
+
+
+@contextmanager
+def ensure(seconds: float) -> Iterator[None]:
+    """Run the block under the current budget, or under a new one of ``seconds``."""
+    if _current.get() is not None:
+        yield
+        return
+    with active(Budget(seconds)):
+        yield
+
+
+@contextmanager
+def active(budget: Budget | None) -> Iterator[None]:
+    """Make ``budget`` the one :func:`check` checks, for the duration of the block."""
+    token = _current.set(budget)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+# --------------------------------------------------------------------------- cost model
+
+LEAF_OPS = 4
+"""Value operations per group and step of a scheduler's closed form (measured: cosine over
+2.5M steps × 16 groups costs about what a 4-node lr_lambda costs over as many values)."""
+
+LAMBDA_EVALUATIONS = 3
+"""The vectorized engine evaluates a user lr_lambda over every step up to three times (the
+refusal check, the values, the finiteness check)."""
+
+TORCH_NODES_PER_UPDATE = 64
+"""On the torch engine, this many lr_lambda nodes (Python float operations) cost about one
+scheduler update (about 15 µs)."""
+
+
+@lru_cache(maxsize=4096)
+def expression_nodes(text: str) -> int:
+    """Return how many operations the lr_lambda ``text`` evaluates (0 when it is invalid:
+    validation reports that)."""
+    from service.schedules.expressions import ExpressionError, parse_expression
+
+    try:
+        return parse_expression(text, max_length=1 << 20, max_depth=1 << 10, max_nodes=1 << 20).size
+    except (ExpressionError, ValueError):
+        return 0
+
+
+def _lambda_texts(spec: specs.SchedulerBase) -> list[str]:
+    source = getattr(spec, "lr_lambda", None)
+    if source is None:
+        return []
+    return [source] if isinstance(source, str) else list(source)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one request costs on the engine that runs it."""
+
+    steps: int
+    """Scheduler steps."""
+    groups: int
+    schedulers: int
+    """Schedulers that step, nested ones and the warmup counted (containers too on torch)."""
+    nodes: int
+    """lr_lambda operations per step: each distinct expression once."""
+    total: int
+    """Value operations (vectorized) or scheduler updates (torch)."""
+
+    def describe(self) -> str:
+        parts = [
+            f"{self.steps} scheduler steps",
+            f"{self.groups} param group{'s' if self.groups != 1 else ''}",
+            f"{self.schedulers} scheduler{'s' if self.schedulers != 1 else ''}",
+        ]
+        if self.nodes:
+            parts.append(f"lr_lambda operations {self.nodes}")
+        return ", ".join(parts)
+
+
+def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
+    """Return the cost of ``request`` on ``engine`` ("torch" or "vectorized").
+
+    vectorized: steps × (groups × schedulers × LEAF_OPS + LAMBDA_EVALUATIONS × lr_lambda
+    nodes, each distinct expression once) plus, for a ChainedScheduler (an affine scan),
+    steps × groups × 2 × log2(steps). torch: steps × groups × Σ over schedulers of
+    (1 + nodes of its lr_lambda / TORCH_NODES_PER_UPDATE), in scheduler updates.
+    """
+    steps = request.scheduler_steps
+    groups = request.n_groups
+    every = specs.walk(request.scheduler)
+    leaves = [s for s in every if not s.children()]
+    distinct_nodes = 0
+    torch_weight = 1.0 if request.warmup else 0.0
+    for spec in every:
+        texts = _lambda_texts(spec)
+        distinct_nodes += sum(expression_nodes(t) for t in set(texts))
+        per_group = max((expression_nodes(t) for t in texts), default=0)
+        torch_weight += 1 + per_group / TORCH_NODES_PER_UPDATE
+    if engine == "torch":
+        schedulers = len(every) + (1 if request.warmup else 0)
+        total = math.ceil(steps * groups * torch_weight)
+    else:
+        schedulers = len(leaves) + (1 if request.warmup else 0)
+        total = steps * (groups * schedulers * LEAF_OPS + LAMBDA_EVALUATIONS * distinct_nodes)
+        if isinstance(request.scheduler, specs.ChainedScheduler) and steps > 1:
+            total += steps * groups * 2 * math.ceil(math.log2(steps))
+    return Cost(steps, groups, schedulers, distinct_nodes, total)

@@ -1,0 +1,78 @@
+"""Running a schedule computation for a request: in a compute thread, under its budget.
+
+The computation gets a :class:`~service.schedules.budget.Budget` (``LRS_COMPUTE_MAX_SECONDS``,
+counted from when a thread takes it) and is cancelled when the client disconnects, so its
+thread and compute slot are free again within a chunk of work. Expensive requests (above
+``LRS_COMPUTE_HEAVY_SHARE`` of their engine's cost limit) first take the one expensive slot,
+so they never hold every compute thread: cheaper requests keep being served.
+"""
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+from fastapi import Request
+
+from service.schedules import budget
+
+T = TypeVar("T")
+
+
+async def _watch_disconnect(
+    request: Request, work: budget.Budget, scope: anyio.CancelScope
+) -> None:
+    """Cancel ``work`` (and ``scope``) when the client disconnects. The body has been read
+    by now, so the next message the server has for this request is its disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            work.cancel()
+            scope.cancel()
+            return
+
+
+async def _acquire_heavy(request: Request, seconds: float) -> anyio.CapacityLimiter:
+    limiter: anyio.CapacityLimiter = request.app.state.heavy_limiter
+    with anyio.move_on_after(seconds):
+        await limiter.acquire()
+        return limiter
+    raise budget.Busy(
+        f"expensive schedule computations are queued beyond {seconds:g} s; retry later or "
+        "make the request cheaper (fewer steps, groups or schedulers, a shorter lr_lambda, "
+        "or sample fewer points).",
+        headers={"Retry-After": str(max(1, round(seconds)))},
+    )
+
+
+async def run_budgeted(request: Request, fn: Callable[[], T], *, heavy: bool) -> T | None:
+    """Return ``fn()`` computed in a compute thread under a new budget; None when the client
+    disconnected first (nobody is left to answer). Raises what ``fn`` raises."""
+    settings = request.app.state.settings
+    work = budget.Budget(settings.compute_max_seconds)
+
+    def in_thread() -> T:
+        work.start()
+        with budget.active(work):
+            return fn()
+
+    outcome: dict[str, object] = {}
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch_disconnect, request, work, group.cancel_scope)
+        held: anyio.CapacityLimiter | None = None
+        try:
+            if heavy:
+                held = await _acquire_heavy(request, settings.compute_max_seconds)
+            outcome["value"] = await anyio.to_thread.run_sync(
+                in_thread, limiter=request.app.state.compute_limiter
+            )
+        except budget.Cancelled:
+            pass
+        except Exception as exc:  # re-raised below, outside the task group
+            outcome["error"] = exc
+        finally:
+            if held is not None:
+                held.release()
+            group.cancel_scope.cancel()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")  # type: ignore[return-value]
