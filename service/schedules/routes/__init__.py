@@ -1,6 +1,7 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
-``compute`` (POST and the GET form), ``batch``, ``catalog``, ``compare`` and ``resume``;
+``compute`` (POST and the GET form), ``batch``, ``catalog``, ``compare``, ``resume`` and
+``export``;
 :data:`router` holds them all and :func:`lifespan` starts what they share (the compute
 threads' limiter and the cache) and warms the compute path up before the service answers
 (:mod:`service.schedules.warmup`).
@@ -13,7 +14,7 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from service.schedules import shared_cache, warmup
-from service.schedules.routes import batch, catalog, compare, compute, resume
+from service.schedules.routes import batch, catalog, compare, compute, export, resume
 
 router = APIRouter()
 router.include_router(compute.router)
@@ -21,6 +22,7 @@ router.include_router(batch.router)
 router.include_router(catalog.router)
 router.include_router(compare.router)
 router.include_router(resume.router)
+router.include_router(export.router)
 
 
 @asynccontextmanager
