@@ -31,7 +31,7 @@ from celery import Celery, signals
 
 from service.jobs.artifacts import Artifacts
 from service.jobs.runner import RunConfig, run_job
-from service.jobs.store import Store, sqlite_url
+from service.jobs.store import Store
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.jobs")
@@ -100,17 +100,7 @@ def _worker_state() -> _WorkerState:
     global _state
     if _state is None or _state.pid != os.getpid():
         settings = get_settings()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        url = settings.database_url or sqlite_url(settings.data_dir)
-        config = RunConfig(
-            database_url=url,
-            table_prefix=settings.job_table_prefix,
-            data_dir=settings.data_dir,
-            max_seconds=settings.job_max_seconds,
-            progress_every=settings.job_progress_every,
-            lease_s=settings.job_lease_s,
-            heartbeat_s=settings.job_heartbeat_s,
-        )
+        config = RunConfig.from_settings(settings)
         store = config.store()
         store.create_schema()
         name = f"celery:{socket.gethostname()}:{os.getpid()}"

@@ -22,7 +22,6 @@ from service.jobs.events import EventHub
 from service.jobs.executor import make_executor
 from service.jobs.runner import RunConfig
 from service.jobs.service import MAX_SEQ, JobService
-from service.jobs.store import Store, sqlite_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -36,19 +35,9 @@ JobId = Annotated[str, Path(description="The job's id.")]
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the store, recover from the last run, start the workers; stop them at the end."""
     settings = app.state.settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.database_url or sqlite_url(settings.data_dir)
-    store = Store(url, settings.job_table_prefix, lease_s=settings.job_lease_s)
+    config = RunConfig.from_settings(settings)
+    store = config.store()
     await anyio.to_thread.run_sync(store.create_schema)
-    config = RunConfig(
-        database_url=url,
-        table_prefix=settings.job_table_prefix,
-        data_dir=settings.data_dir,
-        max_seconds=settings.job_max_seconds,
-        progress_every=settings.job_progress_every,
-        lease_s=settings.job_lease_s,
-        heartbeat_s=settings.job_heartbeat_s,
-    )
     executor = make_executor(settings, store, config)
     jobs = JobService(settings, store, executor, Artifacts(settings.data_dir))
     await anyio.to_thread.run_sync(jobs.recover)

@@ -12,13 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.devices import resolve_device
 from service.errors import ServiceError
 from service.jobs import lease, specs, trainer
 from service.jobs.artifacts import Artifacts
-from service.jobs.store import LEASE_S, JobRecord, Store
+from service.jobs.store import LEASE_S, JobRecord, Store, sqlite_url
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger("service.jobs")
 
@@ -40,6 +43,21 @@ class RunConfig:
     progress_every: int
     lease_s: float = LEASE_S
     heartbeat_s: float = LEASE_S / 3
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "RunConfig":
+        """Return the config the ``LRS_*`` ``settings`` name (creating the data directory;
+        the store is ``database_url``, or SQLite in the data directory when that is unset)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            database_url=settings.database_url or sqlite_url(settings.data_dir),
+            table_prefix=settings.job_table_prefix,
+            data_dir=settings.data_dir,
+            max_seconds=settings.job_max_seconds,
+            progress_every=settings.job_progress_every,
+            lease_s=settings.job_lease_s,
+            heartbeat_s=settings.job_heartbeat_s,
+        )
 
     def store(self) -> Store:
         """Open the store this config names (in a worker process)."""

@@ -15,7 +15,6 @@ from types import FrameType
 
 from service.jobs.executor import ProcessExecutor
 from service.jobs.runner import RunConfig
-from service.jobs.store import sqlite_url
 from service.settings import get_settings
 
 log = logging.getLogger("service.jobs")
@@ -34,17 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.database_url or sqlite_url(settings.data_dir)
-    config = RunConfig(
-        database_url=url,
-        table_prefix=settings.job_table_prefix,
-        data_dir=settings.data_dir,
-        max_seconds=settings.job_max_seconds,
-        progress_every=settings.job_progress_every,
-        lease_s=settings.job_lease_s,
-        heartbeat_s=settings.job_heartbeat_s,
-    )
+    config = RunConfig.from_settings(settings)
     store = config.store()
     store.create_schema()
     executor = ProcessExecutor(store, config, args.workers)

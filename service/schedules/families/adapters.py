@@ -2,7 +2,8 @@
 
 :class:`LibraryLR` steps the real library's scheduler (timm, Megatron) from torch's step count;
 :class:`ClosedFormLR` sets a closed form on the optimizer (optax, which is not torch);
-:func:`family_leaf` gives the vectorized engine a family's closed form.
+:func:`family_leaf` gives the vectorized engine a family's closed form;
+:class:`LibrarySchedulerBase` is what the library families' specs (optax, timm, Megatron) share.
 """
 
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.families import Library
+from service.schedules.registry import SchedulerBase
 
 
 class FamilySpec(Protocol):
@@ -33,6 +35,43 @@ class FamilySpec(Protocol):
         """Return the other param-group values the library sets, by group key (e.g.
         Megatron's ``weight_decay``), each (groups, len(k)); empty for most families."""
         ...
+
+
+class LibrarySchedulerBase(SchedulerBase):
+    """What the library families' specs share (optax, timm, Megatron): the vectorized engine
+    evaluates their closed form (:func:`family_leaf`); a metric-driven one has none."""
+
+    sets_lr: ClassVar[bool] = False
+    """The library sets the lr itself (the optimizer's and groups' lr are not read)."""
+
+    def closed_form(self, sched: Any, device: torch.device) -> Any:
+        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
+        lrs."""
+        from service.schedules.vectorized.formulas import column  # the engine imports families
+
+        return family_leaf(sched.spec, column(sched.base_lrs, device))
+
+    def vectorized_unsupported(self) -> str | None:
+        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
+        if getattr(self, "metric_driven", False):
+            name = getattr(self, self.selector)
+            return (
+                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
+                "closed form; use engine 'torch' or 'auto'"
+            )
+        return None
+
+    def request_caveats(self, request: Any) -> list[str]:
+        """Return a warning when the request sets an lr this family does not read."""
+        return ignored_lr_warning(self.type, request) if self.sets_lr else []
+
+    def other_series(self, k: torch.Tensor, groups: int) -> dict[str, torch.Tensor]:
+        """Return no other series: the library sets only the lr."""
+        return {}
+
+    def first_failure(self, last: int) -> tuple[int, Exception] | None:
+        """Return None: the library refuses nothing once the spec is valid."""
+        return None
 
 
 class FamilyLR(LRScheduler):

@@ -27,13 +27,11 @@ from service.schedules.base import NonNegInt, Number, PerGroup, PosInt
 from service.schedules.families import Library
 from service.schedules.families.adapters import (
     LibraryLR,
-    family_leaf,
+    LibrarySchedulerBase,
     group_mismatch,
-    ignored_lr_warning,
     selector_check,
 )
-from service.schedules.registry import SchedulerBase, register
-from service.schedules.vectorized.formulas import column
+from service.schedules.registry import register
 
 LIBRARY = Library(family="megatron", package="megatron-core", version="0.16.1")
 
@@ -50,7 +48,7 @@ def _per_group(value: float | list[float], groups: int, device: torch.device) ->
     return torch.tensor(rows, dtype=F64, device=device)[:, None]
 
 
-class MegatronScheduler(SchedulerBase):
+class MegatronScheduler(LibrarySchedulerBase):
     """Megatron-core's lr (and weight-decay) schedule: linear warmup, then a decay style.
 
     Megatron: ``OptimizerParamScheduler(optimizer, init_lr, max_lr, min_lr, lr_warmup_steps,
@@ -220,25 +218,6 @@ class MegatronScheduler(SchedulerBase):
         else:
             coeff = 1.0 - torch.sqrt(ratio)
         return torch.where(n <= start, torch.ones_like(coeff), coeff)
-
-    def closed_form(self, sched: Any, device: torch.device) -> Any:
-        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
-        lrs."""
-        return family_leaf(sched.spec, column(sched.base_lrs, device))
-
-    def vectorized_unsupported(self) -> str | None:
-        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
-        if getattr(self, "metric_driven", False):
-            name = getattr(self, self.selector)
-            return (
-                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
-                "closed form; use engine 'torch' or 'auto'"
-            )
-        return None
-
-    def request_caveats(self, request: Any) -> list[str]:
-        """Return a warning when the request sets an lr this family does not read."""
-        return ignored_lr_warning(self.type, request) if self.sets_lr else []
 
     def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
         """Return ``{"weight_decay": ...}``: Megatron sets each group's weight decay too."""

@@ -24,14 +24,12 @@ from service.schedules.base import Number, PerGroup, SpecModel
 from service.schedules.families import Library
 from service.schedules.families.adapters import (
     ClosedFormLR,
-    family_leaf,
+    LibrarySchedulerBase,
     group_mismatch,
-    ignored_lr_warning,
     scaled_values,
     selector_check,
 )
-from service.schedules.registry import SchedulerBase, register
-from service.schedules.vectorized.formulas import column
+from service.schedules.registry import register
 
 LIBRARY = Library(family="optax", package="optax", version="0.2.8")
 
@@ -46,7 +44,7 @@ def _value(v: float | list[float], group: int) -> float:
     return float(v[group % len(v)] if isinstance(v, list) else v)
 
 
-class OptaxBase(SchedulerBase):
+class OptaxBase(LibrarySchedulerBase):
     """Common parts of the optax schedules: per-group values and evaluation per group."""
 
     type: Literal["optax"] = "optax"
@@ -80,33 +78,6 @@ class OptaxBase(SchedulerBase):
     def caveats(self, span: int) -> list[str]:
         """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
         return []
-
-    def closed_form(self, sched: Any, device: torch.device) -> Any:
-        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
-        lrs."""
-        return family_leaf(sched.spec, column(sched.base_lrs, device))
-
-    def vectorized_unsupported(self) -> str | None:
-        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
-        if getattr(self, "metric_driven", False):
-            name = getattr(self, self.selector)
-            return (
-                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
-                "closed form; use engine 'torch' or 'auto'"
-            )
-        return None
-
-    def request_caveats(self, request: Any) -> list[str]:
-        """Return a warning when the request sets an lr this family does not read."""
-        return ignored_lr_warning(self.type, request) if self.sets_lr else []
-
-    def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
-        """Return no other series: the library sets only the lr."""
-        return {}
-
-    def first_failure(self, last: int) -> tuple[int, Exception] | None:
-        """Return None: the library refuses nothing once the spec is valid."""
-        return None
 
     def lr(self, k: Tensor, base: Tensor) -> Tensor:
         """Return the lr at scheduler steps ``k`` (int64), shape (groups, len(k)).
@@ -461,8 +432,36 @@ class PiecewiseInterpolateSchedule(OptaxBase):
         return piecewise_interpolate(count, self.interpolate_type, init, self.boundaries_and_scales)
 
 
+class _Onecycle(OptaxBase):
+    """The one-cycle schedules: ``piecewise_interpolate`` from ``peak_value / div_factor``
+    through the scales :meth:`scales` gives, peaking at ``int(pct_start * transition_steps)``.
+    Each subclass declares the fields (``transition_steps``, ``peak_value``, ``pct_start``,
+    ``div_factor``, ``final_div_factor``) in optax's argument order."""
+
+    interpolation: ClassVar[str] = "linear"
+    lr_fields: ClassVar[tuple[str, ...]] = ("peak_value",)
+
+    @staticmethod
+    def example(schedule: str) -> list[dict[str, Any]]:
+        """Return the OpenAPI example of the one-cycle schedule named ``schedule``."""
+        return [{"type": "optax", "schedule": schedule, "transition_steps": 100, "peak_value": 0.1}]
+
+    def scales(self, t: int) -> dict[int, float]:
+        """Return ``boundaries_and_scales`` for ``transition_steps = t``."""
+        raise NotImplementedError
+
+    def fn(self, count: Tensor, group: int) -> Tensor:
+        peak = self.values(group)["peak_value"]
+        init = peak / self.div_factor  # type: ignore[attr-defined]
+        scales = self.scales(self.transition_steps)  # type: ignore[attr-defined]
+        return piecewise_interpolate(count, self.interpolation, init, scales)
+
+    def caveats(self, span: int) -> list[str]:
+        return _onecycle_peak(self.transition_steps, self.pct_start, span)  # type: ignore[attr-defined]
+
+
 @register
-class LinearOnecycleSchedule(OptaxBase):
+class LinearOnecycleSchedule(_Onecycle):
     """Three linear phases: up to ``peak_value``, back down, then to ``init/final_div_factor``.
 
     optax: ``linear_onecycle_schedule(transition_steps, peak_value, pct_start=0.3,
@@ -476,32 +475,18 @@ class LinearOnecycleSchedule(OptaxBase):
     pct_final: Number = 0.85
     div_factor: Number = 25.0
     final_div_factor: Number = 1e4
-    lr_fields = ("peak_value",)
-    examples: ClassVar[list[dict[str, Any]]] = [
-        {
-            "type": "optax",
-            "schedule": "linear_onecycle_schedule",
-            "transition_steps": 100,
-            "peak_value": 0.1,
-        }
-    ]
+    examples: ClassVar[list[dict[str, Any]]] = _Onecycle.example("linear_onecycle_schedule")
 
-    def fn(self, count: Tensor, group: int) -> Tensor:
-        peak = self.values(group)["peak_value"]
-        t = self.transition_steps
-        scales = {
+    def scales(self, t: int) -> dict[int, float]:
+        return {
             int(self.pct_start * t): self.div_factor,
             int(self.pct_final * t): 1.0 / self.div_factor,
             t: 1.0 / self.final_div_factor,
         }
-        return piecewise_interpolate(count, "linear", peak / self.div_factor, scales)
-
-    def caveats(self, span: int) -> list[str]:
-        return _onecycle_peak(self.transition_steps, self.pct_start, span)
 
 
 @register
-class CosineOnecycleSchedule(OptaxBase):
+class CosineOnecycleSchedule(_Onecycle):
     """Cosine up to ``peak_value`` over ``pct_start`` of the steps, then cosine down.
 
     optax: ``cosine_onecycle_schedule(transition_steps, peak_value, pct_start=0.3,
@@ -515,27 +500,14 @@ class CosineOnecycleSchedule(OptaxBase):
     pct_start: Number = 0.3
     div_factor: Number = 25.0
     final_div_factor: Number = 1e4
-    lr_fields = ("peak_value",)
-    examples: ClassVar[list[dict[str, Any]]] = [
-        {
-            "type": "optax",
-            "schedule": "cosine_onecycle_schedule",
-            "transition_steps": 100,
-            "peak_value": 0.1,
-        }
-    ]
+    interpolation = "cosine"
+    examples: ClassVar[list[dict[str, Any]]] = _Onecycle.example("cosine_onecycle_schedule")
 
-    def fn(self, count: Tensor, group: int) -> Tensor:
-        peak = self.values(group)["peak_value"]
-        t = self.transition_steps
-        scales = {
+    def scales(self, t: int) -> dict[int, float]:
+        return {
             int(self.pct_start * t): self.div_factor,
             int(t): 1.0 / (self.div_factor * self.final_div_factor),
         }
-        return piecewise_interpolate(count, "cosine", peak / self.div_factor, scales)
-
-    def caveats(self, span: int) -> list[str]:
-        return _onecycle_peak(self.transition_steps, self.pct_start, span)
 
 
 @register

@@ -26,12 +26,10 @@ from service.schedules.base import NonNegInt, Number, PosInt
 from service.schedules.families import Library, import_submodule_only
 from service.schedules.families.adapters import (
     LibraryLR,
-    family_leaf,
-    ignored_lr_warning,
+    LibrarySchedulerBase,
     selector_check,
 )
-from service.schedules.registry import SchedulerBase, register
-from service.schedules.vectorized.formulas import column
+from service.schedules.registry import register
 
 LIBRARY = Library(family="timm", package="timm", version="1.0.31")
 
@@ -42,7 +40,7 @@ Tensor = torch.Tensor
 _CYCLE = ("cosine", "tanh", "poly")
 
 
-class TimmScheduler(SchedulerBase):
+class TimmScheduler(LibrarySchedulerBase):
     """The arguments every timm sched takes (one subclass per ``sched`` adds its own).
 
     timm's schedulers through ``create_scheduler_v2``: warmup, cycles, k-decay, seeded noise.
@@ -158,29 +156,6 @@ class TimmScheduler(SchedulerBase):
     def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
         """Return None: timm takes each group's own lr; its arguments are single numbers."""
         return None
-
-    def closed_form(self, sched: Any, device: torch.device) -> Any:
-        """Return the vectorized engine's leaf: this spec's closed form, over ``sched``'s base
-        lrs."""
-        return family_leaf(sched.spec, column(sched.base_lrs, device))
-
-    def vectorized_unsupported(self) -> str | None:
-        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
-        if getattr(self, "metric_driven", False):
-            name = getattr(self, self.selector)
-            return (
-                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
-                "closed form; use engine 'torch' or 'auto'"
-            )
-        return None
-
-    def request_caveats(self, request: Any) -> list[str]:
-        """Return a warning when the request sets an lr this family does not read."""
-        return ignored_lr_warning(self.type, request) if self.sets_lr else []
-
-    def other_series(self, k: Tensor, groups: int) -> dict[str, Tensor]:
-        """Return no other series: the library sets only the lr."""
-        return {}
 
     def lr(self, k: Tensor, base: Tensor) -> Tensor:
         """Return the lr timm sets at t = ``k`` (int64 scheduler steps), shape (groups, len(k)).
