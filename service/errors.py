@@ -437,6 +437,14 @@ PROBLEMS: dict[str, tuple[str, str, str]] = {
         "A rate or queue limit was reached.",
         "Wait for the number of seconds `Retry-After` gives, then try again.",
     ),
+    "busy": (
+        "Too many requests",
+        "Expensive schedule computations (long, many groups, or a batch) already fill their "
+        "share of the compute threads, and this one waited longer than LRS_COMPUTE_MAX_SECONDS "
+        "for a turn. Cheap requests are still served.",
+        "Wait for the number of seconds `Retry-After` gives and send it again, or make it "
+        "cheaper: fewer steps (or `sample` with npy), fewer param groups, smaller batches.",
+    ),
     "internal": (
         "Internal server error",
         "A bug in the service; nothing in the request needs to change.",

@@ -80,6 +80,9 @@ class MegatronScheduler(LibrarySchedulerBase):
 
     @model_validator(mode="after")
     def _megatron_asserts(self) -> "MegatronScheduler":
+        for name in ("max_lr", "min_lr", "start_wd", "end_wd"):
+            if getattr(self, name) == []:
+                raise ValueError(f"{name}: give a number or a list with one value per group")
         pairs = self._pairs()
         for i, (max_lr, min_lr, start_wd, end_wd) in enumerate(pairs):
             where = f" (group {i})" if len(pairs) > 1 else ""

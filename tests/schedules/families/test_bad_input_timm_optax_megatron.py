@@ -185,6 +185,14 @@ CASES = [
         None,
     ),
     ("megatron-min-above-max", {**MEGATRON, "min_lr": 0.2}, {}, ["max_lr", "min_lr"], None),
+    # an empty per-group list was an IndexError (500) found by schemathesis
+    (
+        "megatron-empty-group-list",
+        {**MEGATRON, "start_wd": []},
+        {},
+        ["start_wd", "one value per group"],
+        None,
+    ),
     (
         "megatron-constant-wd-ramp",
         {**MEGATRON, "start_wd": 0.0, "end_wd": 0.1},
