@@ -1,7 +1,6 @@
 """POST /v1/schedules/compare: real torch and real optax, measured in the test."""
 
 import numpy as np
-import pytest
 import torch
 
 from tests.schedules.families.references import optax_reference
@@ -30,12 +29,6 @@ OPTAX_ONECYCLE_SCHED = {
     "peak_value": 0.1,
 }
 OPTAX_ONECYCLE = {"scheduler": OPTAX_ONECYCLE_SCHED, "steps": N}
-
-
-def _registered(family: str) -> bool:
-    from service.schedules import registry
-
-    return family in registry.types()
 
 
 def _check_peak_offset(client, other_spec, other_lr, torch_lr):
@@ -80,9 +73,6 @@ def test_torch_onecycle_against_transformers_warmup_cosine_peak_offset(client):
     assert _check_peak_offset(client, HF_COSINE, real[0], _torch_onecycle())
 
 
-@pytest.mark.skipif(
-    not _registered("optax"), reason="the optax family is not served by main's API yet"
-)
 def test_torch_onecycle_against_optax_reports_the_measured_peak_offset(client):
     optax_lr = optax_reference(OPTAX_ONECYCLE_SCHED, 1, N)[0]
     assert _check_peak_offset(client, OPTAX_ONECYCLE, optax_lr, _torch_onecycle()) == 1
