@@ -5,6 +5,8 @@ The routes hand a validated :class:`~service.schedules.specs.ScheduleRequest` to
 """
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +21,7 @@ from service.schedules.families import libraries
 from service.schedules.result import Computed
 from service.schedules.vectorized import batch as vectorized_batch
 from service.schedules.vectorized import compile as vectorized
+from service.schedules.vectorized import fast
 from service.schedules.vectorized.evaluation import Program
 from service.settings import Settings
 
@@ -205,18 +208,6 @@ class _Prepared:
     n: int
 
 
-def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
-    engine = choose_engine(request)
-    _check_limits(request, engine, settings)
-    _check_metrics(request)
-    libraries.check(request)
-    scaled = apply_batch_scaling(request)
-    device = resolve_device(request.device)
-    indices = sample_indices(scaled)
-    sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
-    return _Prepared(scaled, engine, device, indices, sched_index, scaled.scheduler_steps)
-
-
 def _vectorized_computed(prep: _Prepared, result: Computed) -> Computed:
     return replace(
         result,
@@ -241,17 +232,151 @@ def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
     )
 
 
+def _check(request: specs.ScheduleRequest, settings: Settings) -> str:
+    engine = choose_engine(request)
+    _check_limits(request, engine, settings)
+    _check_metrics(request)
+    libraries.check(request)
+    return engine
+
+
+def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
+    return _prepared(request, _check(request, settings))
+
+
+def _prepared(request: specs.ScheduleRequest, engine: str) -> _Prepared:
+    scaled = apply_batch_scaling(request)
+    device = resolve_device(request.device)
+    indices = sample_indices(scaled)
+    sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
+    return _Prepared(scaled, engine, device, indices, sched_index, scaled.scheduler_steps)
+
+
+PLAN_CACHE_SIZE = 64
+"""Compiled vectorized plans kept (least recently used dropped)."""
+PLAN_INDICES_MAX = 1 << 16
+"""A plan keeps its step arrays up to this many values (larger ones are made per call)."""
+
+
+@dataclass
+class _Plan:
+    """Everything a vectorized request's result needs besides evaluating it: the compiled
+    program (torch's objects read at step 0, the probes checked), the fast path when it
+    applies, and what the response carries about the spec. Made once per spec, as a jitted
+    function is compiled once: the next request for the same spec only evaluates."""
+
+    request: specs.ScheduleRequest
+    """Batch scaling applied."""
+    device: torch.device
+    program: Program
+    fast: fast.Fast | None
+    sorted_steps: bool
+    dense: bool
+    """The scheduler steps are ``0..n-1`` (no sampling, interval 'step')."""
+    indices: np.ndarray | None
+    sched_index: np.ndarray | None
+    warnings: list[str]
+    families: list[dict[str, str | None]]
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.indices is not None and self.sched_index is not None:
+            return self.indices, self.sched_index
+        indices = sample_indices(self.request)
+        if self.request.interval == "epoch":
+            return indices, indices // self.request.steps_per_epoch
+        return indices, indices
+
+    def run(self) -> Computed:
+        indices, sched_index = self.steps()
+        result = None
+        if self.fast is not None and self.sorted_steps:
+            result = self.fast.evaluate(sched_index, self.dense)
+        if result is None:
+            steps = sched_index if sched_index.flags.writeable else sched_index.copy()
+            k = torch.as_tensor(steps, dtype=torch.int64).to(self.device)
+            computed = self.program.result(k)
+        else:
+            lr, mom, final = result
+            computed = Computed(indices, lr, mom, list(final), "vectorized", "cpu")
+        return replace(
+            computed,
+            indices=indices,
+            warnings=list(self.warnings),
+            families=[dict(f) for f in self.families],
+            weight_decay=libraries.weight_decay(self.request, sched_index),
+        )
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
+
+
+def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
+    prep = _prepared(request, engine)
+    program = vectorized.compile_request(prep.request, prep.n, prep.device)
+    sched = prep.sched_index
+    sample = prep.request.sample
+    sorted_steps = sample is None or sample.at is None or bool(np.all(sched[1:] >= sched[:-1]))
+    dense = sample is None and prep.request.interval != "epoch"
+    keep = prep.indices.size <= PLAN_INDICES_MAX
+    return _Plan(
+        request=prep.request,
+        device=prep.device,
+        program=program,
+        fast=fast.fast_of(program),
+        sorted_steps=sorted_steps,
+        dense=dense,
+        indices=_read_only(prep.indices) if keep else None,
+        sched_index=(sched if sched is prep.indices else _read_only(sched)) if keep else None,
+        warnings=caveats(prep.request),
+        families=families.families(prep.request),
+    )
+
+
+class _Plans:
+    """The least recently used compiled plans, by the request as given (its explicitly set
+    fields) and as validated (every value): what is computed, and the warnings, depend on
+    both (a default lr and the same lr set explicitly warn differently)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, request: specs.ScheduleRequest, engine: str) -> _Plan:
+        key = request.model_dump_json(exclude_unset=True) + request.model_dump_json()
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = _make_plan(request, engine)
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        return plan
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+
+plans = _Plans(PLAN_CACHE_SIZE)
+
+
 def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
     """Return the schedule ``request`` describes, at the indices its ``sample`` chooses.
 
-    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
+    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed. The limits
+    are checked on every call; a vectorized spec's compiled plan is reused (:data:`plans`).
     """
     with budget.ensure(settings.compute_max_seconds):
-        prep = _prepare(request, settings)
-        if prep.engine == "vectorized":
-            result = vectorized.run(prep.request, prep.sched_index, prep.n, prep.device)
-            return _vectorized_computed(prep, result)
-        return _torch_computed(prep, settings)
+        engine = _check(request, settings)
+        if engine == "vectorized":
+            return plans.get(request, engine).run()
+        return _torch_computed(_prepared(request, engine), settings)
 
 
 def compute_many(
