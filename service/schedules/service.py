@@ -277,6 +277,21 @@ class _Plan:
     sched_index: np.ndarray | None
     warnings: list[str]
     families: list[dict[str, str | None]]
+    steps_n: int
+    """The request's ``steps``, scheduler steps × groups, and its vectorized cost: what the
+    limits compare with the settings (checked again on every call, settings may differ)."""
+    values: int
+    cost: int
+    weight_decay: bool
+
+    def within(self, settings: Settings) -> bool:
+        """Return True when the request is within ``settings``' vectorized limits (else the
+        full check runs and says which limit, as for a spec never computed)."""
+        return (
+            self.steps_n <= settings.vectorized_max_steps
+            and self.values <= settings.vectorized_max_values
+            and self.cost <= settings.vectorized_max_cost
+        )
 
     def steps(self) -> tuple[np.ndarray, np.ndarray]:
         if self.indices is not None and self.sched_index is not None:
@@ -297,14 +312,29 @@ class _Plan:
             computed = self.program.result(k)
         else:
             lr, mom, final = result
-            computed = Computed(indices, lr, mom, list(final), "vectorized", "cpu")
+            return Computed(
+                indices=indices,
+                lr=lr,
+                momentum=mom,
+                final_lr=list(final),
+                engine="vectorized",
+                device="cpu",
+                warnings=list(self.warnings),
+                families=[dict(f) for f in self.families],
+                weight_decay=self._weight_decay(sched_index),
+            )
         return replace(
             computed,
             indices=indices,
             warnings=list(self.warnings),
             families=[dict(f) for f in self.families],
-            weight_decay=libraries.weight_decay(self.request, sched_index),
+            weight_decay=self._weight_decay(sched_index),
         )
+
+    def _weight_decay(self, sched_index: np.ndarray) -> np.ndarray | None:
+        if not self.weight_decay:
+            return None
+        return libraries.weight_decay(self.request, np.array(sched_index))
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:
@@ -313,6 +343,7 @@ def _read_only(values: np.ndarray) -> np.ndarray:
 
 
 def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
+    """Return the plan of ``request``, whose limits were checked."""
     prep = _prepared(request, engine)
     program = vectorized.compile_request(prep.request, prep.n, prep.device)
     sched = prep.sched_index
@@ -331,6 +362,10 @@ def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
         sched_index=(sched if sched is prep.indices else _read_only(sched)) if keep else None,
         warnings=caveats(prep.request),
         families=families.families(prep.request),
+        steps_n=request.steps,
+        values=request.scheduler_steps * request.n_groups,
+        cost=budget.cost(request, engine).total,
+        weight_decay="weight_decay" in prep.request.include,
     )
 
 
@@ -344,19 +379,29 @@ class _Plans:
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, request: specs.ScheduleRequest, engine: str) -> _Plan:
-        key = request.model_dump_json(exclude_unset=True) + request.model_dump_json()
+    @staticmethod
+    def key(request: specs.ScheduleRequest) -> str:
+        return request.model_dump_json(exclude_unset=True) + request.model_dump_json()
+
+    def find(self, key: str) -> _Plan | None:
         with self._lock:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
-                return plan
+            return plan
+
+    def make(self, key: str, request: specs.ScheduleRequest, engine: str) -> _Plan:
+        """Return the plan of ``request`` (its limits checked), made now and kept."""
         plan = _make_plan(request, engine)
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > self.size:
                 self._plans.popitem(last=False)
         return plan
+
+    def get(self, request: specs.ScheduleRequest, engine: str) -> _Plan:
+        key = self.key(request)
+        return self.find(key) or self.make(key, request, engine)
 
     def clear(self) -> None:
         with self._lock:
@@ -373,9 +418,13 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
     are checked on every call; a vectorized spec's compiled plan is reused (:data:`plans`).
     """
     with budget.ensure(settings.compute_max_seconds):
+        key = plans.key(request)
+        plan = plans.find(key)
+        if plan is not None and plan.within(settings):
+            return plan.run()
         engine = _check(request, settings)
         if engine == "vectorized":
-            return plans.get(request, engine).run()
+            return plans.make(key, request, engine).run()
         return _torch_computed(_prepared(request, engine), settings)
 
 

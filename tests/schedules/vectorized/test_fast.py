@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.errors import LimitExceeded
 from service.schedules import service, specs
 from service.schedules.vectorized import compile as vectorized
 from service.schedules.vectorized import fast
@@ -156,3 +157,13 @@ def test_plans_tell_a_default_from_the_same_value_set():
     b = service.compute(explicit, SETTINGS)
     assert a.warnings != b.warnings
     assert service.compute(implicit, SETTINGS).warnings == a.warnings
+
+
+def test_a_reused_plan_still_meets_each_settings_limits():
+    request = specs.ScheduleRequest.model_validate(warmup_cosine(5000))
+    service.compute(request, SETTINGS)
+    tight = Settings(vectorized_max_steps=1000)
+    with pytest.raises(LimitExceeded, match="LRS_VECTORIZED_MAX_STEPS"):
+        service.compute(request, tight)
+    with pytest.raises(LimitExceeded, match="LRS_VECTORIZED_MAX_COST"):
+        service.compute(request, Settings(vectorized_max_cost=10))
