@@ -99,7 +99,11 @@ EXAMPLES = {
         },
         422: {
             "description": "Invalid spec, or one the target cannot write (the detail names "
-            "the targets that can)."
+            "the targets that can); a spec the API refuses or that is over a limit."
+        },
+        429: {
+            "description": "Expensive computations fill their share of the compute threads; "
+            "retry after Retry-After seconds (the spec is computed before it is exported)."
         },
     },
     summary="The schedule as a runnable script",
