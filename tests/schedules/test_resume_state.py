@@ -5,6 +5,8 @@ steps' lrs compared bit for bit with continuing that scheduler here."""
 import io
 import json
 import math
+import pickle
+import random
 import warnings
 
 import pytest
@@ -355,8 +357,14 @@ def test_wrong_types_in_a_json_state_are_refused(client):
 
 @pytest.mark.parametrize(
     "data",
-    [b"this is not a torch file", b"PK\x03\x04 truncated zip", b"\x80\x02}q\x00."[:-1]],
-    ids=["text", "broken-zip", "truncated-pickle"],
+    [
+        b"this is not a torch file",
+        b"PK\x03\x04 truncated zip",
+        b"\x80\x02}q\x00",
+        random.Random(0).randbytes(1000),
+        pickle.dumps({"last_epoch": 3}),
+    ],
+    ids=["text", "broken-zip", "truncated-pickle", "random", "plain-pickle"],
 )
 def test_bytes_that_are_not_a_pt_are_refused(client, data):
     body = problem(post_pt(client, data, spec_of("StepLR"), filename="state.pt"), 422)
