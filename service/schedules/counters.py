@@ -641,6 +641,54 @@ def plan(request: "ScheduleRequest") -> Plan | None:
     )
 
 
+def resume_plan(request: "ScheduleRequest") -> Plan | None:
+    """Return the counters of a resume check's spec; the check answers per optimizer step, so
+    ``index_by: "micro_batch"`` is refused (422)."""
+    if request.index_by == "micro_batch":
+        raise InvalidSpec(
+            "the resume check answers per optimizer step (resume_at is one): drop "
+            "spec.index_by or set it to 'optimizer_step'",
+            loc=("body", "spec", "index_by"),
+        )
+    try:
+        return plan(request)
+    except InvalidSpec as exc:
+        for err in exc.errors or []:
+            loc = list(err.get("loc") or [])
+            if loc[:1] == ["body"]:
+                err["loc"] = ["body", "spec", *loc[1:]]
+        raise
+
+
+def resume_counters(
+    body: dict[str, Any],
+    found: Plan | None,
+    lr: np.ndarray,
+    indices: np.ndarray,
+    resume_at: int,
+) -> dict[str, Any]:
+    """Return the resume check's ``body`` with the spec's counters (``lr``: the uninterrupted
+    run, groups × optimizer steps) and what skipped steps mean for resuming at ``resume_at``."""
+    if found is None:
+        return body
+    at_lr = None if found.at_steps is None else lr[:, found.at_steps]
+    described = found.describe(indices, indices, at_lr)
+    body["counters"] = {
+        k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in described.items()
+    }
+    body["warnings"] = [*body["warnings"], *found.notes]
+    before = int(np.searchsorted(found.skipped, resume_at, side="left"))
+    if before:
+        body["warnings"].append(
+            f"{before} of the {resume_at} optimizer steps before resume_at were skipped: the "
+            f"optimizer's own step count (Adam's state['step']) is {resume_at - before}, not "
+            f"{resume_at}; a script that rebuilds the scheduler from it (last_epoch = "
+            f"{resume_at - before - 1}) resumes {before} step(s) behind. Resume from the "
+            "scheduler's state_dict (or its last_epoch) instead"
+        )
+    return body
+
+
 def extra_series(request: "ScheduleRequest") -> int:
     """Return about how many per-index arrays ``counters`` adds to a JSON body."""
     if not requested(request):
