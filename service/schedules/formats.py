@@ -79,9 +79,8 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "warnings": computed.warnings,
         "summary": computed.summary(),
         "families": computed.families,
+        "counters": computed.counters,
     }
-    if computed.counters is not None:
-        body["counters"] = computed.counters
     return body
 
 

@@ -158,6 +158,6 @@ class ScheduleResult(BaseModel):
     )
     counters: Counters | None = Field(
         default=None,
-        description="Present when the request asks for skipped_steps, accumulation_steps, "
-        "index_by or counter: what each index counts.",
+        description="What each index counts, when the request asks for skipped_steps, "
+        "accumulation_steps, index_by or counter; null otherwise.",
     )
