@@ -252,11 +252,14 @@ class Phases:
 
     @property
     def total_samples(self) -> int:
-        return int(self.samples_before(np.array([self.steps], dtype=np.int64))[0])
+        """Samples all ``steps`` consume (a Python int: checked before any int64 sum)."""
+        last = self.steps - int(self.start[-1])
+        return int(self.samples0[-1]) + last * int(self.batch[-1])
 
     @property
     def total_micro(self) -> int:
-        return int(self.micro_before(np.array([self.steps], dtype=np.int64))[0])
+        """Micro-batches of all ``steps``."""
+        return int(self.micro0[-1]) + (self.steps - int(self.start[-1])) * int(self.micro[-1])
 
     def step_of_micro(self, micro: np.ndarray) -> np.ndarray:
         """Return the optimizer step each micro-batch index belongs to."""
@@ -353,16 +356,25 @@ def phases(request: "ScheduleRequest") -> Phases:
         samples0.append(consumed)
         batch.append(running)
         micro.append(per_step)
-    arrays = [np.asarray(v, dtype=np.int64) for v in (start, samples0, batch)]
-    micro0 = np.concatenate([[0], np.cumsum(np.diff(arrays[0]) * np.asarray(micro[:-1]))])
-    return Phases(
-        start=arrays[0],
-        samples0=arrays[1],
-        batch=arrays[2],
-        micro0=micro0.astype(np.int64),
+    micro0 = [0]
+    for p in range(1, len(start)):
+        micro0.append(micro0[-1] + (start[p] - start[p - 1]) * micro[p - 1])
+    found = Phases(
+        start=np.asarray(start, dtype=np.int64),
+        samples0=np.asarray(samples0, dtype=np.int64),
+        batch=np.asarray(batch, dtype=np.int64),
+        micro0=np.asarray(micro0, dtype=np.int64),
         micro=np.asarray(micro, dtype=np.int64),
         steps=steps,
     )
+    for total, what in ((found.total_samples, "samples"), (found.total_micro, "micro-batches")):
+        if total > MAX_COUNT:
+            raise LimitExceeded(
+                f"the run consumes {total} {what}, more than 2**53 (counts stay exact in JSON "
+                "below it); lower steps or the batch size",
+                loc=("body", "counter" if what == "samples" else "accumulation_steps"),
+            )
+    return found
 
 
 def length(request: "ScheduleRequest") -> int:
