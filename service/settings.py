@@ -29,6 +29,13 @@ class Settings(BaseSettings):
 
     # HTTP
     max_body_bytes: int = Field(default=1 << 20, description="Request bodies above this get 413.")
+    max_state_bytes: int = Field(
+        default=256 << 10,
+        ge=1,
+        description="Largest scheduler state `.pt` uploaded to POST /v1/schedules/resume "
+        "(413 beyond, refused while it streams; a state_dict() is a few KB). The whole "
+        "multipart body stays under LRS_MAX_BODY_BYTES too.",
+    )
 
     # Schedules
     torch_max_steps: int = Field(
