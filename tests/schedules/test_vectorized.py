@@ -372,12 +372,19 @@ PARITY = [
     ),
     case(
         "plateau-max-abs-groups",
-        {"type": "ReduceLROnPlateau", "mode": "max", "threshold_mode": "abs", "patience": 0,
-         "threshold": 0.05, "min_lr": [0.02, 0.0], "factor": 0.5},
+        {
+            "type": "ReduceLROnPlateau",
+            "mode": "max",
+            "threshold_mode": "abs",
+            "patience": 0,
+            "threshold": 0.05,
+            "min_lr": [0.02, 0.0],
+            "factor": 0.5,
+        },
         31,
         metrics=[0.1 * (i % 4) for i in range(30)],
         param_groups=TWO_GROUPS,
-    ),  # fmt: skip
+    ),
     case(
         "plateau-after-warmup",
         {"type": "ReduceLROnPlateau", "patience": 1},
@@ -449,12 +456,15 @@ ERRORS = [
     ),
     case(
         "greedy-factor-0-divides-by-zero",
-        {"type": "transformers", "name": "greedy",
-         "scheduler_specific_kwargs": {"factor": 0.0, "patience": 0}},
+        {
+            "type": "transformers",
+            "name": "greedy",
+            "scheduler_specific_kwargs": {"factor": 0.0, "patience": 0},
+        },
         8,
         metrics=[3.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0],
         warmup={"type": "constant", "steps": 2, "factor": 0.5},
-    ),  # fmt: skip
+    ),
     case(
         "greedy-max-lr-per-group-mismatch",
         {"type": "transformers", "name": "greedy", "scheduler_specific_kwargs": {"max_lr": [1.0]}},

@@ -20,6 +20,7 @@ from torch.optim import lr_scheduler
 from service.schedules import specs, torch_engine
 from service.schedules.families import pytorch_warmup
 from service.schedules.result import Computed
+from service.schedules.vectorized import plateau
 from service.schedules.vectorized.composition import Chained, Node, Segment, Sequential
 from service.schedules.vectorized.evaluation import Program
 from service.schedules.vectorized.formulas import Leaf, column
@@ -117,6 +118,18 @@ def unsupported_reason(request: specs.ScheduleRequest) -> str | None:
     return None
 
 
+def _warmup_leaf(
+    stepper: torch_engine.Stepper, initial: list[float], device: torch.device, span: int
+) -> Leaf:
+    """Return the warmup before a metric-driven schedule: its closed form, or for LinearLR
+    (start_factor > 0) its recursion, so that every value is the torch engine's bit."""
+    spec = stepper.specs[id(stepper.warmup)]
+    if isinstance(spec, specs.LinearWarmup) and spec.start_factor > 0:
+        run = lambda: plateau.linear_lr(initial, spec.start_factor, spec.steps, span)  # noqa: E731
+        return MetricScan(column(initial, device), schedule=plateau.MetricSchedule(run))
+    return _leaf(stepper.warmup, device, stepper.specs)
+
+
 def _metric_node(
     request: specs.ScheduleRequest, stepper: torch_engine.Stepper, device: torch.device, n: int
 ) -> Node:
@@ -143,7 +156,7 @@ def _metric_node(
     )
     if not w:
         return leaf
-    segments = [Segment(_leaf(stepper.warmup, device, stepper.specs), 0, w, restarted=False)]
+    segments = [Segment(_warmup_leaf(stepper, initial, device, min(w, n)), 0, w, restarted=False)]
     if w < n:
         segments.append(Segment(leaf, w, n, restarted=True))
     return Sequential(segments)

@@ -316,6 +316,24 @@ class GreedyRule:
         return Scanned(out.done())
 
 
+# --------------------------------------------------------------------------- a warmup before them
+
+
+def linear_lr(start: Sequence[float], start_factor: float, total_iters: int, span: int) -> Scanned:
+    """Return torch's ``LinearLR(start_factor, end_factor=1.0, total_iters)`` at steps
+    0..span-1 as it steps (its recursive form: the lr times a ratio per step, multiplied in
+    order), from the groups' lrs ``start``: the warmup before a metric-driven schedule, to the
+    bit (its closed form differs from the recursion in the last bits)."""
+    s, t = start_factor, total_iters
+    ratios = [
+        1.0 + (1.0 - s) / (t * s + (k - 1) * (1.0 - s)) if k <= t else 1.0 for k in range(1, span)
+    ]
+    table = np.empty((len(start), span), dtype=np.float64)
+    table[:, 0] = [float(v) * s for v in start]
+    table[:, 1:] = np.asarray(ratios, dtype=np.float64)[None, :]
+    return Scanned(np.multiply.accumulate(table, axis=1))
+
+
 # --------------------------------------------------------------------------- the engine's leaf
 
 
