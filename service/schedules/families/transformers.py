@@ -559,7 +559,7 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             return where(e < w, torch.clamp_min(up, 0.0), out)
 
         return TensorFactor(wsd)
-    raise AssertionError(f"{name} has no closed form")  # metric-driven: torch engine only
+    raise AssertionError(f"{name} has no closed form")  # metric-driven: a scan (metric_schedule)
 
 
 def _min_lr_rate(kw: MinLrKwargs, lr_init: float) -> float:
