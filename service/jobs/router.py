@@ -5,6 +5,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -90,8 +91,7 @@ def _client(request: Request) -> str:
     return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
-def _view_bytes(record: Any) -> bytes:
-    return specs.Job.from_record(record).model_dump_json().encode()
+_view_bytes = specs.job_json
 
 
 async def _job_response(record: Any, status_code: int = 200, **headers: str) -> Response:
@@ -231,17 +231,16 @@ async def list_jobs(
     ends early, with a token, rather than pass LRS_JOB_PAGE_MAX_BYTES."""
     settings = request.app.state.settings
     page_size = min(page_size, settings.job_page_size_max)
-    parts, token = await anyio.to_thread.run_sync(
-        _jobs(request).list_page,
-        status,
-        page_size,
-        page_token,
-        _view_bytes,
-        settings.job_page_max_bytes,
-    )
-    tail = json.dumps(token).encode()
-    body = b'{"jobs":[' + b",".join(parts) + b'],"next_page_token":' + tail + b"}"
-    return Response(body, media_type="application/json")
+    jobs = _jobs(request)
+
+    def page() -> bytes:  # in a thread: the event loop only sends the bytes
+        parts, token = jobs.list_page(
+            status, page_size, page_token, _view_bytes, settings.job_page_max_bytes
+        )
+        tail = json.dumps(token).encode()
+        return b'{"jobs":[' + b",".join(parts) + b'],"next_page_token":' + tail + b"}"
+
+    return Response(await anyio.to_thread.run_sync(page), media_type="application/json")
 
 
 @router.get(
@@ -252,7 +251,8 @@ async def list_jobs(
 )
 async def get_job(request: Request, job_id: JobId) -> Response:
     """Return the job; 404 when there is none."""
-    return await _job_response(await anyio.to_thread.run_sync(_jobs(request).get, job_id))
+    record = await anyio.to_thread.run_sync(partial(_jobs(request).get, job_id, raw=True))
+    return await _job_response(record)
 
 
 @router.post(

@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from service.errors import (
 from service.jobs import specs, trainer
 from service.jobs.artifacts import Artifacts
 from service.jobs.executor import Executor
-from service.jobs.store import JobRecord, Store
+from service.jobs.store import JobRecord, QueueCaps, QueueFull, Store
 from service.settings import Settings
 
 MAX_SEQ = 2**63 - 1
@@ -71,9 +70,10 @@ def _check_float32(value: Any, loc: tuple[str | int, ...]) -> None:
             _check_float32(item, (*loc, index))
 
 
-def tree_bytes(path: Path, skip: Path | None = None) -> int:
-    """Return the bytes of the regular files under ``path`` (not under ``skip``; links are
-    not followed)."""
+def tree_bytes(path: Path, skip: set[Path] | None = None) -> int:
+    """Return the bytes of the regular files under ``path``, not counting the files or
+    folders in ``skip`` (links are not followed)."""
+    skip = {p.resolve() for p in skip or ()}
     total = 0
     stack = [path]
     while stack:
@@ -83,9 +83,10 @@ def tree_bytes(path: Path, skip: Path | None = None) -> int:
             continue
         for entry in entries:
             try:
+                if Path(entry.path).resolve() in skip:
+                    continue
                 if entry.is_dir(follow_symlinks=False):
-                    if skip is None or Path(entry.path) != skip:
-                        stack.append(Path(entry.path))
+                    stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
                     total += entry.stat(follow_symlinks=False).st_size
             except OSError:
@@ -103,7 +104,6 @@ class JobService:
         self.store = store
         self.executor = executor
         self.artifacts = artifacts
-        self._submit_lock = threading.Lock()
         self.storage_full = False
         self._storage_seen: tuple[int, float] = (-1, 0.0)
 
@@ -194,9 +194,13 @@ class JobService:
         if record is not None:
             created = False
         else:
-            with self._submit_lock:  # count and insert as one step, within this process
-                self._check_room(client)
-                record, created = self.store.create(body, spec_hash, idempotency_key, client)
+            self._check_storage()
+            limits = self.settings
+            caps = QueueCaps(limits.job_queue_max, limits.job_queue_max_per_client)
+            try:  # the store counts and inserts at once, for every process sharing it
+                record, created = self.store.create(body, spec_hash, idempotency_key, client, caps)
+            except QueueFull as full:
+                raise self._queue_full(full.which) from None
         if not created and record.spec_hash != spec_hash:
             raise InvalidSpec(
                 f"Idempotency-Key {idempotency_key!r} was already used for job {record.id} "
@@ -212,34 +216,39 @@ class JobService:
                 record = self.get(record.id)  # another replica handed it on meanwhile
         return record, created
 
-    def _check_room(self, client: str | None) -> None:
+    def _queue_full(self, which: str) -> TooManyRequests | Unavailable:
         limits = self.settings
         retry = {"Retry-After": str(limits.job_retry_after_s)}
-        per_client = limits.job_queue_max_per_client
-        if per_client and client is not None and self.store.count_active(client) >= per_client:
-            raise TooManyRequests(
-                f"you have {per_client} jobs queued or running, the most one client may "
-                "(LRS_JOB_QUEUE_MAX_PER_CLIENT); retry when one has finished",
+        if which == "client":
+            return TooManyRequests(
+                f"you have {limits.job_queue_max_per_client} jobs queued or running, the most "
+                "one client may (LRS_JOB_QUEUE_MAX_PER_CLIENT); retry when one has finished",
                 headers=retry,
             )
-        if limits.job_queue_max and self.store.count_active() >= limits.job_queue_max:
-            raise Unavailable(
-                f"{limits.job_queue_max} jobs are queued or running, the most the service "
-                "takes (LRS_JOB_QUEUE_MAX); retry later",
-                headers=retry,
-            )
+        return Unavailable(
+            f"{limits.job_queue_max} jobs are queued or running, the most the service "
+            "takes (LRS_JOB_QUEUE_MAX); retry later",
+            headers=retry,
+        )
+
+    def _check_storage(self) -> None:
         if self.storage_full:
+            limits = self.settings
             raise Unavailable(
-                f"the data directory holds more than its quota of {limits.job_data_max_bytes:,} "
-                "bytes (LRS_JOB_DATA_MAX_BYTES) in job records alone; delete finished jobs",
-                headers=retry,
+                f"the job records take more than the data quota of "
+                f"{limits.job_data_max_bytes:,} bytes (LRS_JOB_DATA_MAX_BYTES) on their own "
+                f"(in {self.store.describe()}); delete finished jobs",
+                headers={"Retry-After": str(limits.job_retry_after_s)},
             )
 
     def maintain_storage(self, force: bool = False) -> list[str]:
-        """Keep the data directory within LRS_JOB_DATA_MAX_BYTES and the artifacts of the
-        newest LRS_JOB_ARTIFACTS_KEEP succeeded jobs: remove the oldest others' artifacts
-        (never what ``latest`` points at); return their ids. Measures only when a run was
-        published since the last call, or every STORAGE_RECHECK_S."""
+        """Keep the data directory and the job records within LRS_JOB_DATA_MAX_BYTES and the
+        artifacts of the newest LRS_JOB_ARTIFACTS_KEEP succeeded jobs: remove the oldest
+        others' artifacts (never what ``latest`` points at); return their ids. The records
+        count wherever the store keeps them (the SQLite file in the data directory, or the
+        PostgreSQL tables: :meth:`Store.record_bytes`, live rows only, so deleting jobs makes
+        room). Measures only when a run was published since the last call, every
+        STORAGE_RECHECK_S, or on every call while the records alone fill the quota."""
         limits = self.settings
         try:
             mtime = self.artifacts.runs.stat().st_mtime_ns
@@ -247,10 +256,11 @@ class JobService:
             mtime = 0
         now = time.monotonic()
         last_mtime, last_at = self._storage_seen
-        if not force and mtime == last_mtime and now - last_at < STORAGE_RECHECK_S:
+        recheck = force or self.storage_full or now - last_at >= STORAGE_RECHECK_S
+        if not recheck and mtime == last_mtime:
             return []
         quota = limits.job_data_max_bytes or None
-        records = tree_bytes(limits.data_dir, skip=self.artifacts.runs) if quota else 0
+        records = self.records_bytes() if quota else 0
         budget = None if quota is None else max(0, quota - records)
         removed = self.artifacts.retain(limits.job_artifacts_keep, budget)
         self.storage_full = quota is not None and records > quota
@@ -261,14 +271,22 @@ class JobService:
         self._storage_seen = (mtime, now)
         return removed
 
+    def records_bytes(self) -> int:
+        """Return the bytes the quota counts besides the artifacts: the data directory's
+        other files (the SQLite store's own files measured by their live pages instead) and
+        the store's records wherever they are."""
+        skip = {self.artifacts.runs, *self.store.files()}
+        return tree_bytes(self.settings.data_dir, skip=skip) + self.store.record_bytes()
+
     # ----------------------------------------------------------------- read
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, *, raw: bool = False) -> JobRecord:
         """Return the job; NotFound (404) when there is none (any id that is not 32 hex
-        digits names none, and never reaches the store)."""
+        digits names none, and never reaches the store). ``raw``: its spec and result as
+        their stored JSON text, for :func:`specs.job_json`."""
         if not specs.JOB_ID.fullmatch(job_id):
             raise NotFound(f"no job {job_id!r}: job ids are 32 hex digits", loc=("path", "job_id"))
-        record = self.store.get(job_id)
+        record = self.store.get(job_id, raw=raw)
         if record is None:
             raise NotFound(f"no job {job_id!r}", loc=("path", "job_id"))
         return record
@@ -284,14 +302,15 @@ class JobService:
         """Return one page of jobs, newest first, each rendered by ``render``, and the token
         of the next page (or None). The page ends early, with a token, rather than pass
         ``max_bytes`` (it always holds one job). Records are read in growing chunks, so a
-        page of a few huge jobs never loads a hundred of them."""
+        page of a few huge jobs never loads a hundred of them, and raw (spec and result as
+        their stored JSON text, which ``render`` copies: :func:`specs.job_json`)."""
         before = _decode_token(page_token, status) if page_token else None
         parts: list[bytes] = []
         size = 0
         chunk = 1
         last: JobRecord | None = None
         while True:
-            records = self.store.list_jobs(status, chunk, before)
+            records = self.store.list_jobs(status, chunk, before, raw=True)
             for record in records:
                 if len(parts) == page_size:
                     return parts, _encode_token(last.seq, status) if last else None

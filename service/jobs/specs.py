@@ -12,6 +12,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     Field,
@@ -347,6 +348,42 @@ class Job(BaseModel):
         job = cls.model_validate(record, from_attributes=True)
         job.cancel = cancel_state(record.status, bool(record.cancel_requested))
         return job
+
+
+class JobHead(BaseModel):
+    """The small fields of :class:`Job`: the API renders them through this model and
+    copies ``spec`` and ``result`` from the store as stored (:func:`job_json`)."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress | None
+    error: JobError | None
+
+
+def _json_value(value: Any) -> Any:
+    """Return a stored JSON value for orjson: text (a raw read) is copied as it is."""
+    return orjson.Fragment(value) if isinstance(value, str | bytes) else value
+
+
+def job_json(record: Any) -> bytes:
+    """Return the JSON of the API view of a store record (:class:`Job`'s fields, in order).
+
+    ``spec`` and ``result`` are copied from the record without validating them again (they
+    were validated at submit, and written by the worker from :class:`JobResult`): with a
+    raw read (:meth:`Store.get`), a result of millions of values is copied as text, never
+    parsed and re-serialized, so rendering holds the GIL only for a memcpy."""
+    head = JobHead.model_validate(record, from_attributes=True).model_dump(mode="json")
+    cancel = cancel_state(record.status, bool(record.cancel_requested))
+    view = {
+        **head,
+        "spec": _json_value(record.spec),
+        "result": _json_value(record.result),
+        "cancel": None if cancel is None else cancel.model_dump(mode="json"),
+    }
+    return orjson.dumps({name: view[name] for name in Job.model_fields})
 
 
 class JobPage(BaseModel):

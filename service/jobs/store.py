@@ -44,6 +44,13 @@ log = logging.getLogger("service.jobs")
 LEASE_S = 30.0
 """Default lease period (``LRS_JOB_LEASE_S``)."""
 
+RAW_COLUMNS = ("spec", "result")
+"""The JSON columns a ``raw`` read returns as their stored text."""
+
+ROW_HEADER_BYTES = 28
+"""A PostgreSQL heap row's header and line pointer, counted per row by
+:meth:`Store.record_bytes`."""
+
 TERMINAL_EVENT = "done"
 """The event that ends a job's stream; its data carries the final status."""
 
@@ -73,9 +80,9 @@ class JobRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    spec: dict[str, Any]
+    spec: dict[str, Any] | str  # str: the stored JSON text (a raw read)
     progress: dict[str, Any] | None
-    result: dict[str, Any] | None
+    result: dict[str, Any] | str | None
     error: dict[str, Any] | None
     idempotency_key: str | None
     spec_hash: str
@@ -93,6 +100,23 @@ class JobRecord:
         for name in ("created_at", "started_at", "finished_at"):
             values[name] = _aware(values[name])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class QueueCaps:
+    """The queue caps :meth:`Store.create` enforces: queued and running jobs in all
+    (``total``) and of one client (``per_client``); 0 means no cap."""
+
+    total: int = 0
+    per_client: int = 0
+
+
+class QueueFull(Exception):
+    """A submit found the queue at a cap; ``which`` is "client" or "total"."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(which)
+        self.which = which
 
 
 @dataclass
@@ -199,20 +223,37 @@ class Store:
 
     # ----------------------------------------------------------------- reading
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """Return the job, or None."""
+    def get(self, job_id: str, *, raw: bool = False) -> JobRecord | None:
+        """Return the job, or None (``raw``: see :meth:`_columns`)."""
         with self.engine.connect() as conn:
-            return self._get(conn, job_id)
+            return self._get(conn, job_id, raw=raw)
 
-    def _get(self, conn: Connection, job_id: str) -> JobRecord | None:
-        row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).mappings().first()
+    def _get(self, conn: Connection, job_id: str, *, raw: bool = False) -> JobRecord | None:
+        query = sa.select(*self._columns(raw)).where(self.jobs.c.id == job_id)
+        row = conn.execute(query).mappings().first()
         return JobRecord.from_row(row) if row else None
 
+    def _columns(self, raw: bool) -> list[Any]:
+        """The jobs table's columns; with ``raw``, ``spec`` and ``result`` come as the JSON
+        text stored (never parsed: a result may hold millions of values, and the API
+        copies it into its response as is)."""
+        if not raw:
+            return list(self.jobs.columns)
+        return [
+            sa.cast(c, sa.Text).label(c.name) if c.name in RAW_COLUMNS else c
+            for c in self.jobs.columns
+        ]
+
     def list_jobs(
-        self, status: str | None = None, limit: int = 20, before_seq: int | None = None
+        self,
+        status: str | None = None,
+        limit: int = 20,
+        before_seq: int | None = None,
+        *,
+        raw: bool = False,
     ) -> list[JobRecord]:
         """Return up to ``limit`` jobs newest first, older than ``before_seq`` when given."""
-        query = sa.select(self.jobs).order_by(self.jobs.c.seq.desc()).limit(limit)
+        query = sa.select(*self._columns(raw)).order_by(self.jobs.c.seq.desc()).limit(limit)
         if status is not None:
             query = query.where(self.jobs.c.status == status)
         if before_seq is not None:
@@ -269,6 +310,38 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def files(self) -> list[Path]:
+        """Return the files an SQLite store keeps its records in (none for a server)."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return []
+        main = Path(url.database).resolve()
+        return [main, *(main.with_name(main.name + s) for s in ("-wal", "-shm", "-journal"))]
+
+    def record_bytes(self) -> int:
+        """Return about how many bytes the job records and events take in the database,
+        counting live data only, so deleting jobs frees what the quota counts: SQLite's
+        pages in use (its file does not shrink after a delete); on PostgreSQL the stored
+        size of every column of every row (TOASTed values as stored, compressed, read from
+        their pointers alone) plus each row's header."""
+        dialect = self.engine.dialect.name
+        with self.engine.connect() as conn:
+            if dialect == "sqlite":
+                pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+                free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+                size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+                return int((pages - free) * size)
+            if dialect == "postgresql":
+                total = 0
+                for table in (self.jobs, self.events):
+                    row_bytes = sa.literal(ROW_HEADER_BYTES)
+                    for column in table.columns:
+                        row_bytes = row_bytes + sa.func.coalesce(sa.func.pg_column_size(column), 0)
+                    query = sa.select(sa.func.coalesce(sa.func.sum(row_bytes), 0))
+                    total += int(conn.execute(query.select_from(table)).scalar_one())
+                return total
+        return 0
+
     def cancel_requested(self, job_id: str) -> bool:
         """Return True when someone asked to cancel the job."""
         query = sa.select(self.jobs.c.cancel_requested).where(self.jobs.c.id == job_id)
@@ -286,9 +359,17 @@ class Store:
         spec_hash: str,
         idempotency_key: str | None = None,
         client: str | None = None,
+        caps: QueueCaps | None = None,
     ) -> tuple[JobRecord, bool]:
         """Insert a queued job (submitted by ``client``); return it and True, or the job
-        already stored under ``idempotency_key`` and False."""
+        already stored under ``idempotency_key`` and False.
+
+        With ``caps``, raise :class:`QueueFull` instead when the job would make the queued
+        and running jobs (of ``client``) more than a cap allows. The count and the insert are
+        one transaction that holds the store's write lock (SQLite: the INSERT takes it, then
+        the count sees every committed job; PostgreSQL: an advisory lock per table prefix
+        that every submit takes first), so any number of API processes sharing the store
+        never admit more than the caps between them."""
         job_id = uuid.uuid4().hex
         values = {
             "id": job_id,
@@ -302,7 +383,11 @@ class Store:
         }
         try:
             with self.engine.begin() as conn:
+                if caps and conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
                 conn.execute(sa.insert(self.jobs).values(**values))
+                if caps:
+                    self._check_caps(conn, caps, client)  # raises: the insert is rolled back
                 self._event(conn, job_id, "status", {"status": "queued"})
                 record = self._get(conn, job_id)
         except sa.exc.IntegrityError:
@@ -310,10 +395,27 @@ class Store:
                 raise
             existing = self.by_idempotency_key(idempotency_key)
             if existing is None:  # deleted in between: try once more
-                return self.create(spec, spec_hash, idempotency_key, client)
+                return self.create(spec, spec_hash, idempotency_key, client, caps)
             return existing, False
         assert record is not None
         return record, True
+
+    @property
+    def _lock_key(self) -> int:
+        digest = hashlib.sha256(f"lrs-queue:{self.table_prefix}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def _check_caps(self, conn: Connection, caps: QueueCaps, client: str | None) -> None:
+        """Raise QueueFull when the jobs queued or running, the new one included, exceed a
+        cap (the per-client cap first)."""
+        active = self.jobs.c.status.in_(("queued", "running"))
+        count = sa.select(sa.func.count()).select_from(self.jobs).where(active)
+        if caps.per_client and client is not None:
+            mine = conn.execute(count.where(self.jobs.c.client == client)).scalar_one()
+            if mine > caps.per_client:
+                raise QueueFull("client")
+        if caps.total and conn.execute(count).scalar_one() > caps.total:
+            raise QueueFull("total")
 
     def by_idempotency_key(self, key: str) -> JobRecord | None:
         """Return the job created with ``key``, or None."""

@@ -4,46 +4,96 @@ Each scheduler class says what surprises in its own values (``caveats``); this m
 the request's scheduler tree, giving each the scheduler steps it really covers, and adds the
 request-wide ones (warmup, metrics). The response's ``warnings`` carries them. None of them
 changes a value: torch's behaviour is reproduced.
+
+Every warning is a :class:`~service.schedules.codes.Caveat`: the message compute shows, its
+stable code and the step where it bites. :func:`coded` returns them with that step counted in
+optimizer steps of the whole request (``POST /v1/schedules/lint`` reads them);
+:func:`caveats` returns the messages alone (compute's ``warnings``).
 """
 
 from service.schedules import specs
+from service.schedules.codes import Caveat, caveat, child_starts, shift
 from service.schedules.families import hooks as families
 from service.schedules.torch_engine import main_span
 
 
-def _walk(spec: specs.SchedulerBase, span: int, request: specs.ScheduleRequest) -> list[str]:
-    out = spec.caveats(span) + spec.request_caveats(request)
-    for child, child_span in zip(spec.children(), spec.child_spans(span), strict=True):
-        out += _walk(child, child_span, request)
+def _walk(
+    spec: specs.SchedulerBase, span: int, request: specs.ScheduleRequest, offset: int = 0
+) -> list[str]:
+    out = shift(spec.caveats(span) + spec.request_caveats(request), offset)
+    children = zip(spec.children(), spec.child_spans(span), child_starts(spec), strict=True)
+    for child, child_span, start in children:
+        out += _walk(child, child_span, request, offset + start)
     return out
 
 
-def caveats(request: specs.ScheduleRequest) -> list[str]:
-    """Return the warnings for ``request``, in the order a reader meets them."""
+def _scheduler_caveats(request: specs.ScheduleRequest) -> list[str]:
+    """Return the warnings in the order a reader meets them, each coded step counted in
+    scheduler steps of the whole request (repeats kept)."""
     n = request.scheduler_steps
     out: list[str] = []
     warmup = request.warmup if hasattr(request.warmup, "steps") else None
     if warmup is not None and warmup.steps >= n:
         out.append(
-            f"the warmup of {warmup.steps} steps is not shorter than the {n} scheduler "
-            "steps requested: the scheduler never starts"
+            caveat(
+                "warmup-covers-schedule",
+                f"the warmup of {warmup.steps} steps is not shorter than the {n} scheduler "
+                "steps requested: the scheduler never starts",
+            )
         )
-    out += _walk(request.scheduler, main_span(n, warmup), request)
-    out += families.warnings(request, main_span(n, warmup))
+    start = warmup.steps if warmup is not None else 0  # the main scheduler starts at index W
+    out += _walk(request.scheduler, main_span(n, warmup), request, start)
+    out += shift(families.warnings(request, main_span(n, warmup)), start)
     plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau) or getattr(
         request.scheduler, "metric_driven", False
     )
     if request.metrics is not None and not plateau:
-        out.append("metrics are ignored: only ReduceLROnPlateau reads them")
+        out.append(
+            caveat("metrics-ignored", "metrics are ignored: only ReduceLROnPlateau reads them")
+        )
     if plateau and warmup is not None:
         out.append(
-            "ReduceLROnPlateau after a warmup: torch's SequentialLR refuses it, so the warmup is "
-            f"stepped by hand; metrics for scheduler steps 1..{warmup.steps} are ignored"
+            caveat(
+                "plateau-after-warmup",
+                "ReduceLROnPlateau after a warmup: torch's SequentialLR refuses it, so the warmup "
+                f"is stepped by hand; metrics for scheduler steps 1..{warmup.steps} are ignored",
+                1,
+            )
         )
     if plateau and request.metrics is not None and len(request.metrics) > n - 1:
         out.append(
-            f"{len(request.metrics)} metrics given; only the first {n - 1} are used "
-            f"(one per scheduler step)"
+            caveat(
+                "metrics-extra",
+                f"{len(request.metrics)} metrics given; only the first {n - 1} are used "
+                f"(one per scheduler step)",
+            )
         )
+    return out
+
+
+def optimizer_step(request: specs.ScheduleRequest, scheduler_step: int | None) -> int | None:
+    """Return the first optimizer step (index of compute's arrays) that uses the lr of
+    ``scheduler_step`` (None stays None)."""
+    if scheduler_step is None:
+        return None
+    return (
+        scheduler_step * request.steps_per_epoch if request.interval == "epoch" else scheduler_step
+    )
+
+
+def coded(request: specs.ScheduleRequest) -> list[Caveat]:
+    """Return the warnings for ``request`` as coded warnings, each step counted in optimizer
+    steps of the request; one per (code, message, step)."""
+    out: dict[tuple[str, str, int | None], Caveat] = {}
+    for warning in _scheduler_caveats(request):
+        if not isinstance(warning, Caveat):
+            warning = Caveat(warning)
+        found = Caveat(str(warning), warning.code, optimizer_step(request, warning.step))
+        out.setdefault((found.code, str(found), found.step), found)
+    return list(out.values())
+
+
+def caveats(request: specs.ScheduleRequest) -> list[str]:
+    """Return the warnings for ``request``, in the order a reader meets them."""
     # Keep the order, drop repeats (the same child can warn twice).
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(str(w) for w in _scheduler_caveats(request)))

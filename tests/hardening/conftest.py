@@ -82,10 +82,13 @@ def new_address() -> str:
     return f"127.0.{n // 250}.{n % 250 + 2}"
 
 
-def start_server(data_dir: Path, store: str, extra: dict[str, str] | None = None) -> Server:
-    """Start uvicorn as `make serve` does; :func:`wait_ready` waits for it."""
+def start_server(
+    data_dir: Path, store: str, extra: dict[str, str] | None = None, prefix: str | None = None
+) -> Server:
+    """Start uvicorn as `make serve` does; :func:`wait_ready` waits for it. With ``prefix``
+    it shares that server's job tables (a replica; SQLite: give it the same data_dir)."""
     port = free_port()
-    prefix = f"h{uuid.uuid4().hex[:10]}_"
+    prefix = prefix or f"h{uuid.uuid4().hex[:10]}_"
     env = {**os.environ, **CAPS, **(extra or {}), "LRS_DATA_DIR": str(data_dir)}
     env["LRS_JOB_TABLE_PREFIX"] = prefix
     env.pop("DATABASE_URL", None)

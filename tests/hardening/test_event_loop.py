@@ -151,9 +151,16 @@ def test_300_streams_and_a_24_mb_listing_leave_healthz_fast_and_memory_flat(serv
             f"largest {max(listing['sizes']) / 2**20:.2f} MB"
         )
         print("; ".join(lines))
-        # Targets 100 ms; the 2 cores are shared with other test runs (load average 10-17
-        # when this was written), so the listing's bound is looser: it used to stall 1.3 s.
+        # Targets 100 ms over the whole sample (p95 of ~100 answers each), on 2 cores shared
+        # with other test runs (load average 9-17 when this was written): with the listing
+        # running, p95 within 100 ms, or 3x the p95 of the streams alone, measured just
+        # before, when the machine alone is slower than that. The listing stalled /healthz
+        # 1.3 s, and its p95 was 169-282 ms, while jobs were parsed and re-serialized.
+        for probe in (streams_only, with_listing):
+            assert len(probe.latencies) >= 20, _summary(probe.latencies)
         assert _p95(streams_only.latencies) < 0.1, _summary(streams_only.latencies)
+        bound = max(0.1, 3 * _p95(streams_only.latencies))
+        assert _p95(with_listing.latencies) <= bound, _summary(with_listing.latencies)
         assert max(with_listing.latencies) < 1.0, _summary(with_listing.latencies)
         assert rss_growth < 64 << 20
         assert set(listing["statuses"]) == {200}

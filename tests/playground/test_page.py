@@ -319,6 +319,55 @@ def test_downloads_and_copy_as_curl(w, live_server, tmp_path):
     assert page.is_visible("#copy-code") == has_export
 
 
+def test_copy_as_code_shows_and_copies_the_export_script(w, live_server):
+    """ "Copy as code" asks /v1/schedules/export for the current spec and the chosen target, and
+    shows (and copies) exactly the script the API returns; choosing a family points the target
+    at its library; a target that cannot write the spec shows the API's message."""
+    page = w.new_page()
+    page.goto(live_server + "/")
+    settle(page)
+    targets = page.eval_on_selector_all("#export-target option", "os => os.map(o => o.value)")
+    assert targets == ["torch", "lightning", "transformers", "timm", "optax", "megatron"]
+
+    def copied(target: str) -> tuple[dict, str]:
+        with page.expect_response(f"**/v1/schedules/export?target={target}") as answered:
+            page.click("#copy-code")
+        assert answered.value.status == 200
+        spec = page.evaluate("window.playground.state.spec")
+        expected = httpx.post(
+            f"{live_server}/v1/schedules/export", params={"target": target}, json=spec, timeout=60
+        )
+        assert expected.status_code == 200, expected.text
+        page.wait_for_function(
+            "text => document.getElementById('output').value === text", arg=expected.text
+        )
+        assert page.evaluate("navigator.clipboard.readText()") == expected.text
+        return spec, expected.text
+
+    page.select_option("#export-target", "lightning")
+    spec, text = copied("lightning")
+    assert "def configure_optimizers(self):" in text
+    assert f"lr_scheduler.{spec['scheduler']['type']}(optimizer" in text
+
+    page.select_option("#family", "optax")
+    settle(page)
+    assert page.input_value("#export-target") == "optax"
+    spec, text = copied("optax")
+    assert spec["scheduler"]["type"] == "optax"
+    assert f"optax.{spec['scheduler']['schedule']}(" in text
+
+    page.select_option("#export-target", "timm")
+    with page.expect_response("**/v1/schedules/export?target=timm") as answered:
+        page.click("#copy-code")
+    assert answered.value.status == 422
+    page.wait_for_function(
+        "document.getElementById('form-error').textContent.includes('targets that can')"
+    )
+    assert "the targets that can: optax" in page.inner_text("#form-error")
+    # the browser logs the refused request itself; that is the answer shown, not a page error
+    w.errors[:] = [e for e in w.errors if "status of 422" not in e]
+
+
 def test_390px_wide_has_no_horizontal_overflow_and_controls_take_the_keyboard(w):
     page = w.shared(width=390)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390

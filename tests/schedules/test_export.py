@@ -103,4 +103,11 @@ def test_the_playground_finds_the_targets_in_openapi(client):
     """The playground shows "copy as code" from the target parameter's enum."""
     operation = client.get("/openapi.json").json()["paths"]["/v1/schedules/export"]["post"]
     (target,) = [p for p in operation["parameters"] if p["name"] == "target"]
-    assert target["schema"]["enum"] == ["torch"]
+    assert target["schema"]["enum"] == [
+        "torch",
+        "lightning",
+        "transformers",
+        "timm",
+        "optax",
+        "megatron",
+    ]

@@ -429,7 +429,16 @@ function chooseEntry(entry) {
   if (entry.example.steps) spec.steps = entry.example.steps;
   if (entry.example.metrics) spec.metrics = clone(entry.example.metrics); else delete spec.metrics;
   renderForm();
+  pickExportTarget(entry.family);
   changed();
+}
+
+/** Point "copy as code" at the library that can write the family: a family's own target
+ * (transformers, timm, optax, megatron) when the export endpoint has one, else torch. */
+function pickExportTarget(family) {
+  const targets = app.exportTargets;
+  const want = targets.includes(family) ? family : "torch";
+  if (targets.includes(want)) $("export-target").value = want;
 }
 
 // ---------- computing ----------

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from service.schedules.codes import caveat
 from service.schedules.families import Library
 from service.schedules.registry import SchedulerBase
 
@@ -232,8 +233,11 @@ def ignored_lr_warning(family: str, request: Any) -> list[str]:
     if "lr" not in request.optimizer.model_fields_set and not any("lr" in g for g in groups):
         return []
     return [
-        f"{family} sets the lr itself: the optimizer's and param_groups' lr are not used (give "
-        "its lr-valued arguments as lists for one value per param group)"
+        caveat(
+            "family-ignores-lr",
+            f"{family} sets the lr itself: the optimizer's and param_groups' lr are not used "
+            "(give its lr-valued arguments as lists for one value per param group)",
+        )
     ]
 
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from service.schedules import specs
+from service.schedules.codes import placed, shift
 from service.schedules.families import llm, pytorch_warmup
 from service.schedules.families import transformers as hf
 
@@ -98,9 +99,9 @@ def families(request: specs.ScheduleRequest) -> list[dict[str, str | None]]:
 def warnings(request: specs.ScheduleRequest, span: int) -> list[str]:
     """Return the cross-library surprises of the request's family specs and warmup."""
     out: list[str] = []
-    for spec in specs.walk(request.scheduler):
+    for spec, offset in placed(request.scheduler):
         if isinstance(spec, hf.TransformersSchedule):
-            out += hf.caveats(spec, request, span)
+            out += shift(hf.caveats(spec, request, span), offset)
     if pytorch_warmup.is_pytorch_warmup(request.warmup):
         out += pytorch_warmup.caveats(request)
     return out

@@ -24,6 +24,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.base import NonNegInt, Number, PerGroup, PosInt
+from service.schedules.codes import caveat
 from service.schedules.families import Library
 from service.schedules.families.adapters import (
     LibraryLR,
@@ -275,9 +276,13 @@ class MegatronScheduler(LibrarySchedulerBase):
         """Return warnings for the cross-library surprises this spec meets in ``span`` steps."""
         if self.lr_decay_style in ("linear", "cosine", "WSD") and self.lr_decay_steps + 1 < span:
             return [
-                f"Megatron holds min_lr from step {self.lr_decay_steps + 1} on (after "
-                f"lr_decay_steps={self.lr_decay_steps}); torch's CosineAnnealingLR would rise "
-                "again after T_max"
+                caveat(
+                    "megatron-holds-min-lr",
+                    f"Megatron holds min_lr from step {self.lr_decay_steps + 1} on (after "
+                    f"lr_decay_steps={self.lr_decay_steps}); torch's CosineAnnealingLR would "
+                    "rise again after T_max",
+                    self.lr_decay_steps + 1,
+                )
             ]
         return []
 

@@ -21,6 +21,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.schedules.base import Number, PerGroup, SpecModel
+from service.schedules.codes import caveat
 from service.schedules.families import Library
 from service.schedules.families.adapters import (
     ClosedFormLR,
@@ -189,8 +190,12 @@ def _held_after(end: int, span: int, what: str) -> list[str]:
     if end >= span - 1:
         return []
     return [
-        f"optax holds {what} from step {end} on; torch's CosineAnnealingLR would rise again "
-        "after T_max"
+        caveat(
+            "optax-holds-final-value",
+            f"optax holds {what} from step {end} on; torch's CosineAnnealingLR would rise again "
+            "after T_max",
+            end,
+        )
     ]
 
 
@@ -200,8 +205,12 @@ def _onecycle_peak(steps: int, pct_start: float, span: int) -> list[str]:
     if peak >= span or peak == torch_peak:
         return []
     return [
-        f"optax peaks at step {peak} (int(pct_start * transition_steps)); torch's OneCycleLR "
-        f"with total_steps={steps}, pct_start={pct_start:g} peaks at step {torch_peak:g}"
+        caveat(
+            "optax-onecycle-peak-step",
+            f"optax peaks at step {peak} (int(pct_start * transition_steps)); torch's OneCycleLR "
+            f"with total_steps={steps}, pct_start={pct_start:g} peaks at step {torch_peak:g}",
+            peak,
+        )
     ]
 
 

@@ -25,6 +25,7 @@ import torch
 from pydantic import BeforeValidator, Discriminator, Field, PlainValidator, Tag, WithJsonSchema
 
 from service.errors import InvalidSpec
+from service.schedules.codes import caveat
 from service.schedules.families import Library
 from service.schedules.families.common import did_you_mean, load
 from service.schedules.specs import MAX_INT, SpecModel
@@ -405,8 +406,13 @@ def caveats(request: Any) -> list[str]:
         tau = untuned_period(beta2, warmup.type)
         if tau != round(exact):
             out.append(
-                f"{warmup.type} lasts int({numerator:g} / (1 - beta2)) = {tau} steps for "
-                f"beta2={beta2}, not {round(exact)}: {numerator:g} / (1 - {beta2}) is {exact!r} "
-                "in float64 and pytorch_warmup truncates it"
+                caveat(
+                    "pytorch-warmup-untuned-period",
+                    f"{warmup.type} lasts int({numerator:g} / (1 - beta2)) = {tau} steps for "
+                    f"beta2={beta2}, not {round(exact)}: {numerator:g} / (1 - {beta2}) is "
+                    f"{exact!r} in float64 and pytorch_warmup truncates it",
+                    # the linear ramp reaches the full lr at step tau - 1: min(1, (e + 1) / tau)
+                    tau - 1 if warmup.type == "untuned_linear" else None,
+                )
             )
     return out

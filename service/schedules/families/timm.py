@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import LimitExceeded
 from service.schedules.base import NonNegInt, Number, PosInt
+from service.schedules.codes import caveat
 from service.schedules.families import Library, import_submodule_only
 from service.schedules.families.adapters import (
     LibraryLR,
@@ -328,25 +329,38 @@ class TimmScheduler(LibrarySchedulerBase):
                 shifted = ", ".join(
                     str(m - 1 + (self.warmup_t if self.warmup_prefix else 0)) for m in hit
                 )
+                first = hit[0] - 1 + (self.warmup_t if self.warmup_prefix else 0)
                 out.append(
-                    f"timm's multistep applies each milestone one step earlier than torch's "
-                    f"MultiStepLR: milestones {hit} take effect at {unit} t = {shifted} "
-                    "(timm compares t + 1 with them)"
+                    caveat(
+                        "timm-multistep-one-step-early",
+                        f"timm's multistep applies each milestone one step earlier than torch's "
+                        f"MultiStepLR: milestones {hit} take effect at {unit} t = {shifted} "
+                        "(timm compares t + 1 with them)",
+                        first,
+                    )
                 )
         if self.sched in _CYCLE:
             end = self._cycles_end()
             if end is not None and end < span:
                 out.append(
-                    f"timm holds min_lr={self.min_lr:g} from t = {end} on (after "
-                    f"{self.cycle_limit} cycle{'s' if self.cycle_limit != 1 else ''}); torch's "
-                    "CosineAnnealingLR would rise again after T_max"
+                    caveat(
+                        "timm-holds-min-lr",
+                        f"timm holds min_lr={self.min_lr:g} from t = {end} on (after "
+                        f"{self.cycle_limit} cycle{'s' if self.cycle_limit != 1 else ''}); "
+                        "torch's CosineAnnealingLR would rise again after T_max",
+                        end,
+                    )
                 )
         if self.sched in ("wsd", "rsqrt"):
             t_initial, _ = self._wsd_lengths()
             if self.warmup_t + t_initial < span:
                 out.append(
-                    f"timm holds min_lr={self.min_lr:g} from t = {self.warmup_t + t_initial} on "
-                    "(the end of the decay phase)"
+                    caveat(
+                        "timm-holds-min-lr",
+                        f"timm holds min_lr={self.min_lr:g} from t = {self.warmup_t + t_initial} "
+                        "on (the end of the decay phase)",
+                        self.warmup_t + t_initial,
+                    )
                 )
         return out
 

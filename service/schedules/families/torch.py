@@ -15,6 +15,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import SWALR as TorchSWALR
 
 from service.schedules.base import IntList, NonNegInt, Number, PerGroup, PosInt
+from service.schedules.codes import caveat
 from service.schedules.expressions import Expression, ExpressionError, parse_expression
 from service.schedules.registry import SchedulerBase, SchedulerSpec, register, uses_schedulers
 from service.schedules.vectorized import formulas
@@ -49,16 +50,29 @@ def _cycle_caveats(
     ``request``: stepped per epoch, the optimizer's lr or momentum given but overwritten."""
     out = []
     if request.interval == "epoch":
-        out.append(f"{kind} is meant to be stepped after every batch, not every epoch")
+        out.append(
+            caveat(
+                "cyclic-stepped-per-epoch",
+                f"{kind} is meant to be stepped after every batch, not every epoch",
+            )
+        )
     if _sets_lr(request):
         out.append(
-            f"{kind} replaces the optimizer's lr: every group starts at {start} "
-            "(the optimizer's lr is not used)"
+            caveat(
+                "cyclic-replaces-lr",
+                f"{kind} replaces the optimizer's lr: every group starts at {start} "
+                "(the optimizer's lr is not used)",
+                0,
+            )
         )
     if cycle_momentum and _sets_momentum(request):
         out.append(
-            f"{kind} with cycle_momentum=True overwrites the optimizer's momentum "
-            "(it cycles between base_momentum and max_momentum)"
+            caveat(
+                "cyclic-overwrites-momentum",
+                f"{kind} with cycle_momentum=True overwrites the optimizer's momentum "
+                "(it cycles between base_momentum and max_momentum)",
+                0,
+            )
         )
     return out
 
@@ -173,11 +187,20 @@ class StepLR(SchedulerBase):
     def caveats(self, span: int) -> list[str]:
         if self.step_size >= span:
             return [
-                f"StepLR step_size={self.step_size} is not shorter than the {span} scheduler "
-                "steps of this schedule: the lr never changes"
+                caveat(
+                    "step-size-beyond-end",
+                    f"StepLR step_size={self.step_size} is not shorter than the {span} "
+                    "scheduler steps of this schedule: the lr never changes",
+                )
             ]
         if self.gamma > 1:
-            return [f"StepLR gamma={self.gamma} > 1: the lr grows instead of decaying"]
+            return [
+                caveat(
+                    "lr-grows",
+                    f"StepLR gamma={self.gamma} > 1: the lr grows instead of decaying",
+                    self.step_size,
+                )
+            ]
         return []
 
 
@@ -206,22 +229,38 @@ class MultiStepLR(SchedulerBase):
         unreached = sorted({m for m in self.milestones if m >= span})
         if unreached:
             out.append(
-                f"MultiStepLR milestones {unreached} lie at or past scheduler step {span}, the "
-                "end of this schedule: they never apply"
+                caveat(
+                    "milestones-unreached",
+                    f"MultiStepLR milestones {unreached} lie at or past scheduler step {span}, "
+                    "the end of this schedule: they never apply",
+                )
             )
         for milestone, count in sorted(Counter(self.milestones).items()):
             if count > 1:
                 out.append(
-                    f"milestone {milestone} is listed {_times(count)}: torch applies gamma "
-                    f"{_times(count)} at step {milestone}"
+                    caveat(
+                        "milestone-repeated",
+                        f"milestone {milestone} is listed {_times(count)}: torch applies gamma "
+                        f"{_times(count)} at step {milestone}",
+                        milestone,
+                    )
                 )
         if list(self.milestones) != sorted(self.milestones):
             out.append(
-                f"MultiStepLR milestones {self.milestones} are not sorted: torch counts them, "
-                "so the order does not change the schedule"
+                caveat(
+                    "milestones-unsorted",
+                    f"MultiStepLR milestones {self.milestones} are not sorted: torch counts "
+                    "them, so the order does not change the schedule",
+                )
             )
         if self.gamma > 1:
-            out.append(f"MultiStepLR gamma={self.gamma} > 1: the lr grows at every milestone")
+            out.append(
+                caveat(
+                    "lr-grows",
+                    f"MultiStepLR gamma={self.gamma} > 1: the lr grows at every milestone",
+                    min(self.milestones) if self.milestones else None,
+                )
+            )
         return out
 
 
@@ -279,7 +318,13 @@ class ExponentialLR(SchedulerBase):
 
     def caveats(self, span: int) -> list[str]:
         if self.gamma > 1:
-            return [f"ExponentialLR gamma={self.gamma} > 1: the lr grows instead of decaying"]
+            return [
+                caveat(
+                    "lr-grows",
+                    f"ExponentialLR gamma={self.gamma} > 1: the lr grows instead of decaying",
+                    1,
+                )
+            ]
         return []
 
 
@@ -342,13 +387,20 @@ class SequentialLR(SchedulerBase):
         out = []
         if list(self.milestones) != sorted(self.milestones):
             out.append(
-                f"SequentialLR milestones {self.milestones} are not sorted: torch bisects them "
-                "as given, so schedulers may be skipped or run out of order"
+                caveat(
+                    "sequential-milestones-unsorted",
+                    f"SequentialLR milestones {self.milestones} are not sorted: torch bisects "
+                    "them as given, so schedulers may be skipped or run out of order",
+                )
             )
         if 0 in self.milestones:
             out.append(
-                "SequentialLR milestone 0: the scheduler before it never runs; the next one "
-                "starts at step 0"
+                caveat(
+                    "sequential-milestone-zero",
+                    "SequentialLR milestone 0: the scheduler before it never runs; the next "
+                    "one starts at step 0",
+                    0,
+                )
             )
         return out
 
@@ -372,7 +424,12 @@ class PolynomialLR(SchedulerBase):
 
     def caveats(self, span: int) -> list[str]:
         if self.total_iters == 0:
-            return ["PolynomialLR total_iters=0: the lr stays at its initial value"]
+            return [
+                caveat(
+                    "polynomial-zero-iters",
+                    "PolynomialLR total_iters=0: the lr stays at its initial value",
+                )
+            ]
         return []
 
 
@@ -397,10 +454,14 @@ class CosineAnnealingLR(SchedulerBase):
     def caveats(self, span: int) -> list[str]:
         if span > self.T_max + 1:
             return [
-                f"CosineAnnealingLR with T_max={self.T_max} runs for {span - 1} steps: past "
-                f"step {self.T_max} torch's lr rises again along the cosine (period "
-                f"{2 * self.T_max}); use a longer T_max or CosineAnnealingWarmRestarts to "
-                "restart instead"
+                caveat(
+                    "cosine-rises-after-t-max",
+                    f"CosineAnnealingLR with T_max={self.T_max} runs for {span - 1} steps: past "
+                    f"step {self.T_max} torch's lr rises again along the cosine (period "
+                    f"{2 * self.T_max}); use a longer T_max or CosineAnnealingWarmRestarts to "
+                    "restart instead",
+                    self.T_max + 1,
+                )
             ]
         return []
 
@@ -580,8 +641,11 @@ class OneCycleLR(SchedulerBase):
         out = []
         if self.total_steps is None and self.epochs is None:
             out.append(
-                f"OneCycleLR total_steps was not given: it defaults to {max(span, 1)}, the "
-                "scheduler steps this request covers"
+                caveat(
+                    "onecycle-total-steps-defaulted",
+                    f"OneCycleLR total_steps was not given: it defaults to {max(span, 1)}, the "
+                    "scheduler steps this request covers",
+                )
             )
         return out
 

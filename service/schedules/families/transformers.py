@@ -33,6 +33,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch.optim import lr_scheduler
 
 from service.errors import InvalidSpec
+from service.schedules.codes import caveat
 from service.schedules.families import Library
 from service.schedules.families.common import TensorFactor, did_you_mean, load
 from service.schedules.registry import register
@@ -648,6 +649,18 @@ def scaled_kwargs(spec: TransformersSchedule, factor: float) -> dict[str, Any]:
 _RISES = ("cosine", "cosine_with_min_lr", "cosine_warmup_with_min_lr")
 
 
+def rising_step(spec: TransformersSchedule, span: int) -> int | None:
+    """Return the first scheduler step after ``num_training_steps`` (at most 4096 later, and
+    within ``span``) at which ``spec``'s lr is above the step before's; None when none is."""
+    t = spec.num_training_steps
+    if t is None:
+        return None
+    e = torch.arange(t, max(t, min(span - 1, t + 4096)) + 1, dtype=torch.float64)
+    f = closed_form(spec, 1.0).evaluate_tensor(e)
+    up = torch.nonzero(f[1:] > f[:-1])
+    return int(e[1 + int(up[0, 0])]) if up.numel() else None
+
+
 def caveats(spec: TransformersSchedule, request: Any, span: int) -> list[str]:
     """Return warnings for the surprises of ``spec`` (legal, reproduced as transformers does)."""
     out: list[str] = []
@@ -655,26 +668,48 @@ def caveats(spec: TransformersSchedule, request: Any, span: int) -> list[str]:
     w = spec.num_warmup_steps
     if w is not None and 0 < w < 1:
         out.append(
-            f"num_warmup_steps={w} is read as a ratio of num_training_steps, as the Trainer's "
-            f"TrainingArguments.get_warmup_steps does: ceil({t} * {w}) = {spec.warmup_steps} "
-            "steps (get_scheduler itself would compare the step with the float)"
+            caveat(
+                "hf-warmup-ratio",
+                f"num_warmup_steps={w} is read as a ratio of num_training_steps, as the "
+                f"Trainer's TrainingArguments.get_warmup_steps does: ceil({t} * {w}) = "
+                f"{spec.warmup_steps} steps (get_scheduler itself would compare the step with "
+                "the float)",
+            )
         )
     if name in NO_WARMUP and w:
-        out.append(f"transformers' {name} ignores num_warmup_steps (get_scheduler drops it)")
+        out.append(
+            caveat(
+                "hf-ignores-argument",
+                f"transformers' {name} ignores num_warmup_steps (get_scheduler drops it)",
+            )
+        )
     if name in NO_TRAINING and t is not None:
-        out.append(f"transformers' {name} ignores num_training_steps (get_scheduler drops it)")
+        out.append(
+            caveat(
+                "hf-ignores-argument",
+                f"transformers' {name} ignores num_training_steps (get_scheduler drops it)",
+            )
+        )
     if name in _RISES and t is not None and span - 1 > t:
         out.append(
-            f"transformers' {name} rises again after num_training_steps={t}: from step {t + 1} "
-            "on, 0.5 * (1 + cos(pi * 2 * num_cycles * progress)) with progress > 1 climbs back "
-            "toward the initial lr (as torch's CosineAnnealingLR does past T_max), where optax, "
-            "timm and Megatron hold the final value"
+            caveat(
+                "hf-cosine-rises-after-training",
+                f"transformers' {name} rises again after num_training_steps={t}: from step "
+                f"{t + 1} on, 0.5 * (1 + cos(pi * 2 * num_cycles * progress)) with progress > 1 "
+                "climbs back toward the initial lr (as torch's CosineAnnealingLR does past "
+                "T_max), where optax, timm and Megatron hold the final value",
+                rising_step(spec, span),
+            )
         )
     if name == "cosine_warmup_with_min_lr" and kw.warmup_lr_rate is None and spec.warmup_steps:
         out.append(
-            f"transformers' cosine_warmup_with_min_lr starts at 1/num_warmup_steps = "
-            f"{1 / spec.warmup_steps:g} of the lr at step 0, not at 0: its warmup is "
-            "(step + 1) / num_warmup_steps (cosine_with_min_lr's is step / num_warmup_steps)"
+            caveat(
+                "hf-warmup-starts-above-zero",
+                f"transformers' cosine_warmup_with_min_lr starts at 1/num_warmup_steps = "
+                f"{1 / spec.warmup_steps:g} of the lr at step 0, not at 0: its warmup is "
+                "(step + 1) / num_warmup_steps (cosine_with_min_lr's is step / num_warmup_steps)",
+                0,
+            )
         )
     lr_init = request.optimizer.lr
     absolute = None
@@ -688,14 +723,21 @@ def caveats(spec: TransformersSchedule, request: Any, span: int) -> list[str]:
             lr = group.get("lr", lr_init)
             if isinstance(lr, (int, float)) and lr != lr_init and lr_init:
                 out.append(
-                    f"transformers' {what} ends group {i} at its lr x {key} / optimizer lr = "
-                    f"{lr:g} x {value:g} / {lr_init:g} = {lr * value / lr_init:g}, not "
-                    f"{key}={value:g}: it divides {key} by optimizer.defaults['lr']"
+                    caveat(
+                        "hf-absolute-lr-per-group",
+                        f"transformers' {what} ends group {i} at its lr x {key} / optimizer lr "
+                        f"= {lr:g} x {value:g} / {lr_init:g} = {lr * value / lr_init:g}, not "
+                        f"{key}={value:g}: it divides {key} by optimizer.defaults['lr']",
+                        t,
+                    )
                 )
     if name == "warmup_stable_decay" and t is not None and kw.num_stable_steps is not None:
         out.append(
-            "both num_training_steps and num_stable_steps are given: transformers uses "
-            "num_stable_steps (and warns)"
+            caveat(
+                "hf-wsd-stable-steps-wins",
+                "both num_training_steps and num_stable_steps are given: transformers uses "
+                "num_stable_steps (and warns)",
+            )
         )
     return out
 

@@ -1,7 +1,7 @@
 """HTTP for schedules: each module translates requests to domain calls and results back.
 
 ``compute`` (POST and the GET form), ``batch``, ``catalog``, ``compare``, ``resume`` and
-``export``;
+``export``, ``lint``;
 :data:`router` holds them all and :func:`lifespan` starts what they share (the compute
 threads' limiter and the cache) and warms the compute path up before the service answers
 (:mod:`service.schedules.warmup`).
@@ -14,7 +14,7 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from service.schedules import shared_cache, warmup
-from service.schedules.routes import batch, catalog, compare, compute, export, resume
+from service.schedules.routes import batch, catalog, compare, compute, export, lint, resume
 
 router = APIRouter()
 router.include_router(compute.router)
@@ -23,6 +23,7 @@ router.include_router(catalog.router)
 router.include_router(compare.router)
 router.include_router(resume.router)
 router.include_router(export.router)
+router.include_router(lint.router)
 
 
 @asynccontextmanager
