@@ -58,7 +58,8 @@ class Settings(BaseSettings):
         default=800_000_000,
         description="Largest vectorized cost accepted: scheduler steps × (param groups × "
         "schedulers × 4 + 3 × lr_lambda operations), plus the scan of a ChainedScheduler "
-        "(the 753-character lr_lambda probe, 511 per step, is refused above 1.5M steps).",
+        "(the 753-character lr_lambda probe, 511 per step, is refused above 1.5M steps) and "
+        "256 per step for a metric-driven schedule's scan over the metrics.",
     )
     compute_heavy_share: float = Field(
         default=0.1,
