@@ -86,6 +86,19 @@ class Settings(BaseSettings):
         default=4, description="Deepest SequentialLR/ChainedScheduler nesting accepted."
     )
     max_sample_points: int = Field(default=100_000, description="Most indices in `sample.at`.")
+    max_skipped_steps: int = Field(
+        default=100_000, description="Most optimizer steps in `skipped_steps`."
+    )
+    max_accumulation_steps: int = Field(
+        default=65_536, description="Largest `accumulation_steps` (micro-batches per step)."
+    )
+    max_counter_queries: int = Field(
+        default=10_000, description="Most counter values in `counter.at`."
+    )
+    max_rampup_increments: int = Field(
+        default=10_000,
+        description="Most batch-size increments of a `counter.rampup_batch_size` ramp-up.",
+    )
     expression_max_length: int = Field(default=1000, description="Longest lr_lambda expression.")
     expression_max_depth: int = Field(
         default=32, description="Deepest lr_lambda expression nesting."
@@ -101,6 +114,21 @@ class Settings(BaseSettings):
         default=8 << 20,
         description="JSON, CSV and npy bodies estimated above this are streamed in chunks of "
         "~5 MB and not cached (memory stays bounded; the ETag is still the spec's).",
+    )
+    stream_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a streamed body (JSON, CSV or npy above LRS_STREAM_MIN_BYTES, "
+        "a large batch) may take to send: past it the connection is closed mid-body (the "
+        "client sees an incomplete read), so a client that reads very slowly frees the "
+        "computed schedule. The largest body, 16 groups × 1M steps of JSON (~330 MB), "
+        "needs a client that reads ~1.1 MB/s.",
+    )
+    stream_send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest one chunk (~5 MB) of a streamed body may wait for the client to "
+        "take it; a client that stops reading is disconnected after this.",
     )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."

@@ -66,7 +66,7 @@ def _steps_json(indices: np.ndarray) -> np.ndarray | orjson.Fragment:
 
 def result_dict(computed: Computed) -> dict[str, object]:
     """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
-    return {
+    body: dict[str, object] = {
         "steps": _steps_json(computed.indices),
         "lr": np.ascontiguousarray(computed.lr),
         "momentum": None if computed.momentum is None else np.ascontiguousarray(computed.momentum),
@@ -79,7 +79,9 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "warnings": computed.warnings,
         "summary": computed.summary(),
         "families": computed.families,
+        "counters": computed.counters,
     }
+    return body
 
 
 def to_json_bytes(computed: Computed) -> bytes:
@@ -153,11 +155,13 @@ def _rows_chunks(table: np.ndarray | None) -> Iterator[bytes]:
     yield b"]"
 
 
-def json_chunks(computed: Computed) -> Iterator[bytes]:
-    """Yield the JSON body a chunk at a time: the bytes :func:`to_json_bytes` returns."""
+def json_chunks(computed: Computed, steps: orjson.Fragment | None = None) -> Iterator[bytes]:
+    """Yield the JSON body a chunk at a time: the bytes :func:`to_json_bytes` returns
+    (``steps``: the JSON of ``computed.indices``, when the caller has it already)."""
     body = result_dict(computed)
     yield b'{"steps":'
-    steps = body.pop("steps")
+    steps = body.pop("steps") if steps is None else steps
+    body.pop("steps", None)
     if isinstance(steps, orjson.Fragment):
         yield orjson.dumps(steps)
     else:
