@@ -12,7 +12,8 @@ names them):
 - ``lightning``: the same scheduler (torch's own or a transformers one) returned by
   ``configure_optimizers`` with Lightning's ``interval``/``frequency``, and a minimal
   ``Trainer.fit`` that makes Lightning step it; a pytorch_warmup warmup dampens it in the
-  ``lr_scheduler_step`` hook.
+  ``lr_scheduler_step`` hook; a metric-driven one gets ``"monitor": "metric"`` and the
+  request's metrics logged as it (in ``training_step``, or ``on_train_epoch_end`` per epoch).
 - ``transformers``: ``transformers.get_scheduler`` with the spec's own name and arguments, in the
   torch loop (warmups as for ``torch``).
 - ``timm``: ``timm.scheduler.create_scheduler_v2`` and the loop timm's train.py runs:
@@ -407,13 +408,6 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
     ``interval``/``frequency`` that steps it as the request does, and ``Trainer.fit`` on a
     dataset of ``steps`` one-element batches records each optimizer step's lr."""
     parts = _TorchParts(scaled, "lightning", kind)
-    if parts.plateau:
-        raise _Refusal(
-            f"{_name(scaled.scheduler)} is stepped with the request's metrics, which a Lightning "
-            "script would have to log as the monitored value; export it with target 'torch'"
-            + (" or 'transformers'" if kind == "transformers" else ""),
-            ("scheduler",),
-        )
     epoch = scaled.interval == "epoch"
     per_epoch = scaled.steps_per_epoch if epoch else scaled.steps
     interval = (
@@ -423,6 +417,7 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
     )
     build = [*parts.notes, f"optimizer = {parts.optimizer}", f"scheduler = {parts.scheduler}"]
     hook: list[str] = []
+    step = "scheduler.step(metric)" if parts.plateau else "scheduler.step()"
     if parts.warmup is not None:
         build.append(f"self.warmup = {parts.warmup}  # after the scheduler: it dampens its lr")
         hook = [
@@ -430,8 +425,44 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
             "    def lr_scheduler_step(self, scheduler, metric):",
             "        # pytorch_warmup's loop: the scheduler steps inside warmup.dampening()",
             "        with self.warmup.dampening():",
-            "            scheduler.step()",
+            f"            {step}",
         ]
+    plateau_config: list[str] = []
+    metric_lines: list[str] = []
+    log_step: list[str] = []
+    log_epoch: list[str] = []
+    if parts.plateau:
+        plateau_config = ['                "monitor": "metric",  # what Lightning steps it with']
+        if not isinstance(scaled.scheduler, specs.ReduceLROnPlateau) and not (
+            isinstance(scaled.scheduler, hf.TransformersSchedule)
+            and scaled.scheduler.name == "reduce_lr_on_plateau"
+        ):
+            plateau_config.append('                "reduce_on_plateau": True,  # metric-driven')
+            if not hook:
+                hook = [
+                    "",
+                    "    def lr_scheduler_step(self, scheduler, metric):",
+                    f"        {step}",
+                ]
+        metric_lines = [
+            f"METRICS = {[*parts.metrics, *(parts.metrics[-1:] or [0.0])]!r}",
+            "# the metric after each "
+            + ("epoch" if epoch else "optimizer step")
+            + " (the last repeated for the step after the last lr)",
+        ]
+        logged = "torch.tensor(METRICS[{}], dtype=torch.float64)"
+        if epoch:
+            log_epoch = [
+                "",
+                "    def on_train_epoch_end(self):",
+                "        # your validation metric; Lightning steps the scheduler with it",
+                f'        self.log("metric", {logged.format("self.current_epoch")})',
+            ]
+        else:
+            log_step = [
+                "        # your metric; Lightning steps the scheduler with it after this step",
+                f'        self.log("metric", {logged.format("self.global_step")})',
+            ]
     library = "torch" if kind == "torch" else "transformers' get_scheduler"
     lines = [
         f'"""The learning-rate schedule, built with {library} and stepped by Lightning.',
@@ -450,6 +481,7 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
         "",
         f"STEPS = {scaled.steps}  # optimizer steps",
         f"STEPS_PER_EPOCH = {per_epoch}  # batches per epoch",
+        *metric_lines,
         "",
         "",
         "class Schedule(pl.LightningModule):",
@@ -469,6 +501,7 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
         '                "scheduler": scheduler,',
         f"                {interval}",
         '                "frequency": 1,',
+        *plateau_config,
         "            },",
         "        }",
         *hook,
@@ -477,7 +510,9 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
         "        self.lrs.append([g['lr'] for g in self.trainer.optimizers[0].param_groups])",
         "",
         "    def training_step(self, batch, batch_idx):",
+        *log_step,
         "        return sum((p * batch.sum()).sum() for p in self.stand_ins)  # your loss",
+        *log_epoch,
         "",
         "    def train_dataloader(self):",
         "        data = torch.ones(STEPS_PER_EPOCH, 1)",

@@ -137,7 +137,8 @@ async def export_schedule(
       the loop.
     - `lightning`: the same scheduler (torch's own or a transformers one) returned by
       `configure_optimizers` with `interval` `step` or `epoch` and `frequency` 1, and a
-      minimal `Trainer.fit` that steps it.
+      minimal `Trainer.fit` that steps it (a metric-driven one with `"monitor": "metric"`, the
+      request's metrics logged as `metric`).
     - `transformers`: `get_scheduler(name, optimizer, num_warmup_steps, num_training_steps,
       scheduler_specific_kwargs)` in the torch loop.
     - `timm`: `create_scheduler_v2` and train.py's loop (`step_update(num_updates)` after every
