@@ -299,6 +299,13 @@ def _optimizer(scaled: specs.ScheduleRequest, extra: list[dict[str, Any]] | None
     )
 
 
+def _optimizer_step(scaled: specs.ScheduleRequest) -> str:
+    """Return the optimizer step of the loop (LBFGS takes a closure returning the loss)."""
+    if scaled.optimizer.type == "LBFGS":
+        return "optimizer.step(lambda: 0.0)  # LBFGS: a closure returning your loss"
+    return "optimizer.step()"
+
+
 def _header(library: str) -> list[str]:
     return [
         f'"""The learning-rate schedule, built with {library}.',
@@ -386,7 +393,7 @@ def torch_loop_script(
             *(["        warmup.load_state_dict(state['warmup'])"] if parts.warmup else []),
         ]
     lines += [
-        "    optimizer.step()  # your training step; the scheduler steps after it",
+        f"    {_optimizer_step(scaled)}  # your training step; the scheduler steps after it",
         *(_indent(line, "    ") for line in parts.step_lines()),
         "    lrs.append([group['lr'] for group in optimizer.param_groups])",
         "",
@@ -611,7 +618,7 @@ def timm_script(scaled: specs.ScheduleRequest) -> str:
         "",
         "lrs = [[group['lr'] for group in optimizer.param_groups]]  # what timm set when built",
         "for i in range(1, STEPS):",
-        "    optimizer.step()  # your training step (update i)",
+        f"    {_optimizer_step(scaled)}  # your training step (update i)",
         *loop,
         "    lrs.append([group['lr'] for group in optimizer.param_groups])",
         "",
@@ -772,7 +779,7 @@ def megatron_script(scaled: specs.ScheduleRequest) -> str:
         "",
         "lrs = [[group['lr'] for group in optimizer.param_groups]]",
         "for k in range(1, SCHEDULER_STEPS):",
-        "    optimizer.step()  # your training iteration",
+        f"    {_optimizer_step(scaled)}  # your training iteration",
         "    scheduler.step(increment=1)  # Megatron's train_step: once per iteration",
         "    lrs.append([group['lr'] for group in optimizer.param_groups])",
         "",

@@ -42,6 +42,13 @@ TORCH = {  # target torch: pytorch_warmup's warmups, and checkpoint=true
         "steps": 10,
         "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8],
     },
+    "lbfgs-step": {  # LBFGS.step takes a closure
+        "optimizer": {"type": "LBFGS", "lr": 1.0},
+        "scheduler": {"type": "StepLR", "step_size": 3, "gamma": 0.5},
+        "steps": 10,
+        "engine": "vectorized",  # the script does not depend on engine or device
+        "device": "cpu",
+    },
     "pw-radam": {
         "optimizer": ADAM,
         "scheduler": {"type": "ExponentialLR", "gamma": 0.99},
