@@ -54,6 +54,11 @@ SETTINGS = Settings(
 _unique = count(1)
 
 
+def _whole(body):
+    """Return a batch body as bytes (a large one comes as chunks: join them)."""
+    return body if isinstance(body, bytes) else b"".join(body)
+
+
 def warmup_cosine(steps: int, **extra: Any) -> dict[str, Any]:
     """Return a linear warmup (1% of steps, from 0) then cosine to 0, SGD with momentum."""
     warm = max(1, steps // 100)
@@ -331,7 +336,7 @@ def main() -> None:
         e_npy_http = median_seconds(batch_http("?format=npy"), e_repeat)
         e_vec = median_seconds(lambda: batch_in_process([fresh(b) for b in batch_specs]), e_repeat)
         e_body = median_seconds(
-            lambda: batch.to_json([fresh(b) for b in batch_specs], SETTINGS), e_repeat
+            lambda: _whole(batch.to_json([fresh(b) for b in batch_specs], SETTINGS)), e_repeat
         )
         e_computed = batch_in_process([fresh(b) for b in batch_specs])
         e_json_alone = median_seconds(

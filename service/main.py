@@ -12,7 +12,7 @@ import torch
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from service import __version__, auth, health, metrics
+from service import __version__, auth, health, metrics, streaming
 from service.deps import bind_app_settings
 from service.docs import install_docs
 from service.dropout import router as dropout_router
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        streaming.install_log_filter()
         auth.warn_if_exposed(key_hashes)
         async with AsyncExitStack() as stack:
             for domain_lifespan in app.state.domain_lifespans:

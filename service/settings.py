@@ -29,6 +29,13 @@ class Settings(BaseSettings):
 
     # HTTP
     max_body_bytes: int = Field(default=1 << 20, description="Request bodies above this get 413.")
+    max_state_bytes: int = Field(
+        default=256 << 10,
+        ge=1,
+        description="Largest scheduler state `.pt` uploaded to POST /v1/schedules/resume "
+        "(413 beyond, refused while it streams; a state_dict() is a few KB). The whole "
+        "multipart body stays under LRS_MAX_BODY_BYTES too.",
+    )
 
     # Schedules
     torch_max_steps: int = Field(
@@ -94,6 +101,21 @@ class Settings(BaseSettings):
         default=8 << 20,
         description="JSON, CSV and npy bodies estimated above this are streamed in chunks of "
         "~5 MB and not cached (memory stays bounded; the ETag is still the spec's).",
+    )
+    stream_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a streamed body (JSON, CSV or npy above LRS_STREAM_MIN_BYTES, "
+        "a large batch) may take to send: past it the connection is closed mid-body (the "
+        "client sees an incomplete read), so a client that reads very slowly frees the "
+        "computed schedule. The largest body, 16 groups × 1M steps of JSON (~330 MB), "
+        "needs a client that reads ~1.1 MB/s.",
+    )
+    stream_send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest one chunk (~5 MB) of a streamed body may wait for the client to "
+        "take it; a client that stops reading is disconnected after this.",
     )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."

@@ -8,6 +8,7 @@ batch-wide limits (``LRS_BATCH_MAX_SPECS``; values returned, points × groups, a
 starts, so a slot over a limit fails alone and the response size is known to be bounded.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -163,23 +164,75 @@ def compute_slots(
     return out
 
 
-def to_json(items: list[dict[str, Any]], settings: Settings) -> bytes:
+def to_json(items: list[dict[str, Any]], settings: Settings) -> bytes | Iterator[bytes]:
     """Return the JSON body of a batch: every spec computed (or refused) in its own slot.
 
-    One ``orjson.dumps`` for the whole body, numpy arrays serialized natively by orjson.
-    """
+    A body estimated at most ``LRS_STREAM_MIN_BYTES`` is one ``orjson.dumps`` (numpy arrays
+    serialized natively by orjson); a larger one is returned as an iterator of chunks of
+    about :data:`STREAM_CHUNK_BYTES` (:func:`json_stream`: the same bytes), so the body is
+    never held whole (at LRS_BATCH_MAX_POINTS, ~220 MB of JSON)."""
+    computed = compute_slots(items, settings)
+    values = sum(
+        slot.lr.size
+        + (0 if slot.momentum is None else slot.momentum.size)
+        + (0 if slot.weight_decay is None else slot.weight_decay.size)
+        for slot in computed
+        if isinstance(slot, Computed)
+    )
+    if formats.estimated_bytes("json", values, 1) > settings.stream_min_bytes:
+        return json_stream(computed)
     slots: list[dict[str, Any]] = []
     steps_json = _SharedSteps()
-    for index, slot in enumerate(compute_slots(items, settings)):
-        if isinstance(slot, dict):
-            slots.append({"status": 422, "problem": slot})
-        elif isinstance(slot, ServiceError):
-            slots.append({"status": slot.status, "problem": _problem(slot, index)})
-        else:
+    for index, slot in enumerate(computed):
+        if isinstance(slot, Computed):
             result = formats.result_dict(slot)
             result["steps"] = steps_json.fragment(slot.indices)
             slots.append({"status": 200, "result": result})
+        else:
+            slots.append(_failed_slot(slot, index))
     return orjson.dumps({"results": slots}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _failed_slot(slot: ServiceError | dict[str, Any], index: int) -> dict[str, Any]:
+    if isinstance(slot, dict):
+        return {"status": 422, "problem": slot}
+    return {"status": slot.status, "problem": _problem(slot, index)}
+
+
+STREAM_CHUNK_BYTES = 1 << 20
+"""About how many bytes each chunk of a streamed batch body holds (each is one hand-off
+from the thread that serializes to the event loop that sends)."""
+
+
+def json_stream(computed: list[Computed | ServiceError | dict[str, Any]]) -> Iterator[bytes]:
+    """Yield the JSON body of computed slots in chunks of about STREAM_CHUNK_BYTES: the
+    bytes :func:`to_json` returns whole for a small batch (each result by
+    :func:`formats.json_chunks`, arrays a chunk of values at a time)."""
+
+    def pieces() -> Iterator[bytes]:
+        yield b'{"results":['
+        steps_json = _SharedSteps()
+        for index, slot in enumerate(computed):
+            if index:
+                yield b","
+            if isinstance(slot, Computed):
+                yield b'{"status":200,"result":'
+                yield from formats.json_chunks(slot, steps_json.fragment(slot.indices))
+                yield b"}"
+            else:
+                yield orjson.dumps(_failed_slot(slot, index))
+        yield b"]}"
+
+    buffer: list[bytes] = []
+    size = 0
+    for piece in pieces():
+        buffer.append(piece)
+        size += len(piece)
+        if size >= STREAM_CHUNK_BYTES:
+            yield b"".join(buffer)
+            buffer, size = [], 0
+    if buffer:
+        yield b"".join(buffer)
 
 
 class _SharedSteps:

@@ -140,6 +140,19 @@ def compute_all(request: CompareRequest, settings: Settings) -> list[Computed]:
     return out
 
 
+def cost_share(request: CompareRequest, settings: Settings) -> float:
+    """Return the share of their engines' cost limits the specs use together (each as
+    `POST /v1/schedules/compute` counts it); above LRS_COMPUTE_HEAVY_SHARE the comparison
+    takes the expensive lane. A spec that cannot be costed counts 0: computing it says why."""
+    total = 0.0
+    for spec in request.specs:
+        try:
+            total += service.request_cost(spec, settings)
+        except ServiceError:
+            continue
+    return total
+
+
 def labels(request: CompareRequest) -> list[str]:
     """Return the label of every spec: the given ones, or ``"i: StepLR(step_size=30)"``."""
     if request.labels is not None:

@@ -153,11 +153,13 @@ def _rows_chunks(table: np.ndarray | None) -> Iterator[bytes]:
     yield b"]"
 
 
-def json_chunks(computed: Computed) -> Iterator[bytes]:
-    """Yield the JSON body a chunk at a time: the bytes :func:`to_json_bytes` returns."""
+def json_chunks(computed: Computed, steps: orjson.Fragment | None = None) -> Iterator[bytes]:
+    """Yield the JSON body a chunk at a time: the bytes :func:`to_json_bytes` returns
+    (``steps``: the JSON of ``computed.indices``, when the caller has it already)."""
     body = result_dict(computed)
     yield b'{"steps":'
-    steps = body.pop("steps")
+    steps = body.pop("steps") if steps is None else steps
+    body.pop("steps", None)
     if isinstance(steps, orjson.Fragment):
         yield orjson.dumps(steps)
     else:

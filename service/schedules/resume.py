@@ -25,7 +25,7 @@ from torch.optim import lr_scheduler
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import InvalidSpec, LimitExceeded
-from service.schedules import compare, service, specs, torch_engine
+from service.schedules import budget, compare, service, specs, torch_engine
 from service.schedules.families import hooks as families
 from service.settings import Settings
 
@@ -74,10 +74,28 @@ class ResumeRequest(BaseModel):
         description="The schedule as `POST /v1/schedules/compute` takes it (torch's own "
         "schedulers and the service's linear/constant warmups)."
     )
-    resume_at: int = Field(
+    resume_at: int | None = Field(
+        default=None,
         ge=1,
         description="The optimizer step where the run stopped: the first step the resumed run "
-        "takes. Must be below spec.steps.",
+        "takes. Must be below spec.steps. Give this or `state`.",
+    )
+    state: dict[str, Any] | None = Field(
+        default=None,
+        description="Instead of `resume_at`: a real scheduler's `state_dict()` as JSON "
+        "(`json.dumps(scheduler.state_dict())`; `Infinity` and the strings "
+        '`"Infinity"`/`"-Infinity"` are read as infinities, as ReduceLROnPlateau\'s `best` '
+        "holds). It is loaded into the spec's scheduler (a SequentialLR of the warmup and the "
+        "scheduler when the spec has a warmup) and the answer is the lr of the next "
+        "`next_steps` optimizer steps, beside the uninterrupted run. A `.pt` made by "
+        "`torch.save` can be uploaded instead as multipart/form-data.",
+    )
+    next_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="With `state`: how many optimizer steps to answer, from the step the "
+        "state is at (its `last_epoch`); by default to the end of spec.steps. Bounded by "
+        "LRS_TORCH_MAX_STEPS and LRS_TORCH_MAX_WORK.",
     )
     recipes: list[Recipe] = Field(
         default_factory=lambda: list(DEFAULT_RECIPES),
@@ -91,6 +109,23 @@ class ResumeRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ResumeRequest":
+        if (self.resume_at is None) == (self.state is None):
+            raise ValueError(
+                "give either resume_at (the optimizer step where the run stopped) or state "
+                "(a scheduler's state_dict()), not both or neither"
+            )
+        if self.state is not None:
+            given = {"recipes", "changed"} & self.model_fields_set
+            if given:
+                raise ValueError(
+                    f"{' and '.join(sorted(given))} go with resume_at; with state the answer "
+                    "is the loaded state's next steps: drop them"
+                )
+            return self
+        if self.next_steps is not None:
+            raise ValueError(
+                "next_steps goes with state; with resume_at the answer runs to spec.steps"
+            )
         if self.changed is not None and "changed" not in self.recipes:
             self.recipes = [*self.recipes, "changed"]
         if "changed" in self.recipes and self.changed is None:
@@ -111,11 +146,44 @@ class RecipeResult(BaseModel):
     verdict: str = Field(description="One line: identical, or where and how it differs.")
 
 
+class StateDifference(BaseModel):
+    key: str = Field(description="Where in the state, e.g. `T_max` or `_schedulers[1].last_epoch`.")
+    state: Any = Field(description="The loaded state's value.")
+    uninterrupted: Any = Field(description="The uninterrupted run's value at the same step.")
+
+
+class StateCheck(BaseModel):
+    """What the loaded state is, against the run that never stopped."""
+
+    source: Literal["json", "pt"] = Field(description="`json` (the body's state) or `pt`.")
+    last_epoch: int = Field(description="The scheduler steps the state has taken.")
+    matches_uninterrupted: bool | None = Field(
+        description="Whether every value of the state equals the uninterrupted run's "
+        "state_dict() at last_epoch; null when that run cannot get there."
+    )
+    differences: list[StateDifference] = Field(
+        description="The values that differ (at most 20), in state_dict() order."
+    )
+    verdict: str
+
+
 class ResumeResult(BaseModel):
-    steps: list[int] = Field(description="The optimizer steps returned (spec.sample applies).")
-    resume_at: int
-    uninterrupted: list[list[float]] = Field(description="The run that never stopped.")
-    recipes: dict[str, RecipeResult]
+    steps: list[int] = Field(
+        description="The optimizer steps returned: spec.sample applies with resume_at; with "
+        "state, every step of the next next_steps."
+    )
+    resume_at: int = Field(
+        description="The optimizer step the resumed run starts at (with state: last_epoch × "
+        "steps_per_epoch with interval 'epoch', else last_epoch)."
+    )
+    uninterrupted: list[list[float]] | None = Field(
+        description="The run that never stopped; null when torch stops it before these steps "
+        "(a warning says why)."
+    )
+    recipes: dict[str, RecipeResult] = Field(
+        description="Per recipe; with state, one entry `state`: the loaded state's lr."
+    )
+    state: StateCheck | None = Field(default=None, description="With state: what it holds.")
     warnings: list[str]
 
 
@@ -138,15 +206,37 @@ def _check_limits(request: ResumeRequest, settings: Settings) -> None:
             loc=("body", "spec", "steps"),
         )
     runs = len(request.recipes) + 1
-    schedulers = len(specs.walk(spec.scheduler)) + (1 if spec.warmup else 0)
-    work = spec.scheduler_steps * schedulers * spec.n_groups * runs
+    one = budget.cost(spec, "torch")
+    work = work_of(request)
     if work > settings.torch_max_work:
         raise LimitExceeded(
-            f"the check needs {runs} runs × {spec.scheduler_steps} scheduler steps × "
-            f"{schedulers} schedulers × {spec.n_groups} groups = {work} scheduler updates; the "
-            f"limit is {settings.torch_max_work} (LRS_TORCH_MAX_WORK). Lower steps or recipes.",
+            f"the check needs {runs} runs of {one.describe()} ({one.total} scheduler updates "
+            f"each; the recipes replay the first resume_at steps too): {work} scheduler updates; "
+            f"the limit is {settings.torch_max_work} (LRS_TORCH_MAX_WORK). Lower steps or recipes.",
             loc=("body", "spec", "steps"),
         )
+
+
+def work_of(request: ResumeRequest) -> int:
+    """Return the torch cost of a resume_at check (budget.cost's scheduler updates): the
+    uninterrupted run and, per recipe, the stopped run and the resumed one (each a full run)."""
+    one = budget.cost(request.spec, "torch").total
+    total = one * (len(request.recipes) + 1)
+    if request.changed is not None:
+        total += budget.cost(request.changed, "torch").total
+    return total
+
+
+def cost_share(request: ResumeRequest, settings: Settings) -> float:
+    """Return the share of LRS_TORCH_MAX_WORK the request uses (the routes run requests
+    above LRS_COMPUTE_HEAVY_SHARE in the expensive lane, as compute does)."""
+    if request.state is not None:
+        n = request.next_steps or request.spec.steps
+        spec = request.spec.model_copy(update={"steps": max(request.spec.steps, n)})
+        work = 2 * budget.cost(spec, "torch").total
+    else:
+        work = work_of(request)
+    return work / max(settings.torch_max_work, 1)
 
 
 def _rebuilt(
@@ -220,6 +310,8 @@ class _Run:
             metric = self.metrics[k - 1] if self.stepper.plateau else None
             self.stepper.step(metric)
             rows.append(self.stepper.lrs())
+            if k % 256 == 0:
+                budget.check()
 
     def state(self) -> dict[str, Any]:
         """Return what a checkpoint holds: the optimizer's and schedulers' ``state_dict()``."""
@@ -318,6 +410,7 @@ def _verdict(diff: dict[str, Any], ours: np.ndarray, theirs: np.ndarray) -> str:
 def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
     """Return the body of `POST /v1/schedules/resume` (see :class:`ResumeResult`)."""
     spec = request.spec
+    assert request.resume_at is not None  # a request with state goes to resume_state
     _refuse_unsupported(spec, "spec")
     if request.resume_at >= spec.steps:
         raise InvalidSpec(

@@ -28,6 +28,8 @@ def free_port() -> int:
 
 
 MAX_SECONDS = 1.5
+SEND_TIMEOUT = 2.0
+STREAM_SECONDS = 10.0
 ENV = {
     "LRS_COMPUTE_MAX_SECONDS": str(MAX_SECONDS),
     # every request above 0.1% of the vectorized cost limit takes the one expensive lane
@@ -35,6 +37,8 @@ ENV = {
     "LRS_BATCH_MAX_POINTS": "500000",
     "LRS_TORCH_MAX_WORK": "100000",
     "LRS_CACHE_MAX_BYTES": str(128 * 1024),
+    "LRS_STREAM_SEND_TIMEOUT_S": str(SEND_TIMEOUT),
+    "LRS_STREAM_MAX_SECONDS": str(STREAM_SECONDS),
 }
 
 
@@ -359,3 +363,83 @@ def test_many_tiny_distinct_specs_keep_rss_flat(server):
         grown = rss_mb(pid) - before
     # counted as body bytes only, ~320 entries of ~400 bytes fit and held ~1.4 MB of RSS
     assert grown < 0.8, grown
+
+
+# --------------------------------------------------------------------------- item 3: slow readers
+
+BIG_CSV = {
+    "scheduler": {"type": "CosineAnnealingLR", "T_max": 1000},
+    "param_groups": [{"lr": 0.1 / (g + 1)} for g in range(16)],
+    "steps": 200_000,
+}
+"""A ~67 MB CSV: streamed (above LRS_STREAM_MIN_BYTES), in ~300 KB chunks."""
+
+
+def _slow_reader(url: str, body: dict, *, read_bytes: int, every: float, limit: float):
+    """POST ``body`` for CSV on a raw socket with a small receive buffer, then read
+    ``read_bytes`` every ``every`` seconds (0: read nothing, then everything after ``limit``
+    plus 1.5 s); return (seconds until the server closed, bytes of body, whether the chunked
+    body ended properly)."""
+    import json as _json
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    payload = _json.dumps(body).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    sock.sendall(
+        b"POST /v1/schedules/compute?format=csv HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\n\r\n"
+        + payload
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, data = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    start = time.monotonic()
+    if not every:
+        time.sleep(limit + 1.5)
+    try:
+        while chunk := sock.recv(read_bytes):
+            data += chunk
+            if every:
+                time.sleep(every)
+            assert time.monotonic() - start < limit + 20, "the server kept streaming"
+    except ConnectionResetError:
+        pass
+    seconds = time.monotonic() - start
+    sock.close()
+    return seconds, len(data), data.endswith(b"\r\n0\r\n\r\n")
+
+
+def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(server):
+    url, _ = server
+    with healthz_latencies(url) as latencies:
+        seconds, size, complete = _slow_reader(
+            url, BIG_CSV, read_bytes=65536, every=0, limit=SEND_TIMEOUT
+        )
+    assert not complete and size < 40 << 20, size  # cut mid-body: an incomplete read
+    assert seconds < SEND_TIMEOUT + 1.5 + 5, seconds  # what was left came at once, then EOF
+    assert_healthz_fast(latencies, url)
+    limits = httpx.get(f"{url}/v1/info").json()["limits"]
+    assert limits["stream_send_timeout_s"] == SEND_TIMEOUT
+    assert limits["stream_max_seconds"] == STREAM_SECONDS
+
+
+def test_a_client_that_trickles_is_disconnected_at_the_stream_limit(server):
+    url, _ = server
+    # 64 KB every 50 ms (~1.3 MB/s at best): each ~300 KB chunk is taken well within the
+    # send timeout, but the 67 MB body would take ~50 s
+    seconds, size, complete = _slow_reader(
+        url, BIG_CSV, read_bytes=65536, every=0.05, limit=STREAM_SECONDS
+    )
+    assert not complete, size
+    assert STREAM_SECONDS - 1 < seconds < STREAM_SECONDS + 5, seconds
+    # a client that reads as fast as it can gets the whole body
+    r = httpx.post(f"{url}/v1/schedules/compute?format=csv", json=BIG_CSV, timeout=60)
+    assert r.status_code == 200 and r.text.count("\n") == 200_001

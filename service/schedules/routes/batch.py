@@ -11,6 +11,7 @@ from service.schedules import batch, plots
 from service.schedules.routes import running
 from service.schedules.routes.compute import AnnotateQuery, YScaleQuery
 from service.settings import Settings
+from service.streaming import LimitedStreamingResponse
 
 router = APIRouter(tags=["schedules"])
 
@@ -77,7 +78,7 @@ async def compute_batch(
     spec to succeed with the same shape; otherwise it is a 422 saying to use `format=json`.
     """
     batch.check_size(len(body.requests), settings)
-    run: typing.Callable[[list[dict], Settings], bytes]
+    run: typing.Callable[[list[dict], Settings], bytes | typing.Iterator[bytes]]
     if format_param in ("svg", "png"):
         fmt: typing.Literal["svg", "png"] = format_param  # type: ignore[assignment]
         options = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
@@ -91,4 +92,11 @@ async def compute_batch(
     if content is None:  # the client left; the computation was stopped
         return Response(status_code=499)
     media_type = "application/json" if format_param == "json" else MEDIA_TYPES[format_param]
+    if not isinstance(content, bytes):  # a large JSON body: streamed, never held whole
+        return LimitedStreamingResponse(
+            content,
+            max_seconds=settings.stream_max_seconds,
+            send_timeout=settings.stream_send_timeout_s,
+            media_type=media_type,
+        )
     return Response(content, media_type=media_type)

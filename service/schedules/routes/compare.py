@@ -3,12 +3,12 @@
 import typing
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import SettingsDep
 from service.negotiation import MEDIA_TYPES
 from service.schedules import compare, plots
+from service.schedules.routes import running
 from service.schedules.routes.compute import AnnotateQuery, YScaleQuery
 
 router = APIRouter(tags=["schedules"])
@@ -54,20 +54,22 @@ async def compare_schedules(
     `tolerance` (relative), and `peak_offset`: how many steps later `b` peaks than `a`
     (torch's `OneCycleLR` peaks one step before optax's `cosine_onecycle_schedule`).
     """
+    heavy = compare.cost_share(body, settings) > settings.compute_heavy_share
     if format_param in ("svg", "png"):
         options = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
-        content = await anyio.to_thread.run_sync(
-            compare.plot,
-            body,
-            settings,
-            format_param,
-            options,
-            limiter=request.app.state.compute_limiter,
+        content = await running.run_budgeted(
+            request,
+            lambda: compare.plot(body, settings, format_param, options),
+            heavy=heavy,
         )
+        if content is None:  # the client left; the computation was stopped
+            return Response(status_code=499)
         return Response(content, media_type=MEDIA_TYPES[format_param])
-    result = await anyio.to_thread.run_sync(
-        compare.compare, body, settings, limiter=request.app.state.compute_limiter
+    result = await running.run_budgeted(
+        request, lambda: compare.compare(body, settings), heavy=heavy
     )
+    if result is None:
+        return Response(status_code=499)
     return Response(
         compare.CompareResult.model_validate(result).model_dump_json(),
         media_type="application/json",

@@ -4,7 +4,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,6 +17,7 @@ from service.schedules.registry import SchedulerBase
 from service.schedules.result import Computed, ScheduleResult
 from service.schedules.routes import running
 from service.settings import Settings
+from service.streaming import LimitedStreamingResponse
 
 router = APIRouter(tags=["schedules"])
 
@@ -259,8 +259,10 @@ async def _respond(
     if isinstance(done, tuple):  # large: streamed in chunks, never cached
         computed, about = done
         headers["X-Cache"] = "bypass"
-        return StreamingResponse(
+        return LimitedStreamingResponse(
             formats.stream(computed, fmt),
+            max_seconds=settings.stream_max_seconds,
+            send_timeout=settings.stream_send_timeout_s,
             media_type=MEDIA_TYPES[fmt],
             headers={**about, **headers},
         )
