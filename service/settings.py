@@ -86,6 +86,19 @@ class Settings(BaseSettings):
         default=4, description="Deepest SequentialLR/ChainedScheduler nesting accepted."
     )
     max_sample_points: int = Field(default=100_000, description="Most indices in `sample.at`.")
+    max_skipped_steps: int = Field(
+        default=100_000, description="Most optimizer steps in `skipped_steps`."
+    )
+    max_accumulation_steps: int = Field(
+        default=65_536, description="Largest `accumulation_steps` (micro-batches per step)."
+    )
+    max_counter_queries: int = Field(
+        default=10_000, description="Most counter values in `counter.at`."
+    )
+    max_rampup_increments: int = Field(
+        default=10_000,
+        description="Most batch-size increments of a `counter.rampup_batch_size` ramp-up.",
+    )
     expression_max_length: int = Field(default=1000, description="Longest lr_lambda expression.")
     expression_max_depth: int = Field(
         default=32, description="Deepest lr_lambda expression nesting."

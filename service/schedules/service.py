@@ -12,7 +12,7 @@ import torch
 
 from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import budget, specs, torch_engine
+from service.schedules import budget, counters, specs, torch_engine
 from service.schedules.caveats import caveats
 from service.schedules.families import hooks as families
 from service.schedules.families import libraries
@@ -67,8 +67,9 @@ def apply_batch_scaling(request: specs.ScheduleRequest) -> specs.ScheduleRequest
 
 
 def sample_indices(request: specs.ScheduleRequest) -> np.ndarray:
-    """Return the optimizer-step indices to report (int64), as ``sample`` chooses."""
-    n = request.steps
+    """Return the indices to report (int64), as ``sample`` chooses: optimizer steps, or
+    micro-batches with ``index_by: "micro_batch"``."""
+    n = counters.length(request)
     sample = request.sample
     if sample is None:
         return np.arange(n, dtype=np.int64)
@@ -92,7 +93,7 @@ def sample_indices(request: specs.ScheduleRequest) -> np.ndarray:
 
 def count_points(request: specs.ScheduleRequest) -> int:
     """Return how many indices the response will carry, without computing them."""
-    n = request.steps
+    n = counters.length(request)
     sample = request.sample
     if sample is None:
         return n
@@ -202,7 +203,12 @@ class _Prepared:
     device: torch.device
     indices: np.ndarray
     sched_index: np.ndarray
+    """The scheduler step of every column to compute: one per index, then (with counters)
+    one per ``counter.at`` value and the last optimizer step's."""
     n: int
+    plan: counters.Plan | None = None
+    steps: np.ndarray | None = None
+    """With counters: the optimizer step of every index."""
 
 
 def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
@@ -212,32 +218,70 @@ def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
     libraries.check(request)
     scaled = apply_batch_scaling(request)
     device = resolve_device(request.device)
+    plan = counters.plan(scaled)
     indices = sample_indices(scaled)
-    sched_index = indices // scaled.steps_per_epoch if scaled.interval == "epoch" else indices
-    return _Prepared(scaled, engine, device, indices, sched_index, scaled.scheduler_steps)
+    steps = None
+    columns = indices
+    if plan is not None:
+        steps = plan.optimizer_steps(indices)
+        extra = [] if plan.at_steps is None else [plan.at_steps]
+        last = np.array([scaled.steps - 1], dtype=np.int64)
+        columns = plan.progress(np.concatenate([steps, *extra, last]))
+    sched_index = columns // scaled.steps_per_epoch if scaled.interval == "epoch" else columns
+    return _Prepared(
+        scaled, engine, device, indices, sched_index, scaled.scheduler_steps, plan, steps
+    )
+
+
+def _with_counters(prep: _Prepared, result: Computed) -> Computed:
+    """Split the ``counter.at`` and final columns off ``result`` and describe the counters."""
+    plan = prep.plan
+    if plan is None or prep.steps is None:
+        return result
+    k = prep.indices.size
+    at_lr = None if plan.at_steps is None else result.lr[:, k:-1]
+
+    def head(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values[:, :k]
+
+    return replace(
+        result,
+        lr=result.lr[:, :k],
+        momentum=head(result.momentum),
+        weight_decay=head(result.weight_decay),
+        final_lr=[float(v) for v in result.lr[:, -1]],
+        warnings=[*result.warnings, *plan.notes],
+        counters=plan.describe(prep.indices, prep.steps, at_lr),
+    )
 
 
 def _vectorized_computed(prep: _Prepared, result: Computed) -> Computed:
-    return replace(
-        result,
-        indices=prep.indices,
-        warnings=caveats(prep.request),
-        families=families.families(prep.request),
-        weight_decay=libraries.weight_decay(prep.request, prep.sched_index),
+    return _with_counters(
+        prep,
+        replace(
+            result,
+            indices=prep.indices,
+            warnings=caveats(prep.request),
+            families=families.families(prep.request),
+            weight_decay=libraries.weight_decay(prep.request, prep.sched_index),
+        ),
     )
 
 
 def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
     every = torch_engine.run_scheduler_steps(prep.request, prep.n)
     columns = prep.sched_index
-    return replace(
-        every,
-        indices=prep.indices,
-        lr=every.lr[:, columns],
-        momentum=None if every.momentum is None else every.momentum[:, columns],
-        weight_decay=None if every.weight_decay is None else every.weight_decay[:, columns],
-        warnings=caveats(prep.request),
-        families=families.families(prep.request),
+    return _with_counters(
+        prep,
+        replace(
+            every,
+            indices=prep.indices,
+            lr=every.lr[:, columns],
+            momentum=None if every.momentum is None else every.momentum[:, columns],
+            weight_decay=None if every.weight_decay is None else every.weight_decay[:, columns],
+            warnings=caveats(prep.request),
+            families=families.families(prep.request),
+        ),
     )
 
 

@@ -12,7 +12,17 @@ from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
 from service.negotiation import MEDIA_TYPES, negotiate
-from service.schedules import budget, cache, formats, plots, query, registry, service, specs
+from service.schedules import (
+    budget,
+    cache,
+    counters,
+    formats,
+    plots,
+    query,
+    registry,
+    service,
+    specs,
+)
 from service.schedules.registry import SchedulerBase
 from service.schedules.result import Computed, ScheduleResult
 from service.schedules.routes import running
@@ -156,6 +166,43 @@ SEED_EXAMPLES: dict[str, dict[str, Any]] = {
             "sample": {"every": 10},
         },
     },
+    "amp_skipped_steps": {
+        "summary": "AMP: GradScaler skipped optimizer steps 0 and 57; the schedule still advances",
+        "value": {
+            "scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 1000},
+            "steps": 1000,
+            "skipped_steps": [0, 57],
+            "sample": {"at": [0, 1, 57, 58, 999]},
+        },
+    },
+    "accumulation_micro_batch": {
+        "summary": "4 micro-batches per optimizer step, the lr each micro-batch sees",
+        "value": {
+            "scheduler": {"type": "StepLR", "step_size": 30, "gamma": 0.1},
+            "steps": 100,
+            "accumulation_steps": 4,
+            "index_by": "micro_batch",
+            "sample": {"every": 40},
+        },
+    },
+    "tokens_rampup": {
+        "summary": "What lr at sample 3.2M: Megatron's batch-size ramp-up, tokens per step",
+        "value": {
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 20000},
+            "warmup": {"type": "linear", "steps": 500, "start_factor": 0.0},
+            "steps": 20000,
+            "sample": {"points": 5},
+            "counter": {
+                "type": "tokens",
+                "seq_length": 2048,
+                "global_batch_size": 512,
+                "rampup_batch_size": [32, 32, 1000000],
+                "micro_batch_size": 4,
+                "data_parallel_size": 8,
+                "at": [6553600000],
+            },
+        },
+    },
     "megatron_wsd": {
         "summary": "Megatron WSD with its weight-decay ramp",
         "value": {
@@ -232,7 +279,7 @@ async def _respond(
         )
     title = plots.plot_title(spec)
     with_momentum = "momentum" in spec.include and fmt in ("json", "csv")
-    series = spec.n_groups * (2 if with_momentum else 1)
+    series = spec.n_groups * (2 if with_momentum else 1) + counters.extra_series(spec)
     size = formats.estimated_bytes(fmt, service.count_points(spec), series)
     streamed = fmt in formats.STREAMED and size > settings.stream_min_bytes
 
