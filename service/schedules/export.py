@@ -822,6 +822,18 @@ def _cannot(target: str, request: specs.ScheduleRequest) -> InvalidSpec:
 
 def export(request: specs.ScheduleRequest, target: Target, checkpoint: bool = False) -> str:
     """Return the script for ``target``; InvalidSpec (422) when ``target`` cannot write it."""
+    if request.index_by == "micro_batch":
+        raise InvalidSpec(
+            "export: the script prints the lr of every optimizer step; drop index_by "
+            "'micro_batch' (micro-batch j of an optimizer step sees that step's lr)",
+            loc=("body", "index_by"),
+        )
+    if request.skipped_steps and _family_of(request.scheduler) == "megatron":
+        raise InvalidSpec(
+            "export target 'megatron': the script steps Megatron's scheduler every iteration; "
+            "drop skipped_steps (Megatron's own loop holds the schedule on a skipped one)",
+            loc=("body", "skipped_steps"),
+        )
     can = capable(request)
     if target not in can:
         raise _cannot(target, request)

@@ -49,6 +49,12 @@ TORCH = {  # target torch: pytorch_warmup's warmups, and checkpoint=true
         "engine": "vectorized",  # the script does not depend on engine or device
         "device": "cpu",
     },
+    "skipped-steps-and-counter": {  # AMP skips leave torch's lr per optimizer step as it is
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": 20},
+        "steps": 20,
+        "skipped_steps": [0, 5],
+        "accumulation_steps": 2,
+    },
     "pw-radam": {
         "optimizer": ADAM,
         "scheduler": {"type": "ExponentialLR", "gamma": 0.99},
@@ -549,6 +555,18 @@ def test_a_target_that_cannot_write_the_spec_names_those_that_can(client, target
             "warmup_epochs",
         ),
         ("?target=timm&checkpoint=true", TIMM["multistep-per-step"], "checkpoint", "torch"),
+        (
+            "?target=torch",
+            {**TORCH["pw-radam"], "accumulation_steps": 4, "index_by": "micro_batch"},
+            "index_by",
+            "every optimizer step",
+        ),
+        (
+            "?target=megatron",
+            {**MEGATRON["wsd"], "skipped_steps": [3]},
+            "skipped_steps",
+            "drop skipped_steps",
+        ),
     ],
 )
 def test_other_refusals_say_what_to_change(client, query, body, loc, words):
