@@ -199,6 +199,21 @@ def test_the_services_warmup_is_a_sequential_lr_and_amp_skips_hit_it(client):
     }
     amp = codes["amp-skipped-steps-advance-schedule"]
     assert amp["step"] == 0 and amp["see"] == "https://github.com/pytorch/pytorch/issues/55585"
+    # what it claims, with a real GradScaler: step 0's gradients overflow, the optimizer step
+    # is skipped, the warmup advances anyway and torch warns
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = S.LinearLR(opt, start_factor=1e-3, total_iters=10)
+    scaler = torch.amp.GradScaler("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scaler.scale((p * float("inf")).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+    assert torch.equal(p.detach(), torch.zeros(1))  # no update
+    assert opt.param_groups[0]["lr"] > 1e-4  # but the schedule moved on
+    assert any("before `optimizer.step()`" in str(w.message) for w in caught)
 
 
 @pytest.mark.parametrize(
@@ -425,3 +440,11 @@ def test_the_openapi_examples_are_answered(client):
     for name, example in examples.items():
         findings = lint(client, example["value"])
         assert (findings == []) == (name == "clean"), (name, findings)
+
+
+def test_a_timm_cycle_limit_whose_length_overflows_is_no_500(client):
+    spec = {"type": "timm", "sched": "cosine", "num_epochs": 10, "cycle_mul": 2.0,
+            "cycle_limit": 100_000}  # fmt: skip
+    body = {"scheduler": spec, "steps": 20}
+    assert lint(client, body) == []  # its cycles never end: nothing is held
+    assert client.post("/v1/schedules/compute", json=body).status_code == 200
