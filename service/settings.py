@@ -144,6 +144,14 @@ class Settings(BaseSettings):
         description="torch intra-op threads in the API process; requests already run in "
         "parallel threads, and on a busy 2-core machine more threads only spin.",
     )
+    compute_inline_max_cost: int = Field(
+        default=200_000,
+        ge=0,
+        description="Vectorized JSON, CSV and npy requests costing at most this many value "
+        "operations (a 10k-step warmup + cosine costs 80 000) are computed on the event loop, "
+        "in about a millisecond: a hop to a compute thread costs more than that. 0: always "
+        "in a thread.",
+    )
     compute_concurrency: int = Field(
         default=2,
         description="Schedule computations allowed to run at once (threads); more threads "
