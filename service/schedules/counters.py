@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from service.errors import InvalidSpec, LimitExceeded, register_union_tags
@@ -61,10 +61,18 @@ NO_ORDER_CHECK = {
 # --------------------------------------------------------------------------- models
 
 
+def _invalid(message: str, *loc: str | int, kind: str = "value_error") -> ValidationError:
+    """Return a validation error at ``loc`` inside the counter (a model validator's own)."""
+    error = PydanticCustomError(kind, message)
+    return ValidationError.from_exception_data(
+        "counter", [{"type": error, "loc": loc, "input": None}]
+    )
+
+
 def _non_negative(values: list[float]) -> list[float]:
     for i, value in enumerate(values):
         if value < 0:
-            raise ValueError(f"at[{i}]={value:g} is negative; counter values start at 0")
+            raise _invalid(f"at[{i}]={value:g} is negative; counter values start at 0", "at", i)
     return values
 
 
@@ -111,48 +119,61 @@ class SamplesCounter(SpecModel):
         if self.at is not None:
             _non_negative(self.at)
             if len(self.at) > settings.max_counter_queries:
-                raise limit(
+                raise _invalid(
                     f"at lists {len(self.at)} values; the limit is "
-                    f"{settings.max_counter_queries} (LRS_MAX_COUNTER_QUERIES)"
+                    f"{settings.max_counter_queries} (LRS_MAX_COUNTER_QUERIES)",
+                    "at",
+                    kind="limit_exceeded",
                 )
         if self.micro_batch_size is None and (
             self.data_parallel_size != 1 or self.decrease_batch_size_if_needed
         ):
-            raise ValueError(
-                "data_parallel_size and decrease_batch_size_if_needed need micro_batch_size"
+            raise _invalid(
+                "data_parallel_size and decrease_batch_size_if_needed need micro_batch_size: "
+                "give the samples per micro-batch per rank",
+                "micro_batch_size",
             )
         if self.rampup_batch_size is None:
             return self
         start, increment, samples = self.rampup_batch_size
         where = "rampup_batch_size [start, increment, ramp-up samples]"
         if start < 1 or increment < 1:
-            raise ValueError(f"{where}: the start batch size and the increment must be >= 1")
+            raise _invalid(
+                f"{where}: the start batch size and the increment must be >= 1",
+                "rampup_batch_size",
+            )
         diff = self.global_batch_size - start
         if diff < 0:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: the start batch size {start} is larger than global_batch_size "
-                f"{self.global_batch_size}; the ramp-up grows the batch to global_batch_size"
+                f"{self.global_batch_size}; the ramp-up grows the batch to global_batch_size",
+                "rampup_batch_size",
             )
         if diff % increment:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: global_batch_size - start = {diff} is not divisible by the increment "
-                f"{increment} (Megatron asserts it); change the increment or the start"
+                f"{increment} (Megatron asserts it); change the increment or the start",
+                "rampup_batch_size",
             )
         if diff == 0:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: the start batch size equals global_batch_size, so there is nothing "
-                "to ramp up (Megatron divides by zero increments); drop rampup_batch_size"
+                "to ramp up (Megatron divides by zero increments); drop rampup_batch_size",
+                "rampup_batch_size",
             )
         if samples < 1:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: ramp-up samples is 0 (Megatron divides by it); give at least 1 or "
-                "drop rampup_batch_size"
+                "drop rampup_batch_size",
+                "rampup_batch_size",
             )
         if diff // increment > settings.max_rampup_increments:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: {diff // increment} batch-size increments; the limit is "
                 f"{settings.max_rampup_increments} (LRS_MAX_RAMPUP_INCREMENTS): use a larger "
-                "increment"
+                "increment",
+                "rampup_batch_size",
+                kind="limit_exceeded",
             )
         return self
 
