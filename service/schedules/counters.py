@@ -434,6 +434,10 @@ class Plan:
         """Return how many parameter updates (optimizer.step() calls) precede each step."""
         return steps - np.searchsorted(self.skipped, steps, side="left")
 
+    def is_skipped(self, steps: np.ndarray) -> np.ndarray:
+        """Return, per optimizer step, whether AMP skipped it (bool)."""
+        return is_in(steps, self.skipped)
+
     def progress(self, steps: np.ndarray) -> np.ndarray:
         """Return, per optimizer step, the optimizer step whose lr the schedule gives it: the
         step itself (torch loops advance on skips), or its update count (Megatron's)."""
@@ -474,7 +478,7 @@ class Plan:
             out["micro_batches"] = self.phases.micro_of(steps)
         if request.skipped_steps is not None:
             out["skipped_steps"] = self.skipped
-            out["skipped"] = np.isin(steps, self.skipped)
+            out["skipped"] = self.is_skipped(steps)
             out["updates"] = self.updates_before(steps)
         if counter is not None:
             samples = self.phases.samples_before(steps)
@@ -492,6 +496,14 @@ class Plan:
         return out
 
 
+def is_in(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Return, per value, whether the sorted ``ordered`` holds it (np.isin without hashing)."""
+    if not ordered.size:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
+    return ordered[at] == values
+
+
 def _family_names(request: "ScheduleRequest") -> set[str]:
     from service.schedules.families import hooks
 
@@ -500,14 +512,17 @@ def _family_names(request: "ScheduleRequest") -> set[str]:
 
 def _check_skipped(request: "ScheduleRequest", notes: list[str]) -> np.ndarray:
     given = request.skipped_steps or []
-    for i, step in enumerate(given):
-        if step >= request.steps:
-            raise InvalidSpec(
-                f"skipped_steps[{i}]={step} is beyond the schedule: optimizer steps run "
-                f"0..{request.steps - 1}; drop it or raise steps",
-                loc=("body", "skipped_steps", i),
-            )
-    skipped = np.unique(np.asarray(given, dtype=np.int64))
+    values = np.asarray(given, dtype=np.int64)
+    beyond = np.flatnonzero(values >= request.steps)
+    if beyond.size:
+        i = int(beyond[0])
+        raise InvalidSpec(
+            f"skipped_steps[{i}]={given[i]} is beyond the schedule: optimizer steps run "
+            f"0..{request.steps - 1}; drop it or raise steps",
+            loc=("body", "skipped_steps", i),
+        )
+    ordered = np.sort(values)
+    skipped = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if given else ordered
     if skipped.size < len(given):
         notes.append(
             f"skipped_steps lists {len(given) - skipped.size} step(s) more than once; each "
@@ -599,7 +614,7 @@ def _skip_notes(request: "ScheduleRequest", skipped: np.ndarray, holds: bool) ->
 def _first_scheduler_step_skipped(request: "ScheduleRequest", skipped: np.ndarray) -> bool:
     """Return True when every optimizer step before the first scheduler.step() was skipped."""
     first = min(request.steps_per_epoch, request.steps) if request.interval == "epoch" else 1
-    return bool(np.isin(np.arange(first), skipped).all())
+    return bool(is_in(np.arange(first), skipped).all())
 
 
 def _torch_order_warning(request: "ScheduleRequest", skipped: np.ndarray) -> str | None:
