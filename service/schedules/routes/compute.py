@@ -252,6 +252,22 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+INLINE_FORMATS = frozenset({"json", "csv", "npy"})
+
+
+def _runs_inline(spec: specs.ScheduleRequest, fmt: str, streamed: bool, settings: Settings) -> bool:
+    """Return True for a request cheap enough to compute on the event loop: vectorized,
+    rendered as JSON, CSV or npy, costing at most ``LRS_COMPUTE_INLINE_MAX_COST``. Its cost
+    bounds both the compute and the values rendered (a 10k-step schedule: about 1 ms), less
+    than a compute thread's hop, the task that watches for a disconnect, and the GIL handed
+    back and forth with the event loop would cost."""
+    if streamed or fmt not in INLINE_FORMATS or settings.compute_inline_max_cost <= 0:
+        return False
+    if service.choose_engine(spec) != "vectorized":
+        return False
+    return budget.cost(spec, "vectorized").total <= settings.compute_inline_max_cost
+
+
 async def _respond(
     request: Request,
     spec: specs.ScheduleRequest,
@@ -299,8 +315,12 @@ async def _respond(
         rendered = formats.render(computed, fmt, title, plot)
         return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
 
-    heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
-    done = await running.run_budgeted(request, work, heavy=heavy)
+    inline = _runs_inline(spec, fmt, streamed, settings)
+    if inline:
+        done = running.run_inline(request, work)
+    else:
+        heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
+        done = await running.run_budgeted(request, work, heavy=heavy)
     if done is None:  # the client left; the computation was stopped
         return Response(status_code=499)
     if isinstance(done, tuple):  # large: streamed in chunks, never cached
@@ -313,7 +333,7 @@ async def _respond(
             media_type=MEDIA_TYPES[fmt],
             headers={**about, **headers},
         )
-    store.put(key, done)
+    store.put(key, done, from_loop=inline)
     return Response(done.body, media_type=done.media_type, headers={**done.headers, **headers})
 
 
