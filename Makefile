@@ -56,6 +56,7 @@ openapi: $(STAMP)
 # extra $(STAMP) installs (never with the service's own dependencies).
 bench: $(STAMP) wrk
 	$(PY) bench/bench_schedules.py
+	$(PY) bench/bench_http.py
 	$(PY) bench/bench_scale.py
 
 # 1 vs 2 API worker processes (wrk, Debian's package)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import torch
@@ -74,18 +75,23 @@ def peak_rss_mb(pid: int) -> float:
 
 @contextmanager
 def server(
-    data_dir: str, env: dict[str, str] | None = None, ready: str = "/healthz"
+    data_dir: str,
+    env: dict[str, str] | None = None,
+    ready: str = "/healthz",
+    args: list[str] | None = None,
+    stderr: IO[str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run the service with uvicorn on a free loopback port; yield (base URL, process).
 
-    Waits until ``ready`` answers 200 (``/readyz`` also waits for the job workers), and
-    stops the server afterwards.
+    ``args`` are more uvicorn options; ``stderr`` (a file) takes the server's stderr, its
+    access log included, instead of this process's. Waits until ``ready`` answers 200
+    (``/readyz`` also waits for the job workers), and stops the server afterwards.
     """
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--log-level", "warning"]
+    command += ["--port", str(port), "--log-level", "warning", *(args or [])]
     full_env = {**os.environ, "LRS_DATA_DIR": data_dir, **(env or {})}
-    process = subprocess.Popen(command, cwd=ROOT, env=full_env)
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -19,7 +19,12 @@ from service.dropout import router as dropout_router
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
 from service.middleware import BodyLimitMiddleware, DuplicateKeyMiddleware
-from service.observability import ObservabilityMiddleware, RouteCapture, configure_access_log
+from service.observability import (
+    ObservabilityMiddleware,
+    RouteCapture,
+    configure_access_log,
+    watch_runtime,
+)
 from service.playground import router as playground_router
 from service.ratelimit import RateLimitMiddleware
 from service.schedules import routes as schedules_router
@@ -68,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         streaming.install_log_filter()
         auth.warn_if_exposed(key_hashes)
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(watch_runtime())
             for domain_lifespan in app.state.domain_lifespans:
                 await stack.enter_async_context(domain_lifespan(app))
             jobs = getattr(app.state, "jobs", None)

@@ -54,6 +54,25 @@ JOBS_SUBMITTED = Counter(
     "lrs_jobs_submitted", "Job submissions answered 202 (Idempotency-Key replays included)."
 )
 RATE_LIMITED = Counter("lrs_rate_limited", "Requests refused with 429, by route.", ["route"])
+STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_GC_PAUSE = Histogram(
+    "lrs_gc_pause_seconds",
+    "Garbage-collector pauses of this process (every collection), by generation.",
+    ["generation"],
+    buckets=STALL_BUCKETS,
+)
+GC_PAUSE = [_GC_PAUSE.labels(str(g)) for g in range(3)]
+LOOP_LAG = Histogram(
+    "lrs_event_loop_lag_seconds",
+    "How late the event loop ran a timer it sets every 0.1 s: time it spent busy or stalled.",
+    buckets=STALL_BUCKETS,
+)
+LOOP_LAG_OFF_CPU = Histogram(
+    "lrs_event_loop_lag_off_cpu_seconds",
+    "Of each event-loop lag, what its thread at least spent not running (the lag less the "
+    "thread's CPU time over the period): descheduled, waiting for the GIL or blocked.",
+    buckets=STALL_BUCKETS,
+)
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 

@@ -8,14 +8,29 @@ One pure-ASGI middleware, outermost, so what it measures is what the client sees
   ``request_id``, ``method``, ``path``, ``route`` (the template, e.g. ``/v1/jobs/{job_id}``),
   ``status``, ``duration_ms``, ``engine`` and ``cache`` (schedule responses) and ``client``.
 - ``HEAD`` on a path that answers ``GET``: runs the ``GET`` and sends its headers only.
+
+The access log's lines are formatted where the request ends and written to stderr by a
+background thread (:class:`BackgroundStderr`): a stderr that drains slowly (a full pipe to a
+log collector or a terminal) never stalls the event loop; past
+:data:`BackgroundStderr.MAX_PENDING` unwritten lines, lines are dropped and counted.
+
+:func:`watch_runtime` reports what stalls a process (``lrs_gc_pause_seconds``,
+``lrs_event_loop_lag_seconds``), so a latency tail can be told from the machine's own noise.
 """
 
+import asyncio
+import atexit
+import gc
 import json
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,14 +50,129 @@ class _JsonLines(logging.Formatter):
         return json.dumps({"level": record.levelname.lower(), "message": record.getMessage()})
 
 
+class BackgroundStderr(logging.Handler):
+    """A handler that formats records on the caller's thread and writes them to stderr from a
+    daemon thread, in batches (at most :data:`INTERVAL_S` late).
+
+    A blocked stderr blocks only that thread; lines beyond :data:`MAX_PENDING` waiting are
+    dropped, and a line saying how many follows. :meth:`flush` writes what waits (at exit).
+    """
+
+    MAX_PENDING = 20_000
+    """Lines kept while stderr does not drain (about 5 MB of access log)."""
+    INTERVAL_S = 0.05
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: deque[str] = deque()
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._pending) >= self.MAX_PENDING:
+            self.dropped += 1
+            return
+        self._pending.append(line)
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="access-log writer", daemon=True
+                )
+                self._thread.start()
+                atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.INTERVAL_S)
+            self.flush(timeout=-1)
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Write the lines waiting; give up after ``timeout`` s when another write blocks."""
+        if not self._write_lock.acquire(timeout=timeout):
+            return
+        try:
+            lines = []
+            while self._pending:
+                lines.append(self._pending.popleft())
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                note = {"level": "warning", "message": f"access log: {dropped} lines dropped "
+                        "(stderr did not drain)"}  # fmt: skip
+                lines.append(json.dumps(note))
+            if not lines:
+                return
+            stream = sys.stderr
+            try:
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()
+            except (OSError, ValueError):  # stderr closed (shutting down): nothing to do
+                pass
+        finally:
+            self._write_lock.release()
+
+
 def configure_access_log(enabled: bool) -> None:
     """Give the access logger a JSON-lines handler on stderr (once), or silence it."""
     access_log.propagate = False
     access_log.setLevel(logging.INFO if enabled else logging.CRITICAL + 1)
     if enabled and not access_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = BackgroundStderr()
         handler.setFormatter(_JsonLines())
         access_log.addHandler(handler)
+
+
+_gc_started: list[float] = []
+
+
+def _gc_callback(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started.append(time.perf_counter())
+    elif _gc_started:
+        metrics.GC_PAUSE[info["generation"]].observe(time.perf_counter() - _gc_started.pop())
+
+
+LAG_PERIOD_S = 0.1
+
+
+async def _watch_loop() -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        start, cpu = loop.time(), time.thread_time()
+        await asyncio.sleep(LAG_PERIOD_S)
+        lag = max(0.0, loop.time() - start - LAG_PERIOD_S)
+        metrics.LOOP_LAG.observe(lag)
+        # the part of the lag the loop's thread cannot have spent running (its CPU time over
+        # the whole period is at most what it ran): descheduled, waiting for the GIL, blocked
+        metrics.LOOP_LAG_OFF_CPU.observe(max(0.0, lag - (time.thread_time() - cpu)))
+
+
+@asynccontextmanager
+async def watch_runtime() -> AsyncIterator[None]:
+    """While the block runs, time this process's garbage collections and how late its event
+    loop runs a timer (every :data:`LAG_PERIOD_S`), into ``/metrics``."""
+    if _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
+    task = asyncio.get_running_loop().create_task(_watch_loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        with suppress(ValueError):
+            gc.callbacks.remove(_gc_callback)
 
 
 class RouteCapture:

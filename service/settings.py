@@ -58,7 +58,8 @@ class Settings(BaseSettings):
         default=800_000_000,
         description="Largest vectorized cost accepted: scheduler steps × (param groups × "
         "schedulers × 4 + 3 × lr_lambda operations), plus the scan of a ChainedScheduler "
-        "(the 753-character lr_lambda probe, 511 per step, is refused above 1.5M steps).",
+        "(the 753-character lr_lambda probe, 511 per step, is refused above 1.5M steps) and "
+        "256 per step for a metric-driven schedule's scan over the metrics.",
     )
     compute_heavy_share: float = Field(
         default=0.1,
@@ -86,6 +87,19 @@ class Settings(BaseSettings):
         default=4, description="Deepest SequentialLR/ChainedScheduler nesting accepted."
     )
     max_sample_points: int = Field(default=100_000, description="Most indices in `sample.at`.")
+    max_skipped_steps: int = Field(
+        default=100_000, description="Most optimizer steps in `skipped_steps`."
+    )
+    max_accumulation_steps: int = Field(
+        default=65_536, description="Largest `accumulation_steps` (micro-batches per step)."
+    )
+    max_counter_queries: int = Field(
+        default=10_000, description="Most counter values in `counter.at`."
+    )
+    max_rampup_increments: int = Field(
+        default=10_000,
+        description="Most batch-size increments of a `counter.rampup_batch_size` ramp-up.",
+    )
     expression_max_length: int = Field(default=1000, description="Longest lr_lambda expression.")
     expression_max_depth: int = Field(
         default=32, description="Deepest lr_lambda expression nesting."
@@ -129,6 +143,14 @@ class Settings(BaseSettings):
         default=1,
         description="torch intra-op threads in the API process; requests already run in "
         "parallel threads, and on a busy 2-core machine more threads only spin.",
+    )
+    compute_inline_max_cost: int = Field(
+        default=200_000,
+        ge=0,
+        description="Vectorized JSON, CSV and npy requests costing at most this many value "
+        "operations (a 10k-step warmup + cosine costs 80 000) are computed on the event loop, "
+        "in about a millisecond: a hop to a compute thread costs more than that. 0: always "
+        "in a thread.",
     )
     compute_concurrency: int = Field(
         default=2,

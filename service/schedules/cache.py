@@ -108,16 +108,20 @@ class ResultCache:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: Entry) -> None:
-        """Store ``entry``, evicting the least recently used until the budget holds."""
+    def put(self, key: str, entry: Entry, *, from_loop: bool = False) -> None:
+        """Store ``entry``, evicting the least recently used until the budget holds.
+
+        ``from_loop``: the body was made on the event loop (not in a worker thread), so it
+        is kept as it is rather than copied."""
         if entry_bytes(key, entry) > self.max_bytes:
             return
         old = self._entries.pop(key, None)
         if old is not None:
             self.size -= entry_bytes(key, old)
-        # The body is copied here, on the event loop: the worker thread's copy sits among
-        # that request's temporaries, and a long-lived object there pins their heap.
-        entry = Entry(memoryview(entry.body).tobytes(), entry.media_type, _shared(entry.headers))
+        # A worker thread's body is copied here, on the event loop: the thread's copy sits
+        # among that request's temporaries, and a long-lived object there pins their heap.
+        body = entry.body if from_loop else memoryview(entry.body).tobytes()
+        entry = Entry(body, entry.media_type, _shared(entry.headers))
         self._entries[key] = entry
         self.size += entry_bytes(key, entry)
         while self.size > self.max_bytes:

@@ -131,6 +131,13 @@ def compute_all(request: CompareRequest, settings: Settings) -> list[Computed]:
             f"{settings.batch_max_points} (LRS_BATCH_MAX_POINTS). Lower steps or sample.",
             loc=("body", "specs"),
         )
+    index_by = {s.index_by for s in request.specs}
+    if len(index_by) > 1:
+        raise InvalidSpec(
+            "the specs index their series differently (index_by "
+            f"{' and '.join(sorted(index_by))}); give every spec the same index_by",
+            loc=("body", "specs"),
+        )
     out = []
     for i, spec in enumerate(request.specs):
         try:

@@ -66,7 +66,7 @@ def _steps_json(indices: np.ndarray) -> np.ndarray | orjson.Fragment:
 
 def result_dict(computed: Computed) -> dict[str, object]:
     """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
-    return {
+    body: dict[str, object] = {
         "steps": _steps_json(computed.indices),
         "lr": np.ascontiguousarray(computed.lr),
         "momentum": None if computed.momentum is None else np.ascontiguousarray(computed.momentum),
@@ -79,7 +79,9 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "warnings": computed.warnings,
         "summary": computed.summary(),
         "families": computed.families,
+        "counters": computed.counters,
     }
+    return body
 
 
 def to_json_bytes(computed: Computed) -> bytes:

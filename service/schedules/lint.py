@@ -125,16 +125,29 @@ def _hazards(request: specs.ScheduleRequest) -> list[Caveat]:
                     '/v1/schedules/resume with recipes ["last_epoch"] shows what this spec gets',
                 )
             )
-        if isinstance(spec, specs.CosineAnnealingLR):
+        wrong = chainable_first_wrong(spec)
+        if wrong is not None and not inside_sequential(request.scheduler, spec) and not warmup:
+            closed = (
+                " (not its closed form, eta_min + (base_lr - eta_min) * (1 + cos(pi * t / "
+                "T_max)) / 2)"
+                if isinstance(spec, specs.CosineAnnealingLR)
+                else ""
+            )
+            effect = (
+                "the resume step keeps the optimizer's initial lr (the steps after it are "
+                "right again)"
+                if isinstance(spec, specs.CyclicLR)
+                else "it continues from the initial lr instead of the lr the run stopped at"
+            )
             out.append(
                 caveat(
-                    "cosine-chainable-form",
-                    f"CosineAnnealingLR(T_max={spec.T_max}) computes each step's lr from the "
-                    "group's current lr (torch's chainable form), not from the step count: "
-                    "rebuilt with last_epoch on a fresh optimizer, chained with another "
-                    "scheduler or after the lr is set by hand, it departs from the closed form "
-                    "eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2. Resume with "
-                    "optimizer and scheduler state_dict()",
+                    "last-epoch-resume-chainable",
+                    f"{spec.type} computes each lr from the group's current lr{closed}: "
+                    "rebuilt with last_epoch=k-1 on a fresh optimizer to resume at step k, "
+                    f"{effect}; for this spec a resume at step {at + wrong} or later can get "
+                    "a wrong lr. Save and load the optimizer's and the scheduler's "
+                    "state_dict() instead",
+                    at + wrong,
                 )
             )
         if isinstance(spec, specs.OneCycleLR):
@@ -151,6 +164,16 @@ def _hazards(request: specs.ScheduleRequest) -> list[Caveat]:
                     at + total + 1,
                 )
             )
+            if not inside_sequential(request.scheduler, spec) and not warmup:
+                out.append(
+                    caveat(
+                        "last-epoch-resume-raises",
+                        "OneCycleLR rebuilt with last_epoch=k-1 on a fresh optimizer to resume "
+                        "raises KeyError('max_lr'): it reads the max_lr and min_lr its first "
+                        "construction wrote into the param groups. Load the optimizer's "
+                        "state_dict() first, or resume with both state_dict()s",
+                    )
+                )
             peak = onecycle_peak(spec, total)
             out.append(
                 caveat(
@@ -199,6 +222,42 @@ def _hazards(request: specs.ScheduleRequest) -> list[Caveat]:
             )
         )
     return out
+
+
+def chainable_first_wrong(spec: specs.SchedulerBase) -> int | None:
+    """Return the first step k at which ``spec``, rebuilt with ``last_epoch=k-1`` on a fresh
+    optimizer (``initial_lr`` set), gets another lr than the uninterrupted run (torch 2.13:
+    the rebuilt scheduler starts from the group's lr, the initial one); None when no resume
+    goes wrong this way (closed forms: LambdaLR, CosineAnnealingWarmRestarts, ...)."""
+    if isinstance(spec, specs.StepLR):
+        return spec.step_size + 1 if spec.gamma != 1 else None
+    if isinstance(spec, specs.MultiStepLR):
+        return min(spec.milestones) + 1 if spec.milestones and spec.gamma != 1 else None
+    if isinstance(spec, specs.ExponentialLR):
+        return 1 if spec.gamma != 1 else None
+    if isinstance(spec, specs.ConstantLR):
+        return 1 if spec.factor != 1 and spec.total_iters > 0 else None
+    if isinstance(spec, specs.LinearLR):
+        changes = spec.start_factor != spec.end_factor and spec.total_iters > 0
+        return 1 if changes else None
+    if isinstance(spec, specs.PolynomialLR):
+        return 1 if spec.total_iters > 0 else None
+    if isinstance(spec, (specs.CosineAnnealingLR, specs.MultiplicativeLR, specs.CyclicLR)):
+        return 1
+    return None
+
+
+def inside_sequential(root: specs.SchedulerBase, spec: specs.SchedulerBase) -> bool:
+    """Return True when ``spec`` is nested in a SequentialLR of ``root`` (its resume is the
+    SequentialLR's, which last-epoch-resume-restarts-children reports)."""
+
+    def walk(node: specs.SchedulerBase, in_seq: bool) -> bool:
+        if node is spec:
+            return in_seq
+        seq = in_seq or isinstance(node, specs.SequentialLR)
+        return any(walk(child, seq) for child in node.children())
+
+    return walk(root, False)
 
 
 def _spans(spec: specs.SchedulerBase, span: int) -> dict[int, int]:

@@ -30,6 +30,17 @@ RESERVED = {
     "warmup_period",
     "yscale",
     "annotate",
+    "skipped_steps",
+    "accumulation_steps",
+    "index_by",
+    "counter",
+    "global_batch_size",
+    "seq_length",
+    "rampup_batch_size",
+    "micro_batch_size",
+    "data_parallel_size",
+    "decrease_batch_size_if_needed",
+    "at",
 }
 """Query parameters of the request itself; every other one is the scheduler's."""
 
@@ -78,6 +89,39 @@ def _query_value(cls: type[specs.SchedulerBase], name: str, raw: str) -> Any:
     return raw
 
 
+def _int_list(text: str) -> Any:
+    """Return ``"0,5,9"`` (or ``"[0,5,9]"``) as a list for the body; pydantic checks it."""
+    text = text.strip()
+    if text.startswith("["):
+        return _json_or_raw(text)
+    return [_json_or_raw(p.strip()) for p in text.split(",") if p.strip()]
+
+
+COUNTER_PARAMS = (
+    "global_batch_size",
+    "seq_length",
+    "micro_batch_size",
+    "data_parallel_size",
+    "decrease_batch_size_if_needed",
+)
+
+
+def _counter(params: dict[str, str], own: set[str]) -> dict[str, Any] | None:
+    """Return the body's ``counter`` from ``counter=samples|tokens`` and its parameters
+    (``at`` and ``rampup_batch_size`` comma-separated)."""
+    names = [n for n in ("counter", *COUNTER_PARAMS, "rampup_batch_size", "at") if n not in own]
+    if not any(n in params for n in names):
+        return None
+    counter: dict[str, Any] = {"type": params.get("counter", "samples")}
+    for name in COUNTER_PARAMS:
+        if name in params and name not in own:
+            counter[name] = params[name]
+    for name in ("rampup_batch_size", "at"):
+        if name in params and name not in own:
+            counter[name] = _int_list(params[name])
+    return counter
+
+
 def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[str, Any]:
     """Return the compute body that the query ``params`` for scheduler ``cls`` describe."""
     kind = cls.model_fields["type"].default
@@ -102,6 +146,14 @@ def query_body(cls: type[specs.SchedulerBase], params: dict[str, str]) -> dict[s
     for name in ("interval", "steps_per_epoch", "engine", "device"):
         if name in params:
             body[name] = params[name]
+    for name in ("accumulation_steps", "index_by"):
+        if name in params and name not in own:
+            body[name] = params[name]
+    if "skipped_steps" in params and "skipped_steps" not in own:
+        body["skipped_steps"] = _int_list(params["skipped_steps"])
+    counter = _counter(params, own)
+    if counter is not None:
+        body["counter"] = counter
     if "include" in params:
         body["include"] = [p for p in params["include"].split(",") if p]
     sample = {name: params[name] for name in ("every", "points") if name in params}
@@ -137,6 +189,9 @@ def query_loc(loc: typing.Sequence[str | int]) -> list[str | int]:
         parts = ["optimizer" if rest == ["type"] else "lr"]
     elif head == "sample" and rest:
         parts = rest[-1:]
+    elif head == "counter" and rest:
+        named = [p for p in rest if p not in ("samples", "tokens", "type")]
+        parts = named[-1:] or ["counter"]
     elif head == "warmup" and rest:
         last = str(rest[-1])
         parts = [

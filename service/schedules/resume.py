@@ -25,8 +25,9 @@ from torch.optim import lr_scheduler
 from torch.optim.lr_scheduler import LRScheduler
 
 from service.errors import InvalidSpec, LimitExceeded
-from service.schedules import budget, compare, service, specs, torch_engine
+from service.schedules import budget, compare, counters, service, specs, torch_engine
 from service.schedules.families import hooks as families
+from service.schedules.result import Counters
 from service.settings import Settings
 
 Recipe = Literal["state_dict", "last_epoch", "fast_forward", "changed"]
@@ -65,6 +66,23 @@ class ResumeRequest(BaseModel):
                         "scheduler": {"type": "CosineAnnealingLR", "T_max": 200},
                         "steps": 100,
                     },
+                },
+                {
+                    "spec": {
+                        "scheduler": {"type": "StepLR", "step_size": 10, "gamma": 0.5},
+                        "steps": 60,
+                    },
+                    "state": {
+                        "step_size": 10,
+                        "gamma": 0.5,
+                        "base_lrs": [0.1],
+                        "last_epoch": 25,
+                        "_step_count": 26,
+                        "_is_initial": False,
+                        "_get_lr_called_within_step": False,
+                        "_last_lr": [0.025],
+                    },
+                    "next_steps": 10,
                 },
             ]
         },
@@ -185,6 +203,11 @@ class ResumeResult(BaseModel):
     )
     state: StateCheck | None = Field(default=None, description="With state: what it holds.")
     warnings: list[str]
+    counters: Counters | None = Field(
+        default=None,
+        description="With skipped_steps/accumulation_steps/counter in spec: each returned "
+        "step's counters, as compute returns them (at: the uninterrupted run's lr).",
+    )
 
 
 def _refuse_unsupported(request: specs.ScheduleRequest, field: str) -> None:
@@ -419,6 +442,7 @@ def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
         )
     _check_limits(request, settings)
     scaled = service.apply_batch_scaling(spec)
+    plan = counters.resume_plan(scaled)
     changed = None
     notes: list[str] = []
     if request.changed is not None:
@@ -473,10 +497,11 @@ def check(request: ResumeRequest, settings: Settings) -> dict[str, Any]:
             "load_state_dict restored the saved scheduler's attributes over the changed "
             "spec's. Set the new value on the scheduler after loading its state."
         )
-    return {
+    body = {
         "steps": indices.tolist(),
         "resume_at": request.resume_at,
         "uninterrupted": reference[:, indices].tolist(),
         "recipes": results,
         "warnings": notes,
     }
+    return counters.resume_counters(body, plan, reference, indices, request.resume_at)

@@ -71,9 +71,9 @@ class SharedResultCache:
         self.local.put(key, entry)
         return entry
 
-    def put(self, key: str, entry: cache.Entry) -> None:
+    def put(self, key: str, entry: cache.Entry, *, from_loop: bool = False) -> None:
         """Store the entry locally and in Redis (bodies above the byte budget nowhere)."""
-        self.local.put(key, entry)
+        self.local.put(key, entry, from_loop=from_loop)
         if len(entry.body) > self.max_bytes:
             return
         head = orjson.dumps({"media_type": entry.media_type, "headers": entry.headers})

@@ -30,7 +30,7 @@ from torch.optim import lr_scheduler
 
 from service.devices import DeviceName
 from service.errors import register_union_tags
-from service.schedules import families, registry
+from service.schedules import counters, families, registry
 from service.schedules.base import (
     MAX_INT,
     IntList,
@@ -475,6 +475,34 @@ class ScheduleRequest(ScheduleConfig):
         description="Extra series: 'momentum' (momentum or beta1 per group), 'weight_decay' "
         "(per group, for megatron's weight-decay schedule).",
     )
+    skipped_steps: NonNegIntList | None = Field(
+        default=None,
+        description="Optimizer steps AMP's GradScaler skipped (inf/nan gradients): "
+        "optimizer.step() is not called there, scheduler.step() still is, so the schedule "
+        "advances (Megatron's loop holds it instead). Indices are optimizer-step calls, "
+        "0..steps-1. The response's counters say which steps were skipped and how many "
+        "updates precede each step; warnings say what torch warns.",
+    )
+    accumulation_steps: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 1},
+        description="Micro-batches per optimizer step (gradient accumulation); the scheduler "
+        "steps after every optimizer step, as the training jobs do. Default 1.",
+    )
+    index_by: counters.IndexBy = Field(
+        default="optimizer_step",
+        description="What the series' index counts: 'optimizer_step' (index i: optimizer step "
+        "i), or 'micro_batch' (index j: micro-batch j, which sees the lr of its optimizer "
+        "step). sample applies to that index.",
+    )
+    counter: counters.CounterSpec | None = Field(
+        default=None,
+        description="Count samples or tokens per optimizer step, with Megatron's batch-size "
+        "ramp-up; `at` asks the lr at given counts ('what lr at sample 3.2M').",
+    )
+
+    _skipped_steps = field_validator("skipped_steps")(counters.check_skipped_steps)
+    _accumulation_steps = field_validator("accumulation_steps")(counters.check_accumulation_steps)
 
     @property
     def scheduler_steps(self) -> int:

@@ -49,14 +49,19 @@ def test_a_bad_spec_fails_only_its_slot(client):
     assert refused["problem"]["type"].endswith("/invalid-spec")
 
 
-def test_plateau_in_a_batch_runs_on_torch(client):
+def test_plateau_in_a_batch_is_scanned_like_alone(client):
     plateau = {
         "scheduler": {"type": "ReduceLROnPlateau", "patience": 0},
         "steps": 3,
         "metrics": [1.0, 1.0],
     }
-    (slot,) = batch(client, [plateau]).json()["results"]
-    assert slot["result"]["engine"] == "torch"
+    other = {**plateau, "metrics": [1.0, 0.5]}
+    slots = batch(client, [plateau, other, plateau]).json()["results"]
+    assert [s["result"]["engine"] for s in slots] == ["vectorized"] * 3
+    for body, slot in zip([plateau, other, plateau], slots, strict=True):
+        alone = client.post("/v1/schedules/compute", json={**body, "engine": "torch"}).json()
+        assert slot["result"]["lr"] == alone["lr"]
+    assert slots[0]["result"]["lr"] != slots[1]["result"]["lr"]
 
 
 def test_batch_size_is_limited(client, settings):

@@ -42,6 +42,19 @@ TORCH = {  # target torch: pytorch_warmup's warmups, and checkpoint=true
         "steps": 10,
         "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8],
     },
+    "lbfgs-step": {  # LBFGS.step takes a closure
+        "optimizer": {"type": "LBFGS", "lr": 1.0},
+        "scheduler": {"type": "StepLR", "step_size": 3, "gamma": 0.5},
+        "steps": 10,
+        "engine": "vectorized",  # the script does not depend on engine or device
+        "device": "cpu",
+    },
+    "skipped-steps-and-counter": {  # AMP skips leave torch's lr per optimizer step as it is
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": 20},
+        "steps": 20,
+        "skipped_steps": [0, 5],
+        "accumulation_steps": 2,
+    },
     "pw-radam": {
         "optimizer": ADAM,
         "scheduler": {"type": "ExponentialLR", "gamma": 0.99},
@@ -310,6 +323,28 @@ LIGHTNING = {
         "warmup": {"type": "exponential", "warmup_period": 6},
         "steps": 20,
     },
+    "plateau-steps": {  # "monitor": the metric logged in training_step
+        "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
+        "steps": 12,
+        "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7],
+    },
+    "plateau-epochs": {  # the metric logged in on_train_epoch_end
+        "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 0},
+        "interval": "epoch",
+        "steps_per_epoch": 2,
+        "steps": 10,
+        "metrics": [1.0, 1.0, 0.5, 0.5],
+    },
+    "transformers-greedy": {  # not a ReduceLROnPlateau: "reduce_on_plateau": True
+        "scheduler": {
+            "type": "transformers",
+            "name": "greedy",
+            "scheduler_specific_kwargs": {"patience": 1, "min_lr": 0.001},
+        },
+        "steps": 12,
+        "metrics": [1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9],
+    },
+    "pw-untuned-exponential-plateau": TORCH["pw-untuned-exponential-plateau"],
 }
 
 # timm's __init__ imports torchvision, which cannot be installed beside this torch; the script's
@@ -520,7 +555,18 @@ def test_a_target_that_cannot_write_the_spec_names_those_that_can(client, target
             "warmup_epochs",
         ),
         ("?target=timm&checkpoint=true", TIMM["multistep-per-step"], "checkpoint", "torch"),
-        ("?target=lightning", PLATEAU, "scheduler", "target 'torch'"),
+        (
+            "?target=torch",
+            {**TORCH["pw-radam"], "accumulation_steps": 4, "index_by": "micro_batch"},
+            "index_by",
+            "every optimizer step",
+        ),
+        (
+            "?target=megatron",
+            {**MEGATRON["wsd"], "skipped_steps": [3]},
+            "skipped_steps",
+            "drop skipped_steps",
+        ),
     ],
 )
 def test_other_refusals_say_what_to_change(client, query, body, loc, words):

@@ -56,25 +56,78 @@ def first_change(values) -> int:
 def test_cosine_past_t_max_rises_where_torch_does(client):
     findings = lint(client, {"scheduler": {"type": "CosineAnnealingLR", "T_max": 40}, "steps": 120})
     codes = by_code(findings)
-    assert list(codes) == ["cosine-rises-after-t-max", "cosine-chainable-form"]
+    assert list(codes) == ["cosine-rises-after-t-max", "last-epoch-resume-chainable"]
     rise = codes["cosine-rises-after-t-max"]
     real = torch_series(lambda o: S.CosineAnnealingLR(o, T_max=40), 120)
     assert rise["step"] == first_rise(real) == 41
     assert rise["kind"] == "caveat" and rise["see"].startswith("https://pytorch.org/docs/")
-    assert codes["cosine-chainable-form"]["step"] is None
-    assert codes["cosine-chainable-form"]["kind"] == "hazard"
+    assert codes["last-epoch-resume-chainable"]["step"] == 1
+    assert codes["last-epoch-resume-chainable"]["kind"] == "hazard"
 
 
-def test_the_chainable_cosine_really_resumes_wrong_when_rebuilt_with_last_epoch():
-    """The claim behind cosine-chainable-form, with torch: rebuilt at k with last_epoch on a
-    fresh optimizer (initial_lr set), the next lr is not the uninterrupted run's."""
-    real = torch_series(lambda o: S.CosineAnnealingLR(o, T_max=40, eta_min=0.001), 30)
+def first_wrong_resume(make, n: int = 40) -> int | None:
+    """The first step k at which the real torch scheduler ``make(optimizer, last_epoch)``,
+    rebuilt with last_epoch=k-1 on a fresh optimizer with initial_lr set (as resume scripts
+    do), gives another lr than the uninterrupted run at k, k+1 or k+2; None when none does."""
+    real = torch_series(lambda o: make(o, -1), n + 3)
+    for k in range(1, n):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        opt.param_groups[0]["initial_lr"] = 0.1
+        got = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sched = make(opt, k - 1)
+            for _ in range(3):
+                got.append(opt.param_groups[0]["lr"])
+                sched.step()
+        if got != pytest.approx(real[k : k + 3], rel=1e-12):
+            return k
+    return None
+
+
+RESUMES = {
+    "StepLR": ({"type": "StepLR", "step_size": 10, "gamma": 0.5},
+               lambda o, e: S.StepLR(o, step_size=10, gamma=0.5, last_epoch=e)),
+    "MultiStepLR": ({"type": "MultiStepLR", "milestones": [15, 5], "gamma": 0.5},
+                    lambda o, e: S.MultiStepLR(o, milestones=[15, 5], gamma=0.5, last_epoch=e)),
+    "ExponentialLR": ({"type": "ExponentialLR", "gamma": 0.9},
+                      lambda o, e: S.ExponentialLR(o, gamma=0.9, last_epoch=e)),
+    "ConstantLR": ({"type": "ConstantLR", "factor": 0.5, "total_iters": 10},
+                   lambda o, e: S.ConstantLR(o, factor=0.5, total_iters=10, last_epoch=e)),
+    "LinearLR": ({"type": "LinearLR", "start_factor": 0.1, "total_iters": 20},
+                 lambda o, e: S.LinearLR(o, start_factor=0.1, total_iters=20, last_epoch=e)),
+    "PolynomialLR": ({"type": "PolynomialLR", "total_iters": 30, "power": 2.0},
+                     lambda o, e: S.PolynomialLR(o, total_iters=30, power=2.0, last_epoch=e)),
+    "CosineAnnealingLR": ({"type": "CosineAnnealingLR", "T_max": 30, "eta_min": 0.001},
+                          lambda o, e: S.CosineAnnealingLR(o, T_max=30, eta_min=0.001, last_epoch=e)),
+    "MultiplicativeLR": ({"type": "MultiplicativeLR", "lr_lambda": "0.95"},
+                         lambda o, e: S.MultiplicativeLR(o, lambda k: 0.95, last_epoch=e)),
+    "CyclicLR": ({"type": "CyclicLR", "base_lr": 0.01, "max_lr": 0.2, "step_size_up": 5,
+                  "cycle_momentum": False},
+                 lambda o, e: S.CyclicLR(o, base_lr=0.01, max_lr=0.2, step_size_up=5,
+                                         cycle_momentum=False, last_epoch=e)),
+    "LambdaLR": ({"type": "LambdaLR", "lr_lambda": "0.95 ** epoch"},
+                 lambda o, e: S.LambdaLR(o, lambda k: 0.95**k, last_epoch=e)),
+    "CosineAnnealingWarmRestarts": ({"type": "CosineAnnealingWarmRestarts", "T_0": 10},
+                                    lambda o, e: S.CosineAnnealingWarmRestarts(o, T_0=10, last_epoch=e)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RESUMES))
+def test_a_last_epoch_resume_goes_wrong_from_the_step_torch_shows(client, name):
+    spec, make = RESUMES[name]
+    codes = by_code(lint(client, {"scheduler": spec, "steps": 40}))
+    found = codes.get("last-epoch-resume-chainable")
+    assert (found and found["step"]) == first_wrong_resume(make), found
+
+
+def test_onecycle_rebuilt_with_last_epoch_raises_as_the_finding_says(client):
+    body = {"scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 40}, "steps": 40}
+    assert "last-epoch-resume-raises" in by_code(lint(client, body))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     opt.param_groups[0]["initial_lr"] = 0.1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        S.CosineAnnealingLR(opt, T_max=40, eta_min=0.001, last_epoch=19)
-    assert opt.param_groups[0]["lr"] != pytest.approx(real[20], rel=1e-3)
+    with pytest.raises(KeyError, match="max_lr"):
+        S.OneCycleLR(opt, max_lr=0.1, total_steps=40, last_epoch=9)
 
 
 def test_cosine_after_a_warmup_and_per_epoch_lands_on_the_optimizer_step(client):
@@ -192,8 +245,9 @@ def test_a_plateau_without_metrics_is_an_error_finding_not_a_422(client):
 
 
 def test_a_spec_with_no_caveats_has_no_findings(client):
-    assert lint(client, {"scheduler": {"type": "StepLR", "step_size": 30}, "steps": 100}) == []
-    body = {"scheduler": {"type": "ExponentialLR", "gamma": 0.98}, "steps": 50_000_000}
+    clean = {"type": "LambdaLR", "lr_lambda": "0.98 ** epoch"}  # a closed form: resumes right
+    assert lint(client, {"scheduler": clean, "steps": 100}) == []
+    body = {"scheduler": clean, "steps": 50_000_000}
     assert lint(client, body) == []  # nothing is stepped: far above compute's limits
 
 

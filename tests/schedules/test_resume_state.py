@@ -217,6 +217,22 @@ def test_epoch_interval_counts_last_epoch_in_epochs(client):
     assert body["recipes"]["state"]["lr"] == [[lr for lr in lrs[0] for _ in range(4)]]
 
 
+def test_counters_with_a_state(client):
+    state, _, lrs = real_run(CASES["StepLR"][2], k=6, n=4)
+    spec = {
+        **spec_of("StepLR", steps=10),
+        "skipped_steps": [0, 4],
+        "counter": {"type": "samples", "global_batch_size": 32, "at": [100]},
+    }
+    r = post_json(client, {"spec": spec, "state": state, "next_steps": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["recipes"]["state"]["lr"] == lrs  # AMP's skips still step the scheduler
+    assert body["counters"]["updates"] == [4, 5, 6, 7]
+    assert body["counters"]["at"][0]["optimizer_step"] == 3
+    assert any("Adam's state['step']) is 4, not 6" in w for w in body["warnings"])
+
+
 def test_transformers_schedule_state(client):
     optimization = pytest.importorskip("transformers.optimization")
     make = lambda o: optimization.get_scheduler(  # noqa: E731

@@ -363,6 +363,45 @@ PARITY = [
         include=["momentum"],
     ),
     case("one-step", cosine(10), 1),
+    # metric-driven: an exact scan over the metrics (vectorized/plateau.py)
+    case(
+        "plateau",
+        {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 2, "cooldown": 1},
+        15,
+        metrics=[1.0, 0.9, 0.9, 0.9, 0.9, 0.95, 0.89, 0.89, 0.89, 0.89, 0.89, 0.5, 0.5, 0.5],
+    ),
+    case(
+        "plateau-max-abs-groups",
+        {
+            "type": "ReduceLROnPlateau",
+            "mode": "max",
+            "threshold_mode": "abs",
+            "patience": 0,
+            "threshold": 0.05,
+            "min_lr": [0.02, 0.0],
+            "factor": 0.5,
+        },
+        31,
+        metrics=[0.1 * (i % 4) for i in range(30)],
+        param_groups=TWO_GROUPS,
+    ),
+    case(
+        "plateau-after-warmup",
+        {"type": "ReduceLROnPlateau", "patience": 1},
+        20,
+        metrics=[1.0] * 19,
+        warmup={"type": "linear", "steps": 5, "start_factor": 0.0},
+        optimizer=SGD_M,
+        include=["momentum"],
+    ),
+    case(
+        "plateau-per-epoch",
+        {"type": "ReduceLROnPlateau", "patience": 1},
+        24,
+        metrics=[1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5],
+        interval="epoch",
+        steps_per_epoch=3,
+    ),
 ]
 
 ERRORS = [
@@ -407,6 +446,31 @@ ERRORS = [
     ),
     case(
         "optimizer-argument", cosine(10), 20, optimizer={"type": "SGD", "lr": 0.1, "momentum": -1.0}
+    ),
+    case(
+        "plateau-min-lr-per-group-mismatch",
+        {"type": "ReduceLROnPlateau", "min_lr": [0.1, 0.2, 0.3]},
+        5,
+        metrics=[1.0] * 4,
+        param_groups=TWO_GROUPS,
+    ),
+    case(
+        "greedy-factor-0-divides-by-zero",
+        {
+            "type": "transformers",
+            "name": "greedy",
+            "scheduler_specific_kwargs": {"factor": 0.0, "patience": 0},
+        },
+        8,
+        metrics=[3.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0],
+        warmup={"type": "constant", "steps": 2, "factor": 0.5},
+    ),
+    case(
+        "greedy-max-lr-per-group-mismatch",
+        {"type": "transformers", "name": "greedy", "scheduler_specific_kwargs": {"max_lr": [1.0]}},
+        5,
+        metrics=[1.0] * 4,
+        param_groups=TWO_GROUPS,
     ),
 ]
 
@@ -458,7 +522,7 @@ def test_the_suite_is_big_enough():
             s.type
             for s in specs.walk(specs.ScheduleRequest.model_validate(param.values[0]).scheduler)
         }
-    assert covered == set(registry.types("torch")) - {"ReduceLROnPlateau"}
+    assert covered == set(registry.types("torch"))
 
 
 @pytest.mark.parametrize("body", PARITY)
@@ -671,7 +735,7 @@ def test_auto_picks_vectorized_and_says_so(client):
     assert r.headers["x-engine"] == "vectorized"
 
 
-def test_auto_falls_back_to_torch_for_reduce_on_plateau(client):
+def test_auto_scans_reduce_on_plateau_on_the_vectorized_engine(client):
     body = {
         "scheduler": {"type": "ReduceLROnPlateau", "patience": 0},
         "steps": 4,
@@ -679,16 +743,34 @@ def test_auto_falls_back_to_torch_for_reduce_on_plateau(client):
     }
     r = client.post("/v1/schedules/compute", json=body)
     assert r.status_code == 200, r.text
-    assert r.json()["engine"] == "torch"
+    assert r.json()["engine"] == "vectorized"
     assert r.json()["lr"] == [[0.1, 0.1, 0.010000000000000002, 0.0010000000000000002]]
+    assert post(client, body, "torch").json()["lr"] == r.json()["lr"]
 
 
 @pytest.mark.parametrize(
     ("body", "why"),
     [
         (
-            {"scheduler": {"type": "ReduceLROnPlateau"}, "steps": 3, "metrics": [1, 1]},
-            "ReduceLROnPlateau",
+            {
+                "scheduler": {
+                    "type": "SequentialLR",
+                    "schedulers": [cosine(5), {"type": "timm", "sched": "plateau"}],
+                    "milestones": [5],
+                },
+                "steps": 10,
+                "metrics": [1.0] * 9,
+            },
+            "timm 'plateau' nested in a SequentialLR",
+        ),
+        (
+            {
+                "scheduler": {"type": "timm", "sched": "plateau"},
+                "warmup": {"type": "linear", "steps": 3},
+                "steps": 10,
+                "metrics": [1.0] * 9,
+            },
+            "warmup_epochs",
         ),
         (
             {

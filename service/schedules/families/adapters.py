@@ -40,7 +40,8 @@ class FamilySpec(Protocol):
 
 class LibrarySchedulerBase(SchedulerBase):
     """What the library families' specs share (optax, timm, Megatron): the vectorized engine
-    evaluates their closed form (:func:`family_leaf`); a metric-driven one has none."""
+    evaluates their closed form (:func:`family_leaf`), a metric-driven one by its
+    ``metric_schedule`` (a scan over the metrics)."""
 
     sets_lr: ClassVar[bool] = False
     """The library sets the lr itself (the optimizer's and groups' lr are not read)."""
@@ -53,13 +54,8 @@ class LibrarySchedulerBase(SchedulerBase):
         return family_leaf(sched.spec, column(sched.base_lrs, device))
 
     def vectorized_unsupported(self) -> str | None:
-        """Return why the vectorized engine cannot compute this spec (metric-driven), or None."""
-        if getattr(self, "metric_driven", False):
-            name = getattr(self, self.selector)
-            return (
-                f"{self.type} {name!r} depends on the metric values step by step, so it has no "
-                "closed form; use engine 'torch' or 'auto'"
-            )
+        """Return None: the vectorized engine has every one (a metric-driven one as a scan
+        over the metrics, see vectorized/plateau.py)."""
         return None
 
     def request_caveats(self, request: Any) -> list[str]:

@@ -152,7 +152,8 @@ class TimmScheduler(LibrarySchedulerBase):
     # ------------------------------------------------------------------ closed form
 
     metric_driven: ClassVar[bool] = False
-    """True for 'plateau', whose lr follows the request's metrics (torch engine only)."""
+    """True for 'plateau', whose lr follows the request's metrics (the vectorized engine
+    scans them: :meth:`TimmPlateau.metric_schedule`)."""
 
     def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
         """Return None: timm takes each group's own lr; its arguments are single numbers."""
@@ -501,7 +502,9 @@ class TimmPlateau(TimmScheduler):
     """Multiplies the lr by ``decay_rate`` when the metric stops improving (driven by ``metrics``).
 
     timm: ``create_scheduler_v2(optimizer, sched='plateau', ...)`` → ``PlateauLRScheduler``
-    over torch's ``ReduceLROnPlateau`` (deprecated in timm). Torch engine only.
+    over torch's ``ReduceLROnPlateau`` (threshold 1e-4 'rel', cooldown 0; deprecated in timm).
+    Its warmup ignores the metric; after it the plateau reduces the noise-free lr and the noise
+    is applied on top (and undone before the next step), as timm's ``step(t, metric)`` does.
     """
 
     sched: Literal["plateau"] = "plateau"
@@ -518,6 +521,42 @@ class TimmPlateau(TimmScheduler):
         "steps": 10,
         "metrics": [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.8, 0.8],
     }
+
+    def metric_schedule(
+        self,
+        *,
+        start: list[float],
+        built: list[float],
+        initial: list[float],
+        metrics: list[float],
+        span: int,
+    ) -> Any:
+        """Return the vectorized engine's scan of timm's PlateauLRScheduler over the groups'
+        initial lrs (``initial``; timm's ``base_values``), noise applied where asked."""
+        from service.schedules.vectorized import plateau
+
+        rule = plateau.TimmPlateauRule(
+            plateau=plateau.PlateauRule(
+                mode=self.plateau_mode,
+                factor=self.decay_rate,
+                patience=self.patience_epochs,
+                min_lrs=plateau.per_group(self.min_lr, len(initial)),
+            ),
+            warmup_t=self.warmup_t,
+            warmup_lr_init=self.warmup_lr,
+        )
+        noisy = None if self.noise_range() is None else self._plateau_noise
+        return plateau.MetricSchedule(lambda: rule.scan(initial, metrics, span), adjust=noisy)
+
+    def _plateau_noise(self, k: Tensor, values: Tensor) -> Tensor:
+        """Apply timm's noise where the plateau applies it: in the noise range, after the
+        warmup (its warmup branch adds none)."""
+        after = k > self.warmup_t
+        if not bool(after.any()):
+            return values
+        out = values.clone()
+        out[:, after] = _add_noise(self, k[after], values[:, after])
+        return out
 
     @model_validator(mode="after")
     def _on_epochs(self) -> "TimmPlateau":

@@ -519,10 +519,37 @@ class ReduceLROnPlateau(SchedulerBase):
     example_request = {"steps": 10, "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.85, 0.85, 0.85]}
 
     def vectorized_unsupported(self) -> str | None:
-        return (
-            "ReduceLROnPlateau depends on the metric values step by step, so it has no "
-            "closed form; use engine 'torch' or 'auto'"
+        return None  # the vectorized engine scans the metrics (vectorized/plateau.py)
+
+    def plateau_rule(self, groups: int) -> Any:
+        """Return torch's state machine with this spec's arguments, for ``groups`` groups."""
+        from service.schedules.vectorized import plateau
+
+        return plateau.PlateauRule(
+            mode=self.mode,
+            factor=self.factor,
+            patience=self.patience,
+            threshold=self.threshold,
+            threshold_mode=self.threshold_mode,
+            cooldown=self.cooldown,
+            min_lrs=plateau.per_group(self.min_lr, groups),
+            eps=self.eps,
         )
+
+    def metric_schedule(
+        self,
+        *,
+        start: list[float],
+        built: list[float],
+        initial: list[float],
+        metrics: list[float],
+        span: int,
+    ) -> Any:
+        """Return the vectorized engine's scan: torch's reductions from ``start``."""
+        from service.schedules.vectorized import plateau
+
+        rule = self.plateau_rule(len(start))
+        return plateau.MetricSchedule(lambda: rule.scan(start, metrics, span))
 
 
 # --------------------------------------------------------------------------- cycles

@@ -392,13 +392,49 @@ class TransformersSchedule(SchedulerBase):
     def closed_form(self, sched: Any, device: torch.device) -> formulas.Leaf:
         return formulas.Lambda.of(sched, device)
 
-    def vectorized_unsupported(self) -> str | None:
-        if self.metric_driven:
-            return (
-                f"transformers {self.name!r} depends on the metric values step by step, so it "
-                "has no closed form; use engine 'torch' or 'auto'"
+    def metric_schedule(
+        self,
+        *,
+        start: list[float],
+        built: list[float],
+        initial: list[float],
+        metrics: list[float],
+        span: int,
+    ) -> Any:
+        """Return the vectorized engine's scan of a metric-driven name: torch's
+        ReduceLROnPlateau (``reduce_lr_on_plateau``) or GreedyLR (``greedy``, which resets
+        to ``built``, the lrs it was constructed with) from ``start``."""
+        from service.schedules.vectorized import plateau
+
+        kw, groups = self.kwargs, len(start)
+        if self.name == "reduce_lr_on_plateau":
+            rule = plateau.PlateauRule(
+                mode=kw.mode,
+                factor=kw.factor,
+                patience=kw.patience,
+                threshold=kw.threshold,
+                threshold_mode=kw.threshold_mode,
+                cooldown=kw.cooldown,
+                min_lrs=plateau.per_group(kw.min_lr, groups),
+                eps=kw.eps,
             )
-        return None
+            return plateau.MetricSchedule(lambda: rule.scan(start, metrics, span))
+        greedy = plateau.GreedyRule(
+            mode=kw.mode,
+            factor=kw.factor,
+            patience=kw.patience,
+            threshold=kw.threshold,
+            threshold_mode=kw.threshold_mode,
+            cooldown=kw.cooldown,
+            warmup=kw.warmup,
+            min_lrs=plateau.per_group(kw.min_lr, groups),
+            max_lrs=plateau.per_group(kw.max_lr, groups),
+            eps=kw.eps,
+            smooth=kw.smooth,
+            window_size=kw.window_size,
+            reset_start=kw.reset_start,
+        )
+        return plateau.MetricSchedule(lambda: greedy.scan(start, metrics, span, init=built))
 
 
 def _located_error(field: str, message: str) -> ValueError:
@@ -524,7 +560,7 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             return where(e < w, torch.clamp_min(up, 0.0), out)
 
         return TensorFactor(wsd)
-    raise AssertionError(f"{name} has no closed form")  # metric-driven: torch engine only
+    raise AssertionError(f"{name} has no closed form")  # metric-driven: a scan (metric_schedule)
 
 
 def _min_lr_rate(kw: MinLrKwargs, lr_init: float) -> float:
@@ -549,6 +585,8 @@ def build(spec: TransformersSchedule, optimizer: torch.optim.Optimizer, *, close
     library is not installed). ``closed=True``: a ``LambdaLR`` over :func:`closed_form`,
     which the vectorized engine reads (metric-driven names have none).
     """
+    if closed and spec.metric_driven:
+        return _metric_driven_closed(spec, optimizer)
     # the library's construction-time refusals, raised the same way for both engines
     factor = None if spec.metric_driven else closed_form(spec, optimizer.defaults["lr"])
     if closed:
@@ -563,6 +601,27 @@ def build(spec: TransformersSchedule, optimizer: torch.optim.Optimizer, *, close
             num_training_steps=spec.num_training_steps,
             scheduler_specific_kwargs=dict(spec.scheduler_specific_kwargs),
         )
+
+
+class GreedyStandIn:
+    """What the vectorized engine builds for ``greedy`` (the scan computes its lrs): it
+    refuses what GreedyLR's constructor refuses and, like it, leaves the lrs alone."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kwargs: GreedyKwargs) -> None:
+        groups = len(optimizer.param_groups)
+        for key in ("min_lr", "max_lr"):
+            value = getattr(kwargs, key)
+            if isinstance(value, (list, tuple)) and len(value) != groups:
+                raise ValueError(f"expected {groups} {key}s, got {len(value)}")
+        self.optimizer = optimizer
+
+
+def _metric_driven_closed(spec: TransformersSchedule, optimizer: torch.optim.Optimizer) -> Any:
+    """Return what get_scheduler builds for a metric-driven name, without the library:
+    torch's ReduceLROnPlateau (as get_reduce_on_plateau_schedule does) or a GreedyLR stand-in."""
+    if spec.name == "reduce_lr_on_plateau":
+        return lr_scheduler.ReduceLROnPlateau(optimizer, **dict(spec.scheduler_specific_kwargs))
+    return GreedyStandIn(optimizer, spec.kwargs)
 
 
 @cache

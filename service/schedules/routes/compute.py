@@ -12,7 +12,17 @@ from service.deps import SettingsDep
 from service.devices import TORCH_VERSION, resolve_device
 from service.errors import InvalidSpec, ServiceError
 from service.negotiation import MEDIA_TYPES, negotiate
-from service.schedules import budget, cache, formats, plots, query, registry, service, specs
+from service.schedules import (
+    budget,
+    cache,
+    counters,
+    formats,
+    plots,
+    query,
+    registry,
+    service,
+    specs,
+)
 from service.schedules.registry import SchedulerBase
 from service.schedules.result import Computed, ScheduleResult
 from service.schedules.routes import running
@@ -156,6 +166,43 @@ SEED_EXAMPLES: dict[str, dict[str, Any]] = {
             "sample": {"every": 10},
         },
     },
+    "amp_skipped_steps": {
+        "summary": "AMP: GradScaler skipped optimizer steps 0 and 57; the schedule still advances",
+        "value": {
+            "scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 1000},
+            "steps": 1000,
+            "skipped_steps": [0, 57],
+            "sample": {"at": [0, 1, 57, 58, 999]},
+        },
+    },
+    "accumulation_micro_batch": {
+        "summary": "4 micro-batches per optimizer step, the lr each micro-batch sees",
+        "value": {
+            "scheduler": {"type": "StepLR", "step_size": 30, "gamma": 0.1},
+            "steps": 100,
+            "accumulation_steps": 4,
+            "index_by": "micro_batch",
+            "sample": {"every": 40},
+        },
+    },
+    "tokens_rampup": {
+        "summary": "What lr at sample 3.2M: Megatron's batch-size ramp-up, tokens per step",
+        "value": {
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 20000},
+            "warmup": {"type": "linear", "steps": 500, "start_factor": 0.0},
+            "steps": 20000,
+            "sample": {"points": 5},
+            "counter": {
+                "type": "tokens",
+                "seq_length": 2048,
+                "global_batch_size": 512,
+                "rampup_batch_size": [32, 32, 1000000],
+                "micro_batch_size": 4,
+                "data_parallel_size": 8,
+                "at": [6553600000],
+            },
+        },
+    },
     "megatron_wsd": {
         "summary": "Megatron WSD with its weight-decay ramp",
         "value": {
@@ -205,6 +252,22 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+INLINE_FORMATS = frozenset({"json", "csv", "npy"})
+
+
+def _runs_inline(spec: specs.ScheduleRequest, fmt: str, streamed: bool, settings: Settings) -> bool:
+    """Return True for a request cheap enough to compute on the event loop: vectorized,
+    rendered as JSON, CSV or npy, costing at most ``LRS_COMPUTE_INLINE_MAX_COST``. Its cost
+    bounds both the compute and the values rendered (a 10k-step schedule: about 1 ms), less
+    than a compute thread's hop, the task that watches for a disconnect, and the GIL handed
+    back and forth with the event loop would cost."""
+    if streamed or fmt not in INLINE_FORMATS or settings.compute_inline_max_cost <= 0:
+        return False
+    if service.choose_engine(spec) != "vectorized":
+        return False
+    return budget.cost(spec, "vectorized").total <= settings.compute_inline_max_cost
+
+
 async def _respond(
     request: Request,
     spec: specs.ScheduleRequest,
@@ -232,7 +295,7 @@ async def _respond(
         )
     title = plots.plot_title(spec)
     with_momentum = "momentum" in spec.include and fmt in ("json", "csv")
-    series = spec.n_groups * (2 if with_momentum else 1)
+    series = spec.n_groups * (2 if with_momentum else 1) + counters.extra_series(spec)
     size = formats.estimated_bytes(fmt, service.count_points(spec), series)
     streamed = fmt in formats.STREAMED and size > settings.stream_min_bytes
 
@@ -252,8 +315,12 @@ async def _respond(
         rendered = formats.render(computed, fmt, title, plot)
         return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
 
-    heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
-    done = await running.run_budgeted(request, work, heavy=heavy)
+    inline = _runs_inline(spec, fmt, streamed, settings)
+    if inline:
+        done = running.run_inline(request, work)
+    else:
+        heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
+        done = await running.run_budgeted(request, work, heavy=heavy)
     if done is None:  # the client left; the computation was stopped
         return Response(status_code=499)
     if isinstance(done, tuple):  # large: streamed in chunks, never cached
@@ -266,7 +333,7 @@ async def _respond(
             media_type=MEDIA_TYPES[fmt],
             headers={**about, **headers},
         )
-    store.put(key, done)
+    store.put(key, done, from_loop=inline)
     return Response(done.body, media_type=done.media_type, headers={**done.headers, **headers})
 
 

@@ -51,8 +51,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "pytorch_warmup_untuned": SEED_EXAMPLES["pytorch_warmup_untuned"],
     "clean": {
-        "summary": "A spec with nothing to report: findings is []",
-        "value": {"scheduler": {"type": "StepLR", "step_size": 30, "gamma": 0.5}, "steps": 100},
+        "summary": "A closed-form LambdaLR (it even resumes right): findings is []",
+        "value": {"scheduler": {"type": "LambdaLR", "lr_lambda": "0.98 ** epoch"}, "steps": 100},
     },
 }
 
@@ -86,7 +86,8 @@ async def lint_schedule(
 ) -> Response:
     """Return every finding for a compute request: compute's `warnings` (the same messages)
     and the hazards compute does not warn about because they bite in a training loop
-    (resuming with `last_epoch`, AMP's skipped steps, OneCycleLR stepped past
+    (resuming with `last_epoch`: SequentialLR, and every chainable scheduler on a fresh
+    optimizer; AMP's skipped steps, OneCycleLR stepped past
     `total_steps`, a metric-driven scheduler without metrics, ...).
 
     Each finding has a stable `code` (the table in docs/lint.md), the optimizer `step` where

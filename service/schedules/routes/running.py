@@ -4,7 +4,8 @@ The computation gets a :class:`~service.schedules.budget.Budget` (``LRS_COMPUTE_
 counted from when a thread takes it) and is cancelled when the client disconnects, so its
 thread and compute slot are free again within a chunk of work. Expensive requests (above
 ``LRS_COMPUTE_HEAVY_SHARE`` of their engine's cost limit) first take the one expensive slot,
-so they never hold every compute thread: cheaper requests keep being served.
+so they never hold every compute thread: cheaper requests keep being served. The cheapest
+(about a millisecond of work) run on the event loop instead (:func:`run_inline`).
 """
 
 from collections.abc import Callable
@@ -42,6 +43,14 @@ async def _acquire_heavy(request: Request, seconds: float) -> anyio.CapacityLimi
         "or sample fewer points).",
         headers={"Retry-After": str(max(1, round(seconds)))},
     )
+
+
+def run_inline(request: Request, fn: Callable[[], T]) -> T:
+    """Return ``fn()`` computed here, on the event loop, under a new budget: for work that
+    takes about a millisecond (the routes decide), where a compute thread costs more than it
+    saves. Raises what ``fn`` raises."""
+    with budget.active(budget.Budget(request.app.state.settings.compute_max_seconds)):
+        return fn()
 
 
 async def run_budgeted(request: Request, fn: Callable[[], T], *, heavy: bool) -> T | None:

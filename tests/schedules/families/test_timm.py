@@ -269,14 +269,17 @@ def test_both_engines_match_timm(client, name):
 
 
 @pytest.mark.parametrize("name", list(PLATEAU))
-def test_plateau_torch_engine_matches_timm(client, name):
+def test_plateau_both_engines_match_timm(client, name):
+    """The torch engine steps timm; the vectorized engine (auto's pick) scans the metrics:
+    both bit-identical to timm."""
     spec, lrs, n = PLATEAU[name]
     scheduler = {"type": "timm", **spec}
     metrics = METRICS[: n - 1]
     expected = timm_reference(scheduler, lrs, n, metrics=metrics)
-    body = compute(client, scheduler, n, "auto", metrics=metrics, **groups_for(lrs))
-    assert body["engine"] == "torch"
-    assert np.array_equal(lr(body), expected)
+    for engine in ("torch", "vectorized"):
+        body = compute(client, scheduler, n, engine, metrics=metrics, **groups_for(lrs))
+        assert lr(body).tobytes() == expected.tobytes()
+    assert compute(client, scheduler, n, "auto", metrics=metrics)["engine"] == "vectorized"
 
 
 def test_every_sched_has_three_cases():

@@ -1,0 +1,321 @@
+"""Computed against cached schedules over HTTP, and the cache hits' tail, measured with wrk.
+
+One server (uvicorn with the Makefile's ``UVICORN_FLAGS``, as ``make serve`` runs it) on a
+free loopback port; ``wrk -t2`` sends ``POST /v1/schedules/compute`` with a 10 000-step linear
+warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
+
+1. warm-up: 3 s of distinct specs (not reported);
+2. cache hits on the fresh server, 16 connections (the reference the tail is compared with);
+3. every spec distinct (each request computed: the Lua script gives each one an lr no other
+   request used), 16 connections;
+4. cache hits right after it, 16 connections;
+5. distinct again, 8 connections, then 6. cache hits, 8 connections.
+
+Then it prints each load's requests/s, p50, p99 and max, and issue 14's targets with PASS or
+MISS: computed throughput ≥ 60% of the cache hits' (16 connections, the same server, this
+run), computed p99 ≤ 50 ms, and the cache hits' p99 ≤ 5 × their p50 after a distinct load at
+16 and at 8 connections.
+
+wrk corrects its latencies for coordinated omission: a stall of T seconds adds, for every
+connection, samples from T down to one request's interval, so a single stall of the server
+(or of the machine: another tenant, the hypervisor) moves the p99 to about T. To tell such a
+stall's cause, each load also reports what the server saw (its garbage-collector pauses and
+how late its event loop ran a timer, from ``/metrics``), the machine's steal time and the
+kernel's TCP retransmissions and timeouts over that load, and the load average.
+
+    .venv/bin/python bench/bench_http.py [--seconds 10]
+
+Needs ``wrk`` (Debian package ``wrk``: ``make wrk`` installs it).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import harness  # first: puts the repository root on sys.path
+import httpx
+from harness import loadavg, machine
+
+STEPS = 10_000
+BODY = {
+    "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
+    "scheduler": {"type": "CosineAnnealingLR", "T_max": STEPS - 100},
+    "warmup": {"type": "linear", "steps": 100, "start_factor": 0.0},
+    "steps": STEPS,
+}
+PATH = "/v1/schedules/compute"
+
+WRK_SCRIPT = """
+local body = [[%(body)s]]
+local distinct = %(distinct)s
+local run = %(run)d
+local counter = 0
+local tid = 0
+function setup(thread) tid = tid + 1; thread:set("tid", tid) end
+function init(args) tid = tonumber(wrk.thread:get("tid")) or 0 end
+function request()
+  local b = body
+  if distinct then
+    -- an lr no other request of this run used (load, thread, counter): always computed
+    counter = counter + 1
+    b = string.gsub(body, '"lr":0%%.1,',
+                    string.format('"lr":0.1%%02d%%02d%%09d,', run, tid, counter), 1)
+  end
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, b)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"max_us": %%d, "non2xx": %%d, "socket_errors": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+TCP_COUNTERS = {
+    "Tcp:RetransSegs": "retransmitted segments",
+    "TcpExt:TCPTimeouts": "retransmission timeouts",
+    "TcpExt:TCPSynRetrans": "SYN retransmissions",
+    "TcpExt:ListenOverflows": "accept-queue overflows",
+}
+
+
+def uvicorn_flags() -> list[str]:
+    """Return the Makefile's UVICORN_FLAGS (what ``make serve`` and the image run with)."""
+    for line in (harness.ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("UVICORN_FLAGS :="):
+            return line.split(":=", 1)[1].split()
+    raise SystemExit("the Makefile sets no UVICORN_FLAGS")
+
+
+def tcp_counters() -> dict[str, int]:
+    """Return the kernel's TCP counters (/proc/net/snmp and netstat) named in TCP_COUNTERS."""
+    found: dict[str, int] = {}
+    for name in ("/proc/net/snmp", "/proc/net/netstat"):
+        try:
+            lines = Path(name).read_text().splitlines()
+        except OSError:
+            continue
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            keys, numbers = head.split(), values.split()
+            for key, number in zip(keys[1:], numbers[1:], strict=False):
+                if f"{keys[0]}{key}" in TCP_COUNTERS:
+                    found[f"{keys[0]}{key}"] = int(number)
+    return found
+
+
+def steal_seconds() -> float:
+    """Return the machine's steal time so far (time the hypervisor ran someone else)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
+HISTOGRAMS = (
+    "lrs_gc_pause_seconds",
+    "lrs_event_loop_lag_seconds",
+    "lrs_event_loop_lag_off_cpu_seconds",
+)
+SAMPLE = re.compile(r'^(\w+)_bucket\{(?:[^}]*,)?le="([^"]+)"[^}]*\} ([0-9.e+-]+)$')
+
+
+def stall_buckets(base: str) -> dict[str, dict[float, float]]:
+    """Return the server's GC-pause and event-loop-lag histograms: name -> {le: count}."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    out: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match and match.group(1) in out:
+            le = float(match.group(2))
+            out[match.group(1)][le] = out[match.group(1)].get(le, 0) + float(match.group(3))
+    return out
+
+
+@dataclass
+class Load:
+    name: str
+    connections: int
+    rps: float
+    p50: float
+    p99: float
+    max: float
+    errors: int
+    stalls: dict[str, Any] = field(default_factory=dict)
+
+
+def _longest(before: dict[float, float], after: dict[float, float]) -> tuple[int, str]:
+    """Return (events over 50 ms, the bucket of the longest event) between two snapshots."""
+    bounds = sorted(after)
+    delta = {le: after[le] - before.get(le, 0) for le in bounds}
+    over = int(delta[bounds[-1]] - delta.get(0.05, 0)) if bounds else 0
+    longest = "none"
+    previous = 0.0
+    lower = 0.0
+    for le in bounds:
+        if delta[le] > previous:
+            longest = (
+                f"{lower * 1000:g}–{le * 1000:g} ms" if le != float("inf") else (f"> {lower:g} s")
+            )
+        previous, lower = delta[le], le
+    return over, longest
+
+
+def run_wrk(base: str, seconds: float, connections: int, distinct: bool, run: int) -> dict:
+    script = WRK_SCRIPT % {
+        "body": json.dumps(BODY, separators=(",", ":")),
+        "distinct": "true" if distinct else "false",
+        "run": run,
+        "path": PATH,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
+        out = subprocess.run(
+            [*command, "-s", handle.name, base], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        os.unlink(handle.name)
+    line = next(x for x in out.splitlines() if x.startswith("WRK_RESULT "))
+    return json.loads(line.removeprefix("WRK_RESULT "))
+
+
+def measure(
+    base: str, name: str, seconds: float, connections: int, distinct: bool, run: int
+) -> Load:
+    buckets = stall_buckets(base)
+    tcp, steal, load_before = tcp_counters(), steal_seconds(), loadavg()
+    r = run_wrk(base, seconds, connections, distinct, run)
+    steal_after, tcp_after, buckets_after = steal_seconds(), tcp_counters(), stall_buckets(base)
+    stalls: dict[str, Any] = {
+        "load": f"{load_before} → {loadavg()}",
+        "steal_ms": (steal_after - steal) * 1000,
+        "tcp": {TCP_COUNTERS[k]: tcp_after[k] - tcp.get(k, 0) for k in tcp_after},
+    }
+    for histogram in HISTOGRAMS:
+        stalls[histogram] = _longest(buckets[histogram], buckets_after[histogram])
+    return Load(
+        name,
+        connections,
+        r["requests"] / (r["duration_us"] / 1e6),
+        r["p50_us"] / 1000,
+        r["p99_us"] / 1000,
+        r["max_us"] / 1000,
+        r["non2xx"] + r["socket_errors"],
+        stalls,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk (or make wrk)")
+    flags = uvicorn_flags()
+    started = time.monotonic()
+    load_start = loadavg()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
+        open(Path(data_dir) / "server.log", "w") as log,
+        harness.server(data_dir, args=flags, stderr=log, ready="/readyz") as (base, _),
+    ):
+        # the hit loads' spec, computed once, so their first requests are hits as well
+        assert httpx.post(f"{base}{PATH}", json=BODY, timeout=60).status_code == 200
+        run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
+        s = args.seconds
+        loads = [
+            measure(base, "cache hits, fresh server", s, 16, False, 0),
+            measure(base, "every spec distinct (computed)", s, 16, True, 2),
+            measure(base, "cache hits, right after the distinct load", s, 16, False, 0),
+            measure(base, "every spec distinct (computed)", s, 8, True, 3),
+            measure(base, "cache hits, right after the distinct load", s, 8, False, 0),
+        ]
+    fresh, computed, hits16, _, hits8 = loads
+
+    print(f"## HTTP: computed against cached, wrk -t2, {s:g} s per load\n")
+    print(f"Machine: {machine()}.")
+    print(f"uvicorn flags: {' '.join(flags)}; one worker process on loopback.\n")
+    print(
+        f"`POST {PATH}`, {STEPS:,}-step linear warmup (100) + cosine, JSON (252 KB); loads "
+        "in this order on one server, after 3 s of distinct specs as warm-up.\n"
+    )
+    print("| load | connections | requests/s | p50 | p99 | max | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for x in loads:
+        print(
+            f"| {x.name} | {x.connections} | {x.rps:,.0f} | {x.p50:.1f} ms | {x.p99:.1f} ms "
+            f"| {x.max:.1f} ms | {x.errors} |"
+        )
+    print(
+        "\nWhat could stall a load, over each one: the server's garbage-collector pauses and "
+        "event-loop lags over 50 ms (count; the longest one's bucket), and of those lags what "
+        "the loop's thread at least spent off CPU (descheduled, waiting for the GIL or "
+        "blocked); the machine's steal time, the kernel's TCP retransmissions and timeouts "
+        "(all processes), and the load average (/proc/loadavg, 1/5/15 min, before → after).\n"
+    )
+    print(
+        "| load | connections | GC pauses > 50 ms | loop lags > 50 ms | of which off CPU "
+        "| steal | TCP (machine-wide) | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for x in loads:
+        gc_over, gc_longest = x.stalls["lrs_gc_pause_seconds"]
+        lag_over, lag_longest = x.stalls["lrs_event_loop_lag_seconds"]
+        off_over, off_longest = x.stalls["lrs_event_loop_lag_off_cpu_seconds"]
+        tcp = ", ".join(f"{v} {k}" for k, v in x.stalls["tcp"].items() if v) or "none"
+        print(
+            f"| {x.name} | {x.connections} | {gc_over} (longest {gc_longest}) "
+            f"| {lag_over} (longest {lag_longest}) | {off_over} (longest {off_longest}) "
+            f"| {x.stalls['steal_ms']:.0f} ms | {tcp} | {x.stalls['load']} |"
+        )
+    ratio = computed.rps / fresh.rps if fresh.rps else 0.0
+    ratio_after = computed.rps / hits16.rps if hits16.rps else 0.0
+    checks = [
+        (
+            "computed ≥ 60% of cache-hit throughput, 16 connections (against the hits "
+            "right after it; against the fresh server's hits: "
+            f"{ratio:.2f})",
+            ratio_after,
+            0.6,
+            ">=",
+            "",
+        ),
+        ("computed p99 ≤ 50 ms, 16 connections", computed.p99, 50, "<=", " ms"),
+        (
+            f"cache-hit p99 ≤ 5 × p50 after a distinct load, 16 connections "
+            f"(p50 {hits16.p50:.1f} ms, p99 {hits16.p99:.1f} ms)",
+            hits16.p99 / hits16.p50 if hits16.p50 else float("inf"),
+            5,
+            "<=",
+            " ×",
+        ),
+        (
+            f"cache-hit p99 ≤ 5 × p50 after a distinct load, 8 connections "
+            f"(p50 {hits8.p50:.1f} ms, p99 {hits8.p99:.1f} ms)",
+            hits8.p99 / hits8.p50 if hits8.p50 else float("inf"),
+            5,
+            "<=",
+            " ×",
+        ),
+    ]
+    print("\n### Targets (issue 14)\n")
+    for label, value, target, op, unit in checks:
+        met = value >= target if op == ">=" else value <= target
+        print(f"- {label}: {value:,.2f}{unit} — {'PASS' if met else 'MISS'}")
+    print(
+        f"\nLoad average (1/5/15 min): {load_start} at the start, {loadavg()} at the end; "
+        f"the run took {time.monotonic() - started:.0f} s."
+    )
+
+
+if __name__ == "__main__":
+    main()
