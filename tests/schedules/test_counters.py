@@ -450,7 +450,7 @@ BAD = {
     "start above global": (
         {"counter": {"type": "samples", "global_batch_size": 8, "rampup_batch_size": [16, 8, 100]}},
         "larger than global_batch_size",
-        None,
+        ["body", "counter", "rampup_batch_size"],
     ),
     "increment does not divide": (
         {"counter": {"type": "samples", "global_batch_size": 64, "rampup_batch_size": [16, 10, 100]}},
@@ -492,6 +492,21 @@ def test_bad_counters_are_422_problems_saying_what_to_change(client, case):
     assert fragment in body["detail"] or any(fragment in e["msg"] for e in body["errors"]), body
     if loc is not None:
         assert body["errors"][0]["loc"] == loc
+
+
+def test_get_form_errors_name_the_query_parameter(client):
+    base = "/v1/schedules/StepLR?step_size=2&steps=6&"
+    cases = {
+        "skipped_steps=3,6": ["query", "skipped_steps"],
+        "accumulation_steps=0": ["query", "accumulation_steps"],
+        "global_batch_size=8&rampup_batch_size=16,8,100": ["query", "rampup_batch_size"],
+        "global_batch_size=8&at=-1": ["query", "at"],
+        "global_batch_size=8&at=48": ["query", "at"],
+        "counter=tokens&global_batch_size=4": ["query", "seq_length"],
+    }
+    for query, loc in cases.items():
+        body = assert_problem(client.get(base + query), 422)
+        assert body["errors"][0]["loc"] == loc, (query, body)
 
 
 def test_megatron_refuses_what_the_service_refuses():
