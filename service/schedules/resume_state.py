@@ -524,6 +524,14 @@ def check_state(
     notes: list[str] = []
     template_run = resume._Run(scaled)
     template = template_run.stepper.scheduler.state_dict()
+    if scaled.warmup is not None and "_schedulers" not in request.state:
+        raise Refused(
+            "the spec has a warmup, so its scheduler is the SequentialLR of the warmup and "
+            f"{scaled.scheduler.type} (as export?target=torch writes it); this state has no "
+            "_schedulers: send that SequentialLR's state_dict(), or drop spec.warmup to load "
+            f"a {scaled.scheduler.type} state alone",
+            loc=("body", "state"),
+        )
     state = normalized(request.state, template, [], notes)
     k = _position(state)
     first, n, sched_steps = _check_window(request, scaled, k, settings)

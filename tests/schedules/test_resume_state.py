@@ -64,6 +64,28 @@ CASES = {
         None,
         lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=2),
     ),
+    # the user's lambda is a Python function (saved as None); the spec's expression is it
+    "LambdaLR": (
+        {"type": "LambdaLR", "lr_lambda": "0.95 ** epoch"},
+        None,
+        lambda o: S.LambdaLR(o, lambda epoch: 0.95**epoch),
+    ),
+    "ChainedScheduler": (
+        {
+            "type": "ChainedScheduler",
+            "schedulers": [
+                {"type": "ConstantLR", "factor": 0.5, "total_iters": 30},
+                {"type": "ExponentialLR", "gamma": 0.97},
+            ],
+        },
+        None,
+        lambda o: S.ChainedScheduler([S.ConstantLR(o, 0.5, 30), S.ExponentialLR(o, 0.97)]),
+    ),
+    "CyclicLR": (
+        {"type": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 7},
+        None,
+        lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=7),
+    ),
 }
 
 
@@ -346,6 +368,12 @@ def test_a_nested_state_is_checked_child_by_child(client):
     body = problem(post_json(client, {"spec": spec_of("SequentialLR-warmup"), "state": state}), 422)
     assert body["detail"].startswith("state._schedulers[1] does not fit")
     assert body["errors"][0]["loc"] == ["body", "state", "_schedulers", 1]
+    # the main scheduler's state alone, for a spec with a warmup
+    cosine, _, _ = real_run(CASES["CosineAnnealingLR"][2])
+    body = problem(
+        post_json(client, {"spec": spec_of("SequentialLR-warmup"), "state": cosine}), 422
+    )
+    assert "send that SequentialLR's state_dict(), or drop spec.warmup" in body["detail"]
 
 
 def test_a_state_with_other_param_groups_says_to_set_them(client):
