@@ -159,8 +159,7 @@ def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool) -> Fill | None
     if kind is Linear:
         return _linear(leaf, base if restarted else _rows(anchor))
     if kind is Lambda and not leaf.lambda_field and leaf.fn_keys is not None:
-        keys = [getattr(fn, "__self__", None) for fn in leaf.fns]
-        steps = [getattr(k, "key", (None,)) for k in keys]
+        steps = list(leaf.fn_keys)
         if len(steps) == leaf.groups and all(
             isinstance(k, tuple) and len(k) == 2 and k[0] == "linear_from_zero" for k in steps
         ):
