@@ -352,10 +352,18 @@ class _Plan:
         if self.counted is not None:
             k = torch.as_tensor(self.counted.sched_index, dtype=torch.int64).to(self.device)
             return _vectorized_computed(self.counted, self.program.result(k))
-        indices, sched_index = self.steps()
         result = None
-        if self.fast is not None and self.sorted_steps:
-            result = self.fast.evaluate(sched_index, self.dense)
+        if self.fast is not None and self.dense:
+            if self.indices is None:
+                indices = sched_index = np.empty(self.program.n, dtype=np.int64)
+                result = self.fast.evaluate(None, indices)
+            else:
+                indices, sched_index = self.indices, self.indices
+                result = self.fast.evaluate(None)
+        else:
+            indices, sched_index = self.steps()
+            if self.fast is not None and self.sorted_steps:
+                result = self.fast.evaluate(sched_index)
         if result is None:
             steps = sched_index if sched_index.flags.writeable else sched_index.copy()
             k = torch.as_tensor(steps, dtype=torch.int64).to(self.device)

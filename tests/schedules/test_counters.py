@@ -399,6 +399,66 @@ def test_get_form_and_batch_take_the_counters(client):
     assert batch.json()["results"][0]["result"] == post
 
 
+def test_batch_stacks_counter_specs_and_answers_what_compute_answers(client):
+    megatron = {
+        "type": "megatron", "lr_decay_style": "cosine", "max_lr": 0.1, "min_lr": 0.01,
+        "lr_warmup_steps": 3, "lr_decay_steps": 10,
+    }  # fmt: skip
+    step = {"type": "StepLR", "step_size": 2}
+    bodies = [
+        {"scheduler": megatron, "steps": 12, "skipped_steps": [0, 4]},
+        {"scheduler": megatron, "steps": 12, "skipped_steps": [1, 2, 3]},
+        {"scheduler": megatron, "steps": 12},
+        {"scheduler": step, "steps": 12, "counter": {"type": "samples", "global_batch_size": 4,
+                                                     "at": [5, 40]}},
+        {"scheduler": step, "steps": 12, "counter": {"type": "samples", "global_batch_size": 4,
+                                                     "at": [1]}},
+        {"scheduler": step, "steps": 4, "accumulation_steps": 3, "index_by": "micro_batch"},
+    ]  # fmt: skip
+    batch = client.post("/v1/schedules/batch", json={"requests": bodies}).json()["results"]
+    for body, slot in zip(bodies, batch, strict=True):
+        assert slot["result"] == _post(client, body)
+
+
+def test_plots_mark_skipped_steps_and_name_the_micro_batch_axis(client):
+    body = {"scheduler": {"type": "StepLR", "step_size": 3}, "steps": 12}
+    skipped = client.post(
+        "/v1/schedules/compute?format=svg", json={**body, "skipped_steps": [0, 5]}
+    )
+    assert skipped.status_code == 200 and "skipped by AMP (lr not applied)" in skipped.text
+    micro = client.post(
+        "/v1/schedules/compute?format=svg",
+        json={**body, "accumulation_steps": 2, "index_by": "micro_batch"},
+    )
+    assert ">micro-batch<" in micro.text and "skipped by AMP" not in micro.text
+    plain = client.post("/v1/schedules/compute?format=svg", json=body)
+    assert ">optimizer step<" in plain.text
+
+
+def test_csv_carries_the_counters_after_the_lr(client):
+    body = {
+        "scheduler": {"type": "StepLR", "step_size": 2},
+        "steps": 6,
+        "skipped_steps": [0, 3],
+        "accumulation_steps": 2,
+        "index_by": "micro_batch",
+        "counter": {"type": "tokens", "global_batch_size": 4, "seq_length": 8},
+    }
+    data = _post(client, body)
+    csv = client.post("/v1/schedules/compute?format=csv", json=body)
+    assert csv.status_code == 200
+    lines = csv.text.splitlines()
+    assert lines[0] == "step,lr,optimizer_step,skipped,updates,samples,tokens,batch_size"
+    c = data["counters"]
+    for i, line in enumerate(lines[1:]):
+        cells = line.split(",")
+        assert int(cells[0]) == data["steps"][i] and float(cells[1]) == data["lr"][0][i]
+        assert [int(v) for v in cells[2:]] == [
+            c["optimizer_step"][i], int(c["skipped"][i]), c["updates"][i], c["samples"][i],
+            c["tokens"][i], c["batch_size"][i],
+        ]  # fmt: skip
+
+
 def test_resume_reports_counters_and_what_skips_do_to_a_resume(client):
     response = client.post(
         "/v1/schedules/resume",

@@ -14,7 +14,42 @@ import pytest
 
 ADAM = {"type": "Adam", "lr": 0.001, "betas": [0.9, 0.999]}
 
-TORCH = {  # target torch: pytorch_warmup's warmups, and checkpoint=true
+TORCH = {  # target torch: the first cases, pytorch_warmup's warmups, LBFGS, counters
+    "warmup-cosine-two-groups": {
+        "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
+        "param_groups": [{"lr": 0.1}, {"lr": 0.01}],
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": 40},
+        "warmup": {"type": "linear", "steps": 10, "start_factor": 0.0},
+        "steps": 50,
+    },
+    "onecycle-adam-epochs": {
+        "optimizer": {"type": "Adam", "lr": 0.001, "betas": [0.9, 0.99]},
+        "scheduler": {"type": "OneCycleLR", "max_lr": 0.01},
+        "interval": "epoch",
+        "steps_per_epoch": 3,
+        "steps": 60,
+    },
+    "sequential-multistep": {
+        "scheduler": {
+            "type": "SequentialLR",
+            "schedulers": [
+                {"type": "ConstantLR", "factor": 0.5, "total_iters": 5},
+                {"type": "MultiStepLR", "milestones": [10, 10, 20], "gamma": 0.5},
+            ],
+            "milestones": [5],
+        },
+        "steps": 40,
+    },
+    "step-constant-warmup": {
+        "scheduler": {"type": "StepLR", "step_size": 2, "gamma": 0.5},
+        "warmup": {"type": "constant", "steps": 3, "factor": 0.2},
+        "steps": 12,
+    },
+    "plateau": {
+        "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
+        "steps": 8,
+        "metrics": [1.0, 0.8, 0.8, 0.8, 0.8, 0.79, 0.79],
+    },
     "pw-exponential-two-groups": {
         "optimizer": ADAM,
         "param_groups": [{"lr": 0.001}, {"lr": 0.0005}],
@@ -399,8 +434,35 @@ def api_lr(client, spec: dict) -> list[list[float]]:
     return r.json()["lr"]
 
 
+def catalog_examples(client, family: str) -> dict[str, dict]:
+    """Return the catalog's ready example request of every schedule of ``family``."""
+    out = {}
+    for entry in client.get("/v1/schedulers").json()["schedulers"]:
+        example = entry["example"]
+        scheduler = example["scheduler"]
+        kind = scheduler["type"] if scheduler["type"] in FAMILIES else "torch"
+        if kind == family and scheduler["type"] not in ("LambdaLR", "MultiplicativeLR"):
+            name = entry.get("name") or next(
+                (scheduler[k] for k in ("sched", "lr_decay_style", "schedule") if k in scheduler),
+                scheduler["type"],
+            )
+            # the script prints every step (sample only picks the API's indices); at most 300
+            spec = {k: v for k, v in example.items() if k not in ("sample", "include")}
+            spec["steps"] = min(spec["steps"], 300)
+            out[f"catalog-{family}-{name}"] = spec
+    return out
+
+
+FAMILIES = {"transformers", "timm", "optax", "megatron", "noam", "rex"}
+
+
 def test_torch_based_targets_print_the_apis_lrs_bit_for_bit(client, tmp_path):
     cases = {f"torch-{n}": ("torch", "", s) for n, s in TORCH.items()}
+    # and every catalog example of torch's own schedulers and of the torch-based families
+    for family in ("torch", "transformers", "timm", "megatron"):
+        examples = catalog_examples(client, family)
+        assert len(examples) >= 5, family
+        cases |= {n: (family, "", s) for n, s in examples.items()}
     cases |= {f"ckpt-{n}": (t, "&checkpoint=true", s) for n, (t, s) in CHECKPOINT.items()}
     cases |= {f"transformers-{n}": ("transformers", "", s) for n, s in TRANSFORMERS.items()}
     cases |= {f"timm-{n}": ("timm", "", s) for n, s in TIMM.items()}
@@ -423,13 +485,7 @@ def test_checkpoint_scripts_resume_from_both_state_dicts(client):
 
 
 def test_optax_scripts_print_the_apis_lrs_in_float64(client, tmp_path):
-    catalog = client.get("/v1/schedulers").json()
-    entries = catalog["schedulers"] if isinstance(catalog, dict) else catalog
-    cases = {
-        f"optax-{e['name'] or e['example']['scheduler']['schedule']}": ("optax", "", e["example"])
-        for e in entries
-        if e["type"] == "optax"
-    }
+    cases = {n: ("optax", "", s) for n, s in catalog_examples(client, "optax").items()}
     assert len(cases) >= 14
     cases["optax-per-group-epochs"] = (
         "optax",
@@ -458,7 +514,7 @@ def test_optax_scripts_print_the_apis_lrs_in_float64(client, tmp_path):
 
 
 def test_lightning_scripts_step_the_scheduler_as_the_api_does(client, tmp_path):
-    pytest.importorskip("pytorch_lightning")
+    # never skipped: pytorch-lightning is in nodeps-requirements.txt, which make installs
     cases = {f"lightning-{n}": ("lightning", "", s) for n, s in LIGHTNING.items()}
     printed = run_scripts(client, tmp_path, cases)
     for name, (_, _, spec) in cases.items():
@@ -619,3 +675,44 @@ def test_a_spec_the_api_refuses_is_not_exported(client, target, body, loc):
     r = client.post(f"/v1/schedules/export?target={target}", json=body)
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
     assert r.json()["errors"][0]["loc"][-1] == loc
+
+
+TARGETS = ("torch", "lightning", "transformers", "timm", "optax", "megatron")
+WARMUPS = (
+    None,
+    {"type": "linear", "steps": 3, "start_factor": 0.0},
+    {"type": "exponential", "warmup_period": 3},
+)
+
+
+def test_every_catalog_example_and_target_is_a_script_or_a_clear_422(client):
+    """Each (catalog example, warmup, target) is a script, or a 422 problem whose detail says
+    what to change (never a 500); a target a 422 names as able to write the spec does not
+    answer that it cannot."""
+    examples = {}
+    for family in ("torch", "transformers", "timm", "optax", "megatron", "noam", "rex"):
+        examples |= catalog_examples(client, family)
+    assert len(examples) > 50
+    for name, spec in examples.items():
+        for warmup in WARMUPS:
+            body = {**spec, "steps": min(spec["steps"], 40)}
+            if warmup is not None:
+                if spec.get("interval") == "epoch":
+                    continue
+                body = {**body, "warmup": warmup, "optimizer": ADAM}
+            answers = {
+                t: client.post(f"/v1/schedules/export?target={t}", json=body) for t in TARGETS
+            }
+            for target, r in answers.items():
+                assert r.status_code in (200, 422), (name, warmup, target, r.text)
+                if r.status_code == 422:
+                    problem = r.json()
+                    assert problem["detail"] and problem["errors"], (name, target)
+                    if "the targets that can: " in problem["detail"]:
+                        able = problem["detail"].split("the targets that can: ")[1].split(", ")
+                        assert target not in able
+                        for other in able:  # it writes it, or refuses for another reason
+                            theirs = answers[other]
+                            assert theirs.status_code == 200 or (
+                                "the targets that can" not in theirs.json()["detail"]
+                            ), (name, warmup, other, theirs.text)

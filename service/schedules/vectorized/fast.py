@@ -42,6 +42,20 @@ THREADS_MIN = 1 << 18
 """Dense schedules of at least this many values per group are split across threads."""
 THREADS = max(1, min(2, os.cpu_count() or 1))
 
+_STEPS = np.arange(CHUNK, dtype=np.float64)
+_STEPS.flags.writeable = False
+_INT_STEPS = np.arange(CHUNK, dtype=np.int64)
+_INT_STEPS.flags.writeable = False
+
+
+def _local_steps(first: int, size: int) -> np.ndarray:
+    """Return ``first, first + 1, ..., first + size - 1`` as float64 (exact integers)."""
+    if size <= _STEPS.size:
+        steps = _STEPS[:size]
+        return steps if first == 0 else steps + first
+    return np.arange(first, first + size, dtype=np.float64)
+
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = Lock()
 
@@ -63,20 +77,37 @@ Fill = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 len(e)); ``tmp`` is scratch of len(e)."""
 
 
+def _halving_is_exact(values: list[float]) -> bool:
+    """Return True when ``(c * h) / 2 == (c * 0.5) * h`` bit for bit for every ``c`` here and
+    every ``h`` in [0, 2]: scaling by a power of two commutes with rounding unless a result
+    is subnormal, which no ``|c| >= 1e-200`` (or ``c == 0``) makes with ``h >= 1e-17`` (the
+    least nonzero ``1 + cos``)."""
+    return all(c == 0.0 or 1e-200 <= abs(c) <= 1e300 for c in values)
+
+
 def _cosine(leaf: Cosine, start: list[float]) -> Fill:
     # Cosine._half, then Cosine._from: ((start - eta) * (1 + cos(pi * e / T_max))) / 2 + eta
     eta, t_max = leaf.eta_min, leaf.T_max
     scale = [s - eta for s in start]
+    halved = _halving_is_exact(scale)
+    half_scale = [c * 0.5 for c in scale]
+    # x + 0.0 is x except for x = -0.0; (c * h) / 2 is never -0.0 when c is not negative
+    # (h = 1 + cos(...) is never negative)
+    add_eta = not (eta == 0.0 and all(math.copysign(1.0, c) > 0 for c in scale))
 
     def fill(e: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
         np.multiply(e, math.pi, out=tmp)
         np.divide(tmp, t_max, out=tmp)
         _cos_(tmp)
         np.add(tmp, 1, out=tmp)
-        for row, c in zip(out, scale, strict=True):
-            np.multiply(c, tmp, out=row)
-            np.divide(row, 2, out=row)
-            np.add(row, eta, out=row)
+        for i, row in enumerate(out):
+            if halved:
+                np.multiply(half_scale[i], tmp, out=row)
+            else:
+                np.multiply(scale[i], tmp, out=row)
+                np.divide(row, 2, out=row)
+            if add_eta:
+                np.add(row, eta, out=row)
 
     return fill
 
@@ -128,8 +159,7 @@ def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool) -> Fill | None
     if kind is Linear:
         return _linear(leaf, base if restarted else _rows(anchor))
     if kind is Lambda and not leaf.lambda_field and leaf.fn_keys is not None:
-        keys = [getattr(fn, "__self__", None) for fn in leaf.fns]
-        steps = [getattr(k, "key", (None,)) for k in keys]
+        steps = list(leaf.fn_keys)
         if len(steps) == leaf.groups and all(
             isinstance(k, tuple) and len(k) == 2 and k[0] == "linear_from_zero" for k in steps
         ):
@@ -156,25 +186,34 @@ class Kernel:
     lr0: list[float]
     momentum0: list[float] | None
 
-    def evaluate(self, k: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Return lr (and momentum) (groups, len(k)) at sorted scheduler steps ``k``;
-        ``dense``: ``k`` is ``0..n-1``."""
-        size = k.size
+    def evaluate(
+        self, k: np.ndarray | None, steps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Return lr and momentum (groups, len(k)) at sorted scheduler steps ``k``, and
+        whether every lr is finite. ``k`` None: every step ``0..n-1``, and ``steps`` (when
+        given, int64 of n) is filled with them too."""
+        size = self.n if k is None else k.size
         lr = np.empty((self.groups, size), dtype=np.float64)
-        if dense:
-            self._dense(lr)
+        if k is None:
+            finite = self._dense(lr, steps)
             zeros = 1 if size else 0
         else:
             self._sparse(k, lr)
+            finite = math.isfinite(float(lr.sum()))
             zeros = int(np.searchsorted(k, 1))
         if zeros:
-            lr[:, :zeros] = np.asarray(self.lr0)[:, None]
+            lr[:, :zeros] = self._lr0
         mom = None
         if self.momentum0 is not None:
             mom = np.empty_like(lr)
             for row, m in zip(mom, self.momentum0, strict=True):
                 row.fill(m)
-        return lr, mom
+        return lr, mom, finite
+
+    def __post_init__(self) -> None:
+        self._lr0 = np.asarray(self.lr0, dtype=np.float64)[:, None]
+        spans = [(p, p.start, min(p.end, self.n)) for p in self.pieces]
+        self._spans = [(p, lo, hi) for p, lo, hi in spans if lo < hi]
 
     def _sparse(self, k: np.ndarray, lr: np.ndarray) -> None:
         starts = [p.start for p in self.pieces]
@@ -186,32 +225,34 @@ class Kernel:
             e = (k[lo:hi] - piece.start).astype(np.float64)
             piece.fill(e, lr[:, lo:hi], np.empty(hi - lo))
 
-    def _dense(self, lr: np.ndarray) -> None:
-        spans = [(p, p.start, min(p.end, self.n)) for p in self.pieces]
-        spans = [(p, lo, hi) for p, lo, hi in spans if lo < hi]
+    def _dense(self, lr: np.ndarray, steps: np.ndarray | None) -> bool:
         if self.n < THREADS_MIN or THREADS == 1:
-            self._dense_range(lr, spans, 0, self.n)
-            return
+            return self._dense_range(lr, steps, 0, self.n)
         budget.check()
         cut = (self.n // THREADS // CHUNK + 1) * CHUNK
         parts = [(i * cut, min(self.n, (i + 1) * cut)) for i in range(THREADS)]
-        futures = [
-            _executor().submit(self._dense_range, lr, spans, lo, hi) for lo, hi in parts if lo < hi
-        ]
-        for future in futures:
-            future.result()
+        pool = _executor()
+        futures = [pool.submit(self._dense_range, lr, steps, lo, hi) for lo, hi in parts if lo < hi]
+        finite = all([future.result() for future in futures])
         budget.check()
+        return finite
 
-    def _dense_range(
-        self, lr: np.ndarray, spans: list[tuple[_Piece, int, int]], lo: int, hi: int
-    ) -> None:
+    def _dense_range(self, lr: np.ndarray, steps: np.ndarray | None, lo: int, hi: int) -> bool:
+        """Fill columns [lo, hi) of ``lr`` (and ``steps``) a chunk at a time; return whether
+        they are all finite (a sum per chunk, while the chunk is in cache)."""
         tmp = np.empty(min(CHUNK, max(1, hi - lo)))
-        for piece, start, end in spans:
+        finite = True
+        for piece, start, end in self._spans:
             a, b = max(start, lo), min(end, hi)
             for c in range(a, b, CHUNK):
                 d = min(b, c + CHUNK)
-                e = np.arange(c - piece.start, d - piece.start, dtype=np.float64)
-                piece.fill(e, lr[:, c:d], tmp[: d - c])
+                e = _local_steps(c - piece.start, d - c)
+                out = lr[:, c:d]
+                piece.fill(e, out, tmp[: d - c])
+                finite = finite and math.isfinite(float(out.sum()))
+                if steps is not None:
+                    np.add(_INT_STEPS[: d - c], c, out=steps[c:d])
+        return finite
 
 
 def kernel_of(program: Program) -> Kernel | None:
@@ -259,13 +300,14 @@ class Fast:
     final: list[float]
 
     def evaluate(
-        self, k: np.ndarray, dense: bool
+        self, k: np.ndarray | None, steps: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, list[float]] | None:
-        """Return lr, momentum and final lr at sorted ``k`` (``dense``: ``0..n-1``), or None
-        when the values are not all finite (the generic path decides those)."""
+        """Return lr, momentum and final lr at sorted ``k`` (None: ``0..n-1``, also written
+        into ``steps`` when given), or None when the values are not all finite (the generic
+        path decides those)."""
         budget.check()
-        lr, mom = self.kernel.evaluate(k, dense)
-        if not (math.isfinite(float(lr.sum())) or bool(np.isfinite(lr).all())):
+        lr, mom, finite = self.kernel.evaluate(k, steps)
+        if not (finite or bool(np.isfinite(lr).all())):
             return None
         return lr, mom, self.final
 

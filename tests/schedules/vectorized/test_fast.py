@@ -56,6 +56,14 @@ COMMON = [
         {"scheduler": {"type": "LinearLR", "start_factor": 0.1, "total_iters": 90}, "steps": 300},
         id="linear-alone",
     ),
+    pytest.param(
+        {
+            "optimizer": {"type": "SGD", "lr": 1e-250},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 300},
+            "steps": 301,
+        },
+        id="cosine-tiny-lr",
+    ),
     pytest.param({**warmup_cosine(5000), "sample": {"points": 997}}, id="sampled-points"),
     pytest.param({**warmup_cosine(5000), "sample": {"every": 7}}, id="sampled-every"),
     pytest.param({**warmup_cosine(500), "sample": {"at": [400, 3, 0, 99, 3]}}, id="sampled-at"),
@@ -107,19 +115,23 @@ def test_every_parity_case_gives_the_generic_bits(body):
     assert_same_bits(body)
 
 
-def test_chunks_and_threads_give_the_same_bits(monkeypatch):
+@pytest.mark.parametrize("eta_min", [0.0, 1e-5])
+def test_chunks_and_threads_give_the_same_bits(monkeypatch, eta_min):
     body = {
         **warmup_cosine(20_011),
         "param_groups": [{"lr": 0.1}, {"lr": 0.02}],
         "include": ["momentum"],
     }
+    body["scheduler"] = {**body["scheduler"], "eta_min": eta_min}
     want = generic(body)
     monkeypatch.setattr(fast, "CHUNK", 64)
     monkeypatch.setattr(fast, "THREADS_MIN", 1000)
     monkeypatch.setattr(fast, "THREADS", 2)
+    monkeypatch.setattr(service, "PLAN_INDICES_MAX", 100)
     service.plans.clear()
     got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
     assert got.lr.tobytes() == want.lr.tobytes()
+    assert got.indices.tobytes() == np.arange(20_011, dtype=np.int64).tobytes()
     assert got.momentum is not None and want.momentum is not None
     assert got.momentum.tobytes() == want.momentum.tobytes()
 
