@@ -9,7 +9,10 @@ warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
 3. every spec distinct (each request computed: the Lua script gives each one an lr no other
    request used), 16 connections;
 4. cache hits right after it, 16 connections;
-5. distinct again, 8 connections, then 6. cache hits, 8 connections.
+5. distinct again, 8 connections, then 6. cache hits, 8 connections;
+7. on a second server with ``LRS_COMPUTE_INLINE_MAX_COST=0``, distinct specs, 16 connections:
+   each computed in a compute thread, as before issue 14 (the cheap ones now run on the
+   event loop).
 
 Then it prints each load's requests/s, p50, p99 and max, and issue 14's targets with PASS or
 MISS: computed throughput ≥ 60% of the cache hits' (16 connections, the same server, this
@@ -23,7 +26,7 @@ stall's cause, each load also reports what the server saw (its garbage-collector
 how late its event loop ran a timer, from ``/metrics``), the machine's steal time and the
 kernel's TCP retransmissions and timeouts over that load, and the load average.
 
-    .venv/bin/python bench/bench_http.py [--seconds 10]
+    .venv/bin/python bench/bench_http.py [--seconds 10] [--env LRS_SETTING=value ...]
 
 Needs ``wrk`` (Debian package ``wrk``: ``make wrk`` installs it).
 """
@@ -113,6 +116,12 @@ def tcp_counters() -> dict[str, int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time process ``pid`` has used (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def steal_seconds() -> float:
     """Return the machine's steal time so far (time the hypervisor ran someone else)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -148,6 +157,8 @@ class Load:
     p99: float
     max: float
     errors: int
+    cpu_ms: float
+    """The server's CPU time per request (all its threads), less noisy than a rate."""
     stalls: dict[str, Any] = field(default_factory=dict)
 
 
@@ -189,11 +200,12 @@ def run_wrk(base: str, seconds: float, connections: int, distinct: bool, run: in
 
 
 def measure(
-    base: str, name: str, seconds: float, connections: int, distinct: bool, run: int
+    base: str, pid: int, name: str, seconds: float, connections: int, distinct: bool, run: int
 ) -> Load:
     buckets = stall_buckets(base)
-    tcp, steal, load_before = tcp_counters(), steal_seconds(), loadavg()
+    tcp, steal, load_before, cpu = tcp_counters(), steal_seconds(), loadavg(), cpu_seconds(pid)
     r = run_wrk(base, seconds, connections, distinct, run)
+    cpu_after = cpu_seconds(pid)
     steal_after, tcp_after, buckets_after = steal_seconds(), tcp_counters(), stall_buckets(base)
     stalls: dict[str, Any] = {
         "load": f"{load_before} → {loadavg()}",
@@ -210,6 +222,7 @@ def measure(
         r["p99_us"] / 1000,
         r["max_us"] / 1000,
         r["non2xx"] + r["socket_errors"],
+        (cpu_after - cpu) * 1000 / max(1, r["requests"]),
         stalls,
     )
 
@@ -217,7 +230,15 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server, e.g. LRS_COMPUTE_INLINE_MAX_COST=0 (repeatable)",
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (or make wrk)")
     flags = uvicorn_flags()
@@ -226,34 +247,68 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
         open(Path(data_dir) / "server.log", "w") as log,
-        harness.server(data_dir, args=flags, stderr=log, ready="/readyz") as (base, _),
+        harness.server(data_dir, env, "/readyz", flags, log) as (base, server),
     ):
         # the hit loads' spec, computed once, so their first requests are hits as well
         assert httpx.post(f"{base}{PATH}", json=BODY, timeout=60).status_code == 200
         run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
-        s = args.seconds
+        s, pid = args.seconds, server.pid
         loads = [
-            measure(base, "cache hits, fresh server", s, 16, False, 0),
-            measure(base, "every spec distinct (computed)", s, 16, True, 2),
-            measure(base, "cache hits, right after the distinct load", s, 16, False, 0),
-            measure(base, "every spec distinct (computed)", s, 8, True, 3),
-            measure(base, "cache hits, right after the distinct load", s, 8, False, 0),
+            measure(base, pid, "cache hits, fresh server", s, 16, False, 0),
+            measure(base, pid, "every spec distinct (computed)", s, 16, True, 2),
+            measure(base, pid, "cache hits, right after the distinct load", s, 16, False, 0),
+            measure(base, pid, "every spec distinct (computed)", s, 8, True, 3),
+            measure(base, pid, "cache hits, right after the distinct load", s, 8, False, 0),
         ]
-    fresh, computed, hits16, _, hits8 = loads
+        # the distinct load computed the way it was before issue 14: in a compute thread
+    threaded = None
+    if "LRS_COMPUTE_INLINE_MAX_COST" not in env:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
+            open(Path(data_dir) / "server.log", "w") as log,
+            harness.server(
+                data_dir, {**env, "LRS_COMPUTE_INLINE_MAX_COST": "0"}, "/readyz", flags, log
+            ) as (base, server),
+        ):
+            run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
+            threaded = measure(
+                base,
+                server.pid,
+                "every spec distinct, each in a compute thread (second server, "
+                "LRS_COMPUTE_INLINE_MAX_COST=0)",
+                s,
+                16,
+                True,
+                2,
+            )
+            loads.append(threaded)
+    fresh, computed, hits16, _, hits8 = loads[:5]
 
     print(f"## HTTP: computed against cached, wrk -t2, {s:g} s per load\n")
     print(f"Machine: {machine()}.")
-    print(f"uvicorn flags: {' '.join(flags)}; one worker process on loopback.\n")
+    settings = "".join(f", {k}={v}" for k, v in env.items())
+    print(f"uvicorn flags: {' '.join(flags)}; one worker process on loopback{settings}.\n")
     print(
         f"`POST {PATH}`, {STEPS:,}-step linear warmup (100) + cosine, JSON (252 KB); loads "
         "in this order on one server, after 3 s of distinct specs as warm-up.\n"
     )
-    print("| load | connections | requests/s | p50 | p99 | max | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| load | connections | requests/s | p50 | p99 | max | errors | server CPU/request |")
+    print("|---|---|---|---|---|---|---|---|")
     for x in loads:
         print(
             f"| {x.name} | {x.connections} | {x.rps:,.0f} | {x.p50:.1f} ms | {x.p99:.1f} ms "
-            f"| {x.max:.1f} ms | {x.errors} |"
+            f"| {x.max:.1f} ms | {x.errors} | {x.cpu_ms:.2f} ms |"
+        )
+    print(
+        f"\nServer CPU per request, computed : cache hit (16 connections, after): "
+        f"{computed.cpu_ms / hits16.cpu_ms:.2f} (a rate ratio on a quiet machine is near its "
+        "inverse when the server's event loop is the bottleneck)."
+    )
+    if threaded is not None:
+        print(
+            f"Distinct specs on the event loop against in a compute thread (16 connections): "
+            f"{computed.rps:,.0f} against {threaded.rps:,.0f} requests/s, server CPU "
+            f"{computed.cpu_ms:.2f} against {threaded.cpu_ms:.2f} ms per request."
         )
     print(
         "\nWhat could stall a load, over each one: the server's garbage-collector pauses and "
