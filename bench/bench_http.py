@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait(pid: int) -> dict[str, float]:
+    """Return, per thread of ``pid``, the seconds it has waited runnable for a CPU
+    (/proc/PID/task/TID/schedstat: time on CPU, time waiting on a run queue, timeslices)."""
+    waits: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return waits
+    for tid in tids:
+        with suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+            waits[tid] = int(stat.split()[1]) / 1e9
+    return waits
+
+
 def steal_seconds() -> float:
     """Return the machine's steal time so far (time the hypervisor ran someone else)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -179,7 +195,10 @@ def _longest(before: dict[float, float], after: dict[float, float]) -> tuple[int
     return over, longest
 
 
-def run_wrk(base: str, seconds: float, connections: int, distinct: bool, run: int) -> dict:
+def run_wrk(
+    base: str, seconds: float, connections: int, distinct: bool, run: int
+) -> tuple[dict, float]:
+    """Return wrk's result line and the seconds its threads waited for a CPU (sampled)."""
     script = WRK_SCRIPT % {
         "body": json.dumps(BODY, separators=(",", ":")),
         "distinct": "true" if distinct else "false",
@@ -190,13 +209,20 @@ def run_wrk(base: str, seconds: float, connections: int, distinct: bool, run: in
         handle.write(script)
     try:
         command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
-        out = subprocess.run(
-            [*command, "-s", handle.name, base], capture_output=True, text=True, check=True
-        ).stdout
+        process = subprocess.Popen(
+            [*command, "-s", handle.name, base], stdout=subprocess.PIPE, text=True
+        )
+        waited: dict[str, float] = {}
+        while process.poll() is None:  # wrk's threads' stats go when they end: sample them
+            waited.update(run_queue_wait(process.pid))
+            time.sleep(0.1)
+        out = process.stdout.read() if process.stdout else ""
+        if process.returncode:
+            raise SystemExit(f"wrk failed ({process.returncode}): {out[-500:]}")
     finally:
         os.unlink(handle.name)
     line = next(x for x in out.splitlines() if x.startswith("WRK_RESULT "))
-    return json.loads(line.removeprefix("WRK_RESULT "))
+    return json.loads(line.removeprefix("WRK_RESULT ")), sum(waited.values())
 
 
 def measure(
@@ -204,12 +230,15 @@ def measure(
 ) -> Load:
     buckets = stall_buckets(base)
     tcp, steal, load_before, cpu = tcp_counters(), steal_seconds(), loadavg(), cpu_seconds(pid)
-    r = run_wrk(base, seconds, connections, distinct, run)
+    server_wait = run_queue_wait(pid)
+    r, wrk_wait = run_wrk(base, seconds, connections, distinct, run)
     cpu_after = cpu_seconds(pid)
+    server_waited = sum(w - server_wait.get(t, 0.0) for t, w in run_queue_wait(pid).items())
     steal_after, tcp_after, buckets_after = steal_seconds(), tcp_counters(), stall_buckets(base)
     stalls: dict[str, Any] = {
         "load": f"{load_before} → {loadavg()}",
         "steal_ms": (steal_after - steal) * 1000,
+        "waited": (server_waited, wrk_wait, r["duration_us"] / 1e6),
         "tcp": {TCP_COUNTERS[k]: tcp_after[k] - tcp.get(k, 0) for k in tcp_after},
     }
     for histogram in HISTOGRAMS:
@@ -314,22 +343,27 @@ def main() -> None:
         "\nWhat could stall a load, over each one: the server's garbage-collector pauses and "
         "event-loop lags over 50 ms (count; the longest one's bucket), and of those lags what "
         "the loop's thread at least spent off CPU (descheduled, waiting for the GIL or "
-        "blocked); the machine's steal time, the kernel's TCP retransmissions and timeouts "
+        "blocked); how long the server's threads and wrk's, runnable, waited for a CPU "
+        "(/proc/PID/task/TID/schedstat, summed over threads: more than a few percent of the "
+        "load's duration means the machine is too busy for latency figures); "
+        "the machine's steal time, the kernel's TCP retransmissions and timeouts "
         "(all processes), and the load average (/proc/loadavg, 1/5/15 min, before → after).\n"
     )
     print(
         "| load | connections | GC pauses > 50 ms | loop lags > 50 ms | of which off CPU "
-        "| steal | TCP (machine-wide) | load |"
+        "| waiting for a CPU: server, wrk | steal | TCP (machine-wide) | load |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for x in loads:
         gc_over, gc_longest = x.stalls["lrs_gc_pause_seconds"]
         lag_over, lag_longest = x.stalls["lrs_event_loop_lag_seconds"]
         off_over, off_longest = x.stalls["lrs_event_loop_lag_off_cpu_seconds"]
+        server_wait, wrk_wait, wall = x.stalls["waited"]
         tcp = ", ".join(f"{v} {k}" for k, v in x.stalls["tcp"].items() if v) or "none"
         print(
             f"| {x.name} | {x.connections} | {gc_over} (longest {gc_longest}) "
             f"| {lag_over} (longest {lag_longest}) | {off_over} (longest {off_longest}) "
+            f"| {server_wait:.1f} s, {wrk_wait:.1f} s of {wall:.0f} s "
             f"| {x.stalls['steal_ms']:.0f} ms | {tcp} | {x.stalls['load']} |"
         )
     ratio = computed.rps / fresh.rps if fresh.rps else 0.0
@@ -362,7 +396,14 @@ def main() -> None:
             " ×",
         ),
     ]
+    busiest = max(x.stalls["waited"][0] / x.stalls["waited"][2] for x in loads)
     print("\n### Targets (issue 14)\n")
+    if busiest > 0.05:
+        print(
+            f"The machine was busy: in one load the server's threads waited {busiest:.0%} of "
+            "its duration for a CPU, so its latencies are the machine's; rerun on a quiet "
+            "machine before reading the tail targets.\n"
+        )
     for label, value, target, op, unit in checks:
         met = value >= target if op == ">=" else value <= target
         print(f"- {label}: {value:,.2f}{unit} — {'PASS' if met else 'MISS'}")
