@@ -36,6 +36,9 @@ class Schedule:
     torch_version: str | None = None
     warnings: list[str] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, Any] | None = None
+    """What each index counts (skipped steps, updates, micro-batches, samples, tokens, the lr
+    at ``counter.at``), when the spec asks for step counters; None otherwise."""
     etag: str | None = None
     cached: bool | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -60,6 +63,7 @@ class Schedule:
             torch_version=body.get("torch_version"),
             warnings=list(body.get("warnings") or []),
             summary=list(body.get("summary") or []),
+            counters=body.get("counters"),
             etag=headers.get("etag") if headers is not None else None,
             cached=None if cache is None else cache == "hit",
             raw=body,

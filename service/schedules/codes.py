@@ -87,6 +87,12 @@ CODES: dict[str, Code] = {
         Code("onecycle-raises-past-total-steps", "hazard", "OneCycleLR raises ValueError when stepped more than total_steps times (a longer run, a resumed run, a miscounted steps_per_epoch).", "https://github.com/pytorch/pytorch/issues/38170"),
         Code("onecycle-peak-step", "hazard", "torch's OneCycleLR peaks at step pct_start * total_steps - 1; optax's one-cycle and a transformers warmup of the same length peak one step later.", TORCH_DOCS.format("OneCycleLR")),
         Code("amp-skipped-steps-advance-schedule", "hazard", "With AMP, GradScaler skips optimizer steps whose gradients overflow (typically the first few) but scheduler.step() still runs: the schedule advances without an update and torch warns.", "https://github.com/pytorch/pytorch/issues/55585"),
+        # ----------------------------------------------------------------- step counters
+        Code("skipped-steps-repeated", "caveat", "skipped_steps lists a step more than once: it counts once.", "https://github.com/pytorch/pytorch/issues/55585"),
+        Code("megatron-holds-on-skipped-steps", "caveat", "Megatron's training loop does not step its scheduler on a skipped iteration: the schedule holds there.", MEGATRON),
+        Code("amp-step-order-warning", "caveat", "Every optimizer step before the first scheduler.step() was skipped: torch warns 'Detected call of lr_scheduler.step() before optimizer.step()' once.", TORCH_OPTIM),
+        Code("amp-skips-unwarned", "caveat", "Skipped optimizer steps that nothing warns about (torch checks the call order only at the first scheduler.step(); timm, optax and Megatron never).", "https://github.com/pytorch/pytorch/issues/67590"),
+        Code("megatron-rampup-counts-samples", "caveat", "Megatron's loop steps its scheduler by samples, so during a batch-size ramp-up its lr follows samples, not optimizer steps.", MEGATRON),
         Code("uncoded", "caveat", "A warning with no code of its own yet (its message says what it is).", None),
     ]
 }  # fmt: skip

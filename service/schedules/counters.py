@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from service.errors import InvalidSpec, LimitExceeded, register_union_tags
@@ -61,10 +61,18 @@ NO_ORDER_CHECK = {
 # --------------------------------------------------------------------------- models
 
 
+def _invalid(message: str, *loc: str | int, kind: str = "value_error") -> ValidationError:
+    """Return a validation error at ``loc`` inside the counter (a model validator's own)."""
+    error = PydanticCustomError(kind, message)
+    return ValidationError.from_exception_data(
+        "counter", [{"type": error, "loc": loc, "input": None}]
+    )
+
+
 def _non_negative(values: list[float]) -> list[float]:
     for i, value in enumerate(values):
         if value < 0:
-            raise ValueError(f"at[{i}]={value:g} is negative; counter values start at 0")
+            raise _invalid(f"at[{i}]={value:g} is negative; counter values start at 0", "at", i)
     return values
 
 
@@ -111,48 +119,61 @@ class SamplesCounter(SpecModel):
         if self.at is not None:
             _non_negative(self.at)
             if len(self.at) > settings.max_counter_queries:
-                raise limit(
+                raise _invalid(
                     f"at lists {len(self.at)} values; the limit is "
-                    f"{settings.max_counter_queries} (LRS_MAX_COUNTER_QUERIES)"
+                    f"{settings.max_counter_queries} (LRS_MAX_COUNTER_QUERIES)",
+                    "at",
+                    kind="limit_exceeded",
                 )
         if self.micro_batch_size is None and (
             self.data_parallel_size != 1 or self.decrease_batch_size_if_needed
         ):
-            raise ValueError(
-                "data_parallel_size and decrease_batch_size_if_needed need micro_batch_size"
+            raise _invalid(
+                "data_parallel_size and decrease_batch_size_if_needed need micro_batch_size: "
+                "give the samples per micro-batch per rank",
+                "micro_batch_size",
             )
         if self.rampup_batch_size is None:
             return self
         start, increment, samples = self.rampup_batch_size
         where = "rampup_batch_size [start, increment, ramp-up samples]"
         if start < 1 or increment < 1:
-            raise ValueError(f"{where}: the start batch size and the increment must be >= 1")
+            raise _invalid(
+                f"{where}: the start batch size and the increment must be >= 1",
+                "rampup_batch_size",
+            )
         diff = self.global_batch_size - start
         if diff < 0:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: the start batch size {start} is larger than global_batch_size "
-                f"{self.global_batch_size}; the ramp-up grows the batch to global_batch_size"
+                f"{self.global_batch_size}; the ramp-up grows the batch to global_batch_size",
+                "rampup_batch_size",
             )
         if diff % increment:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: global_batch_size - start = {diff} is not divisible by the increment "
-                f"{increment} (Megatron asserts it); change the increment or the start"
+                f"{increment} (Megatron asserts it); change the increment or the start",
+                "rampup_batch_size",
             )
         if diff == 0:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: the start batch size equals global_batch_size, so there is nothing "
-                "to ramp up (Megatron divides by zero increments); drop rampup_batch_size"
+                "to ramp up (Megatron divides by zero increments); drop rampup_batch_size",
+                "rampup_batch_size",
             )
         if samples < 1:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: ramp-up samples is 0 (Megatron divides by it); give at least 1 or "
-                "drop rampup_batch_size"
+                "drop rampup_batch_size",
+                "rampup_batch_size",
             )
         if diff // increment > settings.max_rampup_increments:
-            raise ValueError(
+            raise _invalid(
                 f"{where}: {diff // increment} batch-size increments; the limit is "
                 f"{settings.max_rampup_increments} (LRS_MAX_RAMPUP_INCREMENTS): use a larger "
-                "increment"
+                "increment",
+                "rampup_batch_size",
+                kind="limit_exceeded",
             )
         return self
 
@@ -413,6 +434,10 @@ class Plan:
         """Return how many parameter updates (optimizer.step() calls) precede each step."""
         return steps - np.searchsorted(self.skipped, steps, side="left")
 
+    def is_skipped(self, steps: np.ndarray) -> np.ndarray:
+        """Return, per optimizer step, whether AMP skipped it (bool)."""
+        return is_in(steps, self.skipped)
+
     def progress(self, steps: np.ndarray) -> np.ndarray:
         """Return, per optimizer step, the optimizer step whose lr the schedule gives it: the
         step itself (torch loops advance on skips), or its update count (Megatron's)."""
@@ -453,7 +478,7 @@ class Plan:
             out["micro_batches"] = self.phases.micro_of(steps)
         if request.skipped_steps is not None:
             out["skipped_steps"] = self.skipped
-            out["skipped"] = np.isin(steps, self.skipped)
+            out["skipped"] = self.is_skipped(steps)
             out["updates"] = self.updates_before(steps)
         if counter is not None:
             samples = self.phases.samples_before(steps)
@@ -471,6 +496,14 @@ class Plan:
         return out
 
 
+def is_in(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Return, per value, whether the sorted ``ordered`` holds it (np.isin without hashing)."""
+    if not ordered.size:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
+    return ordered[at] == values
+
+
 def _family_names(request: "ScheduleRequest") -> set[str]:
     from service.schedules.families import hooks
 
@@ -479,14 +512,17 @@ def _family_names(request: "ScheduleRequest") -> set[str]:
 
 def _check_skipped(request: "ScheduleRequest", notes: list[str]) -> np.ndarray:
     given = request.skipped_steps or []
-    for i, step in enumerate(given):
-        if step >= request.steps:
-            raise InvalidSpec(
-                f"skipped_steps[{i}]={step} is beyond the schedule: optimizer steps run "
-                f"0..{request.steps - 1}; drop it or raise steps",
-                loc=("body", "skipped_steps", i),
-            )
-    skipped = np.unique(np.asarray(given, dtype=np.int64))
+    values = np.asarray(given, dtype=np.int64)
+    beyond = np.flatnonzero(values >= request.steps)
+    if beyond.size:
+        i = int(beyond[0])
+        raise InvalidSpec(
+            f"skipped_steps[{i}]={given[i]} is beyond the schedule: optimizer steps run "
+            f"0..{request.steps - 1}; drop it or raise steps",
+            loc=("body", "skipped_steps", i),
+        )
+    ordered = np.sort(values)
+    skipped = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if given else ordered
     if skipped.size < len(given):
         notes.append(
             f"skipped_steps lists {len(given) - skipped.size} step(s) more than once; each "
@@ -578,7 +614,7 @@ def _skip_notes(request: "ScheduleRequest", skipped: np.ndarray, holds: bool) ->
 def _first_scheduler_step_skipped(request: "ScheduleRequest", skipped: np.ndarray) -> bool:
     """Return True when every optimizer step before the first scheduler.step() was skipped."""
     first = min(request.steps_per_epoch, request.steps) if request.interval == "epoch" else 1
-    return bool(np.isin(np.arange(first), skipped).all())
+    return bool(is_in(np.arange(first), skipped).all())
 
 
 def _torch_order_warning(request: "ScheduleRequest", skipped: np.ndarray) -> str | None:

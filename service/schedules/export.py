@@ -12,7 +12,8 @@ names them):
 - ``lightning``: the same scheduler (torch's own or a transformers one) returned by
   ``configure_optimizers`` with Lightning's ``interval``/``frequency``, and a minimal
   ``Trainer.fit`` that makes Lightning step it; a pytorch_warmup warmup dampens it in the
-  ``lr_scheduler_step`` hook.
+  ``lr_scheduler_step`` hook; a metric-driven one gets ``"monitor": "metric"`` and the
+  request's metrics logged as it (in ``training_step``, or ``on_train_epoch_end`` per epoch).
 - ``transformers``: ``transformers.get_scheduler`` with the spec's own name and arguments, in the
   torch loop (warmups as for ``torch``).
 - ``timm``: ``timm.scheduler.create_scheduler_v2`` and the loop timm's train.py runs:
@@ -298,6 +299,13 @@ def _optimizer(scaled: specs.ScheduleRequest, extra: list[dict[str, Any]] | None
     )
 
 
+def _optimizer_step(scaled: specs.ScheduleRequest) -> str:
+    """Return the optimizer step of the loop (LBFGS takes a closure returning the loss)."""
+    if scaled.optimizer.type == "LBFGS":
+        return "optimizer.step(lambda: 0.0)  # LBFGS: a closure returning your loss"
+    return "optimizer.step()"
+
+
 def _header(library: str) -> list[str]:
     return [
         f'"""The learning-rate schedule, built with {library}.',
@@ -385,7 +393,7 @@ def torch_loop_script(
             *(["        warmup.load_state_dict(state['warmup'])"] if parts.warmup else []),
         ]
     lines += [
-        "    optimizer.step()  # your training step; the scheduler steps after it",
+        f"    {_optimizer_step(scaled)}  # your training step; the scheduler steps after it",
         *(_indent(line, "    ") for line in parts.step_lines()),
         "    lrs.append([group['lr'] for group in optimizer.param_groups])",
         "",
@@ -407,13 +415,6 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
     ``interval``/``frequency`` that steps it as the request does, and ``Trainer.fit`` on a
     dataset of ``steps`` one-element batches records each optimizer step's lr."""
     parts = _TorchParts(scaled, "lightning", kind)
-    if parts.plateau:
-        raise _Refusal(
-            f"{_name(scaled.scheduler)} is stepped with the request's metrics, which a Lightning "
-            "script would have to log as the monitored value; export it with target 'torch'"
-            + (" or 'transformers'" if kind == "transformers" else ""),
-            ("scheduler",),
-        )
     epoch = scaled.interval == "epoch"
     per_epoch = scaled.steps_per_epoch if epoch else scaled.steps
     interval = (
@@ -423,6 +424,7 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
     )
     build = [*parts.notes, f"optimizer = {parts.optimizer}", f"scheduler = {parts.scheduler}"]
     hook: list[str] = []
+    step = "scheduler.step(metric)" if parts.plateau else "scheduler.step()"
     if parts.warmup is not None:
         build.append(f"self.warmup = {parts.warmup}  # after the scheduler: it dampens its lr")
         hook = [
@@ -430,8 +432,44 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
             "    def lr_scheduler_step(self, scheduler, metric):",
             "        # pytorch_warmup's loop: the scheduler steps inside warmup.dampening()",
             "        with self.warmup.dampening():",
-            "            scheduler.step()",
+            f"            {step}",
         ]
+    plateau_config: list[str] = []
+    metric_lines: list[str] = []
+    log_step: list[str] = []
+    log_epoch: list[str] = []
+    if parts.plateau:
+        plateau_config = ['                "monitor": "metric",  # what Lightning steps it with']
+        if not isinstance(scaled.scheduler, specs.ReduceLROnPlateau) and not (
+            isinstance(scaled.scheduler, hf.TransformersSchedule)
+            and scaled.scheduler.name == "reduce_lr_on_plateau"
+        ):
+            plateau_config.append('                "reduce_on_plateau": True,  # metric-driven')
+            if not hook:
+                hook = [
+                    "",
+                    "    def lr_scheduler_step(self, scheduler, metric):",
+                    f"        {step}",
+                ]
+        metric_lines = [
+            f"METRICS = {[*parts.metrics, *(parts.metrics[-1:] or [0.0])]!r}",
+            "# the metric after each "
+            + ("epoch" if epoch else "optimizer step")
+            + " (the last repeated for the step after the last lr)",
+        ]
+        logged = "torch.tensor(METRICS[{}], dtype=torch.float64)"
+        if epoch:
+            log_epoch = [
+                "",
+                "    def on_train_epoch_end(self):",
+                "        # your validation metric; Lightning steps the scheduler with it",
+                f'        self.log("metric", {logged.format("self.current_epoch")})',
+            ]
+        else:
+            log_step = [
+                "        # your metric; Lightning steps the scheduler with it after this step",
+                f'        self.log("metric", {logged.format("self.global_step")})',
+            ]
     library = "torch" if kind == "torch" else "transformers' get_scheduler"
     lines = [
         f'"""The learning-rate schedule, built with {library} and stepped by Lightning.',
@@ -450,6 +488,7 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
         "",
         f"STEPS = {scaled.steps}  # optimizer steps",
         f"STEPS_PER_EPOCH = {per_epoch}  # batches per epoch",
+        *metric_lines,
         "",
         "",
         "class Schedule(pl.LightningModule):",
@@ -469,6 +508,7 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
         '                "scheduler": scheduler,',
         f"                {interval}",
         '                "frequency": 1,',
+        *plateau_config,
         "            },",
         "        }",
         *hook,
@@ -477,7 +517,9 @@ def lightning_script(scaled: specs.ScheduleRequest, kind: str) -> str:
         "        self.lrs.append([g['lr'] for g in self.trainer.optimizers[0].param_groups])",
         "",
         "    def training_step(self, batch, batch_idx):",
+        *log_step,
         "        return sum((p * batch.sum()).sum() for p in self.stand_ins)  # your loss",
+        *log_epoch,
         "",
         "    def train_dataloader(self):",
         "        data = torch.ones(STEPS_PER_EPOCH, 1)",
@@ -576,7 +618,7 @@ def timm_script(scaled: specs.ScheduleRequest) -> str:
         "",
         "lrs = [[group['lr'] for group in optimizer.param_groups]]  # what timm set when built",
         "for i in range(1, STEPS):",
-        "    optimizer.step()  # your training step (update i)",
+        f"    {_optimizer_step(scaled)}  # your training step (update i)",
         *loop,
         "    lrs.append([group['lr'] for group in optimizer.param_groups])",
         "",
@@ -737,7 +779,7 @@ def megatron_script(scaled: specs.ScheduleRequest) -> str:
         "",
         "lrs = [[group['lr'] for group in optimizer.param_groups]]",
         "for k in range(1, SCHEDULER_STEPS):",
-        "    optimizer.step()  # your training iteration",
+        f"    {_optimizer_step(scaled)}  # your training iteration",
         "    scheduler.step(increment=1)  # Megatron's train_step: once per iteration",
         "    lrs.append([group['lr'] for group in optimizer.param_groups])",
         "",
@@ -780,6 +822,18 @@ def _cannot(target: str, request: specs.ScheduleRequest) -> InvalidSpec:
 
 def export(request: specs.ScheduleRequest, target: Target, checkpoint: bool = False) -> str:
     """Return the script for ``target``; InvalidSpec (422) when ``target`` cannot write it."""
+    if request.index_by == "micro_batch":
+        raise InvalidSpec(
+            "export: the script prints the lr of every optimizer step; drop index_by "
+            "'micro_batch' (micro-batch j of an optimizer step sees that step's lr)",
+            loc=("body", "index_by"),
+        )
+    if request.skipped_steps and _family_of(request.scheduler) == "megatron":
+        raise InvalidSpec(
+            "export target 'megatron': the script steps Megatron's scheduler every iteration; "
+            "drop skipped_steps (Megatron's own loop holds the schedule on a skipped one)",
+            loc=("body", "skipped_steps"),
+        )
     can = capable(request)
     if target not in can:
         raise _cannot(target, request)

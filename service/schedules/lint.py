@@ -1,7 +1,8 @@
 """``POST /v1/schedules/lint``: every warning the service knows for a spec, coded and located.
 
 The findings are compute's own warnings (:func:`service.schedules.caveats.coded`: the same
-messages, from the same code) followed by the hazards compute does not warn about because
+messages, from the same code; then the step counters' notes, coded by :data:`COUNTER_NOTES`)
+followed by the hazards compute does not warn about because
 they bite in a training loop rather than in the values it returns (a resume rebuilt with
 ``last_epoch``, AMP's skipped steps, OneCycleLR stepped too far, ...). Each has a stable code
 (:data:`service.schedules.codes.CODES`, documented in ``docs/lint.md``), the optimizer step
@@ -13,11 +14,10 @@ step is computed from the spec's numbers.
 """
 
 import math
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.schedules import caveats, specs
+from service.schedules import caveats, counters, specs
 from service.schedules.codes import CODES, Caveat, Kind, caveat, placed
 from service.schedules.families import libraries
 from service.schedules.service import apply_batch_scaling
@@ -37,9 +37,9 @@ class Finding(BaseModel):
     )
     see: str | None = Field(description="The torch or library issue or doc explaining it.")
     kind: Kind = Field(
-        description="`caveat`: compute's `warnings` says it too; `hazard`: only lint reports "
-        "it (it bites in a training loop: resuming, AMP, a longer run); `error`: compute "
-        "refuses this request."
+        description="`caveat`: compute's `warnings` carries this message; `hazard`: only "
+        "lint reports it (it bites in a training loop: resuming, AMP, a longer run); `error`: "
+        "compute refuses this request."
     )
 
 
@@ -49,12 +49,16 @@ class LintResult(BaseModel):
     findings: list[Finding] = Field(description="Empty when nothing is worth knowing.")
 
 
-def _finding(request: specs.ScheduleRequest, warning: Caveat, scheduler_step: bool) -> Finding:
+def _finding(
+    request: specs.ScheduleRequest, warning: Caveat, scheduler_step: bool, warned: bool = False
+) -> Finding:
+    """Return the finding of ``warning``; ``warned``: compute's warnings carry it (a caveat,
+    whatever its code's usual kind)."""
     code = CODES[warning.code]
     step = warning.step
     if scheduler_step:
         step = caveats.optimizer_step(request, step)
-    kind: Kind = code.kind if warning.code != "uncoded" else "caveat"
+    kind: Kind = "caveat" if warned else code.kind
     return Finding(code=code.code, message=str(warning), step=step, see=code.see, kind=kind)
 
 
@@ -203,22 +207,18 @@ def _hazards(request: specs.ScheduleRequest) -> list[Caveat]:
                 have + 1,
             )
         )
-    skipped = _skipped_steps(request)
-    if skipped is not None or request.warmup is not None:
-        where = (
-            f"optimizer step {skipped} is skipped in this request"
-            if skipped is not None
-            else "the first steps are the warmup's"
-        )
+    if request.warmup is not None and not getattr(request, "skipped_steps", None):
+        # with skipped_steps, compute's own notes (the step counters') say what the skips do
         out.append(
             caveat(
                 "amp-skipped-steps-advance-schedule",
                 "with AMP (torch.amp.GradScaler), an optimizer step whose gradients overflow "
                 "is skipped, typically several at the start while the scale calibrates, but "
                 "scheduler.step() still runs: the schedule advances without an update and "
-                f"torch warns 'Detected call of lr_scheduler.step() before optimizer.step()' "
-                f"(pytorch #55585); {where}",
-                skipped if skipped is not None else 0,
+                "torch warns 'Detected call of lr_scheduler.step() before optimizer.step()' "
+                "(pytorch #55585); the first steps are the warmup's, so it ends having made "
+                "fewer updates than it counts (give skipped_steps to see the series)",
+                0,
             )
         )
     return out
@@ -267,15 +267,6 @@ def _spans(spec: specs.SchedulerBase, span: int) -> dict[int, int]:
     return out
 
 
-def _skipped_steps(request: specs.ScheduleRequest) -> int | None:
-    """Return the first optimizer step AMP skips in this request, when it says (a
-    ``skipped_steps`` list of steps, if the request has one), else None."""
-    value: Any = getattr(request, "skipped_steps", None)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
-        return min(value)
-    return None
-
-
 # --------------------------------------------------------------------------- lint
 
 
@@ -294,10 +285,47 @@ def validate(request: specs.ScheduleRequest) -> specs.ScheduleRequest:
     return scaled
 
 
+# The step counters' notes (service.schedules.counters, which compute appends to its
+# warnings), by how each begins: (code, where it bites: "skipped" for the first skipped step,
+# "scheduler" for the first scheduler.step(), None).
+COUNTER_NOTES: list[tuple[str, str, str | None]] = [
+    ("skipped_steps lists ", "skipped-steps-repeated", None),
+    ("Megatron's training loop does not step", "megatron-holds-on-skipped-steps", "skipped"),
+    ("optimizer.step() was not called", "amp-skipped-steps-advance-schedule", "skipped"),
+    ("torch warns once, at the first scheduler.step()", "amp-step-order-warning", "scheduler"),
+    ("nothing warns although", "amp-skips-unwarned", None),
+    ("torch says nothing about these skips", "amp-skips-unwarned", None),
+    ("Megatron's own loop steps its scheduler by", "megatron-rampup-counts-samples", None),
+]
+
+
+def _counter_notes(request: specs.ScheduleRequest) -> list[Caveat]:
+    """Return the step counters' notes that compute adds to its warnings, coded (the plan is
+    made as compute makes it: its refusals are the same 422s)."""
+    if not counters.requested(request):
+        return []
+    plan = counters.plan(request)
+    if plan is None:
+        return []
+    first_skipped = int(plan.skipped[0]) if plan.skipped.size else None
+    first_step = request.steps_per_epoch if request.interval == "epoch" else 1
+    out = []
+    for note in plan.notes:
+        code, where = "uncoded", None
+        for prefix, known, bites in COUNTER_NOTES:
+            if prefix in note[: len(prefix) + 40]:
+                code, where = known, bites
+                break
+        step = {"skipped": first_skipped, "scheduler": first_step}.get(where or "")
+        out.append(Caveat(note, code, step))
+    return out
+
+
 def lint(request: specs.ScheduleRequest) -> LintResult:
     """Return every finding for ``request`` (see the module docstring)."""
     scaled = validate(request)
-    findings = [_finding(scaled, w, scheduler_step=False) for w in caveats.coded(scaled)]
+    warned = [*caveats.coded(scaled), *_counter_notes(scaled)]
+    findings = [_finding(scaled, w, scheduler_step=False, warned=True) for w in warned]
     seen = {(f.code, f.message, f.step) for f in findings}
     for hazard in _hazards(scaled):
         found = _finding(scaled, hazard, scheduler_step=True)

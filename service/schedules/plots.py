@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from service.errors import InvalidSpec
 from service.schedules.result import Computed
 
@@ -103,7 +105,13 @@ def _figure(rows: int, annotations: list[str]) -> tuple[Any, list[Any], Any]:
     return figure, axes, notes_ax
 
 
-def _finish(figure: Any, axes: list[Any], fmt: Literal["svg", "png"], yscale: YScale) -> bytes:
+def _finish(
+    figure: Any,
+    axes: list[Any],
+    fmt: Literal["svg", "png"],
+    yscale: YScale,
+    xlabel: str = "optimizer step",
+) -> bytes:
     import matplotlib
 
     if yscale == "log":
@@ -114,7 +122,7 @@ def _finish(figure: Any, axes: list[Any], fmt: Literal["svg", "png"], yscale: YS
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
-    axes[-1].set_xlabel("optimizer step")
+    axes[-1].set_xlabel(xlabel)
     figure.tight_layout()
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.fonttype": "none"}):
@@ -148,6 +156,18 @@ def to_plot(
     for g in range(groups):
         label = f"group {g}" if groups > 1 else "lr"
         axes[0].plot(x, computed.lr[g, ::stride], color=f"C{g}", label=label)
+    counters = computed.counters or {}
+    skipped = counters.get("skipped")
+    if skipped is not None and np.any(skipped):
+        # AMP-skipped optimizer steps: their lr was never applied (at most PLOT_MAX_POINTS)
+        where = np.flatnonzero(np.asarray(skipped))[:PLOT_MAX_POINTS]
+        axes[0].plot(
+            computed.indices[where],
+            computed.lr[0, where],
+            "x",
+            color="#c0392b",
+            label="skipped by AMP (lr not applied)",
+        )
     axes[0].set_ylabel("learning rate" + (" (log)" if options.yscale == "log" else ""))
     axes[0].set_title(title, fontsize=10)
     if computed.momentum is not None:
@@ -155,7 +175,8 @@ def to_plot(
             label = f"group {g}" if groups > 1 else "momentum"
             axes[1].plot(x, computed.momentum[g, ::stride], color=f"C{g}", label=label)
         axes[1].set_ylabel("momentum / beta1")
-    return _finish(figure, axes, fmt, options.yscale)
+    xlabel = "micro-batch" if counters.get("index_by") == "micro_batch" else "optimizer step"
+    return _finish(figure, axes, fmt, options.yscale, xlabel)
 
 
 def to_overlay_plot(

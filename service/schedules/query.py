@@ -190,7 +190,8 @@ def query_loc(loc: typing.Sequence[str | int]) -> list[str | int]:
     elif head == "sample" and rest:
         parts = rest[-1:]
     elif head == "counter" and rest:
-        parts = ["counter"] if rest == ["type"] else rest[:1]
+        named = [p for p in rest if p not in ("samples", "tokens", "type")]
+        parts = named[-1:] or ["counter"]
     elif head == "warmup" and rest:
         last = str(rest[-1])
         parts = [

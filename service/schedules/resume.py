@@ -67,6 +67,23 @@ class ResumeRequest(BaseModel):
                         "steps": 100,
                     },
                 },
+                {
+                    "spec": {
+                        "scheduler": {"type": "StepLR", "step_size": 10, "gamma": 0.5},
+                        "steps": 60,
+                    },
+                    "state": {
+                        "step_size": 10,
+                        "gamma": 0.5,
+                        "base_lrs": [0.1],
+                        "last_epoch": 25,
+                        "_step_count": 26,
+                        "_is_initial": False,
+                        "_get_lr_called_within_step": False,
+                        "_last_lr": [0.025],
+                    },
+                    "next_steps": 10,
+                },
             ]
         },
     )

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import budget, compare, resume, service, specs
+from service.schedules import budget, compare, counters, resume, service, specs
 from service.schedules.families import hooks as families
 from service.schedules.families import transformers as hf
 from service.schedules.families.common import installed
@@ -520,9 +520,18 @@ def check_state(
     spec = request.spec
     refuse_unsupported(spec)
     scaled = service.apply_batch_scaling(spec)
+    plan = counters.resume_plan(scaled)
     notes: list[str] = []
     template_run = resume._Run(scaled)
     template = template_run.stepper.scheduler.state_dict()
+    if scaled.warmup is not None and "_schedulers" not in request.state:
+        raise Refused(
+            "the spec has a warmup, so its scheduler is the SequentialLR of the warmup and "
+            f"{scaled.scheduler.type} (as export?target=torch writes it); this state has no "
+            "_schedulers: send that SequentialLR's state_dict(), or drop spec.warmup to load "
+            f"a {scaled.scheduler.type} state alone",
+            loc=("body", "state"),
+        )
     state = normalized(request.state, template, [], notes)
     k = _position(state)
     first, n, sched_steps = _check_window(request, scaled, k, settings)
@@ -538,8 +547,10 @@ def check_state(
             )
 
     loaded = _loaded_rows(extended, state, k, sched_steps)
-    reference, at_k, refused = _uninterrupted(extended, k, sched_steps)
     spe = scaled.steps_per_epoch if scaled.interval == "epoch" else 1
+    # the counters' at-queries may ask for any step of the spec's run: run it all then
+    ref_steps = max(sched_steps, -(-extended.steps // spe)) if plan is not None else sched_steps
+    reference, at_k, refused = _uninterrupted(extended, k, ref_steps)
     window = np.arange(first, first + n)
     ours = np.asarray(loaded, dtype=np.float64).T[:, window // spe - k]
     differences: list[dict[str, Any]] = []
@@ -569,7 +580,7 @@ def check_state(
         )
     else:
         match, summary = True, f"matches the uninterrupted run's state at scheduler step {k}"
-    return {
+    body = {
         "steps": window.tolist(),
         "resume_at": first,
         "uninterrupted": uninterrupted,
@@ -583,6 +594,15 @@ def check_state(
         },
         "warnings": notes,
     }
+    if plan is None:
+        return body
+    if reference is None:
+        body["warnings"].append(
+            "counters: not given, the uninterrupted run stops before these steps"
+        )
+        return body
+    full = resume._by_optimizer_step(extended, reference)
+    return counters.resume_counters(body, plan, full, window, first)
 
 
 def _short(value: Any) -> str:

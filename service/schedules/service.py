@@ -5,6 +5,8 @@ The routes hand a validated :class:`~service.schedules.specs.ScheduleRequest` to
 """
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +21,7 @@ from service.schedules.families import libraries
 from service.schedules.result import Computed
 from service.schedules.vectorized import batch as vectorized_batch
 from service.schedules.vectorized import compile as vectorized
+from service.schedules.vectorized import fast
 from service.schedules.vectorized.evaluation import Program
 from service.settings import Settings
 
@@ -211,28 +214,6 @@ class _Prepared:
     """With counters: the optimizer step of every index."""
 
 
-def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
-    engine = choose_engine(request)
-    _check_limits(request, engine, settings)
-    _check_metrics(request)
-    libraries.check(request)
-    scaled = apply_batch_scaling(request)
-    device = resolve_device(request.device)
-    plan = counters.plan(scaled)
-    indices = sample_indices(scaled)
-    steps = None
-    columns = indices
-    if plan is not None:
-        steps = plan.optimizer_steps(indices)
-        extra = [] if plan.at_steps is None else [plan.at_steps]
-        last = np.array([scaled.steps - 1], dtype=np.int64)
-        columns = plan.progress(np.concatenate([steps, *extra, last]))
-    sched_index = columns // scaled.steps_per_epoch if scaled.interval == "epoch" else columns
-    return _Prepared(
-        scaled, engine, device, indices, sched_index, scaled.scheduler_steps, plan, steps
-    )
-
-
 def _with_counters(prep: _Prepared, result: Computed) -> Computed:
     """Split the ``counter.at`` and final columns off ``result`` and describe the counters."""
     plan = prep.plan
@@ -285,17 +266,231 @@ def _torch_computed(prep: _Prepared, settings: Settings) -> Computed:
     )
 
 
+def _check(request: specs.ScheduleRequest, settings: Settings) -> str:
+    engine = choose_engine(request)
+    _check_limits(request, engine, settings)
+    _check_metrics(request)
+    libraries.check(request)
+    return engine
+
+
+def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
+    return _prepared(request, _check(request, settings))
+
+
+def _prepared(request: specs.ScheduleRequest, engine: str) -> _Prepared:
+    scaled = apply_batch_scaling(request)
+    device = resolve_device(request.device)
+    plan = counters.plan(scaled)
+    indices = sample_indices(scaled)
+    steps = None
+    columns = indices
+    if plan is not None:
+        steps = plan.optimizer_steps(indices)
+        extra = [] if plan.at_steps is None else [plan.at_steps]
+        last = np.array([scaled.steps - 1], dtype=np.int64)
+        columns = plan.progress(np.concatenate([steps, *extra, last]))
+    sched_index = columns // scaled.steps_per_epoch if scaled.interval == "epoch" else columns
+    return _Prepared(
+        scaled, engine, device, indices, sched_index, scaled.scheduler_steps, plan, steps
+    )
+
+
+PLAN_CACHE_SIZE = 64
+"""Compiled vectorized plans kept (least recently used dropped)."""
+PLAN_INDICES_MAX = 1 << 16
+"""A plan keeps its step arrays up to this many values (larger ones are made per call)."""
+
+
+@dataclass
+class _Plan:
+    """Everything a vectorized request's result needs besides evaluating it: the compiled
+    program (torch's objects read at step 0, the probes checked), the fast path when it
+    applies, and what the response carries about the spec. Made once per spec, as a jitted
+    function is compiled once: the next request for the same spec only evaluates."""
+
+    request: specs.ScheduleRequest
+    """Batch scaling applied."""
+    device: torch.device
+    program: Program
+    fast: fast.Fast | None
+    sorted_steps: bool
+    dense: bool
+    """The scheduler steps are ``0..n-1`` (no sampling, interval 'step')."""
+    indices: np.ndarray | None
+    sched_index: np.ndarray | None
+    warnings: list[str]
+    families: list[dict[str, str | None]]
+    steps_n: int
+    """The request's ``steps``, scheduler steps × groups, and its vectorized cost: what the
+    limits compare with the settings (checked again on every call, settings may differ)."""
+    values: int
+    cost: int
+    weight_decay: bool
+    counted: _Prepared | None = None
+    """With counters: the prepared request (the columns its counters need), evaluated by the
+    generic path as :func:`_vectorized_computed` describes."""
+
+    def within(self, settings: Settings) -> bool:
+        """Return True when the request is within ``settings``' vectorized limits (else the
+        full check runs and says which limit, as for a spec never computed)."""
+        return (
+            self.steps_n <= settings.vectorized_max_steps
+            and self.values <= settings.vectorized_max_values
+            and self.cost <= settings.vectorized_max_cost
+        )
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.indices is not None and self.sched_index is not None:
+            return self.indices, self.sched_index
+        indices = sample_indices(self.request)
+        if self.request.interval == "epoch":
+            return indices, indices // self.request.steps_per_epoch
+        return indices, indices
+
+    def run(self) -> Computed:
+        if self.counted is not None:
+            k = torch.as_tensor(self.counted.sched_index, dtype=torch.int64).to(self.device)
+            return _vectorized_computed(self.counted, self.program.result(k))
+        result = None
+        if self.fast is not None and self.dense:
+            if self.indices is None:
+                indices = sched_index = np.empty(self.program.n, dtype=np.int64)
+                result = self.fast.evaluate(None, indices)
+            else:
+                indices, sched_index = self.indices, self.indices
+                result = self.fast.evaluate(None)
+        else:
+            indices, sched_index = self.steps()
+            if self.fast is not None and self.sorted_steps:
+                result = self.fast.evaluate(sched_index)
+        if result is None:
+            steps = sched_index if sched_index.flags.writeable else sched_index.copy()
+            k = torch.as_tensor(steps, dtype=torch.int64).to(self.device)
+            computed = self.program.result(k)
+        else:
+            lr, mom, final = result
+            return Computed(
+                indices=indices,
+                lr=lr,
+                momentum=mom,
+                final_lr=list(final),
+                engine="vectorized",
+                device="cpu",
+                warnings=list(self.warnings),
+                families=[dict(f) for f in self.families],
+                weight_decay=self._weight_decay(sched_index),
+            )
+        return replace(
+            computed,
+            indices=indices,
+            warnings=list(self.warnings),
+            families=[dict(f) for f in self.families],
+            weight_decay=self._weight_decay(sched_index),
+        )
+
+    def _weight_decay(self, sched_index: np.ndarray) -> np.ndarray | None:
+        if not self.weight_decay:
+            return None
+        return libraries.weight_decay(self.request, np.array(sched_index))
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
+
+
+def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
+    """Return the plan of ``request``, whose limits were checked."""
+    prep = _prepared(request, engine)
+    program = vectorized.compile_request(prep.request, prep.n, prep.device)
+    sched = prep.sched_index
+    sample = prep.request.sample
+    sorted_steps = sample is None or sample.at is None or bool(np.all(sched[1:] >= sched[:-1]))
+    dense = (
+        sample is None
+        and prep.request.interval != "epoch"
+        and prep.plan is None
+        and sched.size == prep.n
+        and (sched.size == 0 or (sched[0] == 0 and sched[-1] == prep.n - 1))
+    )
+    keep = prep.indices.size <= PLAN_INDICES_MAX and prep.plan is None
+    return _Plan(
+        request=prep.request,
+        device=prep.device,
+        program=program,
+        fast=fast.fast_of(program),
+        sorted_steps=sorted_steps,
+        dense=dense,
+        indices=_read_only(prep.indices) if keep else None,
+        sched_index=(sched if sched is prep.indices else _read_only(sched)) if keep else None,
+        warnings=caveats(prep.request),
+        families=families.families(prep.request),
+        steps_n=request.steps,
+        values=request.scheduler_steps * request.n_groups,
+        cost=budget.cost(request, engine).total,
+        weight_decay="weight_decay" in prep.request.include,
+        counted=None if prep.plan is None else prep,
+    )
+
+
+class _Plans:
+    """The least recently used compiled plans, by the request as given (its explicitly set
+    fields) and as validated (every value): what is computed, and the warnings, depend on
+    both (a default lr and the same lr set explicitly warn differently)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(request: specs.ScheduleRequest) -> str:
+        return request.model_dump_json(exclude_unset=True) + request.model_dump_json()
+
+    def find(self, key: str) -> _Plan | None:
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
+
+    def make(self, key: str, request: specs.ScheduleRequest, engine: str) -> _Plan:
+        """Return the plan of ``request`` (its limits checked), made now and kept."""
+        plan = _make_plan(request, engine)
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        return plan
+
+    def get(self, request: specs.ScheduleRequest, engine: str) -> _Plan:
+        key = self.key(request)
+        return self.find(key) or self.make(key, request, engine)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+
+plans = _Plans(PLAN_CACHE_SIZE)
+
+
 def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
     """Return the schedule ``request`` describes, at the indices its ``sample`` chooses.
 
-    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed.
+    Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed. The limits
+    are checked on every call; a vectorized spec's compiled plan is reused (:data:`plans`).
     """
     with budget.ensure(settings.compute_max_seconds):
-        prep = _prepare(request, settings)
-        if prep.engine == "vectorized":
-            result = vectorized.run(prep.request, prep.sched_index, prep.n, prep.device)
-            return _vectorized_computed(prep, result)
-        return _torch_computed(prep, settings)
+        key = plans.key(request)
+        plan = plans.find(key)
+        if plan is not None and plan.within(settings):
+            return plan.run()
+        engine = _check(request, settings)
+        if engine == "vectorized":
+            return plans.make(key, request, engine).run()
+        return _torch_computed(_prepared(request, engine), settings)
 
 
 def compute_many(

@@ -293,3 +293,16 @@ def test_second_wave_methods_send_the_contracts_requests():
         ("POST", "/v1/schedules/export", {"target": "optax"}, STEP),
         ("POST", "/v1/schedules/lint", {}, STEP),
     ]
+
+
+def test_compute_carries_the_step_counters(lrs):
+    schedule = lrs.compute(
+        {
+            **STEP,
+            "skipped_steps": [0, 4],
+            "counter": {"type": "samples", "global_batch_size": 32, "at": [100]},
+        }
+    )
+    assert schedule.counters["updates"] == [0, 0, 1, 2, 3, 3, 4, 5, 6, 7]
+    assert schedule.counters["at"][0]["optimizer_step"] == 3
+    assert lrs.compute(STEP).counters is None

@@ -399,6 +399,42 @@ def test_get_form_and_batch_take_the_counters(client):
     assert batch.json()["results"][0]["result"] == post
 
 
+def test_batch_stacks_counter_specs_and_answers_what_compute_answers(client):
+    megatron = {
+        "type": "megatron", "lr_decay_style": "cosine", "max_lr": 0.1, "min_lr": 0.01,
+        "lr_warmup_steps": 3, "lr_decay_steps": 10,
+    }  # fmt: skip
+    step = {"type": "StepLR", "step_size": 2}
+    bodies = [
+        {"scheduler": megatron, "steps": 12, "skipped_steps": [0, 4]},
+        {"scheduler": megatron, "steps": 12, "skipped_steps": [1, 2, 3]},
+        {"scheduler": megatron, "steps": 12},
+        {"scheduler": step, "steps": 12, "counter": {"type": "samples", "global_batch_size": 4,
+                                                     "at": [5, 40]}},
+        {"scheduler": step, "steps": 12, "counter": {"type": "samples", "global_batch_size": 4,
+                                                     "at": [1]}},
+        {"scheduler": step, "steps": 4, "accumulation_steps": 3, "index_by": "micro_batch"},
+    ]  # fmt: skip
+    batch = client.post("/v1/schedules/batch", json={"requests": bodies}).json()["results"]
+    for body, slot in zip(bodies, batch, strict=True):
+        assert slot["result"] == _post(client, body)
+
+
+def test_plots_mark_skipped_steps_and_name_the_micro_batch_axis(client):
+    body = {"scheduler": {"type": "StepLR", "step_size": 3}, "steps": 12}
+    skipped = client.post(
+        "/v1/schedules/compute?format=svg", json={**body, "skipped_steps": [0, 5]}
+    )
+    assert skipped.status_code == 200 and "skipped by AMP (lr not applied)" in skipped.text
+    micro = client.post(
+        "/v1/schedules/compute?format=svg",
+        json={**body, "accumulation_steps": 2, "index_by": "micro_batch"},
+    )
+    assert ">micro-batch<" in micro.text and "skipped by AMP" not in micro.text
+    plain = client.post("/v1/schedules/compute?format=svg", json=body)
+    assert ">optimizer step<" in plain.text
+
+
 def test_resume_reports_counters_and_what_skips_do_to_a_resume(client):
     response = client.post(
         "/v1/schedules/resume",
@@ -450,7 +486,7 @@ BAD = {
     "start above global": (
         {"counter": {"type": "samples", "global_batch_size": 8, "rampup_batch_size": [16, 8, 100]}},
         "larger than global_batch_size",
-        None,
+        ["body", "counter", "rampup_batch_size"],
     ),
     "increment does not divide": (
         {"counter": {"type": "samples", "global_batch_size": 64, "rampup_batch_size": [16, 10, 100]}},
@@ -492,6 +528,21 @@ def test_bad_counters_are_422_problems_saying_what_to_change(client, case):
     assert fragment in body["detail"] or any(fragment in e["msg"] for e in body["errors"]), body
     if loc is not None:
         assert body["errors"][0]["loc"] == loc
+
+
+def test_get_form_errors_name_the_query_parameter(client):
+    base = "/v1/schedules/StepLR?step_size=2&steps=6&"
+    cases = {
+        "skipped_steps=3,6": ["query", "skipped_steps"],
+        "accumulation_steps=0": ["query", "accumulation_steps"],
+        "global_batch_size=8&rampup_batch_size=16,8,100": ["query", "rampup_batch_size"],
+        "global_batch_size=8&at=-1": ["query", "at"],
+        "global_batch_size=8&at=48": ["query", "at"],
+        "counter=tokens&global_batch_size=4": ["query", "seq_length"],
+    }
+    for query, loc in cases.items():
+        body = assert_problem(client.get(base + query), 422)
+        assert body["errors"][0]["loc"] == loc, (query, body)
 
 
 def test_megatron_refuses_what_the_service_refuses():

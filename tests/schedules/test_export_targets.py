@@ -14,7 +14,42 @@ import pytest
 
 ADAM = {"type": "Adam", "lr": 0.001, "betas": [0.9, 0.999]}
 
-TORCH = {  # target torch: pytorch_warmup's warmups, and checkpoint=true
+TORCH = {  # target torch: the first cases, pytorch_warmup's warmups, LBFGS, counters
+    "warmup-cosine-two-groups": {
+        "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
+        "param_groups": [{"lr": 0.1}, {"lr": 0.01}],
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": 40},
+        "warmup": {"type": "linear", "steps": 10, "start_factor": 0.0},
+        "steps": 50,
+    },
+    "onecycle-adam-epochs": {
+        "optimizer": {"type": "Adam", "lr": 0.001, "betas": [0.9, 0.99]},
+        "scheduler": {"type": "OneCycleLR", "max_lr": 0.01},
+        "interval": "epoch",
+        "steps_per_epoch": 3,
+        "steps": 60,
+    },
+    "sequential-multistep": {
+        "scheduler": {
+            "type": "SequentialLR",
+            "schedulers": [
+                {"type": "ConstantLR", "factor": 0.5, "total_iters": 5},
+                {"type": "MultiStepLR", "milestones": [10, 10, 20], "gamma": 0.5},
+            ],
+            "milestones": [5],
+        },
+        "steps": 40,
+    },
+    "step-constant-warmup": {
+        "scheduler": {"type": "StepLR", "step_size": 2, "gamma": 0.5},
+        "warmup": {"type": "constant", "steps": 3, "factor": 0.2},
+        "steps": 12,
+    },
+    "plateau": {
+        "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
+        "steps": 8,
+        "metrics": [1.0, 0.8, 0.8, 0.8, 0.8, 0.79, 0.79],
+    },
     "pw-exponential-two-groups": {
         "optimizer": ADAM,
         "param_groups": [{"lr": 0.001}, {"lr": 0.0005}],
@@ -41,6 +76,19 @@ TORCH = {  # target torch: pytorch_warmup's warmups, and checkpoint=true
         "warmup": {"type": "untuned_exponential"},
         "steps": 10,
         "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8],
+    },
+    "lbfgs-step": {  # LBFGS.step takes a closure
+        "optimizer": {"type": "LBFGS", "lr": 1.0},
+        "scheduler": {"type": "StepLR", "step_size": 3, "gamma": 0.5},
+        "steps": 10,
+        "engine": "vectorized",  # the script does not depend on engine or device
+        "device": "cpu",
+    },
+    "skipped-steps-and-counter": {  # AMP skips leave torch's lr per optimizer step as it is
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": 20},
+        "steps": 20,
+        "skipped_steps": [0, 5],
+        "accumulation_steps": 2,
     },
     "pw-radam": {
         "optimizer": ADAM,
@@ -310,6 +358,28 @@ LIGHTNING = {
         "warmup": {"type": "exponential", "warmup_period": 6},
         "steps": 20,
     },
+    "plateau-steps": {  # "monitor": the metric logged in training_step
+        "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 1},
+        "steps": 12,
+        "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7],
+    },
+    "plateau-epochs": {  # the metric logged in on_train_epoch_end
+        "scheduler": {"type": "ReduceLROnPlateau", "factor": 0.5, "patience": 0},
+        "interval": "epoch",
+        "steps_per_epoch": 2,
+        "steps": 10,
+        "metrics": [1.0, 1.0, 0.5, 0.5],
+    },
+    "transformers-greedy": {  # not a ReduceLROnPlateau: "reduce_on_plateau": True
+        "scheduler": {
+            "type": "transformers",
+            "name": "greedy",
+            "scheduler_specific_kwargs": {"patience": 1, "min_lr": 0.001},
+        },
+        "steps": 12,
+        "metrics": [1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9],
+    },
+    "pw-untuned-exponential-plateau": TORCH["pw-untuned-exponential-plateau"],
 }
 
 # timm's __init__ imports torchvision, which cannot be installed beside this torch; the script's
@@ -364,8 +434,35 @@ def api_lr(client, spec: dict) -> list[list[float]]:
     return r.json()["lr"]
 
 
+def catalog_examples(client, family: str) -> dict[str, dict]:
+    """Return the catalog's ready example request of every schedule of ``family``."""
+    out = {}
+    for entry in client.get("/v1/schedulers").json()["schedulers"]:
+        example = entry["example"]
+        scheduler = example["scheduler"]
+        kind = scheduler["type"] if scheduler["type"] in FAMILIES else "torch"
+        if kind == family and scheduler["type"] not in ("LambdaLR", "MultiplicativeLR"):
+            name = entry.get("name") or next(
+                (scheduler[k] for k in ("sched", "lr_decay_style", "schedule") if k in scheduler),
+                scheduler["type"],
+            )
+            # the script prints every step (sample only picks the API's indices); at most 300
+            spec = {k: v for k, v in example.items() if k not in ("sample", "include")}
+            spec["steps"] = min(spec["steps"], 300)
+            out[f"catalog-{family}-{name}"] = spec
+    return out
+
+
+FAMILIES = {"transformers", "timm", "optax", "megatron", "noam", "rex"}
+
+
 def test_torch_based_targets_print_the_apis_lrs_bit_for_bit(client, tmp_path):
     cases = {f"torch-{n}": ("torch", "", s) for n, s in TORCH.items()}
+    # and every catalog example of torch's own schedulers and of the torch-based families
+    for family in ("torch", "transformers", "timm", "megatron"):
+        examples = catalog_examples(client, family)
+        assert len(examples) >= 5, family
+        cases |= {n: (family, "", s) for n, s in examples.items()}
     cases |= {f"ckpt-{n}": (t, "&checkpoint=true", s) for n, (t, s) in CHECKPOINT.items()}
     cases |= {f"transformers-{n}": ("transformers", "", s) for n, s in TRANSFORMERS.items()}
     cases |= {f"timm-{n}": ("timm", "", s) for n, s in TIMM.items()}
@@ -388,13 +485,7 @@ def test_checkpoint_scripts_resume_from_both_state_dicts(client):
 
 
 def test_optax_scripts_print_the_apis_lrs_in_float64(client, tmp_path):
-    catalog = client.get("/v1/schedulers").json()
-    entries = catalog["schedulers"] if isinstance(catalog, dict) else catalog
-    cases = {
-        f"optax-{e['name'] or e['example']['scheduler']['schedule']}": ("optax", "", e["example"])
-        for e in entries
-        if e["type"] == "optax"
-    }
+    cases = {n: ("optax", "", s) for n, s in catalog_examples(client, "optax").items()}
     assert len(cases) >= 14
     cases["optax-per-group-epochs"] = (
         "optax",
@@ -520,7 +611,18 @@ def test_a_target_that_cannot_write_the_spec_names_those_that_can(client, target
             "warmup_epochs",
         ),
         ("?target=timm&checkpoint=true", TIMM["multistep-per-step"], "checkpoint", "torch"),
-        ("?target=lightning", PLATEAU, "scheduler", "target 'torch'"),
+        (
+            "?target=torch",
+            {**TORCH["pw-radam"], "accumulation_steps": 4, "index_by": "micro_batch"},
+            "index_by",
+            "every optimizer step",
+        ),
+        (
+            "?target=megatron",
+            {**MEGATRON["wsd"], "skipped_steps": [3]},
+            "skipped_steps",
+            "drop skipped_steps",
+        ),
     ],
 )
 def test_other_refusals_say_what_to_change(client, query, body, loc, words):

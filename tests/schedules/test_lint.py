@@ -199,6 +199,21 @@ def test_the_services_warmup_is_a_sequential_lr_and_amp_skips_hit_it(client):
     }
     amp = codes["amp-skipped-steps-advance-schedule"]
     assert amp["step"] == 0 and amp["see"] == "https://github.com/pytorch/pytorch/issues/55585"
+    # what it claims, with a real GradScaler: step 0's gradients overflow, the optimizer step
+    # is skipped, the warmup advances anyway and torch warns
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = S.LinearLR(opt, start_factor=1e-3, total_iters=10)
+    scaler = torch.amp.GradScaler("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scaler.scale((p * float("inf")).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+    assert torch.equal(p.detach(), torch.zeros(1))  # no update
+    assert opt.param_groups[0]["lr"] > 1e-4  # but the schedule moved on
+    assert any("before `optimizer.step()`" in str(w.message) for w in caught)
 
 
 @pytest.mark.parametrize(
@@ -425,3 +440,58 @@ def test_the_openapi_examples_are_answered(client):
     for name, example in examples.items():
         findings = lint(client, example["value"])
         assert (findings == []) == (name == "clean"), (name, findings)
+
+
+def test_a_timm_cycle_limit_whose_length_overflows_is_no_500(client):
+    spec = {"type": "timm", "sched": "cosine", "num_epochs": 10, "cycle_mul": 2.0,
+            "cycle_limit": 100_000}  # fmt: skip
+    body = {"scheduler": spec, "steps": 20}
+    assert lint(client, body) == []  # its cycles never end: nothing is held
+    assert client.post("/v1/schedules/compute", json=body).status_code == 200
+
+
+COUNTED = [
+    {"scheduler": {"type": "StepLR", "step_size": 10}, "steps": 50, "skipped_steps": [0, 3, 3]},
+    {"scheduler": {"type": "ExponentialLR", "gamma": 0.9}, "steps": 50, "skipped_steps": [4, 9],
+     "interval": "epoch", "steps_per_epoch": 2},
+    {"scheduler": {"type": "megatron", "lr_decay_style": "cosine", "max_lr": 3e-4,
+                   "lr_warmup_steps": 10, "lr_decay_steps": 50}, "steps": 50,
+     "skipped_steps": [2, 7]},
+    {"scheduler": {"type": "timm", "sched": "cosine", "num_epochs": 10}, "steps": 10,
+     "skipped_steps": [0]},
+    {"scheduler": {"type": "megatron", "lr_decay_style": "cosine", "max_lr": 3e-4,
+                   "lr_warmup_steps": 10, "lr_decay_steps": 50}, "steps": 50,
+     "counter": {"type": "samples", "global_batch_size": 64, "rampup_batch_size": [16, 16, 320]}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", COUNTED)
+def test_the_step_counters_notes_are_coded_findings(client, body):
+    warned = client.post("/v1/schedules/compute", json=body).json()["warnings"]
+    assert warned
+    findings = lint(client, body)
+    assert [f["message"] for f in findings if f["kind"] == "caveat"] == warned
+    assert all(f["code"] != "uncoded" for f in findings), findings
+    codes = by_code(findings)
+    skipped = body.get("skipped_steps")
+    if skipped:
+        said = codes.get("amp-skipped-steps-advance-schedule") or codes.get(
+            "megatron-holds-on-skipped-steps"
+        )
+        assert said["step"] == min(skipped) and said["kind"] == "caveat"
+
+
+def test_the_torch_order_warning_is_at_the_first_scheduler_step(client):
+    body = {"scheduler": {"type": "StepLR", "step_size": 10}, "steps": 20, "skipped_steps": [0]}
+    finding = by_code(lint(client, body))["amp-step-order-warning"]
+    assert finding["step"] == 1
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = S.StepLR(opt, step_size=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sched.step()  # optimizer step 0 skipped: no optimizer.step() before it
+        assert any("before `optimizer.step()`" in str(w.message) for w in caught)
+        caught.clear()
+        opt.step()
+        sched.step()
+    assert not any("before `optimizer.step()`" in str(w.message) for w in caught)

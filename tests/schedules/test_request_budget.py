@@ -245,6 +245,61 @@ def test_a_client_that_disconnects_stops_its_computation(server):
     assert time.monotonic() - start < MAX_SECONDS + min(alone) - 0.1
 
 
+FAMILIES = {
+    "timm": {"type": "timm", "sched": "cosine", "num_epochs": 1000, "cycle_mul": 0.999999,
+             "cycle_limit": 1000000, "step_on_epochs": False, "updates_per_epoch": 100},
+    "optax": {"type": "optax", "schedule": "warmup_cosine_decay_schedule", "init_value": 0.0,
+              "peak_value": 0.1, "warmup_steps": 10, "decay_steps": 100000},
+    "megatron": {"type": "megatron", "lr_decay_style": "cosine", "max_lr": 3e-4,
+                 "min_lr": 3e-5, "lr_warmup_steps": 100, "lr_decay_steps": 1000000},
+    "transformers": {"type": "transformers", "name": "cosine_with_restarts",
+                     "num_warmup_steps": 100, "num_training_steps": 2000000,
+                     "scheduler_specific_kwargs": {"num_cycles": 5}},
+}  # fmt: skip
+"""Closed forms the cost model accepts (2.5M steps × 16 groups) that took 22-65 s computed
+whole at load 12 on the 2 shared cores (optax's the slowest)."""
+
+
+def _family_body(name: str) -> dict:
+    return {"scheduler": FAMILIES[name], "param_groups": [{"lr": 0.1}] * 16, "steps": 2_500_000}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_family_closed_form_stops_at_the_limit(server, name):
+    url, _ = server
+    with healthz_latencies(url) as latencies:
+        start = time.monotonic()
+        r = httpx.post(
+            f"{url}/v1/schedules/compute?format=npy", json=_family_body(name), timeout=90
+        )
+        seconds = time.monotonic() - start
+    detail = is_problem(r, 422)["detail"]
+    assert "LRS_COMPUTE_MAX_SECONDS" in detail, detail
+    # its limit, a chunk (4096 steps × 16 groups: tens of ms) and the round trip
+    assert seconds < MAX_SECONDS + 2.5, seconds
+    assert_healthz_fast(latencies, url)
+
+
+def test_a_family_computation_stops_when_its_client_disconnects(server):
+    url, _ = server
+    other = f"{url}/v1/schedules/CosineAnnealingLR?T_max=10&steps=300000&points=5"
+    alone = []
+    for i in range(2):
+        start = time.monotonic()
+        assert httpx.get(f"{other}&eta_min={i}e-8").status_code == 200
+        alone.append(time.monotonic() - start)
+    start = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{url}/v1/schedules/compute?format=npy", json=_family_body("optax"), timeout=0.3
+        )
+    r = httpx.get(f"{other}&eta_min=1e-5")
+    assert r.status_code == 200 and r.headers["x-cache"] == "miss"
+    # computing on after its client left, optax would have held the expensive lane until
+    # its limit, MAX_SECONDS after it started
+    assert time.monotonic() - start < MAX_SECONDS + min(alone) - 0.1
+
+
 # --------------------------------------------------------------------------- item 2
 
 
@@ -438,8 +493,10 @@ def test_a_client_that_trickles_is_disconnected_at_the_stream_limit(server):
     seconds, size, complete = _slow_reader(
         url, BIG_CSV, read_bytes=65536, every=0.05, limit=STREAM_SECONDS
     )
-    assert not complete, size
-    assert STREAM_SECONDS - 1 < seconds < STREAM_SECONDS + 5, seconds
+    assert not complete and size < 40 << 20, size
+    # cut at the stream limit, not by the send timeout; the client then still reads what
+    # the kernel's socket buffers hold (up to a few MB at this pace: seconds more)
+    assert STREAM_SECONDS - 1 < seconds < STREAM_SECONDS + 15, seconds
     # a client that reads as fast as it can gets the whole body
     r = httpx.post(f"{url}/v1/schedules/compute?format=csv", json=BIG_CSV, timeout=60)
     assert r.status_code == 200 and r.text.count("\n") == 200_001

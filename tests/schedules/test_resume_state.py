@@ -64,6 +64,28 @@ CASES = {
         None,
         lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=2),
     ),
+    # the user's lambda is a Python function (saved as None); the spec's expression is it
+    "LambdaLR": (
+        {"type": "LambdaLR", "lr_lambda": "0.95 ** epoch"},
+        None,
+        lambda o: S.LambdaLR(o, lambda epoch: 0.95**epoch),
+    ),
+    "ChainedScheduler": (
+        {
+            "type": "ChainedScheduler",
+            "schedulers": [
+                {"type": "ConstantLR", "factor": 0.5, "total_iters": 30},
+                {"type": "ExponentialLR", "gamma": 0.97},
+            ],
+        },
+        None,
+        lambda o: S.ChainedScheduler([S.ConstantLR(o, 0.5, 30), S.ExponentialLR(o, 0.97)]),
+    ),
+    "CyclicLR": (
+        {"type": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 7},
+        None,
+        lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=7),
+    ),
 }
 
 
@@ -217,6 +239,22 @@ def test_epoch_interval_counts_last_epoch_in_epochs(client):
     assert body["recipes"]["state"]["lr"] == [[lr for lr in lrs[0] for _ in range(4)]]
 
 
+def test_counters_with_a_state(client):
+    state, _, lrs = real_run(CASES["StepLR"][2], k=6, n=4)
+    spec = {
+        **spec_of("StepLR", steps=10),
+        "skipped_steps": [0, 4],
+        "counter": {"type": "samples", "global_batch_size": 32, "at": [100]},
+    }
+    r = post_json(client, {"spec": spec, "state": state, "next_steps": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["recipes"]["state"]["lr"] == lrs  # AMP's skips still step the scheduler
+    assert body["counters"]["updates"] == [4, 5, 6, 7]
+    assert body["counters"]["at"][0]["optimizer_step"] == 3
+    assert any("Adam's state['step']) is 4, not 6" in w for w in body["warnings"])
+
+
 def test_transformers_schedule_state(client):
     optimization = pytest.importorskip("transformers.optimization")
     make = lambda o: optimization.get_scheduler(  # noqa: E731
@@ -330,6 +368,12 @@ def test_a_nested_state_is_checked_child_by_child(client):
     body = problem(post_json(client, {"spec": spec_of("SequentialLR-warmup"), "state": state}), 422)
     assert body["detail"].startswith("state._schedulers[1] does not fit")
     assert body["errors"][0]["loc"] == ["body", "state", "_schedulers", 1]
+    # the main scheduler's state alone, for a spec with a warmup
+    cosine, _, _ = real_run(CASES["CosineAnnealingLR"][2])
+    body = problem(
+        post_json(client, {"spec": spec_of("SequentialLR-warmup"), "state": cosine}), 422
+    )
+    assert "send that SequentialLR's state_dict(), or drop spec.warmup" in body["detail"]
 
 
 def test_a_state_with_other_param_groups_says_to_set_them(client):

@@ -158,6 +158,7 @@ def family_leaf(spec: FamilySpec, base: torch.Tensor) -> Any:
 
 @cache
 def _leaf_class() -> type:
+    from service.schedules.budget import chunked
     from service.schedules.vectorized import formulas  # the engine imports the families
 
     @dataclass(eq=False)
@@ -166,11 +167,15 @@ def _leaf_class() -> type:
 
         spec: Any = None
 
+        def _lr(self, e: torch.Tensor) -> torch.Tensor:
+            # in chunks of steps, the request's budget checked between them
+            return chunked(lambda part: self.spec.value.lr(part, self.base), e, len(self.base))
+
         def closed(self, e: torch.Tensor, x: torch.Tensor, restarted: bool) -> torch.Tensor:
-            return self.spec.value.lr(e, self.base)
+            return self._lr(e)
 
         def step_map(self, e: torch.Tensor) -> Any:
-            values = self.spec.value.lr(e, self.base)
+            values = self._lr(e)
             return torch.zeros_like(values), values
 
         def restart_map(self) -> Any:

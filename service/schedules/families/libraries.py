@@ -38,5 +38,9 @@ def weight_decay(request: Any, steps: np.ndarray) -> np.ndarray | None:
     includes it (the vectorized engine's closed form), else None."""
     if "weight_decay" not in request.include:
         return None
+    from service.schedules.budget import chunked
+
     k = torch.as_tensor(steps, dtype=torch.int64)
-    return request.scheduler.weight_decay(k, request.n_groups).cpu().numpy()
+    groups = request.n_groups
+    values = chunked(lambda part: request.scheduler.weight_decay(part, groups), k, groups)
+    return values.cpu().numpy()

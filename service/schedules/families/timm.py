@@ -374,6 +374,8 @@ class TimmScheduler(LibrarySchedulerBase):
             return None
         else:
             m = self.cycle_mul  # timm's get_cycle_length
+            if self.cycle_limit * math.log(m) > 700:  # m ** limit overflows: no end in sight
+                return None
             length = math.floor(-self.t_initial * (m**self.cycle_limit - 1) / (1 - m))
         return length + (self.warmup_t if self.warmup_prefix else 0)
 

@@ -137,7 +137,8 @@ async def export_schedule(
       the loop.
     - `lightning`: the same scheduler (torch's own or a transformers one) returned by
       `configure_optimizers` with `interval` `step` or `epoch` and `frequency` 1, and a
-      minimal `Trainer.fit` that steps it.
+      minimal `Trainer.fit` that steps it (a metric-driven one with `"monitor": "metric"`, the
+      request's metrics logged as `metric`).
     - `transformers`: `get_scheduler(name, optimizer, num_warmup_steps, num_training_steps,
       scheduler_specific_kwargs)` in the torch loop.
     - `timm`: `create_scheduler_v2` and train.py's loop (`step_update(num_updates)` after every
@@ -154,9 +155,17 @@ async def export_schedule(
     """
     script = export.export(spec, target, checkpoint)
     # a script of a spec the API refuses would fail when run: the spec is computed first (its
-    # last step only, so the vectorized engine evaluates one point where it can)
-    service.check_limits(spec, settings)
-    probe = spec.model_copy(update={"sample": specs.Sample(at=[spec.steps - 1])})
+    # last step only, so the vectorized engine evaluates one point where it can; engine,
+    # device and include do not change the script, so they are not checked)
+    probe = spec.model_copy(
+        update={
+            "sample": specs.Sample(at=[spec.steps - 1]),
+            "engine": "auto",
+            "device": "cpu",
+            "include": [],
+        }
+    )
+    service.check_limits(probe, settings)
     heavy = service.request_cost(probe, settings) > settings.compute_heavy_share
     done = await running.run_budgeted(
         request, lambda: service.compute(probe, settings), heavy=heavy

@@ -272,7 +272,7 @@ MULTIPART_DOC: dict[str, Any] = {
                     "state": "(the bytes of state.pt)",
                     "spec": '{"scheduler": {"type": "StepLR", "step_size": 10, "gamma": 0.5}, '
                     '"steps": 60}',
-                    "next_steps": "20",
+                    "next_steps": 20,
                 },
             }
         }

@@ -18,9 +18,12 @@ from service.schedules.result import Computed
 from service.schedules.vectorized.composition import Chained, Node, Sequential
 from service.schedules.vectorized.evaluation import Program, as_computed
 from service.schedules.vectorized.formulas import Lambda, Leaf, Multiplicative, Tensor
+from service.schedules.vectorized.plateau import MetricScan
 
 
 def _leaf_signature(leaf: Leaf) -> tuple[object, ...] | None:
+    if isinstance(leaf, MetricScan):
+        return None  # a scan over one request's metrics: evaluated alone
     parts: list[object] = [type(leaf).__name__]
     for f in dataclasses.fields(leaf):
         value = getattr(leaf, f.name)

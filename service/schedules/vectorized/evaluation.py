@@ -11,7 +11,7 @@ step 0. Either way a refused step or a non-finite lr is the torch engine's 422.
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -95,9 +95,14 @@ class Program:
     device: torch.device
     dampen: Callable[[Tensor], Tensor] | None = None
     """pytorch_warmup's factor per group at float64 steps, multiplying the lr (None: none)."""
+    _memo: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """What depends on the program alone (its failure, its probes' values), computed once:
+    a program compiled for one spec is evaluated again for that spec."""
 
     def failure(self) -> Failure | None:
-        return self.root.failure_at(self.n - 1)
+        if "failure" not in self._memo:
+            self._memo["failure"] = self.root.failure_at(self.n - 1)
+        return self._memo["failure"]  # type: ignore[return-value]
 
     def _closed(self, k: Tensor) -> Tensor | None:
         if isinstance(self.root, Leaf):
@@ -194,9 +199,15 @@ class Program:
         parts = [self._closed(torch.tensor([p], device=self.device)) for p in points]
         return torch.cat(parts, dim=1)  # type: ignore[arg-type]
 
+    def probed(self) -> tuple[Probes | None, Tensor | None]:
+        """Return the probes and the closed form's values there (computed once)."""
+        if "probed" not in self._memo:
+            probes = self._probes()
+            self._memo["probed"] = (probes, None if probes is None else self._at(probes.points))
+        return self._memo["probed"]  # type: ignore[return-value]
+
     def _evaluate_sorted(self, k: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        probes = self._probes()
-        values = None if probes is None else self._at(probes.points)
+        probes, values = self.probed()
         if probes is None or values is None or not self._matches_lr0(values[:, 0]):
             return self._by_scan(k)
         budget.check()

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from service.schedules.expressions import ExpressionEvaluationError
+from service.schedules.expressions import Expression, ExpressionEvaluationError
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -138,10 +138,15 @@ def _scale(factor: Tensor) -> Map:
 def _tensor_fns(lambdas: list[Any]) -> tuple[Callable[[Tensor], Tensor], ...]:
     """Return each group's ``evaluate_tensor``; groups sharing an lr_lambda share one bound
     method, so :meth:`Lambda.factor` evaluates each distinct expression once per step."""
+    from service.schedules.budget import chunked_fn  # budget imports the specs, which import us
+
     made: dict[int, Callable[[Tensor], Tensor]] = {}
     for fn in lambdas:
         if id(fn) not in made:
-            made[id(fn)] = fn.evaluate_tensor
+            # a family's factor (transformers, noam, rex) in chunks of steps under the
+            # request's budget; an lr_lambda expression chunks itself
+            chunks_itself = isinstance(fn, Expression)
+            made[id(fn)] = fn.evaluate_tensor if chunks_itself else chunked_fn(fn.evaluate_tensor)
     return tuple(made[id(fn)] for fn in lambdas)
 
 

@@ -462,6 +462,21 @@ def test_each_metric_name_answers_200_on_both_engines_with_the_same_series(clien
     assert len(set(got["torch"]["lr"][0])) > 2  # the metrics moved the lr
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(API_CASES))
+def test_the_scan_answers_on_cuda_with_the_same_series(client, name):
+    scheduler, metrics = API_CASES[name]
+    body = _body(scheduler, [0.1, 0.02], len(metrics) + 1, metrics, sample={"at": [13, 0, 7]})
+    want = client.post("/v1/schedules/compute", json={**body, "engine": "torch"}).json()
+    got = client.post(
+        "/v1/schedules/compute", json={**body, "engine": "vectorized", "device": "cuda"}
+    )
+    assert got.status_code == 200, got.text
+    assert got.json()["device"].startswith("cuda")
+    assert got.json()["lr"] == want["lr"]
+
+
 def test_csv_and_npy_are_the_same_on_both_engines(client):
     scheduler, metrics = API_CASES["transformers-greedy"]
     body = _body(scheduler, [0.1, 0.02], len(metrics) + 1, metrics)

@@ -1,0 +1,181 @@
+"""The fast path (compiled plans, fused kernels, chunks, threads) gives the generic path's bits.
+
+``service.compute`` reuses a spec's compiled plan and evaluates the common closed forms with
+:mod:`service.schedules.vectorized.fast`; every value must be exactly what the generic
+evaluation of the same compiled program gives (which the parity suites compare with torch).
+"""
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from service.errors import LimitExceeded
+from service.schedules import service, specs
+from service.schedules.vectorized import compile as vectorized
+from service.schedules.vectorized import fast
+from service.settings import Settings
+from tests.schedules.test_vectorized import PARITY
+
+SETTINGS = Settings()
+
+
+def warmup_cosine(steps: int, **extra: Any) -> dict[str, Any]:
+    warm = max(1, steps // 100)
+    return {
+        "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9},
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": steps - warm},
+        "warmup": {"type": "linear", "steps": warm, "start_factor": 0.0},
+        "steps": steps,
+        **extra,
+    }
+
+
+COMMON = [
+    pytest.param(warmup_cosine(10_000), id="warmup-cosine"),
+    pytest.param(warmup_cosine(1000, include=["momentum"]), id="warmup-cosine-momentum"),
+    pytest.param(
+        {
+            **warmup_cosine(3001),
+            "warmup": {"type": "linear", "steps": 77, "start_factor": 0.25},
+            "param_groups": [{"lr": 0.1}, {"lr": 0.003}],
+        },
+        id="linear-warmup-two-groups",
+    ),
+    pytest.param(
+        {"scheduler": {"type": "CosineAnnealingLR", "T_max": 500, "eta_min": 1e-4}, "steps": 1234},
+        id="cosine-eta-min",
+    ),
+    pytest.param(
+        {"scheduler": {"type": "CosineAnnealingLR", "T_max": 37, "eta_min": 0.01}, "steps": 1000},
+        id="cosine-past-t-max",
+    ),
+    pytest.param(
+        {"scheduler": {"type": "LinearLR", "start_factor": 0.1, "total_iters": 90}, "steps": 300},
+        id="linear-alone",
+    ),
+    pytest.param(
+        {
+            "optimizer": {"type": "SGD", "lr": 1e-250},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 300},
+            "steps": 301,
+        },
+        id="cosine-tiny-lr",
+    ),
+    pytest.param({**warmup_cosine(5000), "sample": {"points": 997}}, id="sampled-points"),
+    pytest.param({**warmup_cosine(5000), "sample": {"every": 7}}, id="sampled-every"),
+    pytest.param({**warmup_cosine(500), "sample": {"at": [400, 3, 0, 99, 3]}}, id="sampled-at"),
+    pytest.param({**warmup_cosine(4000), "interval": "epoch", "steps_per_epoch": 3}, id="epochs"),
+]
+"""Specs the kernel covers (each asserted to take it)."""
+
+
+def generic(body: dict[str, Any]) -> service.Computed:
+    """Return the result by the generic evaluation of a freshly compiled program."""
+    request = specs.ScheduleRequest.model_validate(body)
+    prep = service._prepare(request, SETTINGS)
+    program = vectorized.compile_request(prep.request, prep.n, prep.device)
+    k = torch.as_tensor(prep.sched_index, dtype=torch.int64)
+    return program.result(k)
+
+
+def assert_same_bits(body: dict[str, Any]) -> service.Computed:
+    want = generic(body)
+    request = specs.ScheduleRequest.model_validate(body)
+    for _ in range(2):  # the plan compiled, then reused
+        got = service.compute(request, SETTINGS)
+        assert got.lr.tobytes() == want.lr.tobytes()
+        assert got.final_lr == want.final_lr
+        if want.momentum is None:
+            assert got.momentum is None
+        else:
+            assert got.momentum is not None and got.momentum.tobytes() == want.momentum.tobytes()
+    return got
+
+
+@pytest.mark.parametrize("body", COMMON)
+def test_the_kernel_gives_the_generic_bits(body):
+    request = specs.ScheduleRequest.model_validate(body)
+    plan = service.plans.get(request, service.choose_engine(request))
+    assert plan.fast is not None
+    assert_same_bits(body)
+
+
+@pytest.mark.parametrize("body", PARITY)
+def test_every_parity_case_gives_the_generic_bits(body):
+    request = specs.ScheduleRequest.model_validate(body)
+    if service.choose_engine(request) != "vectorized":
+        pytest.skip("the torch engine computes this spec")
+    try:
+        generic(body)
+    except Exception as exc:  # the refusals are the parity suite's business
+        pytest.skip(f"refused: {exc}")
+    assert_same_bits(body)
+
+
+@pytest.mark.parametrize("eta_min", [0.0, 1e-5])
+def test_chunks_and_threads_give_the_same_bits(monkeypatch, eta_min):
+    body = {
+        **warmup_cosine(20_011),
+        "param_groups": [{"lr": 0.1}, {"lr": 0.02}],
+        "include": ["momentum"],
+    }
+    body["scheduler"] = {**body["scheduler"], "eta_min": eta_min}
+    want = generic(body)
+    monkeypatch.setattr(fast, "CHUNK", 64)
+    monkeypatch.setattr(fast, "THREADS_MIN", 1000)
+    monkeypatch.setattr(fast, "THREADS", 2)
+    monkeypatch.setattr(service, "PLAN_INDICES_MAX", 100)
+    service.plans.clear()
+    got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+    assert got.lr.tobytes() == want.lr.tobytes()
+    assert got.indices.tobytes() == np.arange(20_011, dtype=np.int64).tobytes()
+    assert got.momentum is not None and want.momentum is not None
+    assert got.momentum.tobytes() == want.momentum.tobytes()
+
+
+def test_torch_cos_gives_each_value_the_same_bits_wherever_it_sits():
+    """The kernel's premise: chunks of a tensor get the bits the whole tensor gets."""
+    x = torch.from_numpy(np.random.default_rng(0).random(70_001) * math.pi)
+    whole = torch.cos(x).numpy()
+    for size in (1, 3, 7, 8, 9, 17, 64, 1000, 16_385):
+        for offset in (0, 1, 5, 12_345, 50_000):
+            part = x[offset : offset + size].clone().cos_().numpy()
+            assert part.tobytes() == whole[offset : offset + size].tobytes(), (size, offset)
+
+
+def test_a_reused_plan_returns_fresh_arrays():
+    request = specs.ScheduleRequest.model_validate(warmup_cosine(2000))
+    first = service.compute(request, SETTINGS)
+    kept = first.lr.copy()
+    first.lr[:] = -1.0
+    first.warnings.append("mutated")
+    second = service.compute(request, SETTINGS)
+    assert second.lr.tobytes() == kept.tobytes()
+    assert "mutated" not in second.warnings
+
+
+def test_plans_tell_a_default_from_the_same_value_set():
+    """The warnings depend on which fields were given, not only on their values."""
+    cyclic = {"type": "CyclicLR", "base_lr": 0.001, "max_lr": 0.1, "cycle_momentum": False}
+    implicit = specs.ScheduleRequest.model_validate({"scheduler": cyclic, "steps": 50})
+    explicit = specs.ScheduleRequest.model_validate(
+        {"scheduler": cyclic, "steps": 50, "optimizer": {"type": "SGD", "lr": 0.1}}
+    )
+    assert implicit.model_dump_json() == explicit.model_dump_json()
+    a = service.compute(implicit, SETTINGS)
+    b = service.compute(explicit, SETTINGS)
+    assert a.warnings != b.warnings
+    assert service.compute(implicit, SETTINGS).warnings == a.warnings
+
+
+def test_a_reused_plan_still_meets_each_settings_limits():
+    request = specs.ScheduleRequest.model_validate(warmup_cosine(5000))
+    service.compute(request, SETTINGS)
+    tight = Settings(vectorized_max_steps=1000)
+    with pytest.raises(LimitExceeded, match="LRS_VECTORIZED_MAX_STEPS"):
+        service.compute(request, tight)
+    with pytest.raises(LimitExceeded, match="LRS_VECTORIZED_MAX_COST"):
+        service.compute(request, Settings(vectorized_max_cost=10))
