@@ -460,6 +460,8 @@ def cmd_post(kind: str) -> Callable[[Client, argparse.Namespace, Sequence[str]],
             for f in [] if args.json else findings:
                 step = f" (step {f['step']})" if f.get("step") is not None else ""
                 out.print(f"{f.get('code')}: {f.get('message')}{step}", markup=False)
+                if f.get("see"):
+                    out.print(f"  see {f['see']}", markup=False)
             if not findings and not args.json:
                 out.print("no findings")
             return OK

@@ -180,3 +180,20 @@ def test_batch_dropout_info_health_and_job_events_as_json(server, tmp_path):
     assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "succeeded"
     record = json.loads(lrs(server, "jobs", "get", job["id"], "--json").stdout)
     assert [e["data"] for e in events if e["event"] == "progress"][-1] == record["progress"]
+
+
+def test_lint_prints_each_finding_with_its_step_and_link(server, tmp_path):
+    spec = tmp_path / "cosine.json"
+    spec.write_text(
+        json.dumps({"scheduler": {"type": "CosineAnnealingLR", "T_max": 40}, "steps": 100})
+    )
+    done = lrs(server, "lint", str(spec))
+    assert done.returncode == 0, done.stderr
+    assert "cosine-rises-after-t-max: CosineAnnealingLR with T_max=40" in done.stdout
+    assert "(step 41)" in done.stdout
+    assert "see https://pytorch.org/docs/" in done.stdout
+    clean = tmp_path / "clean.json"
+    clean.write_text(
+        json.dumps({"scheduler": {"type": "LambdaLR", "lr_lambda": "0.9 ** epoch"}, "steps": 10})
+    )
+    assert lrs(server, "lint", str(clean)).stdout.strip() == "no findings"

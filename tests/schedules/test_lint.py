@@ -121,6 +121,29 @@ def test_a_last_epoch_resume_goes_wrong_from_the_step_torch_shows(client, name):
     assert (found and found["step"]) == first_wrong_resume(make), found
 
 
+@pytest.mark.parametrize(
+    "name", ["StepLR", "MultiStepLR", "CosineAnnealingLR", "CyclicLR", "LambdaLR"]
+)
+def test_the_resume_endpoint_agrees_with_the_lint_step(client, name):
+    body = {"scheduler": RESUMES[name][0], "steps": 40}
+    found = by_code(lint(client, body)).get("last-epoch-resume-chainable")
+
+    def first_difference(at: int):
+        r = client.post(
+            "/v1/schedules/resume", json={"spec": body, "resume_at": at, "recipes": ["last_epoch"]}
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["recipes"]["last_epoch"]["first_difference"]
+
+    if found is None:
+        assert first_difference(3) is None and first_difference(20) is None
+        return
+    k = found["step"]
+    assert first_difference(k) == k
+    if k > 1:
+        assert first_difference(k - 1) is None
+
+
 def test_onecycle_rebuilt_with_last_epoch_raises_as_the_finding_says(client):
     body = {"scheduler": {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 40}, "steps": 40}
     assert "last-epoch-resume-raises" in by_code(lint(client, body))
@@ -495,3 +518,15 @@ def test_the_torch_order_warning_is_at_the_first_scheduler_step(client):
         opt.step()
         sched.step()
     assert not any("before `optimizer.step()`" in str(w.message) for w in caught)
+
+
+def test_a_plateau_after_a_warmup_is_not_called_a_sequential_lr(client):
+    body = {
+        "scheduler": {"type": "ReduceLROnPlateau", "patience": 1},
+        "warmup": {"type": "linear", "steps": 3},
+        "steps": 8,
+        "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],
+    }
+    codes = by_code(lint(client, body))
+    assert "plateau-after-warmup" in codes and codes["plateau-after-warmup"]["kind"] == "caveat"
+    assert "last-epoch-resume-restarts-children" not in codes
