@@ -162,6 +162,7 @@ async def _watch_loop() -> None:
 async def watch_runtime() -> AsyncIterator[None]:
     """While the block runs, time this process's garbage collections and how late its event
     loop runs a timer (every :data:`LAG_PERIOD_S`), into ``/metrics``."""
+    _watchers.append(None)  # the GC callback is the process's: kept while any app runs
     if _gc_callback not in gc.callbacks:
         gc.callbacks.append(_gc_callback)
     task = asyncio.get_running_loop().create_task(_watch_loop())
@@ -171,8 +172,13 @@ async def watch_runtime() -> AsyncIterator[None]:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
-        with suppress(ValueError):
-            gc.callbacks.remove(_gc_callback)
+        _watchers.pop()
+        if not _watchers:
+            with suppress(ValueError):
+                gc.callbacks.remove(_gc_callback)
+
+
+_watchers: list[None] = []
 
 
 class RouteCapture:
