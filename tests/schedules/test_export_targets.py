@@ -514,7 +514,7 @@ def test_optax_scripts_print_the_apis_lrs_in_float64(client, tmp_path):
 
 
 def test_lightning_scripts_step_the_scheduler_as_the_api_does(client, tmp_path):
-    # never skipped: pytorch-lightning is in nodeps-requirements.txt, which make installs
+    # never skipped: pytorch-lightning is in parity-nodeps-requirements.txt, which make installs
     cases = {f"lightning-{n}": ("lightning", "", s) for n, s in LIGHTNING.items()}
     printed = run_scripts(client, tmp_path, cases)
     for name, (_, _, spec) in cases.items():
