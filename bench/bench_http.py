@@ -399,9 +399,9 @@ def main() -> None:
     print("\n### Targets (issue 14)\n")
     if busiest > 0.05:
         print(
-            f"The machine was busy: in one load the server's threads waited {busiest:.0%} of "
-            "its duration for a CPU, so its latencies are the machine's; rerun on a quiet "
-            "machine before reading the tail targets.\n"
+            f"The machine was busy: in one load the server's threads waited for a CPU, "
+            f"together, {busiest:.0%} of its duration, so its latencies are the machine's; "
+            "rerun on a quiet machine before reading the tail targets.\n"
         )
     for label, value, target, op, unit in checks:
         met = value >= target if op == ">=" else value <= target
