@@ -229,9 +229,9 @@ def lr_scale_reason(
     if not scaled or any(reads_lr_scale(s) for s in walk(scheduler)):
         return None
     return scaled[0], (
-        f"param_groups[{scaled[0]}].lr_scale: only timm's schedulers read lr_scale (timm "
-        f"multiplies the lr it sets by it); {scheduler.type} would ignore it. Remove lr_scale, "
-        "or give the group the scaled lr instead"
+        "only timm's schedulers read lr_scale (timm multiplies the lr it sets by it); "
+        f"{scheduler.type} would ignore it. Remove lr_scale, or give the group the scaled lr "
+        "instead"
     )
 
 
@@ -464,7 +464,11 @@ class ScheduleConfig(SpecModel):
     def _lr_scale_read(self) -> "ScheduleConfig":
         found = lr_scale_reason(self.param_groups, self.scheduler)
         if found is not None:
-            raise ValueError(found[1])
+            error = PydanticCustomError("value_error", found[1])
+            raise ValidationError.from_exception_data(
+                "lr_scale",
+                [{"type": error, "loc": ("param_groups", found[0], LR_SCALE), "input": None}],
+            )
         return self
 
     @property

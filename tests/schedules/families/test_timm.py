@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.schedules.families.timm import SCHEDS
+from tests.problems import assert_problem
 from tests.schedules.families.api import compute, groups_for, lr
 from tests.schedules.families.references import timm_reference
 
@@ -432,5 +433,5 @@ def test_lr_scale_in_a_sequential_lr_scales_only_timm_segment(client):
 def test_lr_scale_timm_cannot_use_is_refused(client, scheduler, scale, words):
     body = {"scheduler": scheduler, "steps": 5, "param_groups": [{"lr": 0.1, "lr_scale": scale}]}
     r = client.post("/v1/schedules/compute", json=body)
-    assert r.status_code == 422, r.text
-    assert words in r.text
+    assert_problem(r, 422, None, words)
+    assert r.json()["errors"][0]["loc"][:2] == ["body", "param_groups"]
