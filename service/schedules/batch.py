@@ -119,7 +119,7 @@ def _validate(
                     loc=("body", "sample"),
                 )
             engine = service.choose_engine(spec)
-            service.check_limits(spec, settings)
+            service.check_engine_limits(spec, engine, settings)
             cost = budget.cost(spec, engine)
             if engine == "torch":
                 if torch_work + cost.total > settings.torch_max_work:

@@ -133,6 +133,11 @@ def check_limits(request: specs.ScheduleRequest, settings: Settings) -> None:
     _check_limits(request, choose_engine(request), settings)
 
 
+def check_engine_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
+    """:func:`check_limits` for ``engine``, which :func:`choose_engine` chose already."""
+    _check_limits(request, engine, settings)
+
+
 def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
     limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
     hint = " Use engine 'auto' or 'vectorized' for longer schedules." if engine == "torch" else ""
