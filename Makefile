@@ -8,11 +8,11 @@ PORT ?= 8000
 
 .PHONY: serve test lint format openapi bench bench-scale wrk worker clean browser
 
-$(STAMP): pyproject.toml nodeps-requirements.txt client/pyproject.toml
+$(STAMP): pyproject.toml nodeps-requirements.txt parity-nodeps-requirements.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,parity]'
-	$(PY) -m pip install --quiet --no-deps -r nodeps-requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r nodeps-requirements.txt -r parity-nodeps-requirements.txt
 	$(PY) -m pip install --quiet -e './client[numpy]'
 	$(PY) -c 'import torch, sys; v = torch.__version__.split("+")[0]; sys.exit(0 if v == "2.13.0" else f"torch {v} was installed; the service pins 2.13.0")'
 	touch $(STAMP)

@@ -9,7 +9,9 @@ warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
 3. every spec distinct (each request computed: the Lua script gives each one an lr no other
    request used), 16 connections;
 4. cache hits right after it, 16 connections;
-5. distinct again, 8 connections, then 6. cache hits, 8 connections.
+5. distinct again, 8 connections, then 6. cache hits, 8 connections;
+7. on a second server with ``LRS_COMPUTE_INLINE_MAX_COST=200000``, distinct specs, 16
+   connections: each computed on the event loop instead of in a compute thread (the default).
 
 Then it prints each load's requests/s, p50, p99 and max, and issue 14's targets with PASS or
 MISS: computed throughput ≥ 60% of the cache hits' (16 connections, the same server, this
@@ -23,7 +25,7 @@ stall's cause, each load also reports what the server saw (its garbage-collector
 how late its event loop ran a timer, from ``/metrics``), the machine's steal time and the
 kernel's TCP retransmissions and timeouts over that load, and the load average.
 
-    .venv/bin/python bench/bench_http.py [--seconds 10]
+    .venv/bin/python bench/bench_http.py [--seconds 10] [--env LRS_SETTING=value ...]
 
 Needs ``wrk`` (Debian package ``wrk``: ``make wrk`` installs it).
 """
@@ -36,6 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,27 @@ def tcp_counters() -> dict[str, int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time process ``pid`` has used (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_wait(pid: int) -> dict[str, float]:
+    """Return, per thread of ``pid``, the seconds it has waited runnable for a CPU
+    (/proc/PID/task/TID/schedstat: time on CPU, time waiting on a run queue, timeslices)."""
+    waits: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return waits
+    for tid in tids:
+        with suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text()
+            waits[tid] = int(stat.split()[1]) / 1e9
+    return waits
+
+
 def steal_seconds() -> float:
     """Return the machine's steal time so far (time the hypervisor ran someone else)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -148,6 +172,8 @@ class Load:
     p99: float
     max: float
     errors: int
+    cpu_ms: float
+    """The server's CPU time per request (all its threads), less noisy than a rate."""
     stalls: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,7 +194,10 @@ def _longest(before: dict[float, float], after: dict[float, float]) -> tuple[int
     return over, longest
 
 
-def run_wrk(base: str, seconds: float, connections: int, distinct: bool, run: int) -> dict:
+def run_wrk(
+    base: str, seconds: float, connections: int, distinct: bool, run: int
+) -> tuple[dict, float]:
+    """Return wrk's result line and the seconds its threads waited for a CPU (sampled)."""
     script = WRK_SCRIPT % {
         "body": json.dumps(BODY, separators=(",", ":")),
         "distinct": "true" if distinct else "false",
@@ -179,25 +208,36 @@ def run_wrk(base: str, seconds: float, connections: int, distinct: bool, run: in
         handle.write(script)
     try:
         command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
-        out = subprocess.run(
-            [*command, "-s", handle.name, base], capture_output=True, text=True, check=True
-        ).stdout
+        process = subprocess.Popen(
+            [*command, "-s", handle.name, base], stdout=subprocess.PIPE, text=True
+        )
+        waited: dict[str, float] = {}
+        while process.poll() is None:  # wrk's threads' stats go when they end: sample them
+            waited.update(run_queue_wait(process.pid))
+            time.sleep(0.1)
+        out = process.stdout.read() if process.stdout else ""
+        if process.returncode:
+            raise SystemExit(f"wrk failed ({process.returncode}): {out[-500:]}")
     finally:
         os.unlink(handle.name)
     line = next(x for x in out.splitlines() if x.startswith("WRK_RESULT "))
-    return json.loads(line.removeprefix("WRK_RESULT "))
+    return json.loads(line.removeprefix("WRK_RESULT ")), sum(waited.values())
 
 
 def measure(
-    base: str, name: str, seconds: float, connections: int, distinct: bool, run: int
+    base: str, pid: int, name: str, seconds: float, connections: int, distinct: bool, run: int
 ) -> Load:
     buckets = stall_buckets(base)
-    tcp, steal, load_before = tcp_counters(), steal_seconds(), loadavg()
-    r = run_wrk(base, seconds, connections, distinct, run)
+    tcp, steal, load_before, cpu = tcp_counters(), steal_seconds(), loadavg(), cpu_seconds(pid)
+    server_wait = run_queue_wait(pid)
+    r, wrk_wait = run_wrk(base, seconds, connections, distinct, run)
+    cpu_after = cpu_seconds(pid)
+    server_waited = sum(w - server_wait.get(t, 0.0) for t, w in run_queue_wait(pid).items())
     steal_after, tcp_after, buckets_after = steal_seconds(), tcp_counters(), stall_buckets(base)
     stalls: dict[str, Any] = {
         "load": f"{load_before} → {loadavg()}",
         "steal_ms": (steal_after - steal) * 1000,
+        "waited": (server_waited, wrk_wait, r["duration_us"] / 1e6),
         "tcp": {TCP_COUNTERS[k]: tcp_after[k] - tcp.get(k, 0) for k in tcp_after},
     }
     for histogram in HISTOGRAMS:
@@ -210,6 +250,7 @@ def measure(
         r["p99_us"] / 1000,
         r["max_us"] / 1000,
         r["non2xx"] + r["socket_errors"],
+        (cpu_after - cpu) * 1000 / max(1, r["requests"]),
         stalls,
     )
 
@@ -217,7 +258,15 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server, e.g. LRS_CACHE_MAX_BYTES=0 (repeatable)",
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (or make wrk)")
     flags = uvicorn_flags()
@@ -226,55 +275,94 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
         open(Path(data_dir) / "server.log", "w") as log,
-        harness.server(data_dir, args=flags, stderr=log, ready="/readyz") as (base, _),
+        harness.server(data_dir, env, "/readyz", flags, log) as (base, server),
     ):
         # the hit loads' spec, computed once, so their first requests are hits as well
         assert httpx.post(f"{base}{PATH}", json=BODY, timeout=60).status_code == 200
         run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
-        s = args.seconds
+        s, pid = args.seconds, server.pid
         loads = [
-            measure(base, "cache hits, fresh server", s, 16, False, 0),
-            measure(base, "every spec distinct (computed)", s, 16, True, 2),
-            measure(base, "cache hits, right after the distinct load", s, 16, False, 0),
-            measure(base, "every spec distinct (computed)", s, 8, True, 3),
-            measure(base, "cache hits, right after the distinct load", s, 8, False, 0),
+            measure(base, pid, "cache hits, fresh server", s, 16, False, 0),
+            measure(base, pid, "every spec distinct (computed)", s, 16, True, 2),
+            measure(base, pid, "cache hits, right after the distinct load", s, 16, False, 0),
+            measure(base, pid, "every spec distinct (computed)", s, 8, True, 3),
+            measure(base, pid, "cache hits, right after the distinct load", s, 8, False, 0),
         ]
-    fresh, computed, hits16, _, hits8 = loads
+    # the distinct load computed on the event loop rather than in a compute thread
+    inline = None
+    if "LRS_COMPUTE_INLINE_MAX_COST" not in env:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
+            open(Path(data_dir) / "server.log", "w") as log,
+            harness.server(
+                data_dir, {**env, "LRS_COMPUTE_INLINE_MAX_COST": "200000"}, "/readyz", flags, log
+            ) as (base, server),
+        ):
+            run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
+            inline = measure(
+                base,
+                server.pid,
+                "every spec distinct, each on the event loop (second server, "
+                "LRS_COMPUTE_INLINE_MAX_COST=200000)",
+                s,
+                16,
+                True,
+                2,
+            )
+            loads.append(inline)
+    fresh, computed, hits16, _, hits8 = loads[:5]
 
     print(f"## HTTP: computed against cached, wrk -t2, {s:g} s per load\n")
     print(f"Machine: {machine()}.")
-    print(f"uvicorn flags: {' '.join(flags)}; one worker process on loopback.\n")
+    settings = "".join(f", {k}={v}" for k, v in env.items())
+    print(f"uvicorn flags: {' '.join(flags)}; one worker process on loopback{settings}.\n")
     print(
         f"`POST {PATH}`, {STEPS:,}-step linear warmup (100) + cosine, JSON (252 KB); loads "
         "in this order on one server, after 3 s of distinct specs as warm-up.\n"
     )
-    print("| load | connections | requests/s | p50 | p99 | max | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| load | connections | requests/s | p50 | p99 | max | errors | server CPU/request |")
+    print("|---|---|---|---|---|---|---|---|")
     for x in loads:
         print(
             f"| {x.name} | {x.connections} | {x.rps:,.0f} | {x.p50:.1f} ms | {x.p99:.1f} ms "
-            f"| {x.max:.1f} ms | {x.errors} |"
+            f"| {x.max:.1f} ms | {x.errors} | {x.cpu_ms:.2f} ms |"
+        )
+    print(
+        f"\nServer CPU per request, computed : cache hit (16 connections, after): "
+        f"{computed.cpu_ms / hits16.cpu_ms:.2f} (a rate ratio on a quiet machine is near its "
+        "inverse when the server's event loop is the bottleneck)."
+    )
+    if inline is not None:
+        print(
+            f"Distinct specs in a compute thread against on the event loop (16 connections): "
+            f"{computed.rps:,.0f} against {inline.rps:,.0f} requests/s, server CPU "
+            f"{computed.cpu_ms:.2f} against {inline.cpu_ms:.2f} ms per request."
         )
     print(
         "\nWhat could stall a load, over each one: the server's garbage-collector pauses and "
         "event-loop lags over 50 ms (count; the longest one's bucket), and of those lags what "
         "the loop's thread at least spent off CPU (descheduled, waiting for the GIL or "
-        "blocked); the machine's steal time, the kernel's TCP retransmissions and timeouts "
+        "blocked); how long the server's threads and wrk's, runnable, waited for a CPU "
+        "(/proc/PID/task/TID/schedstat, summed over threads: more than a few percent of the "
+        "load's duration means the machine is too busy for latency figures); "
+        "the machine's steal time, the kernel's TCP retransmissions and timeouts "
         "(all processes), and the load average (/proc/loadavg, 1/5/15 min, before → after).\n"
     )
     print(
         "| load | connections | GC pauses > 50 ms | loop lags > 50 ms | of which off CPU "
-        "| steal | TCP (machine-wide) | load |"
+        "| waiting for a CPU: server, wrk | steal | TCP (machine-wide) | load |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for x in loads:
         gc_over, gc_longest = x.stalls["lrs_gc_pause_seconds"]
         lag_over, lag_longest = x.stalls["lrs_event_loop_lag_seconds"]
         off_over, off_longest = x.stalls["lrs_event_loop_lag_off_cpu_seconds"]
+        server_wait, wrk_wait, wall = x.stalls["waited"]
         tcp = ", ".join(f"{v} {k}" for k, v in x.stalls["tcp"].items() if v) or "none"
         print(
             f"| {x.name} | {x.connections} | {gc_over} (longest {gc_longest}) "
             f"| {lag_over} (longest {lag_longest}) | {off_over} (longest {off_longest}) "
+            f"| {server_wait:.1f} s, {wrk_wait:.1f} s of {wall:.0f} s "
             f"| {x.stalls['steal_ms']:.0f} ms | {tcp} | {x.stalls['load']} |"
         )
     ratio = computed.rps / fresh.rps if fresh.rps else 0.0
@@ -307,7 +395,14 @@ def main() -> None:
             " ×",
         ),
     ]
+    busiest = max(x.stalls["waited"][0] / x.stalls["waited"][2] for x in loads)
     print("\n### Targets (issue 14)\n")
+    if busiest > 0.05:
+        print(
+            f"The machine was busy: in one load the server's threads waited for a CPU, "
+            f"together, {busiest:.0%} of its duration, so its latencies are the machine's; "
+            "rerun on a quiet machine before reading the tail targets.\n"
+        )
     for label, value, target, op, unit in checks:
         met = value >= target if op == ">=" else value <= target
         print(f"- {label}: {value:,.2f}{unit} — {'PASS' if met else 'MISS'}")

@@ -134,13 +134,23 @@ def configure_access_log(enabled: bool) -> None:
 
 
 _gc_started: list[float] = []
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=100_000)
+"""Pauses not yet in the histogram: a collection can start inside a metric's lock (under
+PROMETHEUS_MULTIPROC_DIR one lock for all), so the callback only notes them, and the event
+loop's watcher observes them."""
 
 
 def _gc_callback(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_started.append(time.perf_counter())
     elif _gc_started:
-        metrics.GC_PAUSE[info["generation"]].observe(time.perf_counter() - _gc_started.pop())
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started.pop()))
+
+
+def _observe_gc_pauses() -> None:
+    while _gc_pauses:
+        generation, seconds = _gc_pauses.popleft()
+        metrics.GC_PAUSE[generation].observe(seconds)
 
 
 LAG_PERIOD_S = 0.1
@@ -156,12 +166,14 @@ async def _watch_loop() -> None:
         # the part of the lag the loop's thread cannot have spent running (its CPU time over
         # the whole period is at most what it ran): descheduled, waiting for the GIL, blocked
         metrics.LOOP_LAG_OFF_CPU.observe(max(0.0, lag - (time.thread_time() - cpu)))
+        _observe_gc_pauses()
 
 
 @asynccontextmanager
 async def watch_runtime() -> AsyncIterator[None]:
     """While the block runs, time this process's garbage collections and how late its event
     loop runs a timer (every :data:`LAG_PERIOD_S`), into ``/metrics``."""
+    _watchers.append(None)  # the GC callback is the process's: kept while any app runs
     if _gc_callback not in gc.callbacks:
         gc.callbacks.append(_gc_callback)
     task = asyncio.get_running_loop().create_task(_watch_loop())
@@ -171,8 +183,13 @@ async def watch_runtime() -> AsyncIterator[None]:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
-        with suppress(ValueError):
-            gc.callbacks.remove(_gc_callback)
+        _watchers.pop()
+        if not _watchers:
+            with suppress(ValueError):
+                gc.callbacks.remove(_gc_callback)
+
+
+_watchers: list[None] = []
 
 
 class RouteCapture:

@@ -145,12 +145,13 @@ class Settings(BaseSettings):
         "parallel threads, and on a busy 2-core machine more threads only spin.",
     )
     compute_inline_max_cost: int = Field(
-        default=200_000,
+        default=0,
         ge=0,
         description="Vectorized JSON, CSV and npy requests costing at most this many value "
-        "operations (a 10k-step warmup + cosine costs 80 000) are computed on the event loop, "
-        "in about a millisecond: a hop to a compute thread costs more than that. 0: always "
-        "in a thread.",
+        "operations (a 10k-step warmup + cosine costs 80 000) are computed on the event loop "
+        "instead of a compute thread: no thread hop, but the loop does the work; 0 (default): "
+        "always in a thread (on a busy 2-core machine threads served more; "
+        "bench/bench_http.py measures both).",
     )
     compute_concurrency: int = Field(
         default=2,

@@ -157,7 +157,11 @@ def compute_slots(
     """Return every slot computed (specs of one structure stacked), refused or invalid."""
     slots = _validate(items, settings)
     valid = [i for i, slot in enumerate(slots) if not isinstance(slot, dict)]
-    computed = service.compute_many([slots[i] for i in valid], settings)  # type: ignore[misc]
+    computed = service.compute_many(
+        [slots[i] for i in valid],  # type: ignore[misc]
+        settings,
+        limits_checked=True,  # by _validate, slot by slot
+    )
     out: list[Computed | ServiceError | dict[str, Any]] = list(slots)  # type: ignore[arg-type]
     for i, result in zip(valid, computed, strict=True):
         out[i] = result

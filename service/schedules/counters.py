@@ -629,7 +629,7 @@ def _torch_order_warning(request: "ScheduleRequest", skipped: np.ndarray) -> str
     try:
         optimizer = torch_engine.make_optimizer(request.optimizer, request.param_groups)
         stepper = torch_engine.Stepper(
-            optimizer, request.scheduler, request.warmup, request.scheduler_steps, closed=False
+            optimizer, request.scheduler, request.warmup, request.scheduler_steps, closed=None
         )
         metric = (request.metrics or [0.0])[0] if stepper.plateau else None
         with warnings.catch_warnings(record=True) as caught:

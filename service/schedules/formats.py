@@ -110,19 +110,55 @@ def _csv_columns(computed: Computed) -> tuple[list[str], np.ndarray]:
     return names, np.vstack(columns).astype(np.float64, copy=False)
 
 
+COUNTER_CSV_COLUMNS = ("samples", "tokens", "batch_size", "micro_batches")
+
+
+def _csv_counter_columns(computed: Computed) -> tuple[list[str], np.ndarray | None]:
+    """Return the integer columns the step counters add after the lr (and momentum) ones:
+    ``optimizer_step`` (indexed by micro-batch), ``skipped`` (0/1) and ``updates``, then
+    ``samples``, ``tokens``, ``batch_size``, ``micro_batches`` when the counter gives them."""
+    counters = computed.counters
+    if not counters:
+        return [], None
+    names: list[str] = []
+    columns: list[np.ndarray] = []
+    if counters.get("index_by") == "micro_batch":
+        names.append("optimizer_step")
+        columns.append(np.asarray(counters["optimizer_step"]))
+    if counters.get("skipped") is not None:
+        names += ["skipped", "updates"]
+        columns += [np.asarray(counters["skipped"]), np.asarray(counters["updates"])]
+    for name in COUNTER_CSV_COLUMNS:
+        if counters.get(name) is not None:
+            names.append(name)
+            columns.append(np.asarray(counters[name]))
+    if not columns:
+        return [], None
+    return names, np.vstack([c.astype(np.int64) for c in columns])
+
+
+def _rows(table: np.ndarray) -> list[bytes]:
+    """Return each column of ``table`` (values × rows) as its CSV row text."""
+    block = np.ascontiguousarray(table.T)
+    return orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+
+
 def csv_chunks(computed: Computed) -> Iterator[bytes]:
     """Yield ``step,lr`` (one group) or ``step,lr_0,lr_1,...`` rows, momentum after lr, a
     chunk of rows at a time. Numbers are written as the JSON body writes them (orjson's
     shortest round-trip form: ``0.00001`` where Python's repr says ``1e-05``)."""
     names, table = _csv_columns(computed)
-    yield ("step," + ",".join(names) + "\n").encode()
+    counter_names, counter_table = _csv_counter_columns(computed)
+    yield ("step," + ",".join([*names, *counter_names]) + "\n").encode()
     rows = max(1, CSV_CHUNK_VALUES // max(1, table.shape[0]))
     indices = np.ascontiguousarray(computed.indices, dtype=np.int64)
     for start in range(0, indices.size, rows):
-        block = np.ascontiguousarray(table[:, start : start + rows].T)
-        values = orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+        values = _rows(table[:, start : start + rows])
         steps = orjson.dumps(indices[start : start + rows], option=orjson.OPT_SERIALIZE_NUMPY)
-        lines = zip(steps[1:-1].split(b","), values, strict=True)
+        parts = [steps[1:-1].split(b","), values]
+        if counter_table is not None:
+            parts.append(_rows(counter_table[:, start : start + rows]))
+        lines = zip(*parts, strict=True)
         yield b"\n".join(map(b",".join, lines)) + b"\n"
 
 

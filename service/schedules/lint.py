@@ -103,7 +103,10 @@ def _hazards(request: specs.ScheduleRequest) -> list[Caveat]:
     start = warmup.steps if warmup is not None else 0
     span = main_span(n, warmup)
     out: list[Caveat] = []
-    if warmup is not None:
+    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau) or getattr(
+        request.scheduler, "metric_driven", False
+    )
+    if warmup is not None and not plateau:  # before a plateau it is stepped by hand
         out.append(
             caveat(
                 "last-epoch-resume-restarts-children",
@@ -191,9 +194,6 @@ def _hazards(request: specs.ScheduleRequest) -> list[Caveat]:
                     at + peak,
                 )
             )
-    plateau = isinstance(request.scheduler, specs.ReduceLROnPlateau) or getattr(
-        request.scheduler, "metric_driven", False
-    )
     have = len(request.metrics or [])
     if plateau and have < n - 1:
         name = getattr(request.scheduler, request.scheduler.selector or "", None)

@@ -142,10 +142,6 @@ class ScheduleResult(BaseModel):
         default=None,
         description="Weight decay per group, when include asks for it (Megatron's schedule).",
     )
-    weight_decay: list[list[float]] | None = Field(
-        default=None,
-        description="Weight decay per group, when include asks for it (Megatron's schedule).",
-    )
     engine: EngineName
     device: str
     torch_version: str

@@ -493,36 +493,89 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
         return _torch_computed(_prepared(request, engine), settings)
 
 
+class _Templates:
+    """A batch's specs that differ only in the optimizer's lr share one compilation.
+
+    The first spec of a kind is compiled (torch's objects built); when its state is the lr's
+    alone (:func:`~service.schedules.vectorized.batch.lr_template`), the second is compiled
+    too and compared with what the template derives for it, bit for bit; from the third on,
+    a spec of that kind is derived without building torch's objects. Any other spec, or a
+    kind whose second spec differs from the derivation, is compiled every time.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, list[object]] = {}
+
+    @staticmethod
+    def _key(prep: _Prepared) -> str | None:
+        request = prep.request
+        if request.param_groups is not None or request.batch_scaling is not None:
+            return None
+        if prep.plan is not None:
+            return None
+        return request.model_dump_json(exclude={"optimizer": {"lr"}})
+
+    def program(self, prep: _Prepared) -> Program:
+        key = self._key(prep)
+        lr = float(prep.request.optimizer.lr)
+        kind = None if key is None else self._kinds.get(key)
+        if kind is not None and kind[1] is True:
+            return kind[0].derive(lr)  # type: ignore[attr-defined]
+        program = vectorized.compile_request(prep.request, prep.n, prep.device)
+        if key is None:
+            return program
+        if kind is None:
+            self._kinds[key] = [vectorized_batch.lr_template(program, lr), False]
+        elif kind[0] is not None and kind[1] is False:
+            same = vectorized_batch.same_program(kind[0].derive(lr), program)  # type: ignore[attr-defined]
+            kind[:] = [kind[0], True] if same else [None, False]
+        return program
+
+
 def compute_many(
-    requests: list[specs.ScheduleRequest | ServiceError], settings: Settings
+    requests: list[specs.ScheduleRequest | ServiceError],
+    settings: Settings,
+    *,
+    limits_checked: bool = False,
 ) -> list[Computed | ServiceError]:
     """Return, slot by slot, what :func:`compute` returns or raises for each request.
 
     A slot that already holds an error keeps it. Vectorized specs of the same structure
     (scheduler tree, scalar parameters, groups, steps and sampled indices) are stacked and
     evaluated as one tensor computation; the values are the bits :func:`compute` gives.
+    ``limits_checked``: :func:`check_limits` already passed for every request (the batch
+    route's validation checks them in order), so it is not repeated.
     """
     with budget.ensure(settings.compute_max_seconds):
-        return _compute_many(requests, settings)
+        return _compute_many(requests, settings, limits_checked)
 
 
 def _compute_many(
-    requests: list[specs.ScheduleRequest | ServiceError], settings: Settings
+    requests: list[specs.ScheduleRequest | ServiceError],
+    settings: Settings,
+    limits_checked: bool = False,
 ) -> list[Computed | ServiceError]:
     out: list[Computed | ServiceError | None] = [None] * len(requests)
     jobs: list[tuple[Program, np.ndarray]] = []
     owners: list[tuple[int, _Prepared]] = []
+    templates = _Templates()
     for i, request in enumerate(requests):
         if isinstance(request, ServiceError):
             out[i] = request
             continue
         budget.check()
         try:
-            prep = _prepare(request, settings)
+            if limits_checked:
+                engine = choose_engine(request)
+                _check_metrics(request)
+                libraries.check(request)
+                prep = _prepared(request, engine)
+            else:
+                prep = _prepare(request, settings)
             if prep.engine != "vectorized":
                 out[i] = _torch_computed(prep, settings)
                 continue
-            program = vectorized.compile_request(prep.request, prep.n, prep.device)
+            program = templates.program(prep)
         except ServiceError as exc:
             out[i] = exc
             continue

@@ -435,6 +435,30 @@ def test_plots_mark_skipped_steps_and_name_the_micro_batch_axis(client):
     assert ">optimizer step<" in plain.text
 
 
+def test_csv_carries_the_counters_after_the_lr(client):
+    body = {
+        "scheduler": {"type": "StepLR", "step_size": 2},
+        "steps": 6,
+        "skipped_steps": [0, 3],
+        "accumulation_steps": 2,
+        "index_by": "micro_batch",
+        "counter": {"type": "tokens", "global_batch_size": 4, "seq_length": 8},
+    }
+    data = _post(client, body)
+    csv = client.post("/v1/schedules/compute?format=csv", json=body)
+    assert csv.status_code == 200
+    lines = csv.text.splitlines()
+    assert lines[0] == "step,lr,optimizer_step,skipped,updates,samples,tokens,batch_size"
+    c = data["counters"]
+    for i, line in enumerate(lines[1:]):
+        cells = line.split(",")
+        assert int(cells[0]) == data["steps"][i] and float(cells[1]) == data["lr"][0][i]
+        assert [int(v) for v in cells[2:]] == [
+            c["optimizer_step"][i], int(c["skipped"][i]), c["updates"][i], c["samples"][i],
+            c["tokens"][i], c["batch_size"][i],
+        ]  # fmt: skip
+
+
 def test_resume_reports_counters_and_what_skips_do_to_a_resume(client):
     response = client.post(
         "/v1/schedules/resume",

@@ -514,7 +514,7 @@ def test_optax_scripts_print_the_apis_lrs_in_float64(client, tmp_path):
 
 
 def test_lightning_scripts_step_the_scheduler_as_the_api_does(client, tmp_path):
-    pytest.importorskip("pytorch_lightning")
+    # never skipped: pytorch-lightning is in parity-nodeps-requirements.txt, which make installs
     cases = {f"lightning-{n}": ("lightning", "", s) for n, s in LIGHTNING.items()}
     printed = run_scripts(client, tmp_path, cases)
     for name, (_, _, spec) in cases.items():
@@ -675,3 +675,44 @@ def test_a_spec_the_api_refuses_is_not_exported(client, target, body, loc):
     r = client.post(f"/v1/schedules/export?target={target}", json=body)
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
     assert r.json()["errors"][0]["loc"][-1] == loc
+
+
+TARGETS = ("torch", "lightning", "transformers", "timm", "optax", "megatron")
+WARMUPS = (
+    None,
+    {"type": "linear", "steps": 3, "start_factor": 0.0},
+    {"type": "exponential", "warmup_period": 3},
+)
+
+
+def test_every_catalog_example_and_target_is_a_script_or_a_clear_422(client):
+    """Each (catalog example, warmup, target) is a script, or a 422 problem whose detail says
+    what to change (never a 500); a target a 422 names as able to write the spec does not
+    answer that it cannot."""
+    examples = {}
+    for family in ("torch", "transformers", "timm", "optax", "megatron", "noam", "rex"):
+        examples |= catalog_examples(client, family)
+    assert len(examples) > 50
+    for name, spec in examples.items():
+        for warmup in WARMUPS:
+            body = {**spec, "steps": min(spec["steps"], 40)}
+            if warmup is not None:
+                if spec.get("interval") == "epoch":
+                    continue
+                body = {**body, "warmup": warmup, "optimizer": ADAM}
+            answers = {
+                t: client.post(f"/v1/schedules/export?target={t}", json=body) for t in TARGETS
+            }
+            for target, r in answers.items():
+                assert r.status_code in (200, 422), (name, warmup, target, r.text)
+                if r.status_code == 422:
+                    problem = r.json()
+                    assert problem["detail"] and problem["errors"], (name, target)
+                    if "the targets that can: " in problem["detail"]:
+                        able = problem["detail"].split("the targets that can: ")[1].split(", ")
+                        assert target not in able
+                        for other in able:  # it writes it, or refuses for another reason
+                            theirs = answers[other]
+                            assert theirs.status_code == 200 or (
+                                "the targets that can" not in theirs.json()["detail"]
+                            ), (name, warmup, other, theirs.text)

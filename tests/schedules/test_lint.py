@@ -518,3 +518,15 @@ def test_the_torch_order_warning_is_at_the_first_scheduler_step(client):
         opt.step()
         sched.step()
     assert not any("before `optimizer.step()`" in str(w.message) for w in caught)
+
+
+def test_a_plateau_after_a_warmup_is_not_called_a_sequential_lr(client):
+    body = {
+        "scheduler": {"type": "ReduceLROnPlateau", "patience": 1},
+        "warmup": {"type": "linear", "steps": 3},
+        "steps": 8,
+        "metrics": [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],
+    }
+    codes = by_code(lint(client, body))
+    assert "plateau-after-warmup" in codes and codes["plateau-after-warmup"]["kind"] == "caveat"
+    assert "last-epoch-resume-restarts-children" not in codes

@@ -6,8 +6,8 @@ refused (4xx problem+json saying what to change) within the limit, no 5xx, the s
 growth bounded, and /healthz answering while it runs.
 """
 
+import math
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -76,7 +76,6 @@ def server(tmp_path_factory):
             raise RuntimeError("the service did not start")
         time.sleep(0.2)
     httpx.post(f"{url}/v1/schedules/compute", json=probe(1000), timeout=30)  # first-call costs
-    idle_healthz(url)
     yield url, process.pid
     process.terminate()
     try:
@@ -93,10 +92,30 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+class Latencies(list):
+    """/healthz latencies (seconds) while a block ran, and ``baseline``: the same server's
+    latencies just before it, sampled the same way (the machine's load at the time)."""
+
+    baseline: list[float]
+
+
+def _healthz_samples(client: httpx.Client, url: str, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        start = time.monotonic()
+        assert client.get(f"{url}/healthz").status_code == 200
+        out.append(time.monotonic() - start)
+        time.sleep(0.02)
+    return out
+
+
 @contextmanager
-def healthz_latencies(url: str) -> Iterator[list[float]]:
-    """Ask /healthz every 20 ms while the block runs; yield the latencies (seconds)."""
-    latencies: list[float] = []
+def healthz_latencies(url: str) -> Iterator[Latencies]:
+    """Take a baseline of 10 /healthz answers, then ask every 20 ms while the block runs;
+    yield the latencies (seconds), with the baseline."""
+    latencies = Latencies()
+    with httpx.Client(timeout=5) as client:
+        latencies.baseline = _healthz_samples(client, url, 10)
     stop = threading.Event()
 
     def poll() -> None:
@@ -121,29 +140,29 @@ def healthz_latencies(url: str) -> Iterator[list[float]]:
         poller.join()
 
 
-_IDLE: list[float] = []
+def p95(values: list[float]) -> float:
+    """Return the 95th percentile by nearest rank, but never the largest of two or more
+    values (of fewer than 20, the second largest): one slow answer on a shared machine is
+    for the half-second bound on every answer to catch."""
+    ordered = sorted(values)
+    rank = min(math.ceil(0.95 * len(ordered)), len(ordered) - 1) if len(ordered) > 1 else 1
+    return ordered[rank - 1]
 
 
-def idle_healthz(url: str) -> float:
-    """Return the median /healthz latency of the idle server (measured once)."""
-    if not _IDLE:
-        with httpx.Client(timeout=5) as client:
-            for _ in range(10):
-                start = time.monotonic()
-                client.get(f"{url}/healthz")
-                _IDLE.append(time.monotonic() - start)
-    return statistics.median(_IDLE)
-
-
-def assert_healthz_fast(latencies: list[float], url: str) -> None:
+def assert_healthz_fast(latencies: Latencies, url: str) -> None:
+    """The 100 ms bound over the whole sample: its p95 (of a short sample, every answer but
+    the slowest) within 100 ms, or 4× the p95 of the baseline taken just before when the
+    machine alone makes that slower (2 cores other test runs share: load 10-20 while this
+    was written), and no answer slower than half a second (the issue's probes stalled
+    /healthz for 18.9 s and 31.8 s)."""
     assert len(latencies) >= 3, latencies
-    # The 100 ms bound, on a 2-core machine that other test runs share (load 10-20 while
-    # this was written): the median is held to 100 ms, or 4× the idle server's median when
-    # the machine alone makes that slower, and no request waits half a second (the issue's
-    # probes stalled /healthz for 18.9 s and 31.8 s).
-    ordered = sorted(latencies)
-    assert statistics.median(ordered) <= max(0.1, 4 * idle_healthz(url)), ordered
-    assert ordered[-1] <= 0.5, ordered
+    bound = max(0.1, 4 * p95(latencies.baseline))
+    summary = (
+        f"p95 {p95(latencies) * 1000:.0f} ms of {len(latencies)}, baseline p95 "
+        f"{p95(latencies.baseline) * 1000:.0f} ms: {sorted(latencies)}"
+    )
+    assert p95(latencies) <= bound, summary
+    assert max(latencies) <= 0.5, summary
 
 
 def probe(steps: int, groups: int = 1) -> dict:

@@ -8,7 +8,10 @@ formula is elementwise per row or shared across rows (the step tensor), so one e
 of the stack gives each spec the bits its own evaluation would.
 """
 
+import copy
 import dataclasses
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +20,15 @@ from service.errors import InvalidSpec
 from service.schedules.result import Computed
 from service.schedules.vectorized.composition import Chained, Node, Sequential
 from service.schedules.vectorized.evaluation import Program, as_computed
-from service.schedules.vectorized.formulas import Lambda, Leaf, Multiplicative, Tensor
+from service.schedules.vectorized.formulas import (
+    Cosine,
+    Lambda,
+    Leaf,
+    Linear,
+    Multiplicative,
+    Tensor,
+    column,
+)
 from service.schedules.vectorized.plateau import MetricScan
 
 
@@ -163,3 +174,107 @@ def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Computed | InvalidS
             except InvalidSpec as exc:
                 out[i] = exc
     return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------- specs differing only in the lr
+
+_SCALED_LEAVES = (Cosine, Linear, Lambda)
+"""Leaves whose only per-group tensor is ``base`` (torch's ``base_lrs``, the group's lr)."""
+
+
+def _leaves(root: Node) -> list[Leaf] | None:
+    if isinstance(root, Leaf):
+        return [root]
+    if isinstance(root, Sequential):
+        return [seg.leaf for seg in root.segments]
+    return None
+
+
+@dataclass(frozen=True)
+class LrTemplate:
+    """A compiled program whose per-group state is the optimizer's lr: the program of the
+    same spec with another lr has that lr where this one has its own, and torch's lr at step
+    0 by the same rule (0, the lr itself, or the lr × the first leaf's start factor)."""
+
+    program: Program
+    lr: float
+    rule: str
+
+    def lr0(self, lr: float) -> float:
+        if self.rule == "zero":
+            return 0.0
+        if self.rule == "same":
+            return lr
+        first = _leaves(self.program.root)[0]  # type: ignore[index]
+        return lr * first.start_factor  # type: ignore[attr-defined]
+
+    def derive(self, lr: float) -> Program:
+        """Return the program the same spec compiles to with optimizer lr ``lr``."""
+        p = self.program
+        device = p.device
+        base = column([lr], device)
+
+        def leaf(x: Leaf) -> Leaf:
+            derived = copy.copy(x)  # its other fields are the spec's (dataclasses.replace is
+            derived.base = base  # ten times slower, and this runs per spec of a batch)
+            return derived
+
+        root: Node
+        if isinstance(p.root, Leaf):
+            root = leaf(p.root)
+        else:
+            assert isinstance(p.root, Sequential)
+            root = Sequential([dataclasses.replace(s, leaf=leaf(s.leaf)) for s in p.root.segments])
+        return Program(
+            root=root,
+            n=p.n,
+            lr0=column([self.lr0(lr)], device),
+            momentum0=p.momentum0,
+            anchor=base,
+            device=device,
+        )
+
+
+def lr_template(program: Program, lr: float) -> LrTemplate | None:
+    """Return ``program`` (compiled for optimizer lr ``lr``, one group) as a template, or None
+    when its state is not the lr's alone (other leaves, a dampener, another step-0 rule)."""
+    leaves = _leaves(program.root)
+    if leaves is None or program.dampen is not None or program.anchor.shape != (1, 1):
+        return None
+    here = column([lr], program.device)
+    for x in leaves:
+        if type(x) not in _SCALED_LEAVES or type(x) is Multiplicative:
+            return None
+        if isinstance(x, Lambda) and (x.lambda_field or x.fn_keys is None):
+            return None
+        if not torch.equal(x.base, here):
+            return None
+    if not torch.equal(program.anchor, here):
+        return None
+    lr0 = float(program.lr0[0, 0])
+    first = leaves[0]
+    candidates = {"zero": 0.0, "same": lr}
+    if isinstance(first, Linear):
+        candidates["start"] = lr * first.start_factor
+    for rule, value in candidates.items():
+        if lr0 == value and math.copysign(1.0, lr0) == math.copysign(1.0, value):
+            return LrTemplate(program, lr, rule)
+    return None
+
+
+def same_program(a: Program, b: Program) -> bool:
+    """Return True when two compiled programs hold the same state, bit for bit."""
+    if (a.n, a.device, a.dampen is None, b.dampen is None) != (b.n, b.device, True, True):
+        return False
+    if _signature(a.root) != _signature(b.root) or _signature(a.root) is None:
+        return False
+    la, lb = _leaves(a.root), _leaves(b.root)
+    if la is None or lb is None or len(la) != len(lb):
+        return False
+    pairs = [(a.lr0, b.lr0), (a.anchor, b.anchor)]
+    pairs += [(x.base, y.base) for x, y in zip(la, lb, strict=True)]
+    if (a.momentum0 is None) != (b.momentum0 is None):
+        return False
+    if a.momentum0 is not None:
+        pairs.append((a.momentum0, b.momentum0))  # type: ignore[arg-type]
+    return all(x.numpy().tobytes() == y.numpy().tobytes() for x, y in pairs)

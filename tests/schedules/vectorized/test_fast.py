@@ -179,3 +179,42 @@ def test_a_reused_plan_still_meets_each_settings_limits():
         service.compute(request, tight)
     with pytest.raises(LimitExceeded, match="LRS_VECTORIZED_MAX_COST"):
         service.compute(request, Settings(vectorized_max_cost=10))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        warmup_cosine(3000),
+        {**warmup_cosine(3000), "warmup": {"type": "linear", "steps": 30, "start_factor": 0.1}},
+        {"scheduler": {"type": "CosineAnnealingLR", "T_max": 900, "eta_min": 1e-4}, "steps": 1000},
+        {**warmup_cosine(3000), "sample": {"points": 100}, "include": ["momentum"]},
+    ],
+)
+def test_a_batch_compiles_specs_differing_only_in_lr_twice(monkeypatch, body):
+    """The first two are compiled (the second checks the derivation), the rest derived; each
+    slot still holds the bits its spec alone gets."""
+    compiled = []
+    real = vectorized.compile_request
+
+    def counting(*args, **kwargs):
+        compiled.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vectorized, "compile_request", counting)
+    bodies = [
+        {**body, "optimizer": {"type": "SGD", "lr": lr, "momentum": 0.9}}
+        for lr in (0.1, 0.37, 1e-3, 2.5, 0.0, 0.1 + 1e-12)
+    ]
+    requests = [specs.ScheduleRequest.model_validate(b) for b in bodies]
+    batched = service.compute_many(list(requests), SETTINGS)
+    assert len(compiled) == 2
+    service.plans.clear()
+    for request, slot in zip(requests, batched, strict=True):
+        alone = service.compute(request, SETTINGS)
+        assert isinstance(slot, service.Computed)
+        assert slot.lr.tobytes() == alone.lr.tobytes()
+        assert slot.final_lr == alone.final_lr
+        assert slot.warnings == alone.warnings
+        if alone.momentum is not None:
+            assert slot.momentum is not None
+            assert slot.momentum.tobytes() == alone.momentum.tobytes()
