@@ -12,9 +12,51 @@ optimizer steps of the whole request (``POST /v1/schedules/lint`` reads them);
 """
 
 from service.schedules import specs
-from service.schedules.codes import Caveat, caveat, child_starts, shift
+from service.schedules.codes import Caveat, caveat, child_starts, placed, shift
 from service.schedules.families import hooks as families
 from service.schedules.torch_engine import main_span
+
+METRIC_READERS = (
+    "only a metric-driven scheduler as the request's scheduler reads them (ReduceLROnPlateau, "
+    "timm's plateau, transformers' reduce_lr_on_plateau and greedy), one per scheduler step; "
+    "one nested in a SequentialLR or ChainedScheduler steps without a metric"
+)
+"""Who reads ``metrics``: the schedulers the engines feed them to (the request's root)."""
+
+
+def _name(spec: specs.SchedulerBase) -> str:
+    """Return a scheduler's name as a user wrote it: ``timm 'plateau'``, ``ReduceLROnPlateau``."""
+    selected = getattr(spec, spec.selector, None) if spec.selector else None
+    return f"{spec.type} {selected!r}" if selected else spec.type
+
+
+def _lr_scale_unread(request: specs.ScheduleRequest, warmup: object) -> list[str]:
+    """Return a warning when groups set ``lr_scale`` and, besides timm's schedulers, a warmup
+    or a SequentialLR segment sets the lr without it (timm alone multiplies it in)."""
+    if not any(specs.LR_SCALE in g for g in request.param_groups or []):
+        return []
+    start = getattr(warmup, "steps", 0)
+    unscaled: list[tuple[str, int]] = []
+    if warmup is not None:
+        unscaled.append((f"the {getattr(warmup, 'type', '')} warmup", 0))
+    for spec, at in placed(request.scheduler, start):
+        if spec.type != "SequentialLR":  # type: ignore[attr-defined]
+            continue
+        children = zip(spec.children(), child_starts(spec), strict=True)  # type: ignore[attr-defined]
+        for child, begin in children:
+            if not child.children() and not specs.reads_lr_scale(child):
+                unscaled.append((f"{_name(child)} (from scheduler step {at + begin})", at + begin))
+    if not unscaled:
+        return []
+    names = ", ".join(name for name, _ in unscaled)
+    return [
+        caveat(
+            "lr-scale-unread",
+            f"param_groups' lr_scale is multiplied in only by timm's schedulers: {names} "
+            f"set{'s' if len(unscaled) == 1 else ''} each group's lr without it",
+            min(step for _, step in unscaled),
+        )
+    ]
 
 
 def _walk(
@@ -48,18 +90,18 @@ def _scheduler_caveats(request: specs.ScheduleRequest) -> list[str]:
         request.scheduler, "metric_driven", False
     )
     if request.metrics is not None and not plateau:
-        out.append(
-            caveat("metrics-ignored", "metrics are ignored: only ReduceLROnPlateau reads them")
-        )
+        out.append(caveat("metrics-ignored", f"metrics are ignored: {METRIC_READERS}"))
     if plateau and warmup is not None:
         out.append(
             caveat(
                 "plateau-after-warmup",
-                "ReduceLROnPlateau after a warmup: torch's SequentialLR refuses it, so the warmup "
-                f"is stepped by hand; metrics for scheduler steps 1..{warmup.steps} are ignored",
+                f"{_name(request.scheduler)} after a warmup: torch's SequentialLR refuses a "
+                "metric-driven scheduler, so the warmup is stepped by hand; metrics for "
+                f"scheduler steps 1..{warmup.steps} are ignored",
                 1,
             )
         )
+    out += _lr_scale_unread(request, warmup)
     if plateau and request.metrics is not None and len(request.metrics) > n - 1:
         out.append(
             caveat(

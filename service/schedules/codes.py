@@ -48,8 +48,9 @@ CODES: dict[str, Code] = {
     for c in [
         # ----------------------------------------------------------------- the request
         Code("warmup-covers-schedule", "caveat", "The warmup is not shorter than the schedule: the scheduler never starts.", TORCH_DOCS.format("SequentialLR")),
-        Code("metrics-ignored", "caveat", "`metrics` given to a scheduler that does not read them.", TORCH_DOCS.format("ReduceLROnPlateau")),
-        Code("plateau-after-warmup", "caveat", "ReduceLROnPlateau after a warmup: SequentialLR refuses it, so the metrics during the warmup are ignored.", "https://github.com/pytorch/pytorch/issues/68978"),
+        Code("metrics-ignored", "caveat", "`metrics` given to a scheduler that does not read them (only a metric-driven one at the top does: ReduceLROnPlateau, timm's plateau, transformers' reduce_lr_on_plateau or greedy).", TORCH_DOCS.format("ReduceLROnPlateau")),
+        Code("plateau-after-warmup", "caveat", "A metric-driven scheduler (ReduceLROnPlateau, timm's plateau, transformers' reduce_lr_on_plateau or greedy) after a warmup: SequentialLR refuses it, so the metrics during the warmup are ignored.", "https://github.com/pytorch/pytorch/issues/68978"),
+        Code("lr-scale-unread", "caveat", "A param group's `lr_scale` with a warmup or SequentialLR segment that is not timm's: only timm's schedulers multiply it in.", None),
         Code("metrics-extra", "caveat", "More metrics than scheduler steps: the rest are not used.", TORCH_DOCS.format("ReduceLROnPlateau")),
         Code("metrics-missing", "error", "A metric-driven scheduler without a metric for every scheduler step: `step()` needs one (compute refuses the request).", TORCH_DOCS.format("ReduceLROnPlateau")),
         # ----------------------------------------------------------------- torch schedulers

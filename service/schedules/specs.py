@@ -198,12 +198,49 @@ def _check_argument(optimizer: str, allowed: tuple[str, ...], key: str, value: A
 
 ParamGroup = dict[str, OptimizerValue]
 
+LR_SCALE = "lr_scale"
+"""The param-group key timm's schedulers multiply the lr they set by (layer-wise lr decay);
+it is not an optimizer argument, and no other scheduler reads it."""
+
+
+def _check_lr_scale(i: int, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(
+            f"param_groups[{i}]: lr_scale={value!r} is not a number; give the factor timm "
+            "multiplies this group's lr by, such as 0.5"
+        )
+    if value < 0:
+        raise ValueError(
+            f"param_groups[{i}]: lr_scale={value} is negative; timm multiplies the lr by it "
+            "and learning rates are >= 0"
+        )
+
+
+def reads_lr_scale(spec: "SchedulerBase") -> bool:
+    """Return True when ``spec`` multiplies a group's ``lr_scale`` into the lr (timm's)."""
+    return bool(getattr(spec, "reads_lr_scale", False))
+
+
+def lr_scale_reason(
+    groups: list[ParamGroup] | None, scheduler: "SchedulerBase"
+) -> tuple[int, str] | None:
+    """Return (group, message) when a group sets ``lr_scale`` and no scheduler reads it."""
+    scaled = [i for i, g in enumerate(groups or []) if LR_SCALE in g]
+    if not scaled or any(reads_lr_scale(s) for s in walk(scheduler)):
+        return None
+    return scaled[0], (
+        "only timm's schedulers read lr_scale (timm multiplies the lr it sets by it); "
+        f"{scheduler.type} would ignore it. Remove lr_scale, or give the group the scaled lr "
+        "instead"
+    )
+
 
 def check_param_groups(
     groups: list[ParamGroup] | None, info: ValidationInfo
 ) -> list[ParamGroup] | None:
     """Validate ``param_groups`` against the request's optimizer: known arguments, finite
-    numbers, a numeric non-negative ``lr``, at most ``LRS_MAX_PARAM_GROUPS`` groups.
+    numbers, a numeric non-negative ``lr`` and ``lr_scale`` (timm's), at most
+    ``LRS_MAX_PARAM_GROUPS`` groups.
 
     Use as ``field_validator("param_groups")`` on a model whose ``optimizer`` field comes first.
     """
@@ -220,6 +257,9 @@ def check_param_groups(
     allowed = optimizer_arguments(optimizer.type)
     for i, group in enumerate(groups):
         for key, value in group.items():
+            if key == LR_SCALE:
+                _check_lr_scale(i, value)
+                continue
             try:
                 _check_argument(optimizer.type, allowed, key, value)
             except ValueError as exc:
@@ -378,7 +418,9 @@ class ScheduleConfig(SpecModel):
     param_groups: list[ParamGroup] | None = Field(
         default=None,
         min_length=1,
-        description="Per-group overrides of the optimizer's arguments; one group when absent.",
+        description="Per-group overrides of the optimizer's arguments; one group when absent. "
+        "A group may also set 'lr_scale' (a number >= 0), which timm's schedulers multiply the "
+        "lr they set by, as timm does (layer-wise lr decay); only timm reads it.",
     )
     scheduler: SchedulerSpec
     warmup: WarmupSpec | None = Field(
@@ -416,6 +458,17 @@ class ScheduleConfig(SpecModel):
     @model_validator(mode="after")
     def _warmup_interval(self) -> "ScheduleConfig":
         pytorch_warmup.check_interval(self.warmup, self.interval)
+        return self
+
+    @model_validator(mode="after")
+    def _lr_scale_read(self) -> "ScheduleConfig":
+        found = lr_scale_reason(self.param_groups, self.scheduler)
+        if found is not None:
+            error = PydanticCustomError("value_error", found[1])
+            raise ValidationError.from_exception_data(
+                "lr_scale",
+                [{"type": error, "loc": ("param_groups", found[0], LR_SCALE), "input": None}],
+            )
         return self
 
     @property
@@ -460,7 +513,8 @@ class ScheduleRequest(ScheduleConfig):
     metrics: list[Number] | None = Field(
         default=None,
         max_length=10_000_000,
-        description="ReduceLROnPlateau's metric, one value per scheduler step.",
+        description="The metric of a metric-driven scheduler (ReduceLROnPlateau, timm's "
+        "plateau, transformers' reduce_lr_on_plateau or greedy): step k reads metrics[k - 1].",
     )
     batch_scaling: BatchScaling | None = None
     sample: Sample | None = Field(

@@ -82,7 +82,15 @@ def test_the_seeds_gradual_warmup_is_one_lambda_lr(client):
         ),
         (
             {"scheduler": {"type": "StepLR", "step_size": 2}, "steps": 5, "metrics": [1.0]},
-            "metrics are ignored",
+            "metrics are ignored: only a metric-driven scheduler as the request's scheduler reads them (ReduceLROnPlateau, timm's plateau, transformers' reduce_lr_on_plateau and greedy)",
+        ),
+        (
+            {"scheduler": {"type": "SequentialLR", "milestones": [2], "schedulers": [{"type": "ConstantLR"}, {"type": "timm", "sched": "plateau", "num_epochs": 5}]}, "steps": 5, "metrics": [1.0] * 4},
+            "one nested in a SequentialLR or ChainedScheduler steps without a metric",
+        ),
+        (
+            {"param_groups": [{"lr": 0.1, "lr_scale": 0.5}], "scheduler": {"type": "timm", "sched": "cosine", "num_epochs": 10}, "warmup": {"type": "linear", "steps": 3}, "steps": 12},
+            "lr_scale is multiplied in only by timm's schedulers: the linear warmup sets each group's lr without it",
         ),
         (
             {"optimizer": {"type": "SGD", "momentum": 0.9}, "scheduler": {"type": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1}, "steps": 5},

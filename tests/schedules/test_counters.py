@@ -106,12 +106,11 @@ def _post(client, body: dict) -> dict:
 @pytest.mark.parametrize("engine", ["torch", "vectorized"])
 def test_skipped_steps_match_a_gradscaler_loop(client, engine, name, skipped):
     _, _, metrics, make = CASES[name]
-    if engine == "vectorized" and name == "ReduceLROnPlateau":
-        engine = "auto"
     lrs, applied, order = gradscaler_loop(make, N, set(skipped), metrics)
     assert [i for i, done in enumerate(applied) if not done] == skipped  # GradScaler skipped them
 
     out = _post(client, _body(name, engine, skipped_steps=skipped))
+    assert out["engine"] == engine
     # the schedule still advanced: the series per optimizer-step call is the loop's
     np.testing.assert_allclose(out["lr"][0], lrs, rtol=1e-12, atol=0)
     if out["engine"] == "torch":

@@ -269,6 +269,23 @@ TIMM = {
         "steps": 20,
         "metrics": [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.8, 0.8],
     },
+    "cosine-noise-lr-scale": {
+        "param_groups": [{"lr": 0.1, "lr_scale": 0.4225}, {"lr": 0.1, "lr_scale": 0.65}, {}],
+        "scheduler": {"type": "timm", "sched": "cosine", "num_epochs": 8, "noise": 0.3},
+        "steps": 12,
+    },
+    "plateau-lr-scale": {
+        "param_groups": [{"lr": 0.1, "lr_scale": 0.5}, {"lr": 0.2}],
+        "scheduler": {
+            "type": "timm",
+            "sched": "plateau",
+            "num_epochs": 30,
+            "patience_epochs": 1,
+            "warmup_epochs": 2,
+        },
+        "steps": 10,
+        "metrics": [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.8, 0.8],
+    },
     "wsd-updates-per-epoch-interval": {
         "scheduler": {
             "type": "timm",

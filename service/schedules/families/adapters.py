@@ -51,7 +51,9 @@ class LibrarySchedulerBase(SchedulerBase):
         lrs."""
         from service.schedules.vectorized.formulas import column  # the engine imports families
 
-        return family_leaf(sched.spec, column(sched.base_lrs, device))
+        scales = lr_scales(sched.spec, sched.optimizer.param_groups)
+        scale = None if scales is None else column(scales, device)
+        return family_leaf(sched.spec, column(sched.base_lrs, device), scale)
 
     def vectorized_unsupported(self) -> str | None:
         """Return None: the vectorized engine has every one (a metric-driven one as a scan
@@ -71,6 +73,17 @@ class LibrarySchedulerBase(SchedulerBase):
         return None
 
 
+def lr_scales(spec: Any, groups: list[dict[str, Any]]) -> list[float] | None:
+    """Return each group's ``lr_scale`` (1.0 where it has none) when ``spec`` multiplies it
+    into the lr it sets (timm's ``update_groups`` does), else None.
+
+    ``v * 1.0`` is ``v`` to the bit, so a group without one gets timm's unscaled value.
+    """
+    if not getattr(spec, "reads_lr_scale", False) or not any("lr_scale" in g for g in groups):
+        return None
+    return [float(g.get("lr_scale", 1.0)) for g in groups]
+
+
 class FamilyLR(LRScheduler):
     """A torch scheduler for a family spec (``spec``); the vectorized engine reads its closed
     form from the spec and its base lrs from here."""
@@ -80,6 +93,9 @@ class FamilyLR(LRScheduler):
     def _closed(self, k: int) -> list[float]:
         base = torch.tensor([float(v) for v in self.base_lrs], dtype=torch.float64)[:, None]
         values = self.spec.lr(torch.tensor([k], dtype=torch.int64), base)
+        scales = lr_scales(self.spec, self.optimizer.param_groups)
+        if scales is not None:
+            values = values * torch.tensor(scales, dtype=torch.float64)[:, None]
         return [float(v) for v in values[:, 0]]
 
 
@@ -147,13 +163,15 @@ class LibraryLR(FamilyLR):
         return [float(group["lr"]) for group in self.optimizer.param_groups]
 
 
-def family_leaf(spec: FamilySpec, base: torch.Tensor) -> Any:
+def family_leaf(spec: FamilySpec, base: torch.Tensor, scale: torch.Tensor | None = None) -> Any:
     """Return the vectorized engine's leaf for a family spec: its closed form sets the lr.
 
-    ``base`` is the groups' initial lrs, (groups, 1); leaves of equal specs stack in a batch
-    (rows are then groups of several requests, which the closed forms index modulo).
+    ``base`` is the groups' initial lrs, (groups, 1); ``scale`` each group's ``lr_scale``
+    (groups, 1), multiplied into the closed form's value as timm does, or None. Leaves of
+    equal specs stack in a batch (rows are then groups of several requests, which the closed
+    forms index modulo).
     """
-    return _leaf_class()(base, spec=SpecKey(spec))
+    return _leaf_class()(base, spec=SpecKey(spec), scale=scale)
 
 
 @cache
@@ -166,10 +184,17 @@ def _leaf_class() -> type:
         """A family's closed form: it sets the lr outright at every step (no chaining)."""
 
         spec: Any = None
+        scale: torch.Tensor | None = None
+        """Each group's ``lr_scale`` (groups, 1), or None: timm multiplies it into the lr it
+        sets (after its noise)."""
 
         def _lr(self, e: torch.Tensor) -> torch.Tensor:
             # in chunks of steps, the request's budget checked between them
-            return chunked(lambda part: self.spec.value.lr(part, self.base), e, len(self.base))
+            return chunked(self._scaled, e, len(self.base))
+
+        def _scaled(self, part: torch.Tensor) -> torch.Tensor:
+            values = self.spec.value.lr(part, self.base)
+            return values if self.scale is None else values * self.scale
 
         def closed(self, e: torch.Tensor, x: torch.Tensor, restarted: bool) -> torch.Tensor:
             return self._lr(e)

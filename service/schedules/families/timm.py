@@ -84,6 +84,9 @@ class TimmScheduler(LibrarySchedulerBase):
     library: ClassVar[Library] = LIBRARY
     sets_lr: ClassVar[bool] = False
     """timm scales each group's own lr."""
+    reads_lr_scale: ClassVar[bool] = True
+    """timm's ``update_groups`` sets ``lr = value * group['lr_scale']`` in a group that has
+    one (layer-wise lr decay): both engines multiply it in, after the noise."""
     lr_fields: ClassVar[tuple[str, ...]] = ("warmup_lr",)
 
     @model_validator(mode="after")
@@ -532,9 +535,12 @@ class TimmPlateau(TimmScheduler):
         initial: list[float],
         metrics: list[float],
         span: int,
+        scales: list[float] | None = None,
     ) -> Any:
         """Return the vectorized engine's scan of timm's PlateauLRScheduler over the groups'
-        initial lrs (``initial``; timm's ``base_values``), noise applied where asked."""
+        initial lrs (``initial``; timm's ``base_values``), noise applied where asked;
+        ``scales``: each group's ``lr_scale`` (in the warmup's values and the lr the plateau
+        starts from, as timm's ``update_groups`` sets them), or None."""
         from service.schedules.vectorized import plateau
 
         rule = plateau.TimmPlateauRule(
@@ -546,6 +552,7 @@ class TimmPlateau(TimmScheduler):
             ),
             warmup_t=self.warmup_t,
             warmup_lr_init=self.warmup_lr,
+            scales=None if scales is None else tuple(scales),
         )
         noisy = None if self.noise_range() is None else self._plateau_noise
         return plateau.MetricSchedule(lambda: rule.scan(initial, metrics, span), adjust=noisy)

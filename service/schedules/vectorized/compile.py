@@ -19,6 +19,7 @@ from torch.optim import lr_scheduler
 
 from service.schedules import specs, torch_engine
 from service.schedules.families import pytorch_warmup
+from service.schedules.families.adapters import lr_scales
 from service.schedules.result import Computed
 from service.schedules.vectorized import plateau
 from service.schedules.vectorized.composition import Chained, Node, Segment, Sequential
@@ -148,10 +149,16 @@ def _metric_node(
     metrics = list(request.metrics or [])[w : n - 1]
     span = n - w
     start = initial if w else built
+    scales = lr_scales(spec, groups)
     leaf = MetricScan(
         column(start, device),
         schedule=spec.metric_schedule(  # type: ignore[attr-defined]
-            start=start, built=built, initial=initial, metrics=metrics, span=max(span, 1)
+            start=start,
+            built=built,
+            initial=initial,
+            metrics=metrics,
+            span=max(span, 1),
+            **({} if scales is None else {"scales": scales}),
         ),
     )
     if not w:

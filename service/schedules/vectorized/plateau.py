@@ -169,29 +169,38 @@ class TimmPlateauRule:
     ``t <= warmup_t``: ``warmup_lr_init + t * (base - warmup_lr_init) / warmup_t`` (the metric
     is not read); later, torch's ReduceLROnPlateau (threshold 1e-4 'rel', cooldown 0, eps 1e-8)
     steps on the noise-free lr, and in the noise range the lr set is ``lr + lr * noise(t)``.
+
+    ``scales``: each group's ``lr_scale``, or None. timm's ``update_groups`` multiplies it into
+    the lr it sets when built and in the warmup (``value * lr_scale``); ReduceLROnPlateau then
+    reduces the group's (scaled) lr itself, against the unscaled ``min_lr``, so the plateau
+    starts from the scaled lr and scales nothing more.
     """
 
     plateau: PlateauRule
     warmup_t: int
     warmup_lr_init: float
+    scales: tuple[float, ...] | None = None
 
     def scan(self, base: Sequence[float], metrics: Sequence[float], span: int) -> Scanned:
         """Return the noise-free lr at t = 0..span-1 (``base``: the groups' initial lrs)."""
         w = self.warmup_t
         base = [float(v) for v in base]
+        scales = self.scales if self.scales is not None else (1.0,) * len(base)
+        column = np.asarray(scales, dtype=np.float64)[:, None]
         out = np.empty((len(base), span), dtype=np.float64)
         if w:
             init = self.warmup_lr_init
             steps = [(v - init) / w for v in base]
-            out[:, 0] = init
+            out[:, 0] = init * column[:, 0]
             top = min(w, span - 1)
             t = np.arange(1, top + 1, dtype=np.float64)
-            out[:, 1 : top + 1] = init + t[None, :] * np.asarray(steps, dtype=np.float64)[:, None]
+            ramp = init + t[None, :] * np.asarray(steps, dtype=np.float64)[:, None]
+            out[:, 1 : top + 1] = ramp * column
             if w >= span - 1:
                 return Scanned(out)
-            start = [init + w * s for s in steps]
+            start = [(init + w * s) * c for s, c in zip(steps, scales, strict=True)]
         else:
-            start = base
+            start = [v * c for v, c in zip(base, scales, strict=True)]
         rest = self.plateau.scan(start, metrics[w:], span - w)
         out[:, w:] = rest.lr
         return Scanned(out)

@@ -19,12 +19,21 @@ def _optimizer(lrs: list[float], **kwargs) -> torch.optim.Optimizer:
 
 
 def timm_reference(
-    spec: dict, lrs: list[float], n: int, metrics: list[float] | None = None
+    spec: dict,
+    lrs: list[float],
+    n: int,
+    metrics: list[float] | None = None,
+    scales: list[float | None] | None = None,
 ) -> np.ndarray:
-    """Return lr per group (groups, n) of timm's create_scheduler_v2, driven as train.py does."""
+    """Return lr per group (groups, n) of timm's create_scheduler_v2, driven as train.py does;
+    ``scales``: each group's ``lr_scale`` (None: the group has none), as timm's layer-wise lr
+    decay sets it on the optimizer's groups."""
     timm_scheduler = import_submodule_only("timm", "scheduler")
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     opt = _optimizer(lrs)
+    for group, scale in zip(opt.param_groups, scales or [], strict=False):
+        if scale is not None:
+            group["lr_scale"] = scale
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scheduler, _ = timm_scheduler.create_scheduler_v2(opt, **kwargs)

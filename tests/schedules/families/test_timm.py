@@ -6,10 +6,13 @@ engine steps timm itself (bit-identical); the vectorized engine evaluates our cl
 (within 1e-9 relative).
 """
 
+import random
+
 import numpy as np
 import pytest
 
 from service.schedules.families.timm import SCHEDS
+from tests.problems import assert_problem
 from tests.schedules.families.api import compute, groups_for, lr
 from tests.schedules.families.references import timm_reference
 
@@ -287,3 +290,148 @@ def test_every_sched_has_three_cases():
     for spec, _, _ in [*CASES.values(), *PLATEAU.values()]:
         counts[spec["sched"]] = counts.get(spec["sched"], 0) + 1
     assert {s: counts.get(s, 0) for s in SCHEDS if counts.get(s, 0) < 3} == {}
+
+
+# --------------------------------------------------------------------------- lr_scale
+
+
+def _random_spec(rng: random.Random, sched: str, seed: int) -> tuple[dict, int]:
+    """Return a valid timm spec of ``sched`` with random arguments, and a step count."""
+    spec: dict = {"sched": sched, "num_epochs": rng.randint(4, 16)}
+    spec["warmup_epochs"] = rng.choice([0, 0, 1, 3])
+    spec["warmup_lr"] = rng.choice([1e-5, 0.0, 0.003])
+    if sched != "plateau":
+        spec["warmup_prefix"] = rng.random() < 0.3
+        if rng.random() < 0.3:
+            spec.update(step_on_epochs=False, updates_per_epoch=rng.randint(2, 4))
+    if rng.random() < 0.4:
+        spec.update(noise=rng.choice([0.3, [0.2, 0.7]]), noise_seed=rng.randint(0, 99))
+    if sched in ("cosine", "tanh", "poly"):
+        spec.update(
+            cycle_limit=rng.randint(1, 3),
+            cycle_mul=rng.choice([1.0, 1.5]),
+            cycle_decay=0.5,
+            min_lr=rng.choice([0.0, 1e-3]),
+        )
+        if sched != "tanh":
+            spec["k_decay"] = rng.choice([1.0, 2.0])
+        if sched == "poly":
+            spec["decay_rate"] = rng.choice([0.5, 2.0])
+    elif sched == "step":
+        spec.update(decay_epochs=rng.choice([1, 2.5, 4]), decay_rate=rng.choice([0.5, 0.8]))
+    elif sched == "multistep":
+        spec["decay_milestones"] = sorted(rng.sample(range(1, 12), 3))
+    elif sched == "plateau":  # every seed its own: without and with a warmup, and noise
+        spec["warmup_epochs"] = (0, 2)[seed % 2]
+        spec["noise"] = (None, [0.3, 0.8])[seed // 2 % 2]
+        spec.update(
+            patience_epochs=rng.randint(0, 2),
+            plateau_mode=rng.choice(["min", "max"]),
+            decay_rate=rng.choice([0.1, 0.5]),
+            min_lr=rng.choice([0.0, 0.004]),
+        )
+    elif sched in ("wsd", "rsqrt"):
+        spec["warmup_epochs"] = rng.randint(1, 3)
+        spec.update(decay_epochs=rng.choice([None, 0.5, 2]), min_lr=rng.choice([0.0, 1e-3]))
+        spec["decay_fn"] = rng.choice([None, "linear", "cosine", "exp"])
+    length = spec["num_epochs"] * spec.get("updates_per_epoch", 1)
+    return spec, length + rng.randint(2, 8)
+
+
+def _scaled_groups(lrs: list[float], scales: list[float | None]) -> dict:
+    groups = groups_for(lrs)
+    for group, scale in zip(groups["param_groups"], scales, strict=True):
+        if scale is not None:
+            group["lr_scale"] = scale
+    return groups
+
+
+LR_SCALE_CASES = [
+    (sched, seed) for sched in SCHEDS for seed in range(4 if sched == "plateau" else 2)
+]
+
+
+@pytest.mark.parametrize(("sched", "seed"), LR_SCALE_CASES, ids=lambda v: str(v))
+def test_lr_scale_is_multiplied_in_as_timm_does(client, sched, seed):
+    """Layer-wise lr decay: each group's ``lr_scale`` on a real optimizer, stepped by timm; the
+    torch engine is timm's bits, the vectorized engine too for plateau (its scan) and within
+    the closed forms' 1e-9 for the rest; a group without lr_scale is unscaled."""
+    rng = random.Random(f"{sched}-{seed}")
+    spec, n = _random_spec(rng, sched, seed)
+    scheduler = {"type": "timm", **spec}
+    lrs = [rng.choice([0.1, 0.05, 0.3]) for _ in range(3)]
+    scales = [0.65**2, 0.65, None] if seed % 2 == 0 else [0.0, rng.uniform(0.1, 2.0), 1.0]
+    metrics = [round(rng.uniform(0.5, 1.0), 2) for _ in range(n - 1)] if sched == "plateau" else []
+    extra = {"metrics": metrics} if metrics else {}
+    expected = timm_reference(scheduler, lrs, n, metrics=metrics or None, scales=scales)
+    unscaled = timm_reference(scheduler, lrs, n, metrics=metrics or None)
+    assert not np.array_equal(expected, unscaled)  # the scale changes timm's values
+    groups = _scaled_groups(lrs, scales)
+    torch_body = compute(client, scheduler, n, "torch", **groups, **extra)
+    assert lr(torch_body).tobytes() == expected.tobytes()
+    vectorized = compute(client, scheduler, n, "vectorized", **groups, **extra)
+    if sched == "plateau":
+        assert lr(vectorized).tobytes() == expected.tobytes()
+    else:
+        np.testing.assert_allclose(lr(vectorized), expected, rtol=1e-9, atol=0)
+    assert (
+        lr(vectorized)[2].tobytes()
+        == lr(compute(client, scheduler, n, "vectorized", **groups_for(lrs), **extra))[2].tobytes()
+    )
+
+
+def test_lr_scale_in_a_batch_is_each_request_own(client):
+    """Requests that differ only in lr_scale are stacked by the vectorized engine: each
+    slot is its own request's values."""
+    scheduler = {"type": "timm", "sched": "cosine", "num_epochs": 10, "warmup_epochs": 2}
+    bodies = [
+        {"scheduler": scheduler, "steps": 12, "engine": "vectorized", **_scaled_groups(lrs, s)}
+        for lrs, s in [
+            ([0.1, 0.2], [0.5, None]),
+            ([0.1, 0.2], [0.25, 3.0]),
+            ([0.1, 0.2], [None, None]),
+        ]
+    ]
+    r = client.post("/v1/schedules/batch", json={"requests": bodies})
+    assert r.status_code == 200, r.text
+    for body, slot in zip(bodies, r.json()["results"], strict=True):
+        scales = [g.get("lr_scale") for g in body["param_groups"]]
+        expected = timm_reference(scheduler, [0.1, 0.2], 12, scales=scales)
+        np.testing.assert_allclose(slot["result"]["lr"], expected, rtol=1e-9, atol=0)
+
+
+def test_lr_scale_in_a_sequential_lr_scales_only_timm_segment(client):
+    """timm after torch's LinearLR in a SequentialLR: only timm multiplies lr_scale in;
+    both engines agree."""
+    scheduler = {
+        "type": "SequentialLR",
+        "milestones": [3],
+        "schedulers": [
+            {"type": "LinearLR", "start_factor": 0.5, "total_iters": 3},
+            {"type": "timm", "sched": "cosine", "num_epochs": 8, "noise": 0.5},
+        ],
+    }
+    groups = _scaled_groups([0.1, 0.2], [0.5, None])
+    torch_lr = lr(compute(client, scheduler, 12, "torch", **groups))
+    vec_lr = lr(compute(client, scheduler, 12, "vectorized", **groups))
+    np.testing.assert_allclose(vec_lr, torch_lr, rtol=1e-9, atol=0)
+    plain = lr(compute(client, scheduler, 12, "torch", **groups_for([0.1, 0.2])))
+    assert torch_lr[:, :3].tobytes() == plain[:, :3].tobytes()  # LinearLR ignores it
+    np.testing.assert_allclose(torch_lr[0, 3:], plain[0, 3:] * 0.5, rtol=1e-15)
+    assert torch_lr[1].tobytes() == plain[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "scale", "words"),
+    [
+        ({"type": "StepLR", "step_size": 3}, 0.5, "only timm's schedulers read lr_scale"),
+        ({"type": "timm", "sched": "cosine", "num_epochs": 5}, -0.5, "lr_scale=-0.5 is negative"),
+        ({"type": "timm", "sched": "cosine", "num_epochs": 5}, "half", "is not a number"),
+    ],
+    ids=["not-timm", "negative", "not-a-number"],
+)
+def test_lr_scale_timm_cannot_use_is_refused(client, scheduler, scale, words):
+    body = {"scheduler": scheduler, "steps": 5, "param_groups": [{"lr": 0.1, "lr_scale": scale}]}
+    r = client.post("/v1/schedules/compute", json=body)
+    assert_problem(r, 422, None, words)
+    assert r.json()["errors"][0]["loc"][:2] == ["body", "param_groups"]
