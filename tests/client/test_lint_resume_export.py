@@ -1,6 +1,7 @@
 """The client's lint, resume-from-a-saved-state and export methods against the real server,
 checked against real torch schedulers run here; and their requests on the wire."""
 
+import asyncio
 import contextlib
 import io
 import json
@@ -8,7 +9,14 @@ import json
 import httpx
 import pytest
 import torch
-from lrs_client import EXPORT_TARGETS, Client, InvalidSpec, ProblemError
+from lrs_client import (
+    EXPORT_TARGETS,
+    AsyncClient,
+    Client,
+    ConnectionFailed,
+    InvalidSpec,
+    ProblemError,
+)
 
 from service.schedules.routes.export import EXAMPLES as EXPORT_EXAMPLES
 
@@ -158,11 +166,19 @@ def test_the_upload_on_the_wire_and_a_503_retry_resends_it_whole():
     assert b'name="spec"\r\n\r\n' + json.dumps(spec).encode() in body
     assert b'name="next_steps"\r\n\r\n4' in body
 
+    async def upload():  # the async client builds the same form
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://lrs.test", transport=transport, backoff=0) as c:
+            return await c.resume(spec, state_file=b"PT-BYTES", next_steps=4)
+
+    assert asyncio.run(upload()) == {"ok": True}
+    kind, _, boundary = seen[-1].headers["content-type"].partition("; boundary=")
+    assert seen[-1].read().replace(boundary.encode(), b"BOUNDARY") == body
+
 
 def test_one_retry_policy_for_both_clients():
     """Dropped connections and 503 are retried for idempotent calls only; a refused
     connection for every call; at most `retries` times."""
-    from lrs_client import AsyncClient, ConnectionFailed
 
     def run(error, path_ok=None, retries=2):
         calls = []
@@ -191,8 +207,6 @@ def test_one_retry_policy_for_both_clients():
                         await call()
                     except (ConnectionFailed, ProblemError) as exc:
                         outcomes.append(type(exc).__name__)
-
-        import asyncio
 
         asyncio.run(arun())
         return calls, outcomes
