@@ -8,7 +8,7 @@ with Client("http://127.0.0.1:8000") as lrs:
 
 __version__ = "0.1.0"
 
-from lrs_client.client import AsyncClient, Client
+from lrs_client.client import EXPORT_TARGETS, AsyncClient, Client
 from lrs_client.errors import (
     Conflict,
     ConnectionFailed,
@@ -34,6 +34,7 @@ from lrs_client.models import (
 )
 
 __all__ = [
+    "EXPORT_TARGETS",
     "AsyncClient",
     "BatchSlot",
     "Catalog",

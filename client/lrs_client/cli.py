@@ -1,6 +1,7 @@
 """``lrs``: the LR schedule service from a terminal.
 
-Exit codes: 0 ok, 1 a followed job did not succeed, 2 usage (bad option, unreadable spec),
+Exit codes: 0 ok, 1 a followed job did not succeed (or ``lint --fail-on-findings`` found
+something), 2 usage (bad option, unreadable spec),
 3 the service refused the request (its problem detail is printed), 4 the service cannot be
 reached. ``--url`` / ``$LRS_URL`` and ``--api-key`` / ``$LRS_API_KEY`` choose the service.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,14 @@ from rich.progress import (
 from rich.table import Table
 
 from lrs_client import __version__
-from lrs_client.client import DEFAULT_URL, Client
+from lrs_client.client import DEFAULT_URL, EXPORT_TARGETS, Client
 from lrs_client.errors import ConnectionFailed, ProblemError
 from lrs_client.models import Job, Schedule
 from lrs_client.plot import text_plot
 
 OK, JOB_FAILED, USAGE, REFUSED, UNREACHABLE = 0, 1, 2, 3, 4
+FINDINGS = JOB_FAILED
+"""``lrs lint --fail-on-findings`` found something: 1, as linters exit."""
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -448,31 +453,140 @@ def cmd_health(client: Client, args: argparse.Namespace, extras: Sequence[str]) 
     return OK
 
 
-def cmd_post(kind: str) -> Callable[[Client, argparse.Namespace, Sequence[str]], int]:
-    def run(client: Client, args: argparse.Namespace, extras: Sequence[str]) -> int:
-        if kind == "export":
-            sys.stdout.write(client.export(_read_spec(args.spec), args.target))
-            return OK
-        if kind == "lint":
-            findings = client.lint(_read_spec(args.spec))
-            if args.json:
-                _print_json(findings)
-            for f in [] if args.json else findings:
-                step = f" (step {f['step']})" if f.get("step") is not None else ""
-                out.print(f"{f.get('code')}: {f.get('message')}{step}", markup=False)
-                if f.get("see"):
-                    out.print(f"  see {f['see']}", markup=False)
-            if not findings and not args.json:
-                out.print("no findings")
-            return OK
-        if kind == "compare":
-            result = client.compare([_read_spec(s) for s in args.specs], labels=args.labels)
-        else:
-            result = client.resume(_read_spec(args.spec), args.at)
+def cmd_export(client: Client, args: argparse.Namespace, extras: Sequence[str]) -> int:
+    script = client.export(_read_spec(args.spec), args.target, checkpoint=args.checkpoint)
+    if args.out:
+        _save(args.out, script)
+    else:
+        sys.stdout.write(script)
+    return OK
+
+
+def cmd_lint(client: Client, args: argparse.Namespace, extras: Sequence[str]) -> int:
+    findings = client.lint(_read_spec(args.spec))
+    failed = FINDINGS if args.fail_on_findings and findings else OK
+    if args.json:
+        _print_json(findings)
+        return failed
+    if not findings:
+        out.print("no findings")
+        return OK
+    sys.stdout.write(_findings_table(findings, shutil.get_terminal_size().columns))
+    kinds: dict[str, int] = {}
+    for f in findings:
+        kinds[str(f.get("kind"))] = kinds.get(str(f.get("kind")), 0) + 1
+    counted = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    plural = "s" if len(findings) > 1 else ""
+    sys.stdout.write(f"{len(findings)} finding{plural} ({counted})\n")
+    return failed
+
+
+def _findings_table(findings: list[dict[str, Any]], width: int) -> str:
+    """Columns step, code, kind, message; the message wrapped to the terminal, its see link
+    on a line of its own and never broken (a link cut in two cannot be opened)."""
+    rows = [
+        ("" if f.get("step") is None else str(f["step"]), str(f.get("code", "")),
+         str(f.get("kind", "")), str(f.get("message", "")), f.get("see"))
+        for f in findings
+    ]  # fmt: skip
+    heads = ("step", "code", "kind")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    indent = sum(widths) + 2 * len(widths)
+    room = max(30, width - indent - 1)
+
+    def line(step: str, code: str, kind: str, text: str) -> str:
+        cells = f"{step:>{widths[0]}}  {code:<{widths[1]}}  {kind:<{widths[2]}}  "
+        return (cells + text).rstrip() + "\n"
+
+    text = line(*heads, "message")
+    for step, code, kind, message, see in rows:
+        wrapped = textwrap.wrap(message, room, break_long_words=False) or [""]
+        if see:
+            wrapped.append(f"see {see}")
+        text += line(step, code, kind, wrapped[0])
+        text += "".join(line("", "", "", more) for more in wrapped[1:])
+    return text
+
+
+def _read_state(path: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """A state file: .json is a state_dict() as JSON (sent in the body), anything else a .pt
+    (uploaded as it is)."""
+    if path.suffix.lower() == ".json":
+        state = _read_spec(str(path))
+        if not isinstance(state, dict):
+            raise UsageError(f"{path} must hold a scheduler's state_dict() as a JSON object")
+        return state, None
+    if not path.is_file():
+        raise UsageError(f"cannot read {path}: no such file")
+    return None, path
+
+
+def cmd_resume(client: Client, args: argparse.Namespace, extras: Sequence[str]) -> int:
+    spec = _read_spec(args.spec)
+    if (args.at is None) == (args.state is None):
+        raise UsageError("give --at K (where the run stopped) or --state FILE (its saved state)")
+    if args.state is None and args.next_steps is not None:
+        raise UsageError("--next-steps goes with --state (with --at the answer runs to the end)")
+    if args.state is not None and args.recipes:
+        raise UsageError("--recipes goes with --at (a --state is loaded as it was saved)")
+    if args.state is not None:
+        state, upload = _read_state(args.state)
+        result = client.resume(spec, state=state, state_file=upload, next_steps=args.next_steps)
+    else:
+        fields = {"recipes": args.recipes} if args.recipes else {}
+        result = client.resume(spec, args.at, **fields)
+    if args.json:
         _print_json(result)
         return OK
+    _show_resume(result)
+    return OK
 
-    return run
+
+def _show_resume(result: dict[str, Any]) -> None:
+    steps = result.get("steps") or []
+    recipes = result.get("recipes") or {}
+    uninterrupted = result.get("uninterrupted")
+    check = result.get("state")
+    if check is not None:
+        out.print(f"state ({check.get('source')}): last_epoch {check.get('last_epoch')}; "
+                  f"{check.get('verdict')}", markup=False)  # fmt: skip
+        for d in check.get("differences") or []:
+            out.print(f"  {d.get('key')}: {json.dumps(d.get('state'))} (uninterrupted "
+                      f"{json.dumps(d.get('uninterrupted'))})", markup=False)  # fmt: skip
+        resumed = (recipes.get("state") or {}).get("lr")
+        table = Table(box=None, header_style="bold")
+        table.add_column("step", justify="right")
+        groups = len(resumed or uninterrupted or [])
+        for g in range(groups):
+            tag = "" if groups == 1 else f"[{g}]"
+            table.add_column(f"lr{tag}", justify="right")
+            table.add_column(f"uninterrupted{tag}", justify="right")
+        for i in _rows(len(steps)):
+            cells = [str(steps[i])]
+            for g in range(groups):
+                for series in (resumed, uninterrupted):
+                    cells.append("" if series is None else f"{series[g][i]:.6g}")
+            table.add_row(*cells)
+        out.print(table)
+        shown = len(_rows(len(steps)))
+        if shown < len(steps):
+            out.print(f"({shown} of {len(steps)} steps shown; --json for all)")
+    else:
+        out.print(f"resumed at step {result.get('resume_at')}")
+        table = Table(box=None, header_style="bold")
+        for name in ("recipe", "first difference", "verdict"):
+            table.add_column(name)
+        for name, r in recipes.items():
+            first = r.get("first_difference")
+            table.add_row(name, "" if first is None else str(first), str(r.get("verdict")))
+        out.print(table, markup=False)
+    for warning in result.get("warnings") or []:
+        err.print(f"warning: {warning}", style="yellow", markup=False)
+
+
+def cmd_compare(client: Client, args: argparse.Namespace, extras: Sequence[str]) -> int:
+    _print_json(client.compare([_read_spec(s) for s in args.specs], labels=args.labels))
+    return OK
 
 
 # ------------------------------------------------------------------ parser
@@ -508,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrs",
         description="Learning-rate schedules computed with PyTorch's real schedulers, from "
         "the LR schedule service.",
-        epilog="exit codes: 0 ok, 1 job not succeeded, 2 usage, 3 refused, 4 unreachable",
+        epilog="exit codes: 0 ok, 1 job not succeeded or lint findings with --fail-on-findings, "
+        "2 usage, 3 refused, 4 unreachable",
     )
     parser.add_argument("--version", action="version", version=f"lrs {__version__}")
     _common(parser, suppress=False)
@@ -546,17 +661,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dropout", "run a dropout layer on a spec file", cmd_dropout)
     p.add_argument("spec")
 
-    p = add("export", "a runnable script that builds the spec's schedule", cmd_post("export"))
+    p = add("export", "a runnable script that builds the spec's schedule", cmd_export)
     p.add_argument("spec")
-    p.add_argument("--target", default="torch")
-    p = add("lint", "findings about a spec", cmd_post("lint"))
+    p.add_argument(
+        "--target", default="torch", metavar="TARGET",
+        help=f"the library the script uses: {', '.join(EXPORT_TARGETS)} (default torch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint", action="store_true",
+        help="torch, transformers: the script also saves and reloads the state halfway",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, help="write the script to this file")
+    p = add("lint", "findings about a spec: what bites, at which step, and a link", cmd_lint)
     p.add_argument("spec")
-    p = add("compare", "several specs side by side", cmd_post("compare"))
+    p.add_argument(
+        "--fail-on-findings", action="store_true",
+        help=f"exit {FINDINGS} when there is any finding (for CI); default: exit 0",
+    )  # fmt: skip
+    p = add("compare", "several specs side by side", cmd_compare)
     p.add_argument("specs", nargs="+")
     p.add_argument("--labels", nargs="+")
-    p = add("resume", "what resuming at a step gives, per recipe", cmd_post("resume"))
+    p = add(
+        "resume",
+        "what resuming at a step gives, per recipe; or the next lrs from a saved state",
+        cmd_resume,
+    )
     p.add_argument("spec")
-    p.add_argument("--at", type=int, required=True, help="the optimizer step to resume at")
+    p.add_argument("--at", type=int, help="the optimizer step to resume at")
+    p.add_argument(
+        "--state", type=Path,
+        help="a scheduler's saved state: a .pt of torch.save(scheduler.state_dict()) "
+        "(uploaded), or its state_dict() as .json",
+    )  # fmt: skip
+    p.add_argument("--next-steps", type=int, help="with --state: how many steps to answer")
+    p.add_argument("--recipes", nargs="+", help="with --at: state_dict, last_epoch, fast_forward")
 
     add("info", "versions, devices and limits in force", cmd_info)
     add("health", "is the service alive and ready", cmd_health)

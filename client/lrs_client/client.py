@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -57,6 +57,12 @@ MEDIA = {
     "png": "image/png",
 }
 
+EXPORT_TARGETS = ("torch", "lightning", "transformers", "timm", "optax", "megatron")
+"""The libraries ``export`` writes scripts for (the service's ``target`` values)."""
+
+StateFile = str | os.PathLike | bytes | bytearray | BinaryIO
+"""A scheduler state ``.pt`` for ``resume``: a path, its bytes, or a binary file object."""
+
 _RETRY_ALWAYS = (httpx.ConnectError, httpx.ConnectTimeout)
 _RETRY_IDEMPOTENT = (
     httpx.ReadError,
@@ -79,6 +85,17 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     idempotent: bool = True
     progress: Progress | None = None
+    data: dict[str, str] | None = None
+    """Form fields: with ``files``, the body is multipart/form-data."""
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    """Files to upload as ``(filename, content, media type)``, in memory so a retry resends
+    them whole."""
+
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        return http.build_request(
+            self.method, self.path, params=self.params, json=self.json, data=self.data,
+            files=self.files, headers=self.headers,
+        )  # fmt: skip
 
 
 def _load_npy(content: bytes) -> Any:
@@ -93,6 +110,20 @@ def _spec(spec: Any) -> Any:
     if hasattr(spec, "model_dump"):
         return spec.model_dump(mode="json", exclude_none=True)
     return spec
+
+
+def _state_file(source: StateFile) -> tuple[str, bytes]:
+    """The upload's file name and bytes (read now: a retry sends them again)."""
+    if isinstance(source, bytes | bytearray):
+        return "state.pt", bytes(source)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        return path.name, path.read_bytes()
+    content = source.read()
+    if not isinstance(content, bytes):
+        raise TypeError("state_file must be opened in binary mode ('rb')")
+    name = getattr(source, "name", None)
+    return (Path(name).name if isinstance(name, str) else "state.pt"), content
 
 
 def _job_id(job: Job | str) -> str:
@@ -134,10 +165,33 @@ class _Base:
         base = min(self.max_backoff, self.backoff * (2**attempt))
         return base * (0.5 + random.random() / 2)
 
-    def _retryable(self, exc: Exception, call: _Call) -> bool:
-        return isinstance(exc, _RETRY_ALWAYS) or (
-            call.idempotent and isinstance(exc, _RETRY_IDEMPOTENT)
-        )
+    def _retry_delay(
+        self, call: _Call, attempt: int, outcome: httpx.Response | httpx.TransportError
+    ) -> float | None:
+        """The one retry policy of both clients: seconds to wait before trying ``call`` again
+        after ``outcome`` (a response, or the transport error the attempt raised), or None when
+        ``outcome`` is the answer. A refused connection is retried for every call (nothing was
+        sent); other transport errors and a 503 only for idempotent calls; at most
+        ``retries`` times."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(outcome, httpx.TransportError):
+            if isinstance(outcome, _RETRY_ALWAYS) or (
+                call.idempotent and isinstance(outcome, _RETRY_IDEMPOTENT)
+            ):
+                return self._delay(attempt)
+            return None
+        if outcome.status_code == 503 and call.idempotent:
+            return self._delay(attempt, outcome)
+        return None
+
+    def _answer(self, call: _Call, outcome: httpx.Response | httpx.TransportError) -> Any:
+        """The call's result from its last outcome, or the error it raises."""
+        if isinstance(outcome, httpx.TransportError):
+            raise ConnectionFailed(self.url, outcome) from outcome
+        if outcome.status_code >= 400:
+            raise problem_from_response(outcome)
+        return call.parse(outcome)
 
     # ------------------------------------------------------------ schedules
 
@@ -276,12 +330,56 @@ class _Base:
             _Call("GET", "/v1/schedulers", lambda r: Catalog.from_json(r.json())[type])
         )
 
-    def resume(self, spec: Any, resume_at: int | None = None, **fields: Any) -> dict[str, Any]:
+    def resume(
+        self,
+        spec: Any,
+        resume_at: int | None = None,
+        *,
+        state: dict[str, Any] | None = None,
+        state_file: StateFile | None = None,
+        next_steps: int | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """``POST /v1/schedules/resume``: what each resume recipe gives against the
-        uninterrupted run."""
+        uninterrupted run, resuming at ``resume_at``; or, from a real scheduler's state, the
+        lr of the ``next_steps`` steps after it (``recipes["state"]``) beside the uninterrupted
+        run, and whether the state matches it (``state``).
+
+        The state is ``state`` (``scheduler.state_dict()`` as a JSON-able dict) or
+        ``state_file``: the ``.pt`` of ``torch.save(scheduler.state_dict(), f)`` (or a
+        checkpoint dict with a ``"scheduler"`` entry) as a path, its bytes or an open binary
+        file, uploaded as multipart/form-data; the service loads it with
+        ``torch.load(weights_only=True)``. Other ``fields`` (``recipes``, ``changed``) go in
+        the JSON body; an upload takes only ``spec`` and ``next_steps``."""
+        if state is not None and state_file is not None:
+            raise ValueError("give state (a dict) or state_file (a .pt), not both")
+        if state_file is not None:
+            if resume_at is not None or fields:
+                extra = ["resume_at"] if resume_at is not None else []
+                raise ValueError(
+                    "a state_file upload takes spec and next_steps only, not "
+                    + ", ".join(extra + sorted(fields))
+                )
+            name, content = _state_file(state_file)
+            data = {"spec": json.dumps(_spec(spec))}
+            if next_steps is not None:
+                data["next_steps"] = str(next_steps)
+            return self._run(
+                _Call(
+                    "POST",
+                    "/v1/schedules/resume",
+                    lambda r: r.json(),
+                    data=data,
+                    files={"state": (name, content, "application/octet-stream")},
+                )
+            )
         body = {"spec": _spec(spec), **fields}
         if resume_at is not None:
             body["resume_at"] = resume_at
+        if state is not None:
+            body["state"] = state
+        if next_steps is not None:
+            body["next_steps"] = next_steps
         return self._run(_Call("POST", "/v1/schedules/resume", lambda r: r.json(), json=body))
 
     def compare(self, specs: list[Any], labels: list[str] | None = None, **fields: Any):
@@ -291,20 +389,24 @@ class _Base:
             body["labels"] = labels
         return self._run(_Call("POST", "/v1/schedules/compare", lambda r: r.json(), json=body))
 
-    def export(self, spec: Any, target: str = "torch") -> str:
-        """``POST /v1/schedules/export``: a runnable script that builds the schedule."""
+    def export(self, spec: Any, target: str = "torch", *, checkpoint: bool = False) -> str:
+        """``POST /v1/schedules/export``: a runnable script that builds the schedule with
+        ``target`` (one of :data:`EXPORT_TARGETS`) and prints every optimizer step's lr per
+        group as JSON. ``checkpoint=True`` (torch, transformers): the script also runs the
+        resume-safe checkpoint recipe halfway. A spec the target cannot write raises
+        :class:`~lrs_client.errors.InvalidSpec` naming the targets that can."""
+        params: dict[str, Any] = {"target": target}
+        if checkpoint:
+            params["checkpoint"] = "true"
         return self._run(
-            _Call(
-                "POST",
-                "/v1/schedules/export",
-                lambda r: r.text,
-                params={"target": target},
-                json=_spec(spec),
-            )
+            _Call("POST", "/v1/schedules/export", lambda r: r.text, params=params, json=_spec(spec))
         )
 
     def lint(self, spec: Any) -> list[dict[str, Any]]:
-        """``POST /v1/schedules/lint``: the findings about a spec."""
+        """``POST /v1/schedules/lint``: the findings about a spec, each a dict with ``code``
+        (stable; docs/lint.md), ``message``, ``step`` (the optimizer step where it bites, or
+        None), ``see`` (a link explaining it) and ``kind`` (``caveat``: compute warns it too;
+        ``hazard``: it bites in a training loop; ``error``). ``[]``: nothing to know."""
         return self._run(
             _Call("POST", "/v1/schedules/lint", lambda r: r.json()["findings"], json=_spec(spec))
         )
@@ -504,30 +606,26 @@ class Client(_Base):
     def _run(self, call: _Call) -> Any:
         attempt = 0
         while True:
+            outcome = self._attempt(call)
+            delay = self._retry_delay(call, attempt, outcome)
+            if delay is None:
+                return self._answer(call, outcome)
+            time.sleep(delay)
+            attempt += 1
+
+    def _attempt(self, call: _Call) -> httpx.Response | httpx.TransportError:
+        """Send ``call`` once: its response with the body read, or the transport error."""
+        try:
+            response = self._http.send(call.request(self._http), stream=True)
             try:
-                request = self._http.build_request(
-                    call.method, call.path, params=call.params, json=call.json,
-                    headers=call.headers,
-                )  # fmt: skip
-                response = self._http.send(request, stream=True)
-                try:
-                    content = _read(response.iter_bytes(), response, call.progress)
-                finally:
-                    response.close()
-            except httpx.TransportError as exc:
-                if attempt < self.retries and self._retryable(exc, call):
-                    time.sleep(self._delay(attempt))
-                    attempt += 1
-                    continue
-                raise ConnectionFailed(self.url, exc) from exc
-            response = _done(response, content)
-            if response.status_code == 503 and call.idempotent and attempt < self.retries:
-                time.sleep(self._delay(attempt, response))
-                attempt += 1
-                continue
-            if response.status_code >= 400:
-                raise problem_from_response(response)
-            return call.parse(response)
+                reader = _Reader(response, call.progress)
+                for chunk in response.iter_bytes():
+                    reader.add(chunk)
+            finally:
+                response.close()
+        except httpx.TransportError as exc:
+            return exc
+        return _done(response, reader.content)
 
     def events(self, job: Job | str, *, last_event_id: int | None = None) -> Iterator[Event]:
         """``GET /v1/jobs/{id}/events`` once: the events after ``last_event_id`` until the
@@ -610,38 +708,26 @@ class AsyncClient(_Base):
     async def _run(self, call: _Call) -> Any:  # type: ignore[override]
         attempt = 0
         while True:
+            outcome = await self._attempt(call)
+            delay = self._retry_delay(call, attempt, outcome)
+            if delay is None:
+                return self._answer(call, outcome)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _attempt(self, call: _Call) -> httpx.Response | httpx.TransportError:
+        """Send ``call`` once: its response with the body read, or the transport error."""
+        try:
+            response = await self._http.send(call.request(self._http), stream=True)
             try:
-                request = self._http.build_request(
-                    call.method, call.path, params=call.params, json=call.json,
-                    headers=call.headers,
-                )  # fmt: skip
-                response = await self._http.send(request, stream=True)
-                try:
-                    chunks = []
-                    done = 0
-                    total = _length(response)
-                    async for chunk in response.aiter_bytes():
-                        chunks.append(chunk)
-                        done += len(chunk)
-                        if call.progress is not None:
-                            call.progress(done, total)
-                    content = b"".join(chunks)
-                finally:
-                    await response.aclose()
-            except httpx.TransportError as exc:
-                if attempt < self.retries and self._retryable(exc, call):
-                    await asyncio.sleep(self._delay(attempt))
-                    attempt += 1
-                    continue
-                raise ConnectionFailed(self.url, exc) from exc
-            response = _done(response, content)
-            if response.status_code == 503 and call.idempotent and attempt < self.retries:
-                await asyncio.sleep(self._delay(attempt, response))
-                attempt += 1
-                continue
-            if response.status_code >= 400:
-                raise problem_from_response(response)
-            return call.parse(response)
+                reader = _Reader(response, call.progress)
+                async for chunk in response.aiter_bytes():
+                    reader.add(chunk)
+            finally:
+                await response.aclose()
+        except httpx.TransportError as exc:
+            return exc
+        return _done(response, reader.content)
 
     async def events(
         self, job: Job | str, *, last_event_id: int | None = None
@@ -699,15 +785,24 @@ def _length(response: httpx.Response) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _read(chunks: Iterator[bytes], response: httpx.Response, progress: Progress | None) -> bytes:
-    total = _length(response)
-    parts, done = [], 0
-    for chunk in chunks:
-        parts.append(chunk)
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
-    return b"".join(parts)
+class _Reader:
+    """A response body as it arrives, with the download progress told of each chunk."""
+
+    def __init__(self, response: httpx.Response, progress: Progress | None) -> None:
+        self.total = _length(response)
+        self.progress = progress
+        self.parts: list[bytes] = []
+        self.done = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.parts.append(chunk)
+        self.done += len(chunk)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    @property
+    def content(self) -> bytes:
+        return b"".join(self.parts)
 
 
 def _done(response: httpx.Response, content: bytes) -> httpx.Response:

@@ -182,18 +182,87 @@ def test_batch_dropout_info_health_and_job_events_as_json(server, tmp_path):
     assert [e["data"] for e in events if e["event"] == "progress"][-1] == record["progress"]
 
 
-def test_lint_prints_each_finding_with_its_step_and_link(server, tmp_path):
+def test_lint_prints_a_table_of_findings_and_fails_only_when_asked(server, tmp_path):
     spec = tmp_path / "cosine.json"
     spec.write_text(
         json.dumps({"scheduler": {"type": "CosineAnnealingLR", "T_max": 40}, "steps": 100})
     )
     done = lrs(server, "lint", str(spec))
     assert done.returncode == 0, done.stderr
-    assert "cosine-rises-after-t-max: CosineAnnealingLR with T_max=40" in done.stdout
-    assert "(step 41)" in done.stdout
-    assert "see https://pytorch.org/docs/" in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["step", "code", "kind", "message"]
+    row = next(line for line in lines if "cosine-rises-after-t-max" in line)
+    assert row.split()[:3] == ["41", "cosine-rises-after-t-max", "caveat"]
+    assert "CosineAnnealingLR with T_max=40 runs for" in " ".join(done.stdout.split())
+    # the link stays whole on its own line, whatever the terminal's width
+    assert re.search(r"^ +see https://pytorch\.org/docs/\S+CosineAnnealingLR\.html$",
+                     done.stdout, re.M)  # fmt: skip
+    assert re.search(r"^\d+ findings? \(", lines[-1])
+
+    assert lrs(server, "lint", str(spec), "--fail-on-findings").returncode == 1
+    raw = lrs(server, "lint", str(spec), "--json", "--fail-on-findings")
+    assert raw.returncode == 1
+    findings = json.loads(raw.stdout)
+    assert findings[0]["code"] == "cosine-rises-after-t-max" and findings[0]["step"] == 41
+
     clean = tmp_path / "clean.json"
     clean.write_text(
         json.dumps({"scheduler": {"type": "LambdaLR", "lr_lambda": "0.9 ** epoch"}, "steps": 10})
     )
-    assert lrs(server, "lint", str(clean)).stdout.strip() == "no findings"
+    passed = lrs(server, "lint", str(clean), "--fail-on-findings")
+    assert passed.returncode == 0 and passed.stdout.strip() == "no findings"
+    assert json.loads(lrs(server, "lint", str(clean), "--json").stdout) == []
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"scheduler": {"type": "StepLR", "step_size": -1}, "steps": 5}))
+    refused = lrs(server, "lint", str(bad))
+    assert refused.returncode == 3 and "step_size" in refused.stderr
+
+
+def test_resume_from_a_saved_pt_and_export_targets(server, tmp_path):
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), tmp_path / "state.pt")
+    (tmp_path / "state.json").write_text(json.dumps(sched.state_dict()))
+    following = []
+    for _ in range(5):
+        following.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    spec = tmp_path / "step.json"
+    spec.write_text(
+        json.dumps({"scheduler": {"type": "StepLR", "step_size": 3, "gamma": 0.5}, "steps": 10})
+    )
+    pt = tmp_path / "state.pt"
+    raw = lrs(server, "resume", str(spec), "--state", str(pt), "--next-steps", "5", "--json")
+    assert raw.returncode == 0, raw.stderr
+    answer = json.loads(raw.stdout)
+    assert answer["recipes"]["state"]["lr"][0] == following
+    assert answer["state"]["source"] == "pt"
+    as_json = lrs(server, "resume", str(spec), "--state", str(tmp_path / "state.json"),
+                  "--next-steps", "5", "--json")  # fmt: skip
+    assert json.loads(as_json.stdout)["recipes"] == answer["recipes"]
+
+    table = lrs(server, "resume", str(spec), "--state", str(pt), "--next-steps", "5")
+    assert table.returncode == 0, table.stderr
+    assert "state (pt): last_epoch 4" in table.stdout
+    rows = [line.split() for line in table.stdout.splitlines()[2:]]
+    assert [float(r[1]) for r in rows] == following
+    recipes = lrs(server, "resume", str(spec), "--at", "5")
+    assert recipes.returncode == 0 and "state_dict" in recipes.stdout
+    assert "identical" in recipes.stdout
+    assert lrs(server, "resume", str(spec)).returncode == 2  # neither --at nor --state
+    assert lrs(server, "resume", str(spec), "--state", str(tmp_path / "no.pt")).returncode == 2
+
+    exported = lrs(server, "export", str(spec), "--target", "lightning")
+    assert exported.returncode == 0 and "configure_optimizers" in exported.stdout
+    saved = tmp_path / "train.py"
+    assert lrs(server, "export", str(spec), "--checkpoint", "--out", str(saved)).returncode == 0
+    assert "load_state_dict" in saved.read_text()
+    wrong = lrs(server, "export", str(spec), "--target", "optax")
+    assert wrong.returncode == 3 and "torch" in wrong.stderr  # the targets that can

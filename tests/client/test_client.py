@@ -253,8 +253,10 @@ def test_metrics_counts_match_the_traffic_sent(lrs, server, prom_dir):
     listed = lrs.list_jobs("succeeded", page_size=100).jobs
     assert jobs["succeeded"] == len(listed)
     assert after[("lrs_job_workers_up", ())] == 1
-    # both worker processes wrote samples, and every scrape above added them up
-    assert len({p.name.rsplit("_", 1)[-1] for p in prom_dir.glob("counter_*.db")}) == 2
+    # both worker processes wrote samples, and every scrape above added them up (uvicorn's
+    # supervisor may replace a worker that misses its health ping on a loaded machine, which
+    # leaves the old pid's file beside the new one's)
+    assert len({p.name.rsplit("_", 1)[-1] for p in prom_dir.glob("counter_*.db")}) >= 2
 
 
 def test_second_wave_methods_send_the_contracts_requests():
