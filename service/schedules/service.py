@@ -8,6 +8,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -359,12 +360,16 @@ class _Plan:
             return _vectorized_computed(self.counted, self.program.result(k))
         result = None
         if self.fast is not None and self.dense:
-            if self.indices is None:
-                indices = sched_index = np.empty(self.program.n, dtype=np.int64)
-                result = self.fast.evaluate(None, indices)
-            else:
-                indices, sched_index = self.indices, self.indices
+            n = self.program.n
+            if self.indices is not None:
+                indices = sched_index = self.indices
                 result = self.fast.evaluate(None)
+            elif n <= DENSE_INDICES_MAX:
+                indices = sched_index = _dense_indices(n)
+                result = self.fast.evaluate(None)
+            else:
+                indices = sched_index = np.empty(n, dtype=np.int64)
+                result = self.fast.evaluate(None, indices)
         else:
             indices, sched_index = self.steps()
             if self.fast is not None and self.sorted_steps:
@@ -398,6 +403,16 @@ class _Plan:
         if not self.weight_decay:
             return None
         return libraries.weight_decay(self.request, np.array(sched_index))
+
+
+DENSE_INDICES_MAX = 1 << 21
+"""Steps ``0..n-1`` up to this long are made once per ``n`` (a few lengths kept, read-only,
+shared by every response of that length); longer ones are written by the kernel's threads."""
+
+
+@lru_cache(maxsize=4)
+def _dense_indices(n: int) -> np.ndarray:
+    return _read_only(np.arange(n, dtype=np.int64))
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:
