@@ -8,6 +8,8 @@ batch-wide limits (``LRS_BATCH_MAX_SPECS``; values returned, points × groups, a
 starts, so a slot over a limit fails alone and the response size is known to be bounded.
 """
 
+import io
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import errors
 from service.errors import InvalidSpec, LimitExceeded, ServiceError
-from service.negotiation import npy_bytes
 from service.schedules import budget, formats, service, specs
 from service.schedules.result import Computed, ScheduleResult
 from service.settings import Settings
@@ -280,5 +281,23 @@ def to_npy(items: list[dict[str, Any]], settings: Settings) -> bytes:
             + "; npy needs one shape for all. Use format=json.",
             loc=("body", "requests"),
         )
-    stacked = np.stack([slot.lr for slot in slots]).astype(np.float64, copy=False)  # type: ignore[union-attr]
-    return npy_bytes(stacked)
+    return stacked_npy([slot.lr for slot in slots])  # type: ignore[union-attr]
+
+
+def stacked_npy(rows: list[np.ndarray]) -> bytes:
+    """Return ``np.stack(rows)`` (float64) as ``.npy`` bytes, the bytes ``npy_bytes`` gives,
+    stacked straight into the body (one copy of the values and the final bytes, instead of
+    np.save's chunks through a growing buffer: 80 MB for a batch of 1000 × 10k)."""
+    shape = (len(rows), *rows[0].shape)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)), "fortran_order": False,
+         "shape": shape},
+    )  # fmt: skip
+    head = header.getvalue()
+    body = bytearray(len(head) + 8 * math.prod(shape))
+    body[: len(head)] = head
+    values = np.frombuffer(body, dtype=np.float64, offset=len(head)).reshape(shape)
+    np.stack(rows, out=values, casting="same_kind")
+    return bytes(body)

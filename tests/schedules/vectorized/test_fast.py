@@ -218,3 +218,14 @@ def test_a_batch_compiles_specs_differing_only_in_lr_twice(monkeypatch, body):
         if alone.momentum is not None:
             assert slot.momentum is not None
             assert slot.momentum.tobytes() == alone.momentum.tobytes()
+
+
+def test_a_stacked_npy_body_is_what_np_save_writes():
+    from service.negotiation import npy_bytes
+    from service.schedules.batch import stacked_npy
+
+    rng = np.random.default_rng(1)
+    rows = [rng.random((2, 777)) for _ in range(5)]
+    assert stacked_npy(rows) == npy_bytes(np.stack(rows))
+    rows32 = [r.astype(np.float32) for r in rows]  # float32 rows are widened, as astype did
+    assert stacked_npy(rows32) == npy_bytes(np.stack(rows32).astype(np.float64))
