@@ -36,8 +36,9 @@ from service.schedules.vectorized.composition import Sequential
 from service.schedules.vectorized.evaluation import Program, _all_finite
 from service.schedules.vectorized.formulas import Cosine, Lambda, Leaf, Linear
 
-CHUNK = 1 << 14
-"""Values per chunk (128 KB of float64 per temporary: a few of them stay in L2)."""
+CHUNK = 1 << 15
+"""Values per chunk (256 KB of float64 per temporary: the few a chunk uses stay in L2;
+measured on 1M steps, 2 threads: 16k values 4.2 ms, 32k 3.7 ms, 64k 3.75 ms)."""
 THREADS_MIN = 1 << 18
 """Dense schedules of at least this many values per group are split across threads."""
 THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -251,7 +252,10 @@ class Kernel:
                 piece.fill(e, out, tmp[: d - c])
                 finite = finite and math.isfinite(float(out.sum()))
                 if steps is not None:
-                    np.add(_INT_STEPS[: d - c], c, out=steps[c:d])
+                    if d - c <= _INT_STEPS.size:
+                        np.add(_INT_STEPS[: d - c], c, out=steps[c:d])
+                    else:
+                        steps[c:d] = np.arange(c, d, dtype=np.int64)
         return finite
 
 
