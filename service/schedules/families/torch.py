@@ -525,16 +525,7 @@ class ReduceLROnPlateau(SchedulerBase):
         """Return torch's state machine with this spec's arguments, for ``groups`` groups."""
         from service.schedules.vectorized import plateau
 
-        return plateau.PlateauRule(
-            mode=self.mode,
-            factor=self.factor,
-            patience=self.patience,
-            threshold=self.threshold,
-            threshold_mode=self.threshold_mode,
-            cooldown=self.cooldown,
-            min_lrs=plateau.per_group(self.min_lr, groups),
-            eps=self.eps,
-        )
+        return plateau.PlateauRule.of(self, groups)
 
     def metric_schedule(
         self,

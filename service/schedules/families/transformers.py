@@ -408,16 +408,7 @@ class TransformersSchedule(SchedulerBase):
 
         kw, groups = self.kwargs, len(start)
         if self.name == "reduce_lr_on_plateau":
-            rule = plateau.PlateauRule(
-                mode=kw.mode,
-                factor=kw.factor,
-                patience=kw.patience,
-                threshold=kw.threshold,
-                threshold_mode=kw.threshold_mode,
-                cooldown=kw.cooldown,
-                min_lrs=plateau.per_group(kw.min_lr, groups),
-                eps=kw.eps,
-            )
+            rule = plateau.PlateauRule.of(kw, groups)
             return plateau.MetricSchedule(lambda: rule.scan(start, metrics, span))
         greedy = plateau.GreedyRule(
             mode=kw.mode,

@@ -17,6 +17,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,6 +108,21 @@ class PlateauRule:
     cooldown: int = 0
     min_lrs: tuple[float, ...] = (0.0,)
     eps: float = 1e-8
+
+    @classmethod
+    def of(cls, args: Any, groups: int) -> "PlateauRule":
+        """Return the rule for ``args``, anything with ReduceLROnPlateau's argument names as
+        attributes (torch's spec, transformers' ``scheduler_specific_kwargs``)."""
+        return cls(
+            mode=args.mode,
+            factor=args.factor,
+            patience=args.patience,
+            threshold=args.threshold,
+            threshold_mode=args.threshold_mode,
+            cooldown=args.cooldown,
+            min_lrs=per_group(args.min_lr, groups),
+            eps=args.eps,
+        )
 
     def reductions(self, metrics: Sequence[float]) -> list[int]:
         """Return the local steps (1-based) at which ``step(metric)`` calls ``_reduce_lr``.
