@@ -132,9 +132,31 @@ def _looks_like_state(value: Mapping) -> bool:
     return any(k in value for k in ("last_epoch", "_last_lr", "_schedulers", "base_lrs"))
 
 
+STATE_MAX_NODES = 20_000
+"""Numbers, strings, lists and dicts a loaded .pt may hold (a scheduler's state holds tens; a
+pickle's memo lets a file of a kilobyte describe 2**60 shared sub-lists)."""
+STATE_MAX_DEPTH = 32
+"""How deeply a loaded .pt's lists and dicts may nest (SequentialLR of ChainedScheduler: 5)."""
+
+
 def jsonable(value: Any, path: str = "state") -> Any:
     """Return the loaded .pt as the JSON state would be (0-d tensors as numbers, tuples as
-    lists, mapping keys as given); refuse a tensor of more than one value."""
+    lists, mapping keys as given); refuse a tensor of more than one value, keys JSON has no
+    form for, and anything nested deeper than STATE_MAX_DEPTH or larger than STATE_MAX_NODES
+    (each shared sub-list counted every time it appears)."""
+    nodes = [0]
+    return _jsonable(value, path, 0, nodes)
+
+
+def _jsonable(value: Any, path: str, depth: int, nodes: list[int]) -> Any:
+    nodes[0] += 1
+    if nodes[0] > STATE_MAX_NODES or depth > STATE_MAX_DEPTH:
+        raise Refused(
+            f"{path}: the .pt holds more than {STATE_MAX_NODES} values or nests deeper than "
+            f"{STATE_MAX_DEPTH} levels; a scheduler state is a small dict of numbers and lists. "
+            "Save scheduler.state_dict() itself.",
+            loc=("body", "state"),
+        )
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.dim() > 1:
             raise Refused(
@@ -144,9 +166,18 @@ def jsonable(value: Any, path: str = "state") -> Any:
             )
         return value.item()
     if isinstance(value, Mapping):
-        return {k: jsonable(v, f"{path}.{k}") for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float)) or isinstance(k, bool):
+                raise Refused(
+                    f"{path}: a key of type {type(k).__name__} ({k!r}); a scheduler state's "
+                    "keys are strings or numbers",
+                    loc=("body", "state"),
+                )
+            out[k] = _jsonable(v, f"{path}.{k}", depth + 1, nodes)
+        return out
     if isinstance(value, (list, tuple)):
-        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_jsonable(v, f"{path}[{i}]", depth + 1, nodes) for i, v in enumerate(value)]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise Refused(

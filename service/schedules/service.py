@@ -306,6 +306,8 @@ PLAN_CACHE_SIZE = 64
 """Compiled vectorized plans kept (least recently used dropped)."""
 PLAN_INDICES_MAX = 1 << 16
 """A plan keeps its step arrays up to this many values (larger ones are made per call)."""
+PLAN_KEY_MAX = 1 << 14
+"""A plan whose key (the request as given and as validated, in JSON) is longer is not kept."""
 
 
 @dataclass
@@ -476,8 +478,13 @@ class _Plans:
             return plan
 
     def make(self, key: str, request: specs.ScheduleRequest, engine: str) -> _Plan:
-        """Return the plan of ``request`` (its limits checked), made now and kept."""
+        """Return the plan of ``request`` (its limits checked), made now and kept when it is
+        small: not one with counters (it holds the request's step columns, up to the
+        vectorized step limit, handed out as they are), nor a metric-driven one (its scan
+        holds the whole series), nor one whose key (the request twice) is long."""
         plan = _make_plan(request, engine)
+        if plan.counted is not None or request.metrics or len(key) > PLAN_KEY_MAX:
+            return plan
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > self.size:

@@ -7,6 +7,7 @@ import json
 import math
 import pickle
 import random
+import time
 import warnings
 
 import pytest
@@ -310,6 +311,49 @@ def test_a_pt_holding_an_object_is_refused_by_weights_only(client, payload):
     name = "Custom" if isinstance(payload, Custom) else "a_function"
     assert name in body["detail"]
     assert body["errors"][0]["loc"] == ["body", "state"]
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _shared_lists(depth: int) -> list:
+    x = [1.0]
+    for _ in range(depth):
+        x = [x, x]  # pickle's memo writes each level once: a small file, 2**depth leaves
+    return x
+
+
+def _self_referencing() -> list:
+    a: list = []
+    a.append(a)
+    return a
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (_shared_lists(60), "more than 20000 values"),
+        (_self_referencing(), "nests deeper than 32 levels"),
+        ({(1, 2): 3}, "a key of type tuple"),
+    ],
+    ids=["memo-bomb", "self-reference", "tuple-key"],
+)
+def test_a_pt_whose_contents_are_not_a_small_state_is_refused_quickly(client, payload, words):
+    data = _saved({"last_epoch": 1, "_last_lr": payload})
+    assert len(data) < 4096
+    start = time.monotonic()
+    body = problem(post_pt(client, data, spec_of("StepLR")), 422)
+    assert time.monotonic() - start < 5
+    assert words in body["detail"], body["detail"]
+
+
+def test_a_spec_field_nested_too_deeply_is_refused(client):
+    data = _saved({"last_epoch": 1})
+    r = client.post(URL, files={"state": ("state.pt", data)}, data={"spec": "[" * 30000})
+    assert "nests too deeply" in problem(r, 422)["detail"]
 
 
 def test_a_pt_over_the_size_limit_is_413(tmp_path):

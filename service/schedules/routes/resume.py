@@ -168,6 +168,11 @@ def _form_as_body(form: dict[str, Any]) -> tuple[bytes, list[str]]:
     notes loading it gave."""
     try:
         spec = json.loads(form["spec"])
+    except RecursionError:
+        raise resume_state.Refused(
+            "the form field 'spec' nests too deeply; give the compute request as a JSON object",
+            loc=("body", "spec"),
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise resume_state.Refused(
             f"the form field 'spec' is not JSON ({exc}); give the compute request as a JSON object",
@@ -185,7 +190,14 @@ def _form_as_body(form: dict[str, Any]) -> tuple[bytes, list[str]]:
                 f"the form field 'next_steps' is {text!r}; give a whole number of steps",
                 loc=("body", "next_steps"),
             ) from None
-    return json.dumps(body).encode(), notes
+    try:
+        return json.dumps(body).encode(), notes
+    except (TypeError, ValueError, RecursionError):
+        raise resume_state.Refused(
+            "the form field 'spec' cannot be read back as JSON; give the compute request as a "
+            "JSON object of numbers, strings, lists and objects",
+            loc=("body", "spec"),
+        ) from None
 
 
 class ResumeRoute(APIRoute):

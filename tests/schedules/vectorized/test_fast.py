@@ -171,6 +171,34 @@ def test_plans_tell_a_default_from_the_same_value_set():
     assert service.compute(implicit, SETTINGS).warnings == a.warnings
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**warmup_cosine(200_000), "accumulation_steps": 2},
+        {**warmup_cosine(5000), "skipped_steps": [0, 7]},
+        {
+            "scheduler": {"type": "ReduceLROnPlateau", "patience": 1},
+            "steps": 400,
+            "metrics": [1.0] * 400,
+        },
+        {
+            "scheduler": {"type": "MultiStepLR", "milestones": list(range(1, 4000)), "gamma": 0.99},
+            "steps": 5000,
+        },
+    ],
+    ids=["counters", "skipped-steps", "metric-scan", "long-key"],
+)
+def test_plans_that_hold_a_request_sized_array_or_key_are_not_kept(body):
+    """A plan with counters holds its step columns (up to the step limit) and a metric scan
+    the whole series: 64 of them kept could hold gigabytes; they are computed every call."""
+    request = specs.ScheduleRequest.model_validate(body)
+    first = service.compute(request, SETTINGS)
+    assert service.plans.find(service.plans.key(request)) is None
+    second = service.compute(request, SETTINGS)
+    assert second.lr.tobytes() == first.lr.tobytes()
+    assert second.indices is not first.indices
+
+
 def test_a_reused_plan_still_meets_each_settings_limits():
     request = specs.ScheduleRequest.model_validate(warmup_cosine(5000))
     service.compute(request, SETTINGS)
