@@ -389,6 +389,37 @@ def test_a_pt_over_the_size_limit_is_413(tmp_path):
         assert info["limits"]["max_state_bytes"] == 2000
 
 
+def test_big_part_headers_are_400_and_a_body_over_the_body_limit_is_413_without_an_error(
+    tmp_path,
+):
+    settings = Settings(data_dir=tmp_path, max_body_bytes=256 * 1024)
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="spec"\r\nX-Pad: '.encode()
+    form = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    # raise_server_exceptions: an exception escaping the route would fail the test
+    with TestClient(create_app(settings)) as small:
+        # one part header of 100 KB, or 80 of 1 KB: the multipart parser's limits refuse them
+        r = small.post(URL, content=head + b"a" * 100_000 + b"\r\n\r\n{}", headers=form)
+        assert "header size" in problem(r, 400)["detail"]
+        many = head + b"a\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"b" * 1000) for i in range(80))
+        r = small.post(URL, content=many + b"\r\n{}", headers=form)
+        assert "header count" in problem(r, 400)["detail"]
+
+        # streamed past LRS_MAX_BODY_BYTES inside the state file: the body limit answers
+        def chunks():
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="state"; '
+                'filename="state.pt"\r\n\r\n'
+            ).encode()
+            for _ in range(40):
+                yield b"\0" * 16 * 1024
+
+        big = Settings(data_dir=tmp_path, max_body_bytes=256 * 1024, max_state_bytes=1 << 20)
+        with TestClient(create_app(big)) as client:
+            r = client.post(URL, content=chunks(), headers=form)
+            assert r.status_code == 413, r.text
+
+
 def test_a_state_of_another_scheduler_is_refused_naming_the_keys(client):
     state, data, _ = real_run(CASES["StepLR"][2])
     for r in (

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from service.deps import SettingsDep
 from service.errors import ServiceError
@@ -76,6 +77,7 @@ async def read_upload(request: Request) -> dict[str, Any]:
         current["name"] = None
         current["headers"] = {}
 
+    # python-multipart bounds a part's headers (their size and count): past it, a 400 below
     def on_header_field(data: bytes, start: int, end: int) -> None:
         current["header_field"] += data[start:end]
 
@@ -211,7 +213,12 @@ class ResumeRoute(APIRoute):
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "multipart/form-data":
                 return await handler(request)
-            form = await read_upload(request)
+            try:
+                form = await read_upload(request)
+            except ClientDisconnect:
+                # the client left, or the body went over LRS_MAX_BODY_BYTES while streaming
+                # and the body-limit middleware has answered 413: nothing more to say
+                return Response(status_code=499)
             body, notes = _form_as_body(form)
             sent = False
             receive = request.receive
