@@ -56,33 +56,6 @@ BODY = {
 }
 PATH = "/v1/schedules/compute"
 
-WRK_SCRIPT = """
-local body = [[%(body)s]]
-local distinct = %(distinct)s
-local run = %(run)d
-local counter = 0
-local tid = 0
-function setup(thread) tid = tid + 1; thread:set("tid", tid) end
-function init(args) tid = tonumber(wrk.thread:get("tid")) or 0 end
-function request()
-  local b = body
-  if distinct then
-    -- an lr no other request of this run used (load, thread, counter): always computed
-    counter = counter + 1
-    b = string.gsub(body, '"lr":0%%.1,',
-                    string.format('"lr":0.1%%02d%%02d%%09d,', run, tid, counter), 1)
-  end
-  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, b)
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_RESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
-    '"max_us": %%d, "non2xx": %%d, "socket_errors": %%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.max, e.status, e.connect + e.read + e.write + e.timeout))
-end
-"""
 
 TCP_COUNTERS = {
     "Tcp:RetransSegs": "retransmitted segments",
@@ -198,12 +171,7 @@ def run_wrk(
     base: str, seconds: float, connections: int, distinct: bool, run: int
 ) -> tuple[dict, float]:
     """Return wrk's result line and the seconds its threads waited for a CPU (sampled)."""
-    script = WRK_SCRIPT % {
-        "body": json.dumps(BODY, separators=(",", ":")),
-        "distinct": "true" if distinct else "false",
-        "run": run,
-        "path": PATH,
-    }
+    script = harness.wrk_script(BODY, PATH, distinct, run)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:

@@ -129,44 +129,11 @@ async def load(
     return len(ms) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors
 
 
-WRK_SCRIPT = """
-local body = [[%(body)s]]
-local distinct = %(distinct)s
-local counter = 0
-local tid = 0
-function setup(thread) tid = tid + 1; thread:set("tid", tid) end
-function init(args) tid = tonumber(wrk.thread:get("tid")) or 0 end
-function request()
-  local b = body
-  if distinct then
-    -- a unique lr per request (thread id, counter), so the result cache never answers
-    counter = counter + 1
-    b = string.gsub(body, '"lr":0%%.1,', string.format('"lr":0.1%%03d%%09d,', tid, counter), 1)
-  end
-  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, b)
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_RESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
-    '"non2xx": %%d, "socket_errors": %%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.status, e.connect + e.read + e.write + e.timeout))
-end
-"""
-
-
 def load_wrk(
     base: str, body: dict[str, Any], seconds: float, concurrency: int, distinct: bool
 ) -> tuple[float, float, float, int]:
     """Return (requests/s, p50 ms, p99 ms, errors) of a wrk run (closed loop) on compute."""
-    text = json.dumps(body, separators=(",", ":"))
-    assert not distinct or '"lr":0.1,' in text
-    script = WRK_SCRIPT % {
-        "body": text,
-        "distinct": "true" if distinct else "false",
-        "path": "/v1/schedules/compute",
-    }
+    script = harness.wrk_script(body, "/v1/schedules/compute", distinct)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:

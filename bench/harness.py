@@ -5,6 +5,7 @@ Each script runs as ``.venv/bin/python bench/<script>.py``; this folder is then 
 the scripts can import the service's own code for in-process timings.
 """
 
+import json
 import os
 import platform
 import socket
@@ -113,3 +114,47 @@ def server(
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+WRK_SCRIPT = """
+local body = [[%(body)s]]
+local distinct = %(distinct)s
+local run = %(run)d
+local counter = 0
+local tid = 0
+function setup(thread) tid = tid + 1; thread:set("tid", tid) end
+function init(args) tid = tonumber(wrk.thread:get("tid")) or 0 end
+function request()
+  local b = body
+  if distinct then
+    -- an lr no other request of this run used (load, thread, counter): always computed
+    counter = counter + 1
+    b = string.gsub(body, '"lr":0%%.1,',
+                    string.format('"lr":0.1%%02d%%02d%%09d,', run, tid, counter), 1)
+  end
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"}, b)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"max_us": %%d, "non2xx": %%d, "socket_errors": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+"""wrk's Lua script for POSTing one JSON body: with ``distinct`` each request gets an lr no other
+request of the run used (so the result cache never answers); ``done`` prints one
+``WRK_RESULT {json}`` line (requests, duration, p50, p99, max, non-2xx, socket errors)."""
+
+
+def wrk_script(body: dict, path: str, distinct: bool, run: int = 0) -> str:
+    """Return :data:`WRK_SCRIPT` for ``body`` (its ``"lr":0.1,`` rewritten when distinct)."""
+    text = json.dumps(body, separators=(",", ":"))
+    assert not distinct or '"lr":0.1,' in text
+    return WRK_SCRIPT % {
+        "body": text,
+        "distinct": "true" if distinct else "false",
+        "run": run,
+        "path": path,
+    }
