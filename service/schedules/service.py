@@ -554,7 +554,9 @@ class _Templates:
         scheduler = request.scheduler
         fields = _VARIED.get(scheduler.type, ())
         warmup = request.warmup
-        vary_warmup = isinstance(warmup, specs.LinearWarmup)
+        # only before torch's own schedulers of _VARIED, which ignore their span (steps - the
+        # warmup's): another library's schedule built over its span differs with the warmup
+        vary_warmup = isinstance(warmup, specs.LinearWarmup) and bool(fields)
         exclude: dict[str, set[str]] = {"optimizer": {"lr"}}
         if fields:
             exclude["scheduler"] = set(fields)

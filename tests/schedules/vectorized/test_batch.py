@@ -179,6 +179,15 @@ def _sweep() -> list[dict[str, Any]]:
         )
     for gamma in (0.98, 0.5, 1.01, 1e300):
         out.append({"scheduler": {"type": "ExponentialLR", "gamma": gamma}, "steps": 300})
+    # schedules whose build reads their span (steps - the warmup's): compiled per warmup
+    for warm in (10, 20, 30):
+        for scheduler in (
+            {"type": "OneCycleLR", "max_lr": 0.1},
+            {"type": "noam", "d_model": 512, "warmup_steps": 40},
+        ):
+            out.append(
+                {"scheduler": scheduler, "warmup": {"type": "linear", "steps": warm}, "steps": 300}
+            )
     for warm in (10, 20):
         out.append(
             {
