@@ -7,12 +7,13 @@ and whose whole body must be sent within ``LRS_STREAM_MAX_SECONDS`` (a client th
 :class:`LimitedEventSourceResponse` is sse-starlette's ``EventSourceResponse`` with the send
 timeout alone (an event stream lasts as long as its job).
 
-Past a limit the connection is **aborted** (closed at once, its unsent bytes dropped), not
-closed politely: a polite close waits for the client to take what the server still buffers,
-which a client that stopped reading never does, so its socket, its place under uvicorn's
-``--limit-concurrency`` and the buffer stayed until the client went away. The client sees a
-truncated chunked body (an incomplete read, or a reset), never a short body that looks
-whole. The body's iterator is closed there and then, which frees the computed schedule.
+Past a limit the connection is **aborted** (closed at once, its unsent bytes dropped, the
+kernel's too: a reset), not closed politely: a polite close waits for the client to take
+what the server still buffers, which a client that stopped reading never does, so its
+socket, its place under uvicorn's ``--limit-concurrency`` and the buffer stayed until the
+client went away. The client sees a truncated chunked body ending in a reset, never a short
+body that looks whole. The body's iterator is closed there and then, which frees the
+computed schedule.
 
 The cut is a request that ended as the server chose, not an error: it is logged once, as a
 warning on ``service.streaming``, and the access log and ``/metrics`` record the status
@@ -27,8 +28,11 @@ connection as it closes any failed response (its traceback is kept out of the lo
 """
 
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import anyio
@@ -69,10 +73,23 @@ class ConnectionAccess:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             transport = getattr(getattr(send, "__self__", None), "transport", None)
-            abort = getattr(transport, "abort", None)
-            if callable(abort):
-                scope[ABORT_KEY] = abort
+            if callable(getattr(transport, "abort", None)):
+                scope[ABORT_KEY] = partial(_reset, transport)
         await self.app(scope, receive, send)
+
+
+_LINGER_NONE = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: Any) -> None:
+    """Abort the connection and have the kernel reset it: without ``SO_LINGER`` 0 the kernel
+    keeps what its send buffer holds (~4 MB on loopback) in an orphaned socket and delivers
+    it at the stalled client's pace (a 4 KB receive window took 100 s)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with suppress(OSError, AttributeError, TypeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
+    transport.abort()
 
 
 class _QuietDeadline(logging.Filter):
