@@ -76,10 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await stack.enter_async_context(watch_runtime())
             for domain_lifespan in app.state.domain_lifespans:
                 await stack.enter_async_context(domain_lifespan(app))
-            jobs = getattr(app.state, "jobs", None)
-            if jobs is not None:
-                app.state.job_owners = auth.JobOwners(jobs.store.engine, settings.job_table_prefix)
-                app.state.job_owners.create_schema()
             # What is built by now (torch, pydantic and FastAPI internals: ~230k objects)
             # lives as long as the process; a full collection scanning it paused every
             # request for ~140 ms. Frozen, collections scan only what requests create.
