@@ -22,6 +22,7 @@ import argparse
 import statistics
 import time
 import uuid
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from harness import loadavg, machine  # first: puts the repository root on sys.path
@@ -45,10 +46,10 @@ def old_record_bytes(store: Store) -> int:
 
 
 def fill(store: Store, jobs: int, values: int) -> None:
-    """Insert ``jobs`` succeeded jobs with their events, 1000 to a statement."""
+    """Insert ``jobs`` succeeded jobs with their events, 1000 jobs to a statement."""
     result = {"lr": [0.1 * (1 - k / values) for k in range(values)], "test_loss": 0.01}
     spec = {"epochs": 1, "data": {"type": "noisy_sine", "n": 100, "n_train": 60}}
-    now = sa.func.now()
+    now = datetime.now(UTC)
     for start in range(0, jobs, 1000):
         rows = [
             {
@@ -66,7 +67,7 @@ def fill(store: Store, jobs: int, values: int) -> None:
             for _ in range(min(1000, jobs - start))
         ]
         with store.engine.begin() as conn:
-            conn.execute(sa.insert(store.jobs), rows)
+            conn.execute(sa.insert(store.jobs).values(rows))  # one statement: one trigger call
             events = [
                 {"job_id": row["id"], "event": event, "data": data}
                 for row in rows
@@ -76,7 +77,7 @@ def fill(store: Store, jobs: int, values: int) -> None:
                     ("done", {"status": "succeeded", "error": None}),
                 )
             ]
-            conn.execute(sa.insert(store.events), events)
+            conn.execute(sa.insert(store.events).values(events))
 
 
 def timed(call, repeat: int) -> tuple[float, float, object]:

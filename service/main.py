@@ -36,6 +36,10 @@ Learning-rate schedules computed with PyTorch's real schedulers, server-side.
 Send a schedule spec in torch's own names (`{"scheduler": {"type": "StepLR", "step_size": 30,
 "gamma": 0.1}, "steps": 100}`) and get back the learning rate every optimizer step of a real
 training loop would use. Errors are RFC 9457 `application/problem+json`.
+
+With API keys configured (`LRS_API_KEYS`), every `/v1/jobs` endpoint needs
+`Authorization: Bearer KEY` and a key lists and reaches only the jobs it submitted: another
+key's job answers 404, as if it did not exist.
 """
 
 CORS_REQUEST_HEADERS = [

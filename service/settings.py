@@ -271,8 +271,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         default="",
         description="Comma-separated SHA-256 hex digests of the accepted API keys "
-        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), job submission, "
-        "cancel, delete and artifacts need `Authorization: Bearer KEY`. Empty: no keys.",
+        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), every job endpoint "
+        "needs `Authorization: Bearer KEY` and a key lists and reaches only its own jobs. "
+        "Empty: no keys.",
     )
     api_keys_file: Path | None = Field(
         default=None,
