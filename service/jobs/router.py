@@ -169,7 +169,6 @@ JOB_EXAMPLES = {
     status_code=202,
     response_model=specs.Job,
     summary="Submit a training job",
-    dependencies=[Depends(auth.job_writer)],
     responses={
         202: _example(
             {**JOB_EXAMPLE, "status": "queued", "progress": None},
@@ -183,6 +182,7 @@ JOB_EXAMPLES = {
 )
 async def submit_job(
     request: Request,
+    owner: Annotated[str | None, Depends(auth.job_writer)],
     spec: Annotated[specs.JobSpec | None, Body(openapi_examples=JOB_EXAMPLES)] = None,
     idempotency_key: Annotated[
         str | None,
@@ -199,7 +199,6 @@ async def submit_job(
     `Idempotency-Key` and body returns the same job (header `Idempotent-Replayed: true`).
     """
     spec = spec or specs.JobSpec()
-    owner = getattr(request.state, "key_hash", None)  # set by auth.job_writer
     record, created = await anyio.to_thread.run_sync(
         _jobs(request).submit, spec, idempotency_key, _client(request), owner
     )
@@ -213,7 +212,6 @@ async def submit_job(
     "",
     response_model=specs.JobPage,
     summary="List jobs, newest first (with API keys: the caller's own)",
-    dependencies=[Depends(auth.job_reader)],
     responses={
         200: _example(
             {"jobs": [JOB_EXAMPLE], "next_page_token": "eyJiZWZvcmUiOjQyLCJzdGF0dXMiOm51bGx9"},
@@ -223,6 +221,7 @@ async def submit_job(
 )
 async def list_jobs(
     request: Request,
+    owner: Annotated[str | None, Depends(auth.job_reader)],
     status: Annotated[
         specs.JobStatus | None, Query(description="Only jobs in this status.")
     ] = None,
@@ -240,7 +239,6 @@ async def list_jobs(
     settings = request.app.state.settings
     page_size = min(page_size, settings.job_page_size_max)
     jobs = _jobs(request)
-    owner = getattr(request.state, "key_hash", None)  # set by auth.job_reader
 
     def page() -> bytes:  # in a thread: the event loop only sends the bytes
         parts, token = jobs.list_page(
