@@ -148,7 +148,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="Vectorized JSON, CSV and npy requests costing at most this many value "
-        "operations (a 10k-step warmup + cosine costs 80 000) are computed on the event loop "
+        "operations (about 1 ns of CPU each: a 10k-step warmup + cosine costs 230 000) are "
+        "computed on the event loop "
         "instead of a compute thread: no thread hop, but the loop does the work; 0 (default): "
         "always in a thread (on a busy 2-core machine threads served more; "
         "bench/bench_http.py measures both).",
