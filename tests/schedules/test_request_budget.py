@@ -432,6 +432,116 @@ def test_a_mid_size_family_request_runs_inside_the_limit(live_server, name):
     assert (lr[:, :1000] <= peak * (1 + 1e-9)).all()
 
 
+CACHED = {
+    "scheduler": {"type": "optax", "schedule": "warmup_cosine_decay_schedule",
+                  "init_value": 0.0, "peak_value": 0.1, "warmup_steps": 100,
+                  "decay_steps": 4900},
+    "param_groups": [{"lr": 0.1}] * 4,
+    "steps": 5000,
+    "sample": {"points": 11},
+}  # fmt: skip
+"""A spec whose compiled plan stays cached (20 000 values, cost 1.0e6)."""
+
+
+@pytest.mark.parametrize(
+    "limit, value, setting",
+    [
+        ("vectorized_max_steps", 4999, "LRS_VECTORIZED_MAX_STEPS"),
+        ("vectorized_max_values", 19_999, "LRS_VECTORIZED_MAX_VALUES"),
+        ("vectorized_max_cost", 100_000, "LRS_VECTORIZED_MAX_COST"),
+    ],
+)
+def test_a_cached_plan_is_refused_by_an_app_with_stricter_limits(tmp_path, limit, value, setting):
+    """Two apps with different settings in one process share the compiled plans; a spec the
+    first computed (its plan cached) gets from the second the same 422 as a spec never
+    computed. /v1/schedules/compare computes its specs without checking their limits first:
+    the computation's own check (on a plan-cache hit, the plan's) is the one that refuses."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.schedules import service
+    from service.settings import Settings
+
+    other = {**CACHED, "optimizer": {"type": "SGD", "lr": 0.2}}
+    body = {"specs": [CACHED, other]}
+    loose = create_app(Settings(data_dir=tmp_path / "a", job_workers=0))
+    strict = create_app(Settings(data_dir=tmp_path / "b", job_workers=0, **{limit: value}))
+    with TestClient(loose) as first, TestClient(strict) as second:
+        service.plans.clear()
+        fresh = second.post("/v1/schedules/compare", json=body)  # no plan cached
+        assert first.post("/v1/schedules/compare", json=body).status_code == 200
+        assert service.plans.find(service.plans.key(_request(CACHED))) is not None
+        cached = second.post("/v1/schedules/compare", json=body)
+        again = first.post("/v1/schedules/compare", json=body)
+    detail = is_problem(fresh, 422)["detail"]
+    assert setting in detail and detail.startswith("specs[0]: "), detail
+    assert is_problem(cached, 422)["detail"] == detail
+    assert again.status_code == 200
+
+
+def _request(body: dict):
+    from service.schedules import specs
+
+    return specs.ScheduleRequest.model_validate(body)
+
+
+def test_an_lr_lambda_is_evaluated_once_per_step_for_every_group(monkeypatch):
+    """The cost model counts an lr_lambda's operations per scheduler step, not per value: one
+    text shared by 16 groups (or given once) is parsed once and evaluated once per step for
+    all of them, as many times as for one group (values checked against torch's LambdaLR)."""
+    import numpy as np
+    import torch
+
+    from service.schedules import budget, service
+    from service.schedules.expressions import Expression
+    from service.schedules.families.torch import LambdaLR
+    from service.settings import Settings
+
+    calls: list[int] = []
+    evaluate = Expression.evaluate_tensor
+
+    def counted(self, e):
+        calls.append(int(e.numel()))
+        return evaluate(self, e)
+
+    monkeypatch.setattr(Expression, "evaluate_tensor", counted)
+    text = "0.5 * (1 + cos(3.141592653589793 * epoch / 1000))"
+    costs, evaluated = [], []
+    for groups in (1, 16):
+        for lr_lambda in (text, [text] * groups):
+            body = {
+                "scheduler": {"type": "LambdaLR", "lr_lambda": lr_lambda},
+                "param_groups": [{"lr": 0.1 * (g + 1)} for g in range(groups)],
+                "steps": 1000,
+                "engine": "vectorized",
+            }
+            request = _request(body)
+            calls.clear()
+            service.plans.clear()
+            result = service.compute(request, Settings())
+            evaluated.append(sum(calls))
+            costs.append(budget.cost(request, "vectorized"))
+            params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(groups)]
+            opt = torch.optim.SGD(
+                [{"params": [p], "lr": 0.1 * (g + 1)} for g, p in enumerate(params)]
+            )
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda e: 0.5 * (1 + math.cos(3.141592653589793 * e / 1000))
+            )
+            expected = []
+            for _ in range(1000):
+                expected.append([g["lr"] for g in opt.param_groups])
+                opt.step()
+                sched.step()
+            np.testing.assert_allclose(result.lr.T, expected, rtol=1e-12)
+    assert len(set(evaluated)) == 1, evaluated  # as many steps evaluated for 16 groups as for 1
+    assert {c.nodes for c in costs} == {costs[0].nodes}
+    one, sixteen = costs[0].total, costs[2].total
+    lambda_part = 1000 * budget.LAMBDA_NODE_COST * costs[0].nodes
+    # only the per-value weight of LambdaLR itself grows with the groups
+    assert sixteen - one == 1000 * 15 * LambdaLR.cost_per_value and one > lambda_part
+
+
 # --------------------------------------------------------------------------- item 2
 
 
