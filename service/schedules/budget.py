@@ -265,7 +265,7 @@ def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
         total = math.ceil(steps * groups * torch_weight)
     else:
         schedulers = len(leaves) + (1 if request.warmup else 0)
-        weight = sum(spec.vectorized_cost(steps, groups) for spec in leaves)
+        weight = sum(spec.vectorized_cost(steps, groups) for spec in every)
         weight += _warmup_cost(request.warmup, steps, groups)
         weight += steps * LAMBDA_NODE_COST * distinct_nodes
         if isinstance(request.scheduler, specs.ChainedScheduler) and steps > 1:
