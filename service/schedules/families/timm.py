@@ -180,8 +180,10 @@ class TimmScheduler(LibrarySchedulerBase):
         if noise_range is None:
             return 0
         lo, hi = (noise_range, math.inf) if not isinstance(noise_range, list) else noise_range
-        first, end = max(1, math.ceil(lo)), min(steps, math.ceil(hi))
-        return max(0, end - first)
+        lo, hi = max(1.0, float(lo)), min(float(steps), float(hi))  # t >= 1 only; inf ends
+        if not lo < hi:
+            return 0
+        return max(0, math.ceil(hi) - math.ceil(lo))
 
     # ------------------------------------------------------------------ closed form
 
