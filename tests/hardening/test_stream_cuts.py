@@ -361,3 +361,40 @@ def test_an_event_stream_whose_sends_wait_past_the_timeout_is_cut(http, loop):
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def test_without_the_transport_a_deadline_is_raised_and_its_traceback_kept_quiet(caplog):
+    """Under a server whose ``send`` does not lead to its transport (no abort), the deadline
+    is raised for the server to close the connection; the app's "unhandled error" handler
+    and uvicorn log it without a traceback reaching the logs."""
+    import asyncio
+    import logging
+
+    from service import streaming
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "GET", "headers": []}
+    response = streaming.LimitedStreamingResponse(
+        iter([b"x" * 10] * 3), max_seconds=1e-9, send_timeout=1
+    )
+    with pytest.raises(streaming.StreamDeadline, match="LRS_STREAM_MAX_SECONDS"):
+        asyncio.run(ConnectionAccess(response)(scope, receive, send))
+    assert streaming.ABORT_KEY not in scope and sent == []
+    streaming.install_log_filter()
+    for name in streaming.QUIET_LOGGERS:
+        with caplog.at_level(logging.ERROR, logger=name):
+            caplog.clear()
+            try:
+                raise streaming.StreamDeadline("late")
+            except streaming.StreamDeadline:
+                logging.getLogger(name).exception("unhandled error on GET /x")
+            logging.getLogger(name).error("another error")
+        assert [r.getMessage() for r in caplog.records] == ["another error"], name
