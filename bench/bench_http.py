@@ -12,7 +12,7 @@ warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
 5. distinct again, 8 connections, then 6. cache hits, 8 connections;
 7. every spec distinct in its T_max instead of its lr (all else the body's), 16 connections:
    the lr sweep's shared compilation does not apply, every spec is compiled;
-8. on a second server with ``LRS_COMPUTE_INLINE_MAX_COST=200000``, distinct specs, 16
+8. on a second server with ``LRS_COMPUTE_INLINE_MAX_COST=2000000``, distinct specs, 16
    connections: each computed on the event loop instead of in a compute thread (the default).
 
 Then it prints each load's requests/s, p50, p99 and max, and issue 14's targets with PASS or
@@ -294,7 +294,7 @@ def main() -> None:
             tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
             open(Path(data_dir) / "server.log", "w") as log,
             harness.server(
-                data_dir, {**env, "LRS_COMPUTE_INLINE_MAX_COST": "200000"}, "/readyz", flags, log
+                data_dir, {**env, "LRS_COMPUTE_INLINE_MAX_COST": "2000000"}, "/readyz", flags, log
             ) as (base, server),
         ):
             run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
@@ -302,7 +302,7 @@ def main() -> None:
                 base,
                 server.pid,
                 "every spec distinct, each on the event loop (second server, "
-                "LRS_COMPUTE_INLINE_MAX_COST=200000)",
+                "LRS_COMPUTE_INLINE_MAX_COST=2000000)",
                 s,
                 16,
                 True,

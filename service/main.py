@@ -36,6 +36,10 @@ Learning-rate schedules computed with PyTorch's real schedulers, server-side.
 Send a schedule spec in torch's own names (`{"scheduler": {"type": "StepLR", "step_size": 30,
 "gamma": 0.1}, "steps": 100}`) and get back the learning rate every optimizer step of a real
 training loop would use. Errors are RFC 9457 `application/problem+json`.
+
+With API keys configured (`LRS_API_KEYS`), every `/v1/jobs` endpoint needs
+`Authorization: Bearer KEY` and a key lists and reaches only the jobs it submitted: another
+key's job answers 404, as if it did not exist.
 """
 
 CORS_REQUEST_HEADERS = [
@@ -76,10 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await stack.enter_async_context(watch_runtime())
             for domain_lifespan in app.state.domain_lifespans:
                 await stack.enter_async_context(domain_lifespan(app))
-            jobs = getattr(app.state, "jobs", None)
-            if jobs is not None:
-                app.state.job_owners = auth.JobOwners(jobs.store.engine, settings.job_table_prefix)
-                app.state.job_owners.create_schema()
             # What is built by now (torch, pydantic and FastAPI internals: ~230k objects)
             # lives as long as the process; a full collection scanning it paused every
             # request for ~140 ms. Frozen, collections scan only what requests create.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
+from service.jobs.store import Store
 from tests.conftest import free_port
 from tests.jobs.support import POSTGRES_URL, postgres_available
 
@@ -126,12 +126,12 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
-    if server.database_url:
-        engine = sa.create_engine(server.database_url)
-        with engine.begin() as conn:
-            for table in ("jobs", "job_events"):
-                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{server.prefix}{table}"'))
-        engine.dispose()
+    if server.database_url:  # its tables, the owners' and the usage total's, and triggers
+        store = Store(server.database_url, server.prefix)
+        try:
+            store.drop_schema()
+        finally:
+            store.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ SPEC = {
 
 
 def test_schedules_computed_on_the_event_loop_match_the_compute_threads(client, tmp_path):
-    settings = Settings(data_dir=tmp_path, compute_inline_max_cost=200_000)
+    settings = Settings(data_dir=tmp_path, compute_inline_max_cost=2_000_000)
     with TestClient(create_app(settings)) as inline:
         for query in ("", "?format=csv", "?format=npy"):
             here = inline.post(f"/v1/schedules/compute{query}", json=SPEC)
