@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from service import __version__, auth, health, metrics, streaming
 from service.deps import bind_app_settings
@@ -65,6 +66,14 @@ CORS_EXPOSED_HEADERS = [
 ]
 
 
+class App(FastAPI):
+    """FastAPI with :class:`streaming.ConnectionAccess` outermost (outside Starlette's error
+    middleware): a streamed response past its deadline can abort its connection."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return streaming.ConnectionAccess(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Return a configured application; ``settings`` defaults to the environment's."""
     settings = settings or get_settings()
@@ -90,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 gc.unfreeze()
 
-    app = FastAPI(
+    app = App(
         title="LR schedule service",
         version=__version__,
         description=DESCRIPTION,

@@ -124,16 +124,18 @@ class Settings(BaseSettings):
         default=300.0,
         gt=0,
         description="Longest a streamed body (JSON, CSV or npy above LRS_STREAM_MIN_BYTES, "
-        "a large batch) may take to send: past it the connection is closed mid-body (the "
+        "a large batch) may take to send: past it the connection is aborted mid-body (the "
         "client sees an incomplete read), so a client that reads very slowly frees the "
-        "computed schedule. The largest body, 16 groups × 1M steps of JSON (~330 MB), "
-        "needs a client that reads ~1.1 MB/s.",
+        "computed schedule and its connection. The largest body, 16 groups × 1M steps of "
+        "JSON (~330 MB), needs a client that reads ~1.1 MB/s. Job event streams last as "
+        "long as their job and are not held to it.",
     )
     stream_send_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="Longest one chunk (~5 MB) of a streamed body may wait for the client to "
-        "take it; a client that stops reading is disconnected after this.",
+        description="Longest one piece (at most 256 KB) of a streamed body, or one job "
+        "event or ping, may wait for the client to take it; a client that stops reading "
+        "is disconnected after this (its connection aborted, what it held freed).",
     )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."

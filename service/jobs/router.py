@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
-from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from service import auth
@@ -23,6 +22,7 @@ from service.jobs.events import EventHub
 from service.jobs.executor import make_executor
 from service.jobs.runner import RunConfig
 from service.jobs.service import MAX_SEQ, JobService
+from service.streaming import LimitedEventSourceResponse
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -347,7 +347,7 @@ async def job_event_stream(
     last_event_id: Annotated[
         int | None, Header(ge=0, description="Resume after this event id.")
     ] = None,
-) -> EventSourceResponse:
+) -> LimitedEventSourceResponse:
     """Stream `status` (queued, running), `progress` (every epoch and every
     `LRS_JOB_PROGRESS_EVERY` optimizer steps) and a final `done` event whose data holds the
     status. A finished job's stream replays its events and closes. Open streams are capped
@@ -362,8 +362,10 @@ async def job_event_stream(
         )
     hub: EventHub = request.app.state.job_events
     ticket = hub.admit(job_id, _client(request))
-    return EventSourceResponse(
-        hub.stream(ticket, last_event_id or 0), background=BackgroundTask(hub.release, ticket)
+    return LimitedEventSourceResponse(
+        hub.stream(ticket, last_event_id or 0),
+        send_timeout=request.app.state.settings.stream_send_timeout_s,
+        background=BackgroundTask(hub.release, ticket),
     )
 
 

@@ -632,42 +632,78 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
         return _torch_computed(_prepared(request, engine), settings)
 
 
-class _Templates:
-    """A batch's specs that differ only in the optimizer's lr share one compilation.
+_VARIED = {
+    "CosineAnnealingLR": ("T_max", "eta_min"),
+    "StepLR": ("step_size", "gamma"),
+    "ExponentialLR": ("gamma",),
+}
+"""The scheduler parameters a batch's specs may differ in and still share one compilation
+(:data:`~service.schedules.vectorized.batch.MAIN_FIELDS` says where each one goes)."""
 
-    The first spec of a kind is compiled (torch's objects built); when its state is the lr's
-    alone (:func:`~service.schedules.vectorized.batch.lr_template`), the second is compiled
-    too and compared with what the template derives for it, bit for bit; from the third on,
-    a spec of that kind is derived without building torch's objects. Any other spec, or a
-    kind whose second spec differs from the derivation, is compiled every time.
+
+class _Templates:
+    """A batch's specs that differ only in the optimizer's lr, the scalar parameters of
+    their scheduler (:data:`_VARIED`: a sweep over T_max, step_size, gamma, eta_min) or a
+    linear warmup's length share one compilation.
+
+    The first spec of a kind is compiled (torch's objects built); the second is compiled too
+    and compared, bit for bit, with what the first one's program derives for it
+    (:class:`~service.schedules.vectorized.batch.LrTemplate`); when they agree, every later
+    spec of that kind is derived without building torch's objects. Any other spec, or a kind
+    whose second spec differs from the derivation, is compiled every time.
     """
 
     def __init__(self) -> None:
         self._kinds: dict[str, list[object]] = {}
 
     @staticmethod
-    def _key(prep: _Prepared) -> str | None:
+    def _key(prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
         request = prep.request
         if request.param_groups is not None or request.batch_scaling is not None:
             return None
         if prep.plan is not None:
             return None
-        return request.model_dump_json(exclude={"optimizer": {"lr"}})
+        scheduler = request.scheduler
+        fields = _VARIED.get(scheduler.type, ())
+        warmup = request.warmup
+        # only before torch's own schedulers of _VARIED, which ignore their span (steps - the
+        # warmup's): another library's schedule built over its span differs with the warmup
+        vary_warmup = isinstance(warmup, specs.LinearWarmup) and bool(fields)
+        exclude: dict[str, set[str]] = {"optimizer": {"lr"}}
+        if fields:
+            exclude["scheduler"] = set(fields)
+        if vary_warmup:
+            exclude["warmup"] = {"steps"}
+        params = vectorized_batch.Params(
+            lr=float(request.optimizer.lr),
+            main=tuple((name, getattr(scheduler, name)) for name in fields),
+            warmup_steps=warmup.steps if vary_warmup else None,  # type: ignore[union-attr]
+        )
+        return request.model_dump_json(exclude=exclude), params  # type: ignore[arg-type]
 
     def program(self, prep: _Prepared) -> Program:
-        key = self._key(prep)
-        lr = float(prep.request.optimizer.lr)
-        kind = None if key is None else self._kinds.get(key)
-        if kind is not None and kind[1] is True:
-            return kind[0].derive(lr)  # type: ignore[attr-defined]
+        found = self._key(prep)
+        kind = None if found is None else self._kinds.get(found[0])
+        if found is not None and kind is not None and kind[1] is True:
+            derived = kind[0].derive(found[1])  # type: ignore[attr-defined]
+            if derived is not None:
+                return derived
         program = vectorized.compile_request(prep.request, prep.n, prep.device)
-        if key is None:
+        if found is None:
             return program
+        key, params = found
         if kind is None:
-            self._kinds[key] = [vectorized_batch.lr_template(program, lr), False]
-        elif kind[0] is not None and kind[1] is False:
-            same = vectorized_batch.same_program(kind[0].derive(lr), program)  # type: ignore[attr-defined]
-            kind[:] = [kind[0], True] if same else [None, False]
+            self._kinds[key] = [(program, params), None]
+        elif kind[1] is None:
+            first, first_params = kind[0]  # type: ignore[misc]
+            template = vectorized_batch.lr_template(first, first_params)
+            derived = None if template is None else template.derive(params)
+            if template is None or (
+                derived is not None and not vectorized_batch.same_program(derived, program)
+            ):
+                kind[:] = [None, False]
+            elif derived is not None:
+                kind[:] = [template, True]
         return program
 
 
