@@ -471,15 +471,17 @@ def _fast_of(program: Program) -> fast.Fast | None:
 
 
 class _LrTemplates:
-    """Specs computed one by one that differ only in the optimizer's lr (an lr sweep, the
-    common distinct spec) share one compilation, as a batch's do (``_Templates``).
+    """Specs computed one by one that differ only in the optimizer's lr, their scheduler's
+    scalar parameters (``_VARIED``: a sweep over T_max, step_size, gamma, eta_min) or a linear
+    warmup's length (the common distinct specs: sweeps) share one compilation, as a batch's
+    do (:class:`_Templates` says which specs, and keys them).
 
-    The first spec of a kind is compiled (torch's objects built); when its state is the lr's
-    alone (:func:`~service.schedules.vectorized.batch.lr_template`), the next one with
-    another lr is compiled too and compared with what the template derives for it, bit for
-    bit; from then on a spec of that kind is derived without building torch's objects. A
-    kind whose check failed is compiled every time. The :data:`LR_TEMPLATES` most recently
-    used kinds are kept.
+    The first spec of a kind is compiled (torch's objects built); when its state is where
+    :func:`~service.schedules.vectorized.batch.lr_template` puts it, the next one with other
+    values is compiled too and compared with what the template derives for it, bit for bit;
+    from then on a spec of that kind is derived without building torch's objects. A kind
+    whose check failed is compiled every time. The :data:`LR_TEMPLATES` most recently used
+    kinds are kept.
     """
 
     def __init__(self, size: int) -> None:
@@ -487,37 +489,34 @@ class _LrTemplates:
         self._kinds: OrderedDict[str, list[object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def key(prep: _Prepared) -> str | None:
-        request = prep.request
-        if request.param_groups is not None or request.batch_scaling is not None:
-            return None
-        if prep.plan is not None or request.metrics:
-            return None
-        return request.model_dump_json(exclude={"optimizer": {"lr"}})
-
     def program(self, prep: _Prepared) -> Program:
-        key = self.key(prep)
-        lr = float(prep.request.optimizer.lr)
+        found = None if prep.request.metrics else _Templates._key(prep)
         kind = None
-        if key is not None:
+        if found is not None:
             with self._lock:
-                kind = self._kinds.get(key)
+                kind = self._kinds.get(found[0])
                 if kind is not None:
-                    self._kinds.move_to_end(key)
-        if kind is not None and kind[1] is True:
-            return kind[0].derive(lr)  # type: ignore[attr-defined]
+                    self._kinds.move_to_end(found[0])
+        if found is not None and kind is not None and kind[1] is True:
+            derived = kind[0].derive(found[1])  # type: ignore[attr-defined]
+            if derived is not None:
+                return derived
         program = vectorized.compile_request(prep.request, prep.n, prep.device)
-        if key is None:
+        if found is None:
             return program
+        key, params = found
         with self._lock:
             kind = self._kinds.get(key)
             if kind is None:
-                self._kinds[key] = [vectorized_batch.lr_template(program, lr), False]
+                self._kinds[key] = [vectorized_batch.lr_template(program, params), False]
                 while len(self._kinds) > self.size:
                     self._kinds.popitem(last=False)
-            elif kind[0] is not None and kind[1] is False and kind[0].lr != lr:  # type: ignore[attr-defined]
-                derived = kind[0].derive(lr)  # type: ignore[attr-defined]
+            elif kind[0] is not None and kind[1] is False and kind[0].params != params:  # type: ignore[attr-defined]
+                # a check needs other values than the template's own (the same spec with a
+                # value set explicitly rather than by default derives itself)
+                derived = kind[0].derive(params)  # type: ignore[attr-defined]
+                if derived is None:  # another structure (a warmup as long as the schedule)
+                    return program
                 same = vectorized_batch.same_program(derived, program)
                 kind[:] = [kind[0], True] if same else [None, False]
         return program

@@ -141,3 +141,22 @@ def test_kernel_probes_decide_what_the_generic_probes_decide(body):
         assert torch.tensor(ours.final).numpy().tobytes() == (
             torch.tensor(theirs.final).numpy().tobytes()
         )
+
+
+@pytest.mark.parametrize(
+    "vary",
+    [
+        lambda i: {"scheduler": {"type": "CosineAnnealingLR", "T_max": 500 + 997 * i}},
+        lambda i: {"scheduler": {"type": "CosineAnnealingLR", "T_max": 900, "eta_min": 1e-5 * i}},
+        lambda i: {"warmup": {"type": "linear", "steps": 1 + 37 * i, "start_factor": 0.0}},
+        lambda i: {"scheduler": {"type": "StepLR", "step_size": 3 + i, "gamma": 0.5 + i / 20}},
+    ],
+)
+def test_a_sweep_of_scheduler_parameters_compiles_twice(compiled, vary):
+    """T_max, eta_min, step_size, gamma or the warmup's length swept one spec at a time: the
+    first two compiled, the rest derived, each with the generic path's bits."""
+    bodies = [{**warmup_cosine(2000), **vary(i)} for i in range(6)]
+    for body in bodies:
+        got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+        assert_generic_bits(body, got)
+    assert len(compiled) == 2 + len(bodies)
