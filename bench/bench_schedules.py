@@ -74,6 +74,34 @@ def warmup_cosine(steps: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def tmax_sweep(count: int, steps: int) -> list[dict[str, Any]]:
+    """Return ``count`` warmup+cosine specs that differ in T_max (a sweep over it)."""
+    base = warmup_cosine(steps)
+    top = base["scheduler"]["T_max"]
+    return [{**base, "scheduler": {**base["scheduler"], "T_max": top - i}} for i in range(count)]
+
+
+def mixed_params(count: int, steps: int) -> list[dict[str, Any]]:
+    """Return ``count`` specs cycling through StepLR (step_size, gamma), cosine (T_max,
+    eta_min) and warmup+cosine (warmup steps, T_max), every spec's parameters distinct."""
+    out = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            extra = {"scheduler": {"type": "StepLR", "step_size": 100 + i, "gamma": 0.5 + i / 2000}}
+        elif kind == 1:
+            extra = {
+                "scheduler": {"type": "CosineAnnealingLR", "T_max": 5000 + i, "eta_min": i * 1e-5}
+            }
+        else:
+            extra = {
+                "scheduler": {"type": "CosineAnnealingLR", "T_max": steps - 10 - i},
+                "warmup": {"type": "linear", "steps": 10 + i, "start_factor": 0.0},
+            }
+        out.append({"optimizer": {"type": "SGD", "lr": 0.1}, "steps": steps, **extra})
+    return out
+
+
 def fresh(body: dict[str, Any]) -> dict[str, Any]:
     """Return ``body`` with an lr no earlier request used (so the cache cannot answer)."""
     lr = 0.1 + next(_unique) * 1e-12
@@ -432,9 +460,12 @@ def main() -> None:
 
         batch_specs = [warmup_cosine(10_000) for _ in range(1000)]
 
-        def batch_http(query: str = "", client: str = "raw") -> Callable[[], object]:
+        def batch_http(
+            query: str = "", client: str = "raw", bodies: list[dict[str, Any]] | None = None
+        ) -> Callable[[], object]:
             def call() -> None:
-                body = orjson.dumps({"requests": [fresh(b) for b in batch_specs]})
+                specs_ = batch_specs if bodies is None else bodies
+                body = orjson.dumps({"requests": [fresh(b) for b in specs_]})
                 start = time.perf_counter()
                 if client == "raw":
                     status, _ = raw_post(base, f"/v1/schedules/batch{query}", body)
@@ -478,6 +509,13 @@ def main() -> None:
             e_repeat,
         )
         e_torch = t_10k * 1000
+        # (f) specs that differ in a scalar scheduler parameter (each its own program)
+        sweep = tmax_sweep(500, 10_000)
+        mixed = mixed_params(500, 10_000)
+        f_tmax_http = batch_median(batch_http(bodies=sweep), e_repeat)
+        f_mixed_http = batch_median(batch_http(bodies=mixed), e_repeat)
+        f_tmax_vec = median_seconds(lambda: batch_in_process([fresh(b) for b in sweep]), e_repeat)
+        f_mixed_vec = median_seconds(lambda: batch_in_process([fresh(b) for b in mixed]), e_repeat)
 
         rows = [
             ("(a) 10k-step warmup+cosine, JSON", ms(t_10k), ms(v_10k), ms(a_http)),
@@ -486,6 +524,18 @@ def main() -> None:
             ("(d) 1M steps, points=1000", f"{ms(t_1m)} *", ms(v_1m_points), ms(d_http)),
             ("(e) batch of 1000 × 10k steps, JSON", f"{ms(e_torch)} †", ms(e_vec), ms(e_http)),
             ("(e) batch of 1000 × 10k steps, npy", f"{ms(e_torch)} †", ms(e_vec), ms(e_npy_http)),
+            (
+                "(f) batch of 500 × 10k steps, 500 distinct T_max, JSON",
+                f"{ms(e_torch / 2)} †",
+                ms(f_tmax_vec),
+                ms(f_tmax_http),
+            ),
+            (
+                "(f) batch of 500 × 10k steps, mixed StepLR/cosine/warmup params, JSON",
+                f"{ms(e_torch / 2)} †",
+                ms(f_mixed_vec),
+                ms(f_mixed_http),
+            ),
         ]
 
         url = f"{base}/v1/schedules/compute"
@@ -511,6 +561,8 @@ def main() -> None:
             e_http=e_http,
             e_npy_http=e_npy_http,
             e_body=e_body,
+            f_tmax_http=f_tmax_http,
+            f_mixed_http=f_mixed_http,
             rps=rps,
             p50=p50,
             p99=p99,
@@ -526,7 +578,7 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
     print(
         "\n\\* extrapolated linearly from 100k steps "
-        f"({ms(t_100k)}); † 1000 × the 10k-step torch time."
+        f"({ms(t_100k)}); † 1000 (500 for (f)) × the 10k-step torch time."
     )
     print(
         "\nHTTP end-to-end: from sending the request (encoded beforehand) to the last byte of "
@@ -605,6 +657,23 @@ def main() -> None:
             ),
             ("batch 1000 × 10k steps as JSON (HTTP) ≤ 1.0 s", notes["e_http"], 1.0, "s (≤)"),
             ("batch 1000 × 10k steps as npy (HTTP) ≤ 0.5 s", notes["e_npy_http"], 0.5, "s (≤)"),
+        ]
+    )
+    print("\n### Targets (batches of specs that differ in scalar parameters)\n")
+    print_checks(
+        [
+            (
+                "batch 500 × 10k steps, 500 distinct T_max, as JSON (HTTP) ≤ 1.5 s",
+                notes["f_tmax_http"],
+                1.5,
+                "s (≤)",
+            ),
+            (
+                "batch 500 × 10k steps, mixed StepLR/cosine/warmup params, as JSON (HTTP) ≤ 1.5 s",
+                notes["f_mixed_http"],
+                1.5,
+                "s (≤)",
+            ),
         ]
     )
 

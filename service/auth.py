@@ -1,10 +1,15 @@
-"""API keys: who may submit, cancel and delete jobs and download their artifacts.
+"""API keys: who may submit, list, read, follow, cancel and delete jobs and download their
+artifacts.
 
 Keys are configured as SHA-256 hex digests (``LRS_API_KEYS`` or ``LRS_API_KEYS_FILE``), so the
 service never stores a key itself. A request's ``Authorization: Bearer KEY`` is hashed and
-compared with every configured digest in constant time. A job remembers the digest of the key
-that created it (table ``{prefix}job_owners`` in the job store's database); another key gets
-404 for it, as if it did not exist, so ids cannot be probed.
+compared with every configured digest in constant time. With keys configured every
+``/v1/jobs`` route needs a key (401 without), and a key sees only its own jobs: a job
+remembers the digest of the key that created it (the store's ``owner`` column, written with
+the job), ``GET /v1/jobs`` lists only the caller's, and every route naming another key's job
+answers 404, as if it did not exist, so ids cannot be probed. Jobs submitted while the
+service had no keys belong to no key: any key reaches them by id (as anyone could when they
+were made), and no key's listing shows them.
 
 Without keys configured everything stays open, as before.
 """
@@ -16,7 +21,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import anyio
-import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -96,13 +100,20 @@ async def job_writer(request: Request, credentials: BearerDep) -> str | None:
     return identify(request, credentials)
 
 
+async def job_reader(request: Request, credentials: BearerDep) -> str | None:
+    """Dependency of the listing: the caller's key digest, whose jobs it lists (None without
+    keys: every job); 401 without a valid key when keys are configured."""
+    return identify(request, credentials)
+
+
 async def job_owner(request: Request, job_id: str, credentials: BearerDep) -> str | None:
-    """Dependency of cancel, delete and artifacts: 404 when the job is another key's."""
+    """Dependency of every route naming a job (read, events, cancel, delete, artifacts): 404
+    when the job is another key's."""
     digest = identify(request, credentials)
     if digest is None:
         return None
-    owners: JobOwners = request.app.state.job_owners
-    owner = await anyio.to_thread.run_sync(owners.get, job_id)
+    store = request.app.state.jobs.store
+    owner = await anyio.to_thread.run_sync(store.owner_of, job_id)
     if owner is not None and not hmac.compare_digest(owner, digest):
         raise NotFound(f"no job {job_id!r}", loc=("path", "job_id"))
     return digest
@@ -119,56 +130,6 @@ async def require_key_for_all(request: Request) -> None:
         if scheme.lower() == "bearer" and token.strip():
             credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
         identify(request, credentials)
-
-
-async def record_owner(request: Request, job_id: str, created: bool) -> None:
-    """Remember the submitting key of a new job; a replayed submission by another key is
-    refused as if the job did not exist."""
-    digest = getattr(request.state, "key_hash", None)
-    if digest is None:
-        return
-    owners: JobOwners = request.app.state.job_owners
-    if created:
-        await anyio.to_thread.run_sync(owners.set, job_id, digest)
-        return
-    owner = await anyio.to_thread.run_sync(owners.get, job_id)
-    if owner is not None and not hmac.compare_digest(owner, digest):
-        raise Forbidden(
-            "this Idempotency-Key was already used by another API key; use a new key",
-            loc=("header", "Idempotency-Key"),
-        )
-
-
-class JobOwners:
-    """Which key digest created which job, beside the job store's tables."""
-
-    def __init__(self, engine: sa.Engine, table_prefix: str = "") -> None:
-        self.engine = engine
-        self.table_prefix = table_prefix
-        self.metadata = sa.MetaData()
-        self.table = sa.Table(
-            f"{table_prefix}job_owners",
-            self.metadata,
-            sa.Column("job_id", sa.String(32), primary_key=True),
-            sa.Column("key_hash", sa.String(64), nullable=False),
-        )
-
-    def create_schema(self) -> None:
-        from service.jobs.store import create_tables  # API processes may start at once
-
-        create_tables(self.engine, self.metadata, self.table_prefix)
-
-    def drop_schema(self) -> None:
-        self.metadata.drop_all(self.engine)
-
-    def set(self, job_id: str, digest: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sa.insert(self.table).values(job_id=job_id, key_hash=digest))
-
-    def get(self, job_id: str) -> str | None:
-        query = sa.select(self.table.c.key_hash).where(self.table.c.job_id == job_id)
-        with self.engine.connect() as conn:
-            return conn.execute(query).scalar()
 
 
 def listening_host(argv: Sequence[str] | None = None, environ: dict[str, Any] | None = None) -> str:
@@ -228,15 +189,13 @@ def document_access(app: Any) -> None:
         for path, item in schema.get("paths", {}).items():
             for method, operation in item.items():
                 responses = operation.setdefault("responses", {})
-                keyed = path.startswith("/v1/jobs") and (
-                    method in ("post", "delete") or "/artifacts/" in path
-                )
+                keyed = path.startswith("/v1/jobs") and method in ("get", "post", "delete")
                 if keyed:
                     responses.setdefault(
                         "401",
                         _problem_response(
-                            "With LRS_API_KEYS set: no key or an unknown one. Another key's job "
-                            "answers 404.",
+                            "With LRS_API_KEYS set: no key or an unknown one. A key lists and "
+                            "reaches only its own jobs: another key's job answers 404.",
                             401,
                             "Unauthorized",
                             "unauthorized",

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from service import __version__, auth, health, metrics, streaming
 from service.deps import bind_app_settings
@@ -36,6 +37,10 @@ Learning-rate schedules computed with PyTorch's real schedulers, server-side.
 Send a schedule spec in torch's own names (`{"scheduler": {"type": "StepLR", "step_size": 30,
 "gamma": 0.1}, "steps": 100}`) and get back the learning rate every optimizer step of a real
 training loop would use. Errors are RFC 9457 `application/problem+json`.
+
+With API keys configured (`LRS_API_KEYS`), every `/v1/jobs` endpoint needs
+`Authorization: Bearer KEY` and a key lists and reaches only the jobs it submitted: another
+key's job answers 404, as if it did not exist.
 """
 
 CORS_REQUEST_HEADERS = [
@@ -61,6 +66,14 @@ CORS_EXPOSED_HEADERS = [
 ]
 
 
+class App(FastAPI):
+    """FastAPI with :class:`streaming.ConnectionAccess` outermost (outside Starlette's error
+    middleware): a streamed response past its deadline can abort its connection."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return streaming.ConnectionAccess(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Return a configured application; ``settings`` defaults to the environment's."""
     settings = settings or get_settings()
@@ -76,10 +89,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await stack.enter_async_context(watch_runtime())
             for domain_lifespan in app.state.domain_lifespans:
                 await stack.enter_async_context(domain_lifespan(app))
-            jobs = getattr(app.state, "jobs", None)
-            if jobs is not None:
-                app.state.job_owners = auth.JobOwners(jobs.store.engine, settings.job_table_prefix)
-                app.state.job_owners.create_schema()
             # What is built by now (torch, pydantic and FastAPI internals: ~230k objects)
             # lives as long as the process; a full collection scanning it paused every
             # request for ~140 ms. Frozen, collections scan only what requests create.
@@ -90,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 gc.unfreeze()
 
-    app = FastAPI(
+    app = App(
         title="LR schedule service",
         version=__version__,
         description=DESCRIPTION,

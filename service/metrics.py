@@ -54,6 +54,13 @@ JOBS_SUBMITTED = Counter(
     "lrs_jobs_submitted", "Job submissions answered 202 (Idempotency-Key replays included)."
 )
 RATE_LIMITED = Counter("lrs_rate_limited", "Requests refused with 429, by route.", ["route"])
+STREAMS_CUT = Counter(
+    "lrs_http_streams_cut",
+    "Streamed responses whose connection the server aborted mid-body at a limit (counted "
+    "in lrs_http_requests by the status sent, 200), by route and reason (send_timeout: the "
+    "client took no data for LRS_STREAM_SEND_TIMEOUT_S; max_seconds: LRS_STREAM_MAX_SECONDS).",
+    ["route", "reason"],
+)
 STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _GC_PAUSE = Histogram(
     "lrs_gc_pause_seconds",

@@ -6,7 +6,10 @@ One pure-ASGI middleware, outermost, so what it measures is what the client sees
   ``-_.:``, up to 128), else generated; echoed on the response and in the log line.
 - Access log: one JSON object per request on the ``service.access`` logger (stderr), with
   ``request_id``, ``method``, ``path``, ``route`` (the template, e.g. ``/v1/jobs/{job_id}``),
-  ``status``, ``duration_ms``, ``engine`` and ``cache`` (schedule responses) and ``client``.
+  ``status``, ``duration_ms``, ``engine`` and ``cache`` (schedule responses) and ``client``;
+  a streamed body the server cut short at a limit (:mod:`service.streaming`) keeps the
+  status it sent (200) and adds ``cut`` (``send_timeout`` or ``max_seconds``) and
+  ``sent_bytes``, and counts in ``lrs_http_streams_cut`` by route and reason.
 - ``HEAD`` on a path that answers ``GET``: runs the ``GET`` and sends its headers only.
 
 The access log's lines are formatted where the request ends and written to stderr by a
@@ -288,6 +291,9 @@ class ObservabilityMiddleware:
             metrics.JOBS_SUBMITTED.inc()
         if status == 429:
             metrics.RATE_LIMITED.labels(route).inc()
+        cut = seen.get("cut")
+        if cut is not None:
+            metrics.STREAMS_CUT.labels(route, cut).inc()
         if access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             fields = {
@@ -302,4 +308,7 @@ class ObservabilityMiddleware:
                 "cache": seen["cache"],
                 "client": client[0] if client else None,
             }
+            if cut is not None:  # the status was sent, then the body was cut short
+                fields["cut"] = cut
+                fields["sent_bytes"] = seen.get("sent_bytes")
             access_log.info("%s %s %s", method, scope["path"], status, extra={"fields": fields})

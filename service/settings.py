@@ -56,10 +56,14 @@ class Settings(BaseSettings):
     )
     vectorized_max_cost: int = Field(
         default=800_000_000,
-        description="Largest vectorized cost accepted: scheduler steps × (param groups × "
-        "schedulers × 4 + 3 × lr_lambda operations), plus the scan of a ChainedScheduler "
-        "(the 753-character lr_lambda probe, 511 per step, is refused above 1.5M steps) and "
-        "256 per step for a metric-driven schedule's scan over the metrics.",
+        description="Largest vectorized cost accepted, about 1 ns of CPU a unit: every "
+        "scheduler's closed form weighted per step and per value as measured "
+        "(bench/bench_cost.py: torch's cosine 8 ns a value, Megatron's 17-25, timm's 12-28, "
+        "transformers' 20-45 plus 120-310 a step, optax's 11-220 growing with the groups), "
+        "12 a step per lr_lambda operation (each distinct expression once, whatever the "
+        "groups), a ChainedScheduler's scan and 500 a step for a metric-driven schedule's scan "
+        "over the metrics; the total of one batch too. 8e8 is 0.8 s of CPU on an idle core, "
+        "within LRS_COMPUTE_MAX_SECONDS up to about 6x contention (load 12 on 2 cores).",
     )
     compute_heavy_share: float = Field(
         default=0.1,
@@ -120,16 +124,18 @@ class Settings(BaseSettings):
         default=300.0,
         gt=0,
         description="Longest a streamed body (JSON, CSV or npy above LRS_STREAM_MIN_BYTES, "
-        "a large batch) may take to send: past it the connection is closed mid-body (the "
+        "a large batch) may take to send: past it the connection is aborted mid-body (the "
         "client sees an incomplete read), so a client that reads very slowly frees the "
-        "computed schedule. The largest body, 16 groups × 1M steps of JSON (~330 MB), "
-        "needs a client that reads ~1.1 MB/s.",
+        "computed schedule and its connection. The largest body, 16 groups × 1M steps of "
+        "JSON (~330 MB), needs a client that reads ~1.1 MB/s. Job event streams last as "
+        "long as their job and are not held to it.",
     )
     stream_send_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="Longest one chunk (~5 MB) of a streamed body may wait for the client to "
-        "take it; a client that stops reading is disconnected after this.",
+        description="Longest one piece (at most 256 KB) of a streamed body, or one job "
+        "event or ping, may wait for the client to take it; a client that stops reading "
+        "is disconnected after this (its connection aborted, what it held freed).",
     )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
@@ -148,7 +154,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="Vectorized JSON, CSV and npy requests costing at most this many value "
-        "operations (a 10k-step warmup + cosine costs 80 000) are computed on the event loop "
+        "operations (about 1 ns of CPU each: a 10k-step warmup + cosine costs 230 000) are "
+        "computed on the event loop "
         "instead of a compute thread: no thread hop, but the loop does the work; 0 (default): "
         "always in a thread (on a busy 2-core machine threads served more; "
         "bench/bench_http.py measures both).",
@@ -271,8 +278,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         default="",
         description="Comma-separated SHA-256 hex digests of the accepted API keys "
-        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), job submission, "
-        "cancel, delete and artifacts need `Authorization: Bearer KEY`. Empty: no keys.",
+        "(`printf %s KEY | sha256sum`); when set (or `LRS_API_KEYS_FILE`), every job endpoint "
+        "needs `Authorization: Bearer KEY` and a key lists and reaches only its own jobs. "
+        "Empty: no keys.",
     )
     api_keys_file: Path | None = Field(
         default=None,

@@ -1,30 +1,55 @@
-"""Streamed responses with a time limit, so a client that reads slowly cannot hold a
-computed schedule (and a thread, and its memory) for ever.
+"""Streamed responses with a time limit, so a client that reads slowly, or not at all,
+cannot hold a computed schedule (and a thread, its memory, and a connection slot) for ever.
 
 :class:`LimitedStreamingResponse` is Starlette's ``StreamingResponse`` whose every send must
 be taken by the client within ``LRS_STREAM_SEND_TIMEOUT_S`` (a client that stops reading)
 and whose whole body must be sent within ``LRS_STREAM_MAX_SECONDS`` (a client that trickles).
-Past either, the connection is closed mid-body: the client sees a truncated chunked body (an
-incomplete read), never a short body that looks whole, and the server frees the response
-(what is left is at most a slice, :data:`SEND_SLICE`, in the closed connection's buffer).
+:class:`LimitedEventSourceResponse` is sse-starlette's ``EventSourceResponse`` with the send
+timeout alone (an event stream lasts as long as its job).
+
+Past a limit the connection is **aborted** (closed at once, its unsent bytes dropped, the
+kernel's too: a reset), not closed politely: a polite close waits for the client to take
+what the server still buffers, which a client that stopped reading never does, so its
+socket, its place under uvicorn's ``--limit-concurrency`` and the buffer stayed until the
+client went away. The client sees a truncated chunked body ending in a reset, never a short
+body that looks whole. The body's iterator is closed there and then, which frees the
+computed schedule.
+
+The cut is a request that ended as the server chose, not an error: it is logged once, as a
+warning on ``service.streaming``, and the access log and ``/metrics`` record the status
+that was sent (200) with the reason (``cut``: ``send_timeout`` or ``max_seconds``; see
+:mod:`service.observability`); no traceback, no 500.
+
+The abort needs the connection's transport, which ASGI does not hand to an app:
+:class:`ConnectionAccess`, the app's outermost layer, takes it from uvicorn's ``send`` (a
+method of uvicorn's per-request cycle, both HTTP implementations). Under a server where it
+is not found, a deadline raises :class:`StreamDeadline` and the server closes the
+connection as it closes any failed response (its traceback is kept out of the logs).
 """
 
 import logging
+import socket
+import struct
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import anyio
 import anyio.to_thread
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.responses import StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.observability import SEEN_KEY
 
 log = logging.getLogger("service.streaming")
 
 SEND_SLICE = 256 * 1024
-"""Largest piece of a chunk handed to the server at once: what a closed connection's buffer
-can still hold when its client never reads again (a JSON chunk is ~5 MB)."""
-
+"""Largest piece of a chunk handed to the server at once: what the server still buffers for
+a client that stops reading (a JSON chunk is ~5 MB)."""
 
 PULL_BYTES = 1 << 20
 """A sync body iterator is advanced in a worker thread until its pieces hold this many bytes
@@ -76,13 +101,53 @@ async def _pulled_in_threadpool(content: Iterable[Any], charset: str) -> AsyncIt
             yield piece
 
 
+ABORT_KEY = "lrs.abort_connection"
+"""Scope key of a callable that aborts the request's connection (set by
+:class:`ConnectionAccess` where the server's transport is found)."""
+
+DISCONNECT_WAIT_S = 1.0
+"""How long a cut response waits for the server to see its aborted connection go (it does
+on the event loop's next turn), so the server does not report an unfinished response."""
+
+
 class StreamDeadline(Exception):
     """A streamed response ran past its time limit; the server closes the connection."""
 
 
+class ConnectionAccess:
+    """Outermost ASGI layer: put ``scope[ABORT_KEY]``, the request's transport's ``abort``,
+    where a response past its deadline can reach it (uvicorn's ``send`` is a method of its
+    request cycle, which holds the transport; other servers: nothing is set)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if callable(getattr(transport, "abort", None)):
+                scope[ABORT_KEY] = partial(_reset, transport)
+        await self.app(scope, receive, send)
+
+
+_LINGER_NONE = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: Any) -> None:
+    """Abort the connection and have the kernel reset it: without ``SO_LINGER`` 0 the kernel
+    keeps what its send buffer holds (~4 MB on loopback) in an orphaned socket and delivers
+    it at the stalled client's pace (a 4 KB receive window took 100 s)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with suppress(OSError, AttributeError, TypeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
+    transport.abort()
+
+
 class _QuietDeadline(logging.Filter):
-    """Keep uvicorn from logging a traceback for a connection closed on purpose (the
-    deadline is logged once, as a warning, by the response itself)."""
+    """Keep a traceback out of the logs for a connection closed on purpose (the deadline is
+    logged once, as a warning, by the response itself): only where the connection could not
+    be aborted and the deadline is raised to the server."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -96,16 +161,49 @@ class _QuietDeadline(logging.Filter):
 
 _filter = _QuietDeadline()
 
+QUIET_LOGGERS = ("uvicorn.error", "service")
+"""uvicorn's "Exception in ASGI application", and the app's "unhandled error" handler (it
+sees what reaches Starlette's outermost error middleware)."""
+
 
 def install_log_filter() -> None:
-    """Silence uvicorn's traceback for deadline closes (called at app start)."""
-    logger = logging.getLogger("uvicorn.error")
-    if _filter not in logger.filters:
-        logger.addFilter(_filter)
+    """Silence the tracebacks of deadline closes that had to be raised (called at app start)."""
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)
+
+
+async def cut_connection(scope: Scope, receive: Receive, reason: str, why: str, sent: int) -> None:
+    """End a response past its deadline: log it, note it for the access log and metrics,
+    and abort the connection (then wait for the server to see it gone); where that cannot
+    be done, raise :class:`StreamDeadline` for the server to close it."""
+    client = scope.get("client")
+    log.warning(
+        "closed a streamed response to %s after %d bytes: %s",
+        f"{client[0]}:{client[1]}" if client else "?",
+        sent,
+        why,
+    )
+    seen = scope.get(SEEN_KEY)
+    if seen is not None:
+        seen["cut"] = reason
+        seen["sent_bytes"] = sent
+    abort: Callable[[], None] | None = scope.get(ABORT_KEY)
+    if abort is None:
+        raise StreamDeadline(why)
+    abort()
+    with anyio.move_on_after(DISCONNECT_WAIT_S):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+def _send_timeout_why(send_timeout: float) -> str:
+    return f"the client took no data for LRS_STREAM_SEND_TIMEOUT_S={send_timeout:g} s"
 
 
 class LimitedStreamingResponse(StreamingResponse):
-    """A ``StreamingResponse`` that closes the connection when a send waits longer than
+    """A ``StreamingResponse`` that aborts the connection when a send waits longer than
     ``send_timeout`` seconds for the client, or the body is not sent within
     ``max_seconds`` of the response's start."""
 
@@ -120,6 +218,7 @@ class LimitedStreamingResponse(StreamingResponse):
         super().__init__(content, **kwargs)
         if not isinstance(content, AsyncIterable):
             self.body_iterator = _pulled_in_threadpool(content, self.charset)
+        self.content = content
         self.max_seconds = max_seconds
         self.send_timeout = send_timeout
 
@@ -159,22 +258,58 @@ class LimitedStreamingResponse(StreamingResponse):
                 more = message.get("more_body", False) or start + SEND_SLICE < len(view)
                 await timed_send({**message, "body": part, "more_body": more})
 
-        with anyio.CancelScope(deadline=anyio.current_time() + self.max_seconds) as cut:
-            async with anyio.create_task_group() as watching:
-                watching.start_soon(watchdog, cut)
-                await super().__call__(scope, receive, sliced_send)
-                watching.cancel_scope.cancel()
-        if not cut.cancelled_caught:
-            return
-        if timed_out:
-            why = f"the client took no data for LRS_STREAM_SEND_TIMEOUT_S={self.send_timeout:g} s"
-        else:
-            why = f"the body was not sent within LRS_STREAM_MAX_SECONDS={self.max_seconds:g} s"
-        client = scope.get("client")
-        log.warning(
-            "closed a streamed response to %s after %d bytes: %s",
-            f"{client[0]}:{client[1]}" if client else "?",
-            sent,
-            why,
-        )
-        raise StreamDeadline(why)
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + self.max_seconds) as cut:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(watchdog, cut)
+                    await super().__call__(scope, receive, sliced_send)
+                    tasks.cancel_scope.cancel()
+            if cut.cancelled_caught:
+                if timed_out:
+                    late = ("send_timeout", _send_timeout_why(self.send_timeout))
+                else:
+                    limit = f"LRS_STREAM_MAX_SECONDS={self.max_seconds:g} s"
+                    late = ("max_seconds", f"the body was not sent within {limit}")
+                await cut_connection(scope, receive, *late, sent)
+        finally:
+            await self._close_body()
+
+    async def _close_body(self) -> None:
+        """Close the body's iterators now (a cut or a disconnect left them suspended), so
+        what they hold (the computed schedule) is freed here, not when collected."""
+        aclose = getattr(self.body_iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        close = getattr(self.content, "close", None)
+        if close is not None:
+            with suppress(ValueError):  # running in a thread still: dropped when it returns
+                close()
+        del self.body_iterator, self.content
+
+
+class LimitedEventSourceResponse(EventSourceResponse):
+    """sse-starlette's ``EventSourceResponse`` whose sends (events and pings) must each be
+    taken within ``send_timeout`` seconds, else the connection is aborted (see
+    :func:`cut_connection`) and the response's background task (freeing the stream's place
+    under the per-client and per-job caps) still runs."""
+
+    def __init__(self, content: Any, *, send_timeout: float, **kwargs: Any) -> None:
+        super().__init__(content, send_timeout=send_timeout, **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = 0
+
+        async def counted_send(message: Message) -> None:
+            nonlocal sent
+            await send(message)
+            sent += len(message.get("body", b""))
+
+        try:
+            await super().__call__(scope, receive, counted_send)
+        except SendTimeoutError:
+            try:
+                why = _send_timeout_why(self.send_timeout or 0)
+                await cut_connection(scope, receive, "send_timeout", why, sent)
+            finally:
+                if self.background is not None:
+                    await self.background()

@@ -52,8 +52,11 @@ def test_keys_401_without_404_for_another_keys_job_200_with_the_owners(keyed):
     r = keyed.post("/v1/jobs", json={"epochs": 1, "data": SMALL}, headers=bearer(KEY_A))
     assert r.status_code == 202
     job_id = r.json()["id"]
-    # another key (from the keys file) cannot cancel, delete or download it: 404, as if absent
+    # another key (from the keys file) cannot read, follow, cancel, delete or download it:
+    # 404, as if absent
     for method, path in (
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
         ("POST", f"/v1/jobs/{job_id}/cancel"),
         ("DELETE", f"/v1/jobs/{job_id}"),
         ("GET", f"/v1/jobs/{job_id}/artifacts/model.pt"),
@@ -64,8 +67,14 @@ def test_keys_401_without_404_for_another_keys_job_200_with_the_owners(keyed):
         assert keyed.request(method, path).status_code == 401
     r = keyed.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(KEY_A))
     assert r.status_code in (200, 202)
-    # reading a job and the schedules stay open
-    assert keyed.get(f"/v1/jobs/{job_id}").status_code == 200
+    # the owner reads it; the listing needs a key and shows each key its own jobs only
+    assert keyed.get(f"/v1/jobs/{job_id}", headers=bearer(KEY_A)).status_code == 200
+    assert keyed.get("/v1/jobs").status_code == 401
+    listed = keyed.get("/v1/jobs", headers=bearer(KEY_A)).json()["jobs"]
+    assert job_id in [j["id"] for j in listed]
+    others = keyed.get("/v1/jobs", headers=bearer(KEY_B)).json()["jobs"]
+    assert job_id not in [j["id"] for j in others]
+    # the schedules stay open
     assert keyed.get("/v1/schedulers").status_code == 200
     # /v1/info never shows the key digests
     assert "api_keys" not in keyed.get("/v1/info").json()["limits"]

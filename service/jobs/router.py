@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
-from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from service import auth
@@ -23,6 +22,7 @@ from service.jobs.events import EventHub
 from service.jobs.executor import make_executor
 from service.jobs.runner import RunConfig
 from service.jobs.service import MAX_SEQ, JobService
+from service.streaming import LimitedEventSourceResponse
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -114,7 +114,9 @@ def _busy(description: str) -> dict[str, Any]:
     }
 
 
-NO_JOB = _problem("No such job (any id that is not 32 hex digits names none).")
+NO_JOB = _problem(
+    "No such job (any id that is not 32 hex digits names none), or another API key's job."
+)
 
 
 JOB_EXAMPLE: dict[str, Any] = {
@@ -167,12 +169,12 @@ JOB_EXAMPLES = {
     status_code=202,
     response_model=specs.Job,
     summary="Submit a training job",
-    dependencies=[Depends(auth.job_writer)],
     responses={
         202: _example(
             {**JOB_EXAMPLE, "status": "queued", "progress": None},
             "Queued; `Location` names the job.",
         ),
+        403: _problem("The Idempotency-Key was used by another API key (LRS_API_KEYS set)."),
         422: {"description": "Invalid spec, a limit exceeded, or a reused Idempotency-Key."},
         429: _busy("This client has LRS_JOB_QUEUE_MAX_PER_CLIENT jobs queued or running."),
         503: _busy("LRS_JOB_QUEUE_MAX jobs are queued or running, or the data quota is full."),
@@ -180,6 +182,7 @@ JOB_EXAMPLES = {
 )
 async def submit_job(
     request: Request,
+    owner: Annotated[str | None, Depends(auth.job_writer)],
     spec: Annotated[specs.JobSpec | None, Body(openapi_examples=JOB_EXAMPLES)] = None,
     idempotency_key: Annotated[
         str | None,
@@ -197,9 +200,8 @@ async def submit_job(
     """
     spec = spec or specs.JobSpec()
     record, created = await anyio.to_thread.run_sync(
-        _jobs(request).submit, spec, idempotency_key, _client(request)
+        _jobs(request).submit, spec, idempotency_key, _client(request), owner
     )
-    await auth.record_owner(request, record.id, created)
     headers = {"Location": f"/v1/jobs/{record.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -209,7 +211,7 @@ async def submit_job(
 @router.get(
     "",
     response_model=specs.JobPage,
-    summary="List jobs, newest first",
+    summary="List jobs, newest first (with API keys: the caller's own)",
     responses={
         200: _example(
             {"jobs": [JOB_EXAMPLE], "next_page_token": "eyJiZWZvcmUiOjQyLCJzdGF0dXMiOm51bGx9"},
@@ -219,6 +221,7 @@ async def submit_job(
 )
 async def list_jobs(
     request: Request,
+    owner: Annotated[str | None, Depends(auth.job_reader)],
     status: Annotated[
         specs.JobStatus | None, Query(description="Only jobs in this status.")
     ] = None,
@@ -228,14 +231,18 @@ async def list_jobs(
     ] = None,
 ) -> Response:
     """Return a page of jobs and the token of the next page (null on the last page). A page
-    ends early, with a token, rather than pass LRS_JOB_PAGE_MAX_BYTES."""
+    ends early, with a token, rather than pass LRS_JOB_PAGE_MAX_BYTES.
+
+    With `LRS_API_KEYS` set, listing needs a key (401 without) and lists only the jobs that
+    key submitted, on every page and with any `status` filter; jobs submitted while the
+    service had no keys are in no key's listing. Without keys, every job is listed."""
     settings = request.app.state.settings
     page_size = min(page_size, settings.job_page_size_max)
     jobs = _jobs(request)
 
     def page() -> bytes:  # in a thread: the event loop only sends the bytes
         parts, token = jobs.list_page(
-            status, page_size, page_token, _view_bytes, settings.job_page_max_bytes
+            status, page_size, page_token, _view_bytes, settings.job_page_max_bytes, owner
         )
         tail = json.dumps(token).encode()
         return b'{"jobs":[' + b",".join(parts) + b'],"next_page_token":' + tail + b"}"
@@ -247,10 +254,12 @@ async def list_jobs(
     "/{job_id}",
     response_model=specs.Job,
     summary="A job: status, progress, result",
+    dependencies=[Depends(auth.job_owner)],
     responses={200: _example(JOB_EXAMPLE, "The job."), 404: NO_JOB},
 )
 async def get_job(request: Request, job_id: JobId) -> Response:
-    """Return the job; 404 when there is none."""
+    """Return the job; 404 when there is none, or (with `LRS_API_KEYS` set) when another key
+    submitted it."""
     record = await anyio.to_thread.run_sync(partial(_jobs(request).get, job_id, raw=True))
     return await _job_response(record)
 
@@ -312,6 +321,7 @@ async def delete_job(request: Request, job_id: JobId) -> Response:
 @router.get(
     "/{job_id}/events",
     summary="Server-Sent Events: status, progress, then one `done` event",
+    dependencies=[Depends(auth.job_owner)],
     responses={
         200: {
             "content": {
@@ -337,7 +347,7 @@ async def job_event_stream(
     last_event_id: Annotated[
         int | None, Header(ge=0, description="Resume after this event id.")
     ] = None,
-) -> EventSourceResponse:
+) -> LimitedEventSourceResponse:
     """Stream `status` (queued, running), `progress` (every epoch and every
     `LRS_JOB_PROGRESS_EVERY` optimizer steps) and a final `done` event whose data holds the
     status. A finished job's stream replays its events and closes. Open streams are capped
@@ -352,8 +362,10 @@ async def job_event_stream(
         )
     hub: EventHub = request.app.state.job_events
     ticket = hub.admit(job_id, _client(request))
-    return EventSourceResponse(
-        hub.stream(ticket, last_event_id or 0), background=BackgroundTask(hub.release, ticket)
+    return LimitedEventSourceResponse(
+        hub.stream(ticket, last_event_id or 0),
+        send_timeout=request.app.state.settings.stream_send_timeout_s,
+        background=BackgroundTask(hub.release, ticket),
     )
 
 

@@ -7,6 +7,7 @@ and schedule) before it is queued, so a spec torch would refuse is a 422, never 
 import base64
 import binascii
 import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.auth import Forbidden
 from service.devices import resolve_device
 from service.errors import (
     Conflict,
@@ -181,12 +183,18 @@ class JobService:
         trainer.build_schedule(spec)
 
     def submit(
-        self, spec: specs.JobSpec, idempotency_key: str | None = None, client: str | None = None
+        self,
+        spec: specs.JobSpec,
+        idempotency_key: str | None = None,
+        client: str | None = None,
+        owner: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Queue ``spec`` for ``client``; return the job and whether it is new. The same
-        ``idempotency_key`` with the same spec returns the first job (even when the queue is
-        full); with another spec it is a 422. Past the queue caps: TooManyRequests (429, the
-        client's) or Unavailable (503, everyone's, or the data quota), with Retry-After."""
+        """Queue ``spec`` for ``client`` (the job belongs to the API key whose digest is
+        ``owner``); return the job and whether it is new. The same ``idempotency_key`` with
+        the same spec returns the first job (even when the queue is full); with another spec
+        it is a 422; used by another key, a 403 (before the spec is compared: another key
+        learns nothing of the job). Past the queue caps: TooManyRequests (429, the client's)
+        or Unavailable (503, everyone's, or the data quota), with Retry-After."""
         self.check(spec)
         body = spec.model_dump(mode="json")
         spec_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -198,9 +206,16 @@ class JobService:
             limits = self.settings
             caps = QueueCaps(limits.job_queue_max, limits.job_queue_max_per_client)
             try:  # the store counts and inserts at once, for every process sharing it
-                record, created = self.store.create(body, spec_hash, idempotency_key, client, caps)
+                record, created = self.store.create(
+                    body, spec_hash, idempotency_key, client, caps, owner
+                )
             except QueueFull as full:
                 raise self._queue_full(full.which) from None
+        if not created and not _same_owner(record.owner, owner):
+            raise Forbidden(
+                "this Idempotency-Key was already used by another API key; use a new key",
+                loc=("header", "Idempotency-Key"),
+            )
         if not created and record.spec_hash != spec_hash:
             raise InvalidSpec(
                 f"Idempotency-Key {idempotency_key!r} was already used for job {record.id} "
@@ -298,19 +313,23 @@ class JobService:
         page_token: str | None,
         render: Callable[[JobRecord], bytes],
         max_bytes: int,
+        owner: str | None = None,
     ) -> tuple[list[bytes], str | None]:
         """Return one page of jobs, newest first, each rendered by ``render``, and the token
-        of the next page (or None). The page ends early, with a token, rather than pass
-        ``max_bytes`` (it always holds one job). Records are read in growing chunks, so a
-        page of a few huge jobs never loads a hundred of them, and raw (spec and result as
-        their stored JSON text, which ``render`` copies: :func:`specs.job_json`)."""
+        of the next page (or None); with ``owner``, only the jobs of that API key digest (a
+        token names a position only: every page is filtered again, so a token taken from
+        another key's listing shows nothing of that key's). The page ends early, with a
+        token, rather than pass ``max_bytes`` (it always holds one job). Records are read
+        in growing chunks, so a page of a few huge jobs never loads a hundred of them, and
+        raw (spec and result as their stored JSON text, which ``render`` copies:
+        :func:`specs.job_json`)."""
         before = _decode_token(page_token, status) if page_token else None
         parts: list[bytes] = []
         size = 0
         chunk = 1
         last: JobRecord | None = None
         while True:
-            records = self.store.list_jobs(status, chunk, before, raw=True)
+            records = self.store.list_jobs(status, chunk, before, raw=True, owner=owner)
             for record in records:
                 if len(parts) == page_size:
                     return parts, _encode_token(last.seq, status) if last else None
@@ -378,6 +397,13 @@ class JobService:
     def _running(self, job_id: str) -> bool:
         record = self.store.get(job_id)
         return record is not None and record.status == "running"
+
+
+def _same_owner(stored: str | None, caller: str | None) -> bool:
+    """Whether a replayed job is the caller's: a job of no key is anyone's (keys were off)."""
+    if stored is None:
+        return True
+    return caller is not None and hmac.compare_digest(stored, caller)
 
 
 def _encode_token(seq: int, status: str | None) -> str:

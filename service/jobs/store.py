@@ -19,6 +19,18 @@ starting one never touches another's running jobs.
 ``seq`` and event ids are never reused, not even after the newest job is deleted (SQLite
 tables use ``AUTOINCREMENT``): a worker's cancel flag names a job by its ``seq``, and a reused
 one would cancel the next job that got it.
+
+A job's ``owner`` is the digest of the API key that submitted it (:mod:`service.auth`), set
+in the same transaction as the job; listings filter on it through the ``(owner, seq)`` index.
+The table ``{prefix}job_owners`` of earlier versions is read at start to fill ``owner`` for
+the jobs it names, and still written, so an earlier version's replica sharing the store
+during a rolling upgrade keeps answering 404 for another key's job.
+
+The data quota's count of the records (:meth:`Store.record_bytes`) is O(1) on every store:
+SQLite's live pages (three PRAGMAs); on PostgreSQL a running total of the bytes of every row
+of ``jobs`` and ``job_events`` in ``{prefix}job_usage``, kept by statement-level triggers in
+the same transaction as each write (whichever process or version writes), spread over
+:data:`USAGE_SLOTS` rows so concurrent writers rarely wait on one another.
 """
 
 import hashlib
@@ -37,7 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from service.jobs import lease
-from service.jobs.specs import FINISHED
+from service.jobs.specs import FINISHED, JOB_ID
 
 log = logging.getLogger("service.jobs")
 
@@ -50,6 +62,13 @@ RAW_COLUMNS = ("spec", "result")
 ROW_HEADER_BYTES = 28
 """A PostgreSQL heap row's header and line pointer, counted per row by
 :meth:`Store.record_bytes`."""
+
+USAGE_SLOTS = 16
+"""Rows of the PostgreSQL usage total (a writer adds to the slot of its backend process)."""
+
+USAGE_VERSION = 1
+"""Version of the size formula the usage triggers apply (in their functions' names): a start
+that finds another version recounts the total once, under a lock that holds writes off."""
 
 TERMINAL_EVENT = "done"
 """The event that ends a job's stream; its data carries the final status."""
@@ -93,6 +112,7 @@ class JobRecord:
     lease_expires: float | None = None
     attempts: int | None = 0
     client: str | None = None
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: RowMapping) -> "JobRecord":
@@ -163,6 +183,8 @@ class Store:
             sa.Column("lease_expires", sa.Float),
             sa.Column("attempts", sa.Integer),
             sa.Column("client", sa.String(128)),  # who submitted: the per-client queue cap
+            sa.Column("owner", sa.String(64)),  # the submitting API key's digest (auth)
+            sa.Index(f"ix_{table_prefix}jobs_owner_seq", "owner", "seq"),
             sqlite_autoincrement=True,
         )
         self.events = sa.Table(
@@ -174,13 +196,46 @@ class Store:
             sa.Column("data", sa.JSON, nullable=False),
             sqlite_autoincrement=True,
         )
+        self.owners = sa.Table(  # earlier versions' record of owners: see the module's doc
+            f"{table_prefix}job_owners",
+            self.metadata,
+            sa.Column("job_id", sa.String(32), primary_key=True),
+            sa.Column("key_hash", sa.String(64), nullable=False),
+        )
+        self.usage: sa.Table | None = None
+        if self.engine.dialect.name == "postgresql":
+            self.usage = sa.Table(
+                f"{table_prefix}job_usage",
+                self.metadata,
+                sa.Column("slot", sa.SmallInteger, primary_key=True, autoincrement=False),
+                sa.Column("bytes", sa.BigInteger, nullable=False),
+            )
 
     # ----------------------------------------------------------------- lifecycle
 
     def create_schema(self) -> None:
         """Create the tables when they do not exist and add columns older versions lacked
         (safe when several processes start at once: :func:`create_tables`)."""
-        create_tables(self.engine, self.metadata, self.table_prefix, self._add_missing_columns)
+        create_tables(self.engine, self.metadata, self.table_prefix, self._upgrade)
+
+    def _upgrade(self, conn: Connection) -> None:
+        """What create_all leaves to do on tables of an earlier version: columns, indexes,
+        owners from the old owners table, the usage triggers (under create_tables' lock)."""
+        self._add_missing_columns(conn)
+        for index in self.jobs.indexes:
+            index.create(conn, checkfirst=True)
+        owners = self.owners
+        conn.execute(
+            sa.update(self.jobs)
+            .where(self.jobs.c.owner.is_(None), self.jobs.c.id.in_(sa.select(owners.c.job_id)))
+            .values(
+                owner=sa.select(owners.c.key_hash)
+                .where(owners.c.job_id == self.jobs.c.id)
+                .scalar_subquery()
+            )
+        )
+        if self.usage is not None:
+            self._install_usage(conn)
 
     def _add_missing_columns(self, conn: Connection) -> None:
         present = {c["name"] for c in sa.inspect(conn).get_columns(self.jobs.name)}
@@ -197,8 +252,132 @@ class Store:
                 log.info("job store: added column %s.%s", self.jobs.name, column.name)
 
     def drop_schema(self) -> None:
-        """Drop the tables (tests clean up with this)."""
+        """Drop the tables, and on PostgreSQL the usage functions (tests clean up with this)."""
         self.metadata.drop_all(self.engine)
+        if self.usage is not None:
+            with self.engine.begin() as conn:
+                for name in self._usage_functions(every_version=True):
+                    conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {name}()"))
+
+    # ----------------------------------------------------------------- usage (PostgreSQL)
+
+    def _quote(self, name: str) -> str:
+        return self.engine.dialect.identifier_preparer.quote_identifier(name)
+
+    def _usage_functions(self, every_version: bool = False) -> list[str]:
+        versions = range(1, USAGE_VERSION + 1) if every_version else [USAGE_VERSION]
+        return [
+            self._quote(f"{table.name}_usage_v{v}_{op}")
+            for v in versions
+            for table in (self.jobs, self.events)
+            for op in ("ins", "upd", "del")
+        ]
+
+    def _row_bytes(self, table: sa.Table, alias: str, *, mutable_only: bool = False) -> str:
+        """SQL for the bytes of one row of ``table`` (named ``alias``) as the service wrote
+        it: a header, fixed-width columns at their width, text and JSON at their length
+        before the database's compression (the same whether the value is read from a
+        statement's new rows or from disk, so what a delete subtracts is what the insert
+        added). ``mutable_only``: without ``spec``, which no UPDATE ever sets, so an update
+        of a job's progress never reads (detoasts) a spec of 100k values."""
+        parts = [str(ROW_HEADER_BYTES)]
+        for column in table.columns:
+            if mutable_only and column.name == "spec":
+                continue
+            ref = f"{alias}.{self._quote(column.name)}"
+            if isinstance(column.type, sa.JSON):
+                size = f"octet_length({ref}::text)"
+            elif isinstance(column.type, sa.String):
+                size = f"octet_length({ref})"
+            else:
+                size = f"pg_column_size({ref})"
+            parts.append(f"coalesce({size}, 0)")
+        return " + ".join(parts)
+
+    def _install_usage(self, conn: Connection) -> None:
+        """Install the triggers that keep ``job_usage`` and count what is already stored,
+        unless this version's are in place: once per store (and per formula version)."""
+        assert self.usage is not None
+        names = self._usage_functions()
+        jobs, events = self._quote(self.jobs.name), self._quote(self.events.name)
+        installed = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                "WHERE t.tgrelid IN (CAST(:jobs AS regclass), CAST(:events AS regclass)) "
+                "AND NOT t.tgisinternal AND p.proname = ANY(:names)"
+            ),
+            {"jobs": jobs, "events": events, "names": [n.strip('"') for n in names]},
+        ).scalar_one()
+        slots = conn.execute(sa.select(sa.func.count()).select_from(self.usage)).scalar_one()
+        if installed == len(names) and slots == USAGE_SLOTS:
+            return
+        # Writers wait from here to the commit: the count below sees every row, and every
+        # write after it goes through the triggers (row locks of running writes are waited for).
+        conn.execute(sa.text(f"LOCK TABLE {jobs}, {events} IN SHARE ROW EXCLUSIVE MODE"))
+        usage = self._quote(self.usage.name)
+        slot = f"pg_backend_pid() % {USAGE_SLOTS}"
+        functions = iter(names)
+        for table in (self.jobs, self.events):
+            full = self._row_bytes(table, "r")
+            mutable = self._row_bytes(table, "r", mutable_only=True)
+            bodies = {
+                "ins": (
+                    f"SELECT coalesce(sum({full}), 0) FROM new_rows r",
+                    "NEW TABLE AS new_rows",
+                ),
+                "upd": (
+                    f"SELECT coalesce((SELECT sum({mutable}) FROM new_rows r), 0)"
+                    f" - coalesce((SELECT sum({mutable}) FROM old_rows r), 0)",
+                    "NEW TABLE AS new_rows OLD TABLE AS old_rows",
+                ),
+                "del": (
+                    f"SELECT -coalesce(sum({full}), 0) FROM old_rows r",
+                    "OLD TABLE AS old_rows",
+                ),
+            }
+            for op, event in (("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")):
+                query, referencing = bodies[op]
+                function = next(functions)
+                conn.execute(
+                    sa.text(
+                        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
+                        "LANGUAGE plpgsql AS $body$ DECLARE d bigint; BEGIN "
+                        f"{query} INTO d; "
+                        f"IF d <> 0 THEN UPDATE {usage} SET bytes = bytes + d "
+                        f"WHERE slot = {slot}; END IF; RETURN NULL; END $body$"
+                    )
+                )
+                trigger = self._quote(f"{table.name}_usage_{op}")
+                target = self._quote(table.name)
+                conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {trigger} ON {target}"))
+                conn.execute(
+                    sa.text(
+                        f"CREATE TRIGGER {trigger} AFTER {event} ON {target} "
+                        f"REFERENCING {referencing} FOR EACH STATEMENT "
+                        f"EXECUTE FUNCTION {function}()"
+                    )
+                )
+        total = self.scan_record_bytes(conn)
+        conn.execute(sa.delete(self.usage))
+        conn.execute(
+            sa.insert(self.usage),
+            [{"slot": k, "bytes": total if k == 0 else 0} for k in range(USAGE_SLOTS)],
+        )
+        log.info("job store: usage triggers v%d installed, %d bytes counted", USAGE_VERSION, total)
+
+    def scan_record_bytes(self, conn: Connection | None = None) -> int:
+        """PostgreSQL: the bytes of every row of ``jobs`` and ``job_events`` by the usage
+        triggers' formula, counted by reading them all (O(rows): the start that installs the
+        triggers, and tests and bench/bench_quota.py checking the running total)."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.scan_record_bytes(own)
+        total = 0
+        for table in (self.jobs, self.events):
+            size = self._row_bytes(table, "r")
+            query = f"SELECT coalesce(sum({size}), 0) FROM {self._quote(table.name)} r"
+            total += int(conn.execute(sa.text(query)).scalar_one())
+        return total
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -251,15 +430,35 @@ class Store:
         before_seq: int | None = None,
         *,
         raw: bool = False,
+        owner: str | None = None,
     ) -> list[JobRecord]:
-        """Return up to ``limit`` jobs newest first, older than ``before_seq`` when given."""
+        """Return up to ``limit`` jobs newest first, older than ``before_seq`` when given,
+        and only those ``owner`` submitted when given (index ``(owner, seq)``)."""
         query = sa.select(*self._columns(raw)).order_by(self.jobs.c.seq.desc()).limit(limit)
         if status is not None:
             query = query.where(self.jobs.c.status == status)
         if before_seq is not None:
             query = query.where(self.jobs.c.seq < before_seq)
+        if owner is not None:
+            query = query.where(self.jobs.c.owner == owner)
         with self.engine.connect() as conn:
             return [JobRecord.from_row(row) for row in conn.execute(query).mappings()]
+
+    def owner_of(self, job_id: str) -> str | None:
+        """Return the digest of the API key that submitted the job, or None (no such job, or
+        one submitted without a key; an earlier version's replica may have recorded the
+        owner only in the old owners table, read when the job's column is empty). An id
+        that is not 32 hex digits names no job and never reaches the database (PostgreSQL
+        refuses a NUL in text)."""
+        if not JOB_ID.fullmatch(job_id):
+            return None
+        query = (
+            sa.select(sa.func.coalesce(self.jobs.c.owner, self.owners.c.key_hash))
+            .select_from(self.jobs.outerjoin(self.owners, self.owners.c.job_id == self.jobs.c.id))
+            .where(self.jobs.c.id == job_id)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def events_after(self, job_id: str, after: int = 0) -> list[Event]:
         """Return the job's events with an id above ``after``, oldest first."""
@@ -320,10 +519,11 @@ class Store:
 
     def record_bytes(self) -> int:
         """Return about how many bytes the job records and events take in the database,
-        counting live data only, so deleting jobs frees what the quota counts: SQLite's
-        pages in use (its file does not shrink after a delete); on PostgreSQL the stored
-        size of every column of every row (TOASTed values as stored, compressed, read from
-        their pointers alone) plus each row's header."""
+        counting live data only, so deleting jobs frees what the quota counts; O(1) however
+        many jobs there are: SQLite's pages in use (its file does not shrink after a
+        delete); on PostgreSQL the sum of the ``job_usage`` slots that the triggers keep
+        (each row's header, fixed-width columns, text and JSON at their uncompressed length:
+        :meth:`scan_record_bytes` counts the same by reading every row)."""
         dialect = self.engine.dialect.name
         with self.engine.connect() as conn:
             if dialect == "sqlite":
@@ -331,15 +531,9 @@ class Store:
                 free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
                 size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
                 return int((pages - free) * size)
-            if dialect == "postgresql":
-                total = 0
-                for table in (self.jobs, self.events):
-                    row_bytes = sa.literal(ROW_HEADER_BYTES)
-                    for column in table.columns:
-                        row_bytes = row_bytes + sa.func.coalesce(sa.func.pg_column_size(column), 0)
-                    query = sa.select(sa.func.coalesce(sa.func.sum(row_bytes), 0))
-                    total += int(conn.execute(query.select_from(table)).scalar_one())
-                return total
+            if self.usage is not None:
+                query = sa.select(sa.func.coalesce(sa.func.sum(self.usage.c.bytes), 0))
+                return int(conn.execute(query).scalar_one())
         return 0
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -360,9 +554,11 @@ class Store:
         idempotency_key: str | None = None,
         client: str | None = None,
         caps: QueueCaps | None = None,
+        owner: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Insert a queued job (submitted by ``client``); return it and True, or the job
-        already stored under ``idempotency_key`` and False.
+        """Insert a queued job (submitted by ``client``, with the API key whose digest is
+        ``owner``); return it and True, or the job already stored under ``idempotency_key``
+        and False.
 
         With ``caps``, raise :class:`QueueFull` instead when the job would make the queued
         and running jobs (of ``client``) more than a cap allows. The count and the insert are
@@ -380,6 +576,7 @@ class Store:
             "idempotency_key": idempotency_key,
             "cancel_requested": False,
             "client": client,
+            "owner": owner,
         }
         try:
             with self.engine.begin() as conn:
@@ -388,6 +585,8 @@ class Store:
                 conn.execute(sa.insert(self.jobs).values(**values))
                 if caps:
                     self._check_caps(conn, caps, client)  # raises: the insert is rolled back
+                if owner is not None:  # for an earlier version's replica: see the module's doc
+                    conn.execute(sa.insert(self.owners).values(job_id=job_id, key_hash=owner))
                 self._event(conn, job_id, "status", {"status": "queued"})
                 record = self._get(conn, job_id)
         except sa.exc.IntegrityError:
@@ -395,7 +594,7 @@ class Store:
                 raise
             existing = self.by_idempotency_key(idempotency_key)
             if existing is None:  # deleted in between: try once more
-                return self.create(spec, spec_hash, idempotency_key, client, caps)
+                return self.create(spec, spec_hash, idempotency_key, client, caps, owner)
             return existing, False
         assert record is not None
         return record, True
@@ -596,6 +795,7 @@ class Store:
             ).rowcount
             if deleted:
                 conn.execute(sa.delete(self.events).where(self.events.c.job_id == job_id))
+                conn.execute(sa.delete(self.owners).where(self.owners.c.job_id == job_id))
         return bool(deleted)
 
     def queued_ids(self, limit: int = 10_000, min_age_s: float = 0.0) -> list[str]:
@@ -682,6 +882,7 @@ class Store:
             ).rowcount
             if deleted:
                 conn.execute(sa.delete(self.events).where(self.events.c.job_id == job_id))
+                conn.execute(sa.delete(self.owners).where(self.owners.c.job_id == job_id))
         return bool(deleted)
 
     def interrupt_running(self, detail: str, worker_prefix: str | None = None) -> list[str]:

@@ -135,8 +135,8 @@ def _validate(
                 torch_work += cost.total
             elif vector_cost + cost.total > settings.vectorized_max_cost:
                 raise LimitExceeded(
-                    f"this spec costs {cost.total} value operations ({cost.describe()}); with "
-                    f"the slots before it the batch would cost {vector_cost + cost.total}, "
+                    f"this spec costs {cost.total} (about 1 ns of CPU each; {cost.describe()}); "
+                    f"with the slots before it the batch would cost {vector_cost + cost.total}, "
                     f"above its limit of {settings.vectorized_max_cost} "
                     "(LRS_VECTORIZED_MAX_COST). Use fewer steps, groups or schedulers, a "
                     "shorter lr_lambda, or split the batch.",

@@ -7,9 +7,9 @@ the worker thread that computes; the engines, the lr_lambda evaluator and the fo
 to change) or soon after its client has gone (:class:`Cancelled`), and its thread and its
 compute slot are free again.
 
-The cost model counts value operations (one float64 operation on one value):
-:func:`cost` is what :func:`~service.schedules.service.check_limits` compares with
-``LRS_VECTORIZED_MAX_COST`` and ``LRS_TORCH_MAX_WORK``.
+The cost model: :func:`cost` is what :func:`~service.schedules.service.check_limits` compares
+with ``LRS_VECTORIZED_MAX_COST`` (about 1 ns of CPU a unit, each closed form weighted as
+measured) and ``LRS_TORCH_MAX_WORK`` (scheduler updates).
 """
 
 import math
@@ -140,23 +140,46 @@ def chunked_fn(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 # --------------------------------------------------------------------------- cost model
+#
+# The vectorized cost is in units of about 1 ns of CPU time on the 2-core AMD EPYC this
+# service is measured on (bench/bench_cost.py prints every closed form's ns per step and per
+# value next to the model's): each scheduler's weights are on its spec class
+# (``cost_per_step``, ``cost_per_value``, ``vectorized_cost``; a library family's closed form
+# costs 15-200 ns a value, torch's cosine 8), so LRS_VECTORIZED_MAX_COST is CPU time.
 
 LEAF_OPS = 4
-"""Value operations per group and step of a scheduler's closed form (measured: cosine over
-2.5M steps × 16 groups costs about what a 4-node lr_lambda costs over as many values)."""
+"""The torch engine's weight is scheduler updates; on the vectorized engine this is only the
+per-value weight of a warmup that declares none."""
+
+LAMBDA_NODE_COST = 12
+"""Weight per lr_lambda operation and scheduler step on the vectorized engine: each distinct
+expression is evaluated once per step for every param group (groups sharing a text share one
+parsed expression, and :class:`~service.schedules.vectorized.formulas.Lambda` evaluates each
+function once), up to three times (the refusal check, the values, the finiteness check);
+measured: the issue's 753-character probe (167 operations) costs 1967 ns a step on one group
+and 76 ns a value on 16 (load 5.5), about 11.3 ns per operation and step besides LambdaLR's own."""
 
 LAMBDA_EVALUATIONS = 3
 """The vectorized engine evaluates a user lr_lambda over every step up to three times (the
-refusal check, the values, the finiteness check)."""
+refusal check, the values, the finiteness check); LAMBDA_NODE_COST counts the three."""
 
-METRIC_SCAN_OPS = 256
-"""Value operations per scheduler step of a metric-driven schedule on the vectorized engine:
-its scan over the metrics is a Python loop (measured: about 0.15 µs a step for
-ReduceLROnPlateau, 0.6 µs for transformers' greedy with smoothing, on an idle core)."""
+METRIC_SCAN_OPS = 500
+"""Weight per scheduler step of a metric-driven schedule's scan over the metrics on the
+vectorized engine (a Python loop): measured 450 ns a step for ReduceLROnPlateau and 390 for
+timm's plateau, at load 5.5 (transformers' greedy with smoothing sets its own,
+``metric_scan_cost``)."""
 
 TORCH_NODES_PER_UPDATE = 64
 """On the torch engine, this many lr_lambda nodes (Python float operations) cost about one
 scheduler update (about 15 µs)."""
+
+
+def chunks(steps: int, groups: int) -> int:
+    """Return how many chunks :func:`chunked` evaluates ``steps`` steps × ``groups`` rows in
+    (at least one: a closed form whose every chunk costs per group, optax's, pays that for a
+    single step too)."""
+    per = max(256, CLOSED_FORM_VALUES // max(1, groups))
+    return max(1, -(-steps // per))
 
 
 @lru_cache(maxsize=4096)
@@ -190,7 +213,7 @@ class Cost:
     nodes: int
     """lr_lambda operations per step: each distinct expression once."""
     total: int
-    """Value operations (vectorized) or scheduler updates (torch)."""
+    """Vectorized: the weight of the work, about 1 ns of CPU each; torch: scheduler updates."""
 
     def describe(self) -> str:
         parts = [
@@ -203,14 +226,28 @@ class Cost:
         return ", ".join(parts)
 
 
+def _warmup_cost(warmup: Any, steps: int, groups: int) -> float:
+    """Return the vectorized weight of the request's warmup (pytorch_warmup's dampening
+    multiplies every value; the service's own is a segment before the scheduler)."""
+    if warmup is None:
+        return 0.0
+    per_step = getattr(warmup, "cost_per_step", 0.0)
+    per_value = getattr(warmup, "cost_per_value", LEAF_OPS)
+    return steps * (per_step + groups * per_value)
+
+
 def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
     """Return the cost of ``request`` on ``engine`` ("torch" or "vectorized").
 
-    vectorized: steps × (groups × schedulers × LEAF_OPS + LAMBDA_EVALUATIONS × lr_lambda
-    nodes, each distinct expression once) plus, for a ChainedScheduler (an affine scan),
+    vectorized (about 1 ns of CPU each): Σ over the schedulers of their closed form's
+    ``vectorized_cost(steps, groups)`` (per step and per value weights declared on each spec
+    class, measured by bench/bench_cost.py), the warmup's, steps × LAMBDA_NODE_COST ×
+    lr_lambda operations (each distinct expression once, whatever the groups: it is
+    evaluated once per step for all of them) plus, for a ChainedScheduler (an affine scan),
     steps × groups × 2 × log2(steps), and for a metric-driven schedule (a scan over the
-    metrics) steps × METRIC_SCAN_OPS. torch: steps × groups × Σ over schedulers of
-    (1 + nodes of its lr_lambda / TORCH_NODES_PER_UPDATE), in scheduler updates.
+    metrics) steps × METRIC_SCAN_OPS (or its spec's ``metric_scan_cost``). torch: steps ×
+    groups × Σ over schedulers of (1 + nodes of its lr_lambda / TORCH_NODES_PER_UPDATE), in
+    scheduler updates.
     """
     steps = request.scheduler_steps
     groups = request.n_groups
@@ -228,10 +265,13 @@ def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
         total = math.ceil(steps * groups * torch_weight)
     else:
         schedulers = len(leaves) + (1 if request.warmup else 0)
-        total = steps * (groups * schedulers * LEAF_OPS + LAMBDA_EVALUATIONS * distinct_nodes)
+        weight = sum(spec.vectorized_cost(steps, groups) for spec in every)
+        weight += _warmup_cost(request.warmup, steps, groups)
+        weight += steps * LAMBDA_NODE_COST * distinct_nodes
         if isinstance(request.scheduler, specs.ChainedScheduler) and steps > 1:
-            total += steps * groups * 2 * math.ceil(math.log2(steps))
+            weight += steps * groups * 2 * math.ceil(math.log2(steps))
         root = request.scheduler
         if isinstance(root, specs.ReduceLROnPlateau) or getattr(root, "metric_driven", False):
-            total += steps * METRIC_SCAN_OPS
+            weight += steps * getattr(root, "metric_scan_cost", METRIC_SCAN_OPS)
+        total = math.ceil(weight)
     return Cost(steps, groups, schedulers, distinct_nodes, total)

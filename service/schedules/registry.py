@@ -57,6 +57,21 @@ class SchedulerBase(SpecModel):
     """Example specs for the catalog and the OpenAPI page (the first is the main one)."""
     example_request: ClassVar[dict[str, Any]] = {}
     """The catalog example's other request fields (``steps`` is 200 unless given here)."""
+    cost_per_step: ClassVar[float] = 12.0
+    """The vectorized cost model's weight (about 1 ns of CPU each: ``bench/bench_cost.py``
+    measures them) per scheduler step of this closed form, whatever the param groups (what
+    the groups share: a factor of the step, a transcendental of it)."""
+    cost_per_value: ClassVar[float] = 8.0
+    """The weight per value (scheduler step × param group). The defaults are torch's
+    CosineAnnealingLR's (11 + 8 × groups ns per step measured); a family sets its own."""
+
+    def vectorized_cost(self, steps: int, groups: int) -> float:
+        """Return the cost model's weight (about 1 ns of CPU each) of evaluating this
+        scheduler's closed form over ``steps`` scheduler steps × ``groups`` param groups on
+        the vectorized engine (a composite's own: its children are counted themselves)."""
+        if self.children():
+            return 0.0
+        return steps * (self.cost_per_step + groups * self.cost_per_value)
 
     def children(self) -> list["SchedulerBase"]:
         """Return the nested scheduler specs (empty for a leaf scheduler)."""

@@ -139,10 +139,25 @@ def check_engine_limits(request: specs.ScheduleRequest, engine: str, settings: S
     _check_limits(request, engine, settings)
 
 
+def _vectorized_over(steps: int, values: int, cost: int, settings: Settings) -> str | None:
+    """Return the first vectorized limit of ``settings`` that a request of ``steps`` steps,
+    ``values`` scheduler steps × groups and ``cost`` is over (its setting's name), or None.
+    Both the full check and a cached plan's :meth:`_Plan.within` ask this one function: the
+    rest of the full check (the engine, the metrics, the families' list lengths) depends on
+    the request alone, which a cached plan's key is."""
+    if steps > settings.vectorized_max_steps:
+        return "vectorized_max_steps"
+    if values > settings.vectorized_max_values:
+        return "vectorized_max_values"
+    if cost > settings.vectorized_max_cost:
+        return "vectorized_max_cost"
+    return None
+
+
 def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
     limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
     hint = " Use engine 'auto' or 'vectorized' for longer schedules." if engine == "torch" else ""
-    if request.steps > limit:
+    if engine == "torch" and request.steps > limit:
         raise LimitExceeded(
             f"steps={request.steps} is above the {engine} engine's limit of {limit} "
             f"(LRS_{engine.upper()}_MAX_STEPS).{hint}",
@@ -150,7 +165,15 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
         )
     if engine == "vectorized":
         values = request.scheduler_steps * request.n_groups
-        if values > settings.vectorized_max_values:
+        cost = budget.cost(request, engine)
+        over = _vectorized_over(request.steps, values, cost.total, settings)
+        if over == "vectorized_max_steps":
+            raise LimitExceeded(
+                f"steps={request.steps} is above the {engine} engine's limit of {limit} "
+                f"(LRS_{engine.upper()}_MAX_STEPS).{hint}",
+                loc=("body", "steps"),
+            )
+        if over == "vectorized_max_values":
             raise LimitExceeded(
                 f"this request spans {request.scheduler_steps} scheduler steps × "
                 f"{request.n_groups} param groups = {values} values; the vectorized engine's "
@@ -158,14 +181,13 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
                 "Lower steps or use fewer param groups.",
                 loc=("body", "steps"),
             )
-        cost = budget.cost(request, engine)
-        if cost.total > settings.vectorized_max_cost:
+        if over == "vectorized_max_cost":
             raise LimitExceeded(
-                f"this request costs {cost.total} value operations ({cost.describe()}); the "
-                f"vectorized engine's limit is {settings.vectorized_max_cost} "
-                "(LRS_VECTORIZED_MAX_COST). Lower steps, use fewer param groups or "
-                "schedulers, or a shorter lr_lambda (an lr_lambda is evaluated at every "
-                "scheduler step, whatever sample asks).",
+                f"this request's cost is {cost.total} ({cost.describe()}; about 1 ns of CPU "
+                "each, as each schedule's closed form is measured); the vectorized engine's "
+                f"limit is {settings.vectorized_max_cost} (LRS_VECTORIZED_MAX_COST). Lower "
+                "steps, use fewer param groups or schedulers, or a shorter lr_lambda (the "
+                "cost counts every scheduler step, whatever sample asks).",
                 loc=("body", "steps"),
             )
     if engine == "torch":
@@ -340,13 +362,10 @@ class _Plan:
     generic path as :func:`_vectorized_computed` describes."""
 
     def within(self, settings: Settings) -> bool:
-        """Return True when the request is within ``settings``' vectorized limits (else the
-        full check runs and says which limit, as for a spec never computed)."""
-        return (
-            self.steps_n <= settings.vectorized_max_steps
-            and self.values <= settings.vectorized_max_values
-            and self.cost <= settings.vectorized_max_cost
-        )
+        """Return True when the request is within ``settings``' vectorized limits: the ones
+        the full check compares, by the same function (else the full check runs and says
+        which limit, as for a spec never computed)."""
+        return _vectorized_over(self.steps_n, self.values, self.cost, settings) is None
 
     def steps(self) -> tuple[np.ndarray, np.ndarray]:
         if self.indices is not None and self.sched_index is not None:
@@ -422,10 +441,101 @@ def _read_only(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _fast_of(program: Program) -> fast.Fast | None:
+    """Return :func:`fast.fast_of`'s answer for ``program``, its probes evaluated by the
+    kernel instead of the generic closed form's tensors: where a kernel covers the program,
+    it computes the generic closed form's float64 operations in the same order (the fast
+    path serves every value on that premise, ``tests/schedules/vectorized/test_fast.py``
+    checks it), so the probes' bits are the same, at a fraction of the small tensors' cost.
+    The same checks decide: no refused step, no dense check, the closed form at step 0 is
+    torch's lr at step 0, the lr finite where it could first stop being so."""
+    if program.dampen is not None or program.failure() is not None:
+        return None
+    probes = program._probes()
+    if probes is None or probes.ranges:
+        return None
+    kernel = fast.kernel_of(program)
+    if kernel is None:
+        return None
+    points = np.asarray(probes.points, dtype=np.int64)
+    values = np.empty((kernel.groups, points.size), dtype=np.float64)
+    kernel._sparse(points, values)
+    if not program._matches_lr0(values[:, 0]):
+        return None
+    index = {p: i for i, p in enumerate(probes.points)}
+    if not bool(np.isfinite(values[:, [index[p] for p in probes.finite]]).all()):
+        return None
+    n = program.n
+    final = program.lr0[:, 0].tolist() if n == 1 else values[:, index[n - 1]].tolist()
+    return fast.Fast(program, kernel, [float(v) for v in final])
+
+
+class _LrTemplates:
+    """Specs computed one by one that differ only in the optimizer's lr, their scheduler's
+    scalar parameters (``_VARIED``: a sweep over T_max, step_size, gamma, eta_min) or a linear
+    warmup's length (the common distinct specs: sweeps) share one compilation, as a batch's
+    do (:class:`_Templates` says which specs, and keys them).
+
+    The first spec of a kind is compiled (torch's objects built); when its state is where
+    :func:`~service.schedules.vectorized.batch.lr_template` puts it, the next one with other
+    values is compiled too and compared with what the template derives for it, bit for bit;
+    from then on a spec of that kind is derived without building torch's objects. A kind
+    whose check failed is compiled every time. The :data:`LR_TEMPLATES` most recently used
+    kinds are kept.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kinds: OrderedDict[str, list[object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def program(self, prep: _Prepared) -> Program:
+        found = None if prep.request.metrics else _Templates._key(prep)
+        kind = None
+        if found is not None:
+            with self._lock:
+                kind = self._kinds.get(found[0])
+                if kind is not None:
+                    self._kinds.move_to_end(found[0])
+        if found is not None and kind is not None and kind[1] is True:
+            derived = kind[0].derive(found[1])  # type: ignore[attr-defined]
+            if derived is not None:
+                return derived
+        program = vectorized.compile_request(prep.request, prep.n, prep.device)
+        if found is None:
+            return program
+        key, params = found
+        with self._lock:
+            kind = self._kinds.get(key)
+            if kind is None:
+                self._kinds[key] = [vectorized_batch.lr_template(program, params), False]
+                while len(self._kinds) > self.size:
+                    self._kinds.popitem(last=False)
+            elif kind[0] is not None and kind[1] is False and kind[0].params != params:  # type: ignore[attr-defined]
+                # a check needs other values than the template's own (the same spec with a
+                # value set explicitly rather than by default derives itself)
+                derived = kind[0].derive(params)  # type: ignore[attr-defined]
+                if derived is None:  # another structure (a warmup as long as the schedule)
+                    return program
+                same = vectorized_batch.same_program(derived, program)
+                kind[:] = [kind[0], True] if same else [None, False]
+        return program
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kinds.clear()
+
+
+LR_TEMPLATES = 64
+"""Kinds of spec (everything but the optimizer's lr) whose template :func:`compute` keeps."""
+
+lr_templates = _LrTemplates(LR_TEMPLATES)
+
+
 def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
     """Return the plan of ``request``, whose limits were checked."""
     prep = _prepared(request, engine)
-    program = vectorized.compile_request(prep.request, prep.n, prep.device)
+    program = lr_templates.program(prep)
     sched = prep.sched_index
     sample = prep.request.sample
     sorted_steps = sample is None or sample.at is None or bool(np.all(sched[1:] >= sched[:-1]))
@@ -441,7 +551,7 @@ def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
         request=prep.request,
         device=prep.device,
         program=program,
-        fast=fast.fast_of(program),
+        fast=_fast_of(program),
         sorted_steps=sorted_steps,
         dense=dense,
         indices=_read_only(prep.indices) if keep else None,
@@ -498,6 +608,7 @@ class _Plans:
     def clear(self) -> None:
         with self._lock:
             self._plans.clear()
+        lr_templates.clear()
 
 
 plans = _Plans(PLAN_CACHE_SIZE)
@@ -520,42 +631,78 @@ def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
         return _torch_computed(_prepared(request, engine), settings)
 
 
-class _Templates:
-    """A batch's specs that differ only in the optimizer's lr share one compilation.
+_VARIED = {
+    "CosineAnnealingLR": ("T_max", "eta_min"),
+    "StepLR": ("step_size", "gamma"),
+    "ExponentialLR": ("gamma",),
+}
+"""The scheduler parameters a batch's specs may differ in and still share one compilation
+(:data:`~service.schedules.vectorized.batch.MAIN_FIELDS` says where each one goes)."""
 
-    The first spec of a kind is compiled (torch's objects built); when its state is the lr's
-    alone (:func:`~service.schedules.vectorized.batch.lr_template`), the second is compiled
-    too and compared with what the template derives for it, bit for bit; from the third on,
-    a spec of that kind is derived without building torch's objects. Any other spec, or a
-    kind whose second spec differs from the derivation, is compiled every time.
+
+class _Templates:
+    """A batch's specs that differ only in the optimizer's lr, the scalar parameters of
+    their scheduler (:data:`_VARIED`: a sweep over T_max, step_size, gamma, eta_min) or a
+    linear warmup's length share one compilation.
+
+    The first spec of a kind is compiled (torch's objects built); the second is compiled too
+    and compared, bit for bit, with what the first one's program derives for it
+    (:class:`~service.schedules.vectorized.batch.LrTemplate`); when they agree, every later
+    spec of that kind is derived without building torch's objects. Any other spec, or a kind
+    whose second spec differs from the derivation, is compiled every time.
     """
 
     def __init__(self) -> None:
         self._kinds: dict[str, list[object]] = {}
 
     @staticmethod
-    def _key(prep: _Prepared) -> str | None:
+    def _key(prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
         request = prep.request
         if request.param_groups is not None or request.batch_scaling is not None:
             return None
         if prep.plan is not None:
             return None
-        return request.model_dump_json(exclude={"optimizer": {"lr"}})
+        scheduler = request.scheduler
+        fields = _VARIED.get(scheduler.type, ())
+        warmup = request.warmup
+        # only before torch's own schedulers of _VARIED, which ignore their span (steps - the
+        # warmup's): another library's schedule built over its span differs with the warmup
+        vary_warmup = isinstance(warmup, specs.LinearWarmup) and bool(fields)
+        exclude: dict[str, set[str]] = {"optimizer": {"lr"}}
+        if fields:
+            exclude["scheduler"] = set(fields)
+        if vary_warmup:
+            exclude["warmup"] = {"steps"}
+        params = vectorized_batch.Params(
+            lr=float(request.optimizer.lr),
+            main=tuple((name, getattr(scheduler, name)) for name in fields),
+            warmup_steps=warmup.steps if vary_warmup else None,  # type: ignore[union-attr]
+        )
+        return request.model_dump_json(exclude=exclude), params  # type: ignore[arg-type]
 
     def program(self, prep: _Prepared) -> Program:
-        key = self._key(prep)
-        lr = float(prep.request.optimizer.lr)
-        kind = None if key is None else self._kinds.get(key)
-        if kind is not None and kind[1] is True:
-            return kind[0].derive(lr)  # type: ignore[attr-defined]
+        found = self._key(prep)
+        kind = None if found is None else self._kinds.get(found[0])
+        if found is not None and kind is not None and kind[1] is True:
+            derived = kind[0].derive(found[1])  # type: ignore[attr-defined]
+            if derived is not None:
+                return derived
         program = vectorized.compile_request(prep.request, prep.n, prep.device)
-        if key is None:
+        if found is None:
             return program
+        key, params = found
         if kind is None:
-            self._kinds[key] = [vectorized_batch.lr_template(program, lr), False]
-        elif kind[0] is not None and kind[1] is False:
-            same = vectorized_batch.same_program(kind[0].derive(lr), program)  # type: ignore[attr-defined]
-            kind[:] = [kind[0], True] if same else [None, False]
+            self._kinds[key] = [(program, params), None]
+        elif kind[1] is None:
+            first, first_params = kind[0]  # type: ignore[misc]
+            template = vectorized_batch.lr_template(first, first_params)
+            derived = None if template is None else template.derive(params)
+            if template is None or (
+                derived is not None and not vectorized_batch.same_program(derived, program)
+            ):
+                kind[:] = [None, False]
+            elif derived is not None:
+                kind[:] = [template, True]
         return program
 
 

@@ -104,8 +104,12 @@ def test_jobs_submit_follow_events_equal_the_record_then_artifacts_and_delete(lr
     assert metrics["test_loss"] == record.result["test_loss"]
     assert lrs.artifact(job, "model.pt")[:2] == b"PK"  # torch.save's zip
     assert job.id in [j.id for j in lrs.list_jobs(page_size=100).jobs]
-    with Client(lrs.url, api_key=OTHER_KEY) as other, pytest.raises(NotFound):
-        other.delete_job(job)
+    with Client(lrs.url, api_key=OTHER_KEY) as other:  # another key sees none of it
+        with pytest.raises(NotFound):
+            other.delete_job(job)
+        with pytest.raises(NotFound):
+            other.get_job(job)
+        assert job.id not in [j.id for j in other.iter_jobs(page_size=2)]
     lrs.delete_job(job)
     with pytest.raises(NotFound):
         lrs.get_job(job)

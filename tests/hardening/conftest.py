@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
+from service.jobs.store import Store
 from tests.conftest import free_port
 from tests.jobs.support import POSTGRES_URL, postgres_available
 
@@ -83,10 +83,17 @@ def new_address() -> str:
 
 
 def start_server(
-    data_dir: Path, store: str, extra: dict[str, str] | None = None, prefix: str | None = None
+    data_dir: Path,
+    store: str,
+    extra: dict[str, str] | None = None,
+    prefix: str | None = None,
+    *,
+    flags: list[str] | None = None,
+    log: Path | None = None,
 ) -> Server:
     """Start uvicorn as `make serve` does; :func:`wait_ready` waits for it. With ``prefix``
-    it shares that server's job tables (a replica; SQLite: give it the same data_dir)."""
+    it shares that server's job tables (a replica; SQLite: give it the same data_dir).
+    ``flags`` follow the Makefile's (a later flag wins); ``log`` takes the server's stderr."""
     port = free_port()
     prefix = prefix or f"h{uuid.uuid4().hex[:10]}_"
     env = {**os.environ, **CAPS, **(extra or {}), "LRS_DATA_DIR": str(data_dir)}
@@ -97,8 +104,8 @@ def start_server(
         env["DATABASE_URL"] = database_url
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", *uvicorn_flags()],
-        env=env, cwd=ROOT,
+         "--port", str(port), "--log-level", "warning", *uvicorn_flags(), *(flags or [])],
+        env=env, cwd=ROOT, stderr=log.open("ab") if log else None,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     return Server(url, process, data_dir, store, database_url, prefix, env)
@@ -126,12 +133,12 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
-    if server.database_url:
-        engine = sa.create_engine(server.database_url)
-        with engine.begin() as conn:
-            for table in ("jobs", "job_events"):
-                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{server.prefix}{table}"'))
-        engine.dispose()
+    if server.database_url:  # its tables, the owners' and the usage total's, and triggers
+        store = Store(server.database_url, server.prefix)
+        try:
+            store.drop_schema()
+        finally:
+            store.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -124,9 +124,9 @@ def test_two_replicas_racing_never_admit_more_than_the_caps(server, replica):
 
 
 def test_the_data_quota_counts_the_records_in_the_store_and_frees_on_delete(server, replica):
-    """16 job records of ~1 MB each (~0.7 MB compressed on PostgreSQL): the replica (quota 6 MB) refuses submits
-    with 503 until they are deleted, whichever store holds them (on PostgreSQL the data
-    directory holds none of them)."""
+    """16 job records of ~1 MB each (counted at their uncompressed length on PostgreSQL): the
+    replica (quota 6 MB) refuses submits with 503 until they are deleted, whichever store
+    holds them (on PostgreSQL the data directory holds none of them)."""
     with server.client() as client:
         blocker = client.post("/v1/jobs", json={**QUICK, **LONG}).json()["id"]
         wait_status(client, blocker, {"running"})  # the worker is busy: the big jobs stay ours

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import redis
-import sqlalchemy as sa
 
 from service.jobs.celery_app import queue_name
 from service.jobs.store import Store
@@ -181,9 +180,7 @@ class Cluster:
             proc.stop()
         store = Store(POSTGRES_URL, self.prefix)
         try:
-            store.drop_schema()
-            with store.engine.begin() as conn:  # the auth module's table beside them
-                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{self.prefix}job_owners"'))
+            store.drop_schema()  # the owners' and the usage total's tables too
         finally:
             store.dispose()
         with contextlib.suppress(redis.RedisError):

@@ -32,11 +32,12 @@ SEND_TIMEOUT = 2.0
 STREAM_SECONDS = 10.0
 ENV = {
     "LRS_COMPUTE_MAX_SECONDS": str(MAX_SECONDS),
-    # room for a probe that takes several times the limit on any machine (PROBE_STEPS)
-    "LRS_VECTORIZED_MAX_COST": "3000000000",
+    # room for a probe that takes several times the limit on any machine (PROBE_STEPS; the
+    # cost is about 1 ns of CPU a unit, so 10 s of CPU here against the 1.5 s limit)
+    "LRS_VECTORIZED_MAX_COST": "10000000000",
     # every request costing over 800 000 (0.1% of the default cost limit) takes the one
     # expensive lane
-    "LRS_COMPUTE_HEAVY_SHARE": str(800_000 / 3_000_000_000),
+    "LRS_COMPUTE_HEAVY_SHARE": str(800_000 / 10_000_000_000),
     "LRS_BATCH_MAX_POINTS": "500000",
     "LRS_TORCH_MAX_WORK": "100000",
     "LRS_CACHE_MAX_BYTES": str(128 * 1024),
@@ -57,7 +58,8 @@ PROBE = _balanced_sum(["exp(sin(epoch))"] * 42)
 PROBE_STEPS = 4_000_000
 """Steps of the probe that must run into the time limit: 1.4M took 1.7-1.9 s on the quiet
 machine (one thread), too close to the 1.5 s limit once the kernel got faster; 4M is a cost
-of 2.0e9 (under this server's 3e9) and several times the limit."""
+of 8.3e9 (under this server's 1e10: ~2 µs of CPU a step, measured) and several times the
+limit."""
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def is_problem(response: httpx.Response, status: int) -> dict:
 
 def test_the_cost_model_refuses_the_probe_up_front(server):
     url, _ = server
-    # 5.05e9 and 3.03e9 value operations against this server's 3e9
+    # costs of 2.1e10 and 1.25e10 (about 1 ns of CPU each) against this server's 1e10
     for body, params in ((probe(10_000_000), "?format=npy"), (probe(6_000_000), "")):
         start = time.monotonic()
         r = httpx.post(f"{url}/v1/schedules/compute{params}", json=body, timeout=30)
@@ -283,8 +285,10 @@ FAMILIES = {
                      "num_warmup_steps": 100, "num_training_steps": 2000000,
                      "scheduler_specific_kwargs": {"num_cycles": 5}},
 }  # fmt: skip
-"""Closed forms the cost model accepts (2.5M steps × 16 groups) that took 22-65 s computed
-whole at load 12 on the 2 shared cores (optax's the slowest)."""
+"""Closed forms that took 22-65 s computed whole at load 12 on the 2 shared cores (optax's the
+slowest), 2.5M steps × 16 groups: this server's cost limit (1e10) accepts them (costs
+0.7e9-4.1e9, about 1 ns of CPU each); the default limit (8e8) refuses all but megatron's
+cosine up front (test_a_family_request_over_the_default_cost_is_refused_up_front)."""
 
 
 def _family_body(name: str) -> dict:
@@ -322,7 +326,11 @@ def test_a_family_closed_form_stops_at_a_limit_shorter_than_it_takes(name, tmp_p
     from service.main import create_app
     from service.settings import Settings
 
-    app = create_app(Settings(data_dir=tmp_path, job_workers=0, compute_max_seconds=0.02))
+    # (a cost limit that accepts them all: the default refuses most of them up front)
+    settings = Settings(
+        data_dir=tmp_path, job_workers=0, compute_max_seconds=0.02, vectorized_max_cost=10**11
+    )
+    app = create_app(settings)
     with TestClient(app) as client:
         start = time.monotonic()
         r = client.post("/v1/schedules/compute?format=npy", json=_family_body(name))
@@ -350,6 +358,196 @@ def test_a_family_computation_stops_when_its_client_disconnects(server):
     # computing on after its client left, optax would have held the expensive lane until
     # its limit, MAX_SECONDS after it started
     assert time.monotonic() - start < MAX_SECONDS + min(alone) - 0.1
+
+
+OVER_DEFAULT_COST = {
+    **{name: _family_body(name) for name in ("optax", "timm", "transformers")},
+    "megatron": {**_family_body("megatron"), "scheduler": {**FAMILIES["megatron"],
+                                                         "lr_decay_style": "WSD",
+                                                         "wsd_decay_steps": 100_000}},
+    "pytorch_warmup": {"scheduler": {"type": "noam", "d_model": 512, "warmup_steps": 4000},
+                       "warmup": {"type": "radam"}, "optimizer": {"type": "Adam", "lr": 1.0},
+                       "param_groups": [{"lr": 1.0}] * 16, "steps": 2_500_000},
+}  # fmt: skip
+"""Family requests the default cost limit (8e8: about 0.8 s of CPU on the quiet machine)
+refuses: 2.5M steps × 16 groups cost 1.0e9 (timm, Megatron's WSD) to 4.1e9 (optax); they took
+0.7-4 s of CPU each measured on a loaded machine (bench/bench_cost.py), 22-65 s at load 12,
+and were accepted (costs of 1.6e8 each) when every closed form weighed 4 per value."""
+
+
+@pytest.mark.parametrize("name", sorted(OVER_DEFAULT_COST))
+def test_a_family_request_over_the_default_cost_is_refused_up_front(live_server, name):
+    # the real server with its default limits (LRS_COMPUTE_MAX_SECONDS 5,
+    # LRS_VECTORIZED_MAX_COST 8e8); the cost's 422 names the setting, the time limit's
+    # (LRS_COMPUTE_MAX_SECONDS) would have come only after computing for 5 s
+    r = httpx.post(
+        f"{live_server}/v1/schedules/compute?format=npy", json=OVER_DEFAULT_COST[name], timeout=60
+    )
+    detail = is_problem(r, 422)["detail"]
+    assert "LRS_VECTORIZED_MAX_COST" in detail and "Lower steps" in detail, detail
+    assert "LRS_COMPUTE_MAX_SECONDS" not in detail, detail
+    assert "16 param groups" in detail and "2500000 scheduler steps" in detail, detail
+    limits = httpx.get(f"{live_server}/v1/info").json()["limits"]
+    assert limits["vectorized_max_cost"] == 800_000_000
+    assert limits["compute_max_seconds"] == 5.0
+
+
+MID_SIZE = {
+    "optax": {"type": "optax", "schedule": "warmup_cosine_decay_schedule", "init_value": 0.0,
+              "peak_value": 0.1, "warmup_steps": 1000, "decay_steps": 199_000},
+    "timm": {"type": "timm", "sched": "cosine", "num_epochs": 200_000, "warmup_epochs": 1000,
+             "warmup_lr": 0.0},
+    "megatron": {"type": "megatron", "lr_decay_style": "cosine", "max_lr": 0.1,
+                 "min_lr": 0.0, "lr_warmup_steps": 1000, "lr_decay_steps": 199_000},
+    "transformers": {"type": "transformers", "name": "cosine_with_restarts",
+                     "num_warmup_steps": 1000, "num_training_steps": 200_000,
+                     "scheduler_specific_kwargs": {"num_cycles": 1}},
+    "noam": {"type": "noam", "d_model": 1, "warmup_steps": 1000},
+    "rex": {"type": "rex", "total_steps": 200_000},
+}  # fmt: skip
+"""Mid-size family schedules, 200k steps × 16 groups (3.2M values), each with its peak at step
+1000 (noam's d_model 1: its peak is warmup_steps ** -0.5): costs 4.6e7 (rex) to 3.3e8 (optax),
+under the default 8e8 (optax's and transformers' above the heavy lane's 8e7)."""
+
+
+@pytest.mark.parametrize("name", sorted(MID_SIZE))
+def test_a_mid_size_family_request_runs_inside_the_limit(live_server, name):
+    import numpy as np
+
+    body = {"scheduler": MID_SIZE[name], "param_groups": [{"lr": 0.1}] * 16, "steps": 200_000}
+    if name == "noam":
+        body["warmup"] = {"type": "linear", "warmup_period": 100}  # pytorch_warmup's
+        body["optimizer"] = {"type": "Adam", "lr": 0.1}
+    r = httpx.post(f"{live_server}/v1/schedules/compute?format=npy", json=body, timeout=60)
+    assert r.status_code == 200, r.text[:500]  # computed whole, not stopped at the 5 s limit
+    assert r.headers["x-engine"] == "vectorized"
+    import io
+
+    lr = np.load(io.BytesIO(r.content))
+    assert lr.shape == (16, 200_000)
+    peak = 0.1 * (1000**-0.5 if name == "noam" else 1.0)
+    if name == "rex":  # no warmup: z / (1/2 + z/2) with z = 1 - 1000 / 200 000
+        peak, z = 0.1, 1 - 1000 / 200_000
+        assert lr[:, 0] == pytest.approx([0.1] * 16, rel=1e-12)
+        assert lr[:, 1000] == pytest.approx([0.1 * z / (0.5 + 0.5 * z)] * 16, rel=1e-12)
+    elif name == "timm":  # its warmup is inside num_epochs: the cosine is at t = 1000 already
+        at = 0.05 * (1 + math.cos(math.pi * 1000 / 200_000))
+        assert lr[:, 1000] == pytest.approx([at] * 16, rel=1e-12)
+    else:
+        assert lr[:, 1000] == pytest.approx([peak] * 16, rel=1e-6)  # the end of the warmup
+    if name != "noam":  # decayed (rex: (1 - 0.99) / (0.5 + 0.5 * 0.01) of the lr)
+        assert lr[:, -1].max() < 0.01 * 0.1
+    assert (lr[:, :1000] <= peak * (1 + 1e-9)).all()
+
+
+CACHED = {
+    "scheduler": {"type": "optax", "schedule": "warmup_cosine_decay_schedule",
+                  "init_value": 0.0, "peak_value": 0.1, "warmup_steps": 100,
+                  "decay_steps": 4900},
+    "param_groups": [{"lr": 0.1}] * 4,
+    "steps": 5000,
+    "sample": {"points": 11},
+}  # fmt: skip
+"""A spec whose compiled plan stays cached (20 000 values, cost 1.0e6)."""
+
+
+@pytest.mark.parametrize(
+    "limit, value, setting",
+    [
+        ("vectorized_max_steps", 4999, "LRS_VECTORIZED_MAX_STEPS"),
+        ("vectorized_max_values", 19_999, "LRS_VECTORIZED_MAX_VALUES"),
+        ("vectorized_max_cost", 100_000, "LRS_VECTORIZED_MAX_COST"),
+    ],
+)
+def test_a_cached_plan_is_refused_by_an_app_with_stricter_limits(tmp_path, limit, value, setting):
+    """Two apps with different settings in one process share the compiled plans; a spec the
+    first computed (its plan cached) gets from the second the same 422 as a spec never
+    computed. /v1/schedules/compare computes its specs without checking their limits first:
+    the computation's own check (on a plan-cache hit, the plan's) is the one that refuses."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.schedules import service
+    from service.settings import Settings
+
+    other = {**CACHED, "optimizer": {"type": "SGD", "lr": 0.2}}
+    body = {"specs": [CACHED, other]}
+    loose = create_app(Settings(data_dir=tmp_path / "a", job_workers=0))
+    strict = create_app(Settings(data_dir=tmp_path / "b", job_workers=0, **{limit: value}))
+    with TestClient(loose) as first, TestClient(strict) as second:
+        service.plans.clear()
+        fresh = second.post("/v1/schedules/compare", json=body)  # no plan cached
+        assert first.post("/v1/schedules/compare", json=body).status_code == 200
+        assert service.plans.find(service.plans.key(_request(CACHED))) is not None
+        cached = second.post("/v1/schedules/compare", json=body)
+        again = first.post("/v1/schedules/compare", json=body)
+    detail = is_problem(fresh, 422)["detail"]
+    assert setting in detail and detail.startswith("specs[0]: "), detail
+    assert is_problem(cached, 422)["detail"] == detail
+    assert again.status_code == 200
+
+
+def _request(body: dict):
+    from service.schedules import specs
+
+    return specs.ScheduleRequest.model_validate(body)
+
+
+def test_an_lr_lambda_is_evaluated_once_per_step_for_every_group(monkeypatch):
+    """The cost model counts an lr_lambda's operations per scheduler step, not per value: one
+    text shared by 16 groups (or given once) is parsed once and evaluated once per step for
+    all of them, as many times as for one group (values checked against torch's LambdaLR)."""
+    import numpy as np
+    import torch
+
+    from service.schedules import budget, service
+    from service.schedules.expressions import Expression
+    from service.schedules.families.torch import LambdaLR
+    from service.settings import Settings
+
+    calls: list[int] = []
+    evaluate = Expression.evaluate_tensor
+
+    def counted(self, e):
+        calls.append(int(e.numel()))
+        return evaluate(self, e)
+
+    monkeypatch.setattr(Expression, "evaluate_tensor", counted)
+    text = "0.5 * (1 + cos(3.141592653589793 * epoch / 1000))"
+    costs, evaluated = [], []
+    for groups in (1, 16):
+        for lr_lambda in (text, [text] * groups):
+            body = {
+                "scheduler": {"type": "LambdaLR", "lr_lambda": lr_lambda},
+                "param_groups": [{"lr": 0.1 * (g + 1)} for g in range(groups)],
+                "steps": 1000,
+                "engine": "vectorized",
+            }
+            request = _request(body)
+            calls.clear()
+            service.plans.clear()
+            result = service.compute(request, Settings())
+            evaluated.append(sum(calls))
+            costs.append(budget.cost(request, "vectorized"))
+            params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(groups)]
+            opt = torch.optim.SGD(
+                [{"params": [p], "lr": 0.1 * (g + 1)} for g, p in enumerate(params)]
+            )
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda e: 0.5 * (1 + math.cos(3.141592653589793 * e / 1000))
+            )
+            expected = []
+            for _ in range(1000):
+                expected.append([g["lr"] for g in opt.param_groups])
+                opt.step()
+                sched.step()
+            np.testing.assert_allclose(result.lr.T, expected, rtol=1e-12)
+    assert len(set(evaluated)) == 1, evaluated  # as many steps evaluated for 16 groups as for 1
+    assert {c.nodes for c in costs} == {costs[0].nodes}
+    one, sixteen = costs[0].total, costs[2].total
+    lambda_part = 1000 * budget.LAMBDA_NODE_COST * costs[0].nodes
+    # only the per-value weight of LambdaLR itself grows with the groups
+    assert sixteen - one == 1000 * 15 * LambdaLR.cost_per_value and one > lambda_part
 
 
 # --------------------------------------------------------------------------- item 2

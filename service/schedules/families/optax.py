@@ -67,6 +67,30 @@ class OptaxBase(LibrarySchedulerBase):
     def values(self, group: int) -> Values:
         return {f: _value(getattr(self, f), group) for f in self.lr_fields}
 
+    # The cost model's weights (about 1 ns of CPU each), measured by bench/bench_cost.py at
+    # load 5.5 on the 2-core EPYC (320k values at 1 group and at 16, median of 3, uncached):
+    # optax's schedule is evaluated per group (each group's values may differ), on chunks of
+    # 65 536 / groups steps, so a value costs ``cost_per_value`` plus ``cost_per_group`` per
+    # param group (each group's tensor operations on shorter tensors), e.g.
+    # warmup_cosine_decay_schedule 32 ns a value at 1 group, 102 at 16.
+    cost_per_value: ClassVar[float] = 30.0
+    cost_per_group: ClassVar[float] = 5.0
+    """More ns per value for each param group (per group and chunk: × 65 536 values)."""
+
+    def cost_weights(self) -> tuple[float, float]:
+        """Return (ns per value, more ns per value per group) of this schedule."""
+        return self.cost_per_value, self.cost_per_group
+
+    def vectorized_cost(self, steps: int, groups: int) -> float:
+        """Return the cost of ``steps`` × ``groups`` values: each value's, and each group's
+        per chunk (a chunk at least, however few the steps: a schedule of many boundaries
+        costs its tensor operations per group even for one step)."""
+        from service.schedules.budget import CLOSED_FORM_VALUES, chunks
+
+        per_value, per_group = self.cost_weights()
+        overhead = chunks(steps, groups) * groups * per_group * CLOSED_FORM_VALUES
+        return steps * groups * per_value + overhead
+
     def fn(self, count: Tensor, group: int) -> Tensor:
         """Return the schedule at ``count`` (float64 step counts) for param group ``group``."""
         raise NotImplementedError
@@ -231,6 +255,8 @@ class ConstantSchedule(OptaxBase):
     """``value`` at every step. optax: ``constant_schedule(value)``."""
 
     schedule: Literal["constant_schedule"] = "constant_schedule"
+    cost_per_value: ClassVar[float] = 16
+    cost_per_group: ClassVar[float] = 0.1  # measured 16.1, 16.9 ns a value at 1, 16 groups
     value: PerGroup = Field(description="The value, or one per group.")
     lr_fields = ("value",)
     examples: ClassVar[list[dict[str, Any]]] = [
@@ -250,6 +276,8 @@ class PolynomialSchedule(OptaxBase):
     """
 
     schedule: Literal["polynomial_schedule"] = "polynomial_schedule"
+    cost_per_value: ClassVar[float] = 19
+    cost_per_group: ClassVar[float] = 1.2  # measured 20.1, 38.2 ns a value at 1, 16 groups
     init_value: PerGroup
     end_value: PerGroup
     power: Number
@@ -287,6 +315,8 @@ class LinearSchedule(OptaxBase):
     """
 
     schedule: Literal["linear_schedule"] = "linear_schedule"
+    cost_per_value: ClassVar[float] = 19
+    cost_per_group: ClassVar[float] = 1.2  # measured 19.7, 36.9 ns a value at 1, 16 groups
     init_value: PerGroup
     end_value: PerGroup
     transition_steps: int
@@ -317,6 +347,13 @@ class PiecewiseConstantSchedule(OptaxBase):
     """
 
     schedule: Literal["piecewise_constant_schedule"] = "piecewise_constant_schedule"
+
+    def cost_weights(self) -> tuple[float, float]:
+        """Return the weights: 16 + 4.6 ns a value per boundary, 0.1 + 0.7 per group
+        (measured: 2 boundaries 26.1 / 46.0 ns a value at 1 / 16 groups, 64: 352 / 1009)."""
+        n = len(self.boundaries_and_scales or {})
+        return 16.0 + 4.6 * n, 0.1 + 0.7 * n
+
     init_value: PerGroup
     boundaries_and_scales: Scales = None
     lr_fields = ("init_value",)
@@ -345,6 +382,8 @@ class ExponentialDecay(OptaxBase):
     """
 
     schedule: Literal["exponential_decay"] = "exponential_decay"
+    cost_per_value: ClassVar[float] = 36
+    cost_per_group: ClassVar[float] = 1.6  # measured 37.7, 61.5 ns a value at 1, 16 groups
     init_value: PerGroup
     transition_steps: int = Field(description="Steps per factor decay_rate (<= 0: constant).")
     decay_rate: Number = Field(description="Factor per transition_steps (0: constant).")
@@ -391,6 +430,8 @@ class CosineDecaySchedule(OptaxBase):
     """
 
     schedule: Literal["cosine_decay_schedule"] = "cosine_decay_schedule"
+    cost_per_value: ClassVar[float] = 24
+    cost_per_group: ClassVar[float] = 1.2  # measured 24.8, 42.2 ns a value at 1, 16 groups
     init_value: PerGroup
     decay_steps: int = Field(gt=0, description="Steps of the decay (> 0).")
     alpha: Number = Field(default=0.0, description="Final value as a fraction of init_value.")
@@ -422,6 +463,13 @@ class PiecewiseInterpolateSchedule(OptaxBase):
     """
 
     schedule: Literal["piecewise_interpolate_schedule"] = "piecewise_interpolate_schedule"
+
+    def cost_weights(self) -> tuple[float, float]:
+        """Return the weights: 9 + 11.7 ns a value per boundary, 0.8 + 1.3 per group
+        (measured: 2 boundaries 35.5 / 84.2 ns a value at 1 / 16 groups, 64: 836 / 2058)."""
+        n = len(self.boundaries_and_scales or {})
+        return 9.0 + 11.7 * n, 0.8 + 1.3 * n
+
     interpolate_type: Literal["linear", "cosine"]
     init_value: PerGroup
     boundaries_and_scales: Scales = None
@@ -478,6 +526,8 @@ class LinearOnecycleSchedule(_Onecycle):
     """
 
     schedule: Literal["linear_onecycle_schedule"] = "linear_onecycle_schedule"
+    cost_per_value: ClassVar[float] = 36
+    cost_per_group: ClassVar[float] = 4.9  # measured 40.9, 113.7 ns a value at 1, 16 groups
     transition_steps: int = Field(gt=0)
     peak_value: PerGroup
     pct_start: Number = 0.3
@@ -504,6 +554,8 @@ class CosineOnecycleSchedule(_Onecycle):
     """
 
     schedule: Literal["cosine_onecycle_schedule"] = "cosine_onecycle_schedule"
+    cost_per_value: ClassVar[float] = 34
+    cost_per_group: ClassVar[float] = 7.3  # measured 41.2, 150.3 ns a value at 1, 16 groups
     transition_steps: int = Field(gt=0)
     peak_value: PerGroup
     pct_start: Number = 0.3
@@ -527,6 +579,8 @@ class WarmupConstantSchedule(OptaxBase):
     """
 
     schedule: Literal["warmup_constant_schedule"] = "warmup_constant_schedule"
+    cost_per_value: ClassVar[float] = 15
+    cost_per_group: ClassVar[float] = 2.3  # measured 17.4, 52.2 ns a value at 1, 16 groups
     init_value: PerGroup
     peak_value: PerGroup
     warmup_steps: int
@@ -595,6 +649,8 @@ class WarmupCosineDecaySchedule(OptaxBase, _WarmupCosine):
     """
 
     schedule: Literal["warmup_cosine_decay_schedule"] = "warmup_cosine_decay_schedule"
+    cost_per_value: ClassVar[float] = 28
+    cost_per_group: ClassVar[float] = 4.7  # measured 32.3, 102.4 ns a value at 1, 16 groups
     lr_fields = ("init_value", "peak_value", "end_value")
     examples: ClassVar[list[dict[str, Any]]] = [
         {
@@ -623,6 +679,8 @@ class WarmupExponentialDecaySchedule(OptaxBase):
     """
 
     schedule: Literal["warmup_exponential_decay_schedule"] = "warmup_exponential_decay_schedule"
+    cost_per_value: ClassVar[float] = 43
+    cost_per_group: ClassVar[float] = 4.3  # measured 47.5, 112.2 ns a value at 1, 16 groups
     init_value: PerGroup
     peak_value: PerGroup
     warmup_steps: int
@@ -675,6 +733,13 @@ class SgdrSchedule(OptaxBase):
     """
 
     schedule: Literal["sgdr_schedule"] = "sgdr_schedule"
+
+    def cost_weights(self) -> tuple[float, float]:
+        """Return the weights: 33 + 12.5 ns a value per cycle, 1 + 3 per group (measured:
+        2 cycles 64.7 / 167.5 ns a value at 1 / 16 groups, 8 cycles 157 / 524)."""
+        n = len(self.cosine_kwargs)
+        return 33.0 + 12.5 * n, 1.0 + 3.0 * n
+
     cosine_kwargs: list[_WarmupCosine] = Field(
         min_length=1, max_length=1000, description="One warmup_cosine_decay_schedule per cycle."
     )
@@ -723,6 +788,14 @@ class JoinSchedules(OptaxBase):
     """
 
     schedule: Literal["join_schedules"] = "join_schedules"
+
+    def cost_weights(self) -> tuple[float, float]:
+        """Return the joined schedules' weights summed, and 2 ns a value per group for each
+        boundary's selection (measured: 8 cosine_decay_schedules 150 / 500 ns a value at 1 /
+        16 groups; linear then cosine 31.2 / 110)."""
+        parts = [s.cost_weights() for s in self.schedules]
+        return sum(v for v, _ in parts), sum(g for _, g in parts) + 2.0 * len(self.boundaries)
+
     schedules: list["OptaxSchedule"] = Field(min_length=1, max_length=64)
     boundaries: list[int] = Field(description="One fewer than schedules: where each starts.")
     examples: ClassVar[list[dict[str, Any]]] = [

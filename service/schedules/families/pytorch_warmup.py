@@ -19,7 +19,7 @@ runs from its step 0 and the lr of optimizer step t is ``scheduler_lr_t * omega_
 """
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BeforeValidator, Discriminator, Field, PlainValidator, Tag, WithJsonSchema
@@ -89,30 +89,39 @@ class PWLinearWarmup(PeriodWarmup):
     """
 
     type: Literal["linear"] = "linear"
+    cost_per_value: ClassVar[float] = 12.0
+    """The cost model's weight per value (about 1 ns of CPU): the dampening multiplies every
+    lr; measured by bench/bench_cost.py besides a CosineAnnealingLR's own (11 + 7.8 × groups
+    ns a step): linear 1.9 + 18.8 × groups, exponential 13.5 + 15.6, untuned_linear 16 + 11.5,
+    untuned_exponential 2 + 20.5, radam 52.6 a value (load 5.5)."""
 
 
 class ExponentialWarmup(PeriodWarmup):
     """``pytorch_warmup.ExponentialWarmup``: multiplies the lr by ``1 - exp(-(t + 1) / tau)``."""
 
     type: Literal["exponential"] = "exponential"
+    cost_per_value: ClassVar[float] = 13.0
 
 
 class UntunedLinearWarmup(SpecModel):
     """``pytorch_warmup.UntunedLinearWarmup``: linear with ``tau = int(2 / (1 - beta2))``."""
 
     type: Literal["untuned_linear"] = "untuned_linear"
+    cost_per_value: ClassVar[float] = 12.0
 
 
 class UntunedExponentialWarmup(SpecModel):
     """``pytorch_warmup.UntunedExponentialWarmup``: exponential, ``tau = int(1 / (1 - beta2))``."""
 
     type: Literal["untuned_exponential"] = "untuned_exponential"
+    cost_per_value: ClassVar[float] = 13.0
 
 
 class RAdamWarmup(SpecModel):
     """``pytorch_warmup.RAdamWarmup``: RAdam's rectification term as a warmup factor."""
 
     type: Literal["radam"] = "radam"
+    cost_per_value: ClassVar[float] = 45.0
 
 
 PytorchWarmupSpec = (

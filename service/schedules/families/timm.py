@@ -152,6 +152,39 @@ class TimmScheduler(LibrarySchedulerBase):
         """Return the keyword arguments for timm's ``create_scheduler_v2`` (without optimizer)."""
         return self.model_dump(exclude={"type"})
 
+    # ------------------------------------------------------------------ cost model
+
+    cost_per_step: ClassVar[float] = 50.0
+    cost_per_value: ClassVar[float] = 26.0
+    """The cost model's weights (about 1 ns of CPU each; each sched sets its own, measured by
+    bench/bench_cost.py at load 5.5 on the 2-core EPYC: 320k steps at 1 group, 20k at 16,
+    median of 3). timm's closed form is one tensor expression over (groups, steps)."""
+    CYCLE_MUL_COST: ClassVar[float] = 15.0
+    """More per step with cycle_mul != 1 (the cycle index is a log: cosine 64 + 24 × groups)."""
+    NOISE_COST: ClassVar[float] = 12_000.0
+    """Per noisy step: a torch.Generator seeded anew (measured 10.8-11.9 µs a step)."""
+
+    def vectorized_cost(self, steps: int, groups: int) -> float:
+        """Return the weight of ``steps`` × ``groups`` values: the sched's, its cycle index's
+        and each noisy step's draw."""
+        per_step = self.cost_per_step
+        if getattr(self, "cycle_mul", 1.0) != 1:
+            per_step += self.CYCLE_MUL_COST
+        return steps * (per_step + groups * self.cost_per_value) + self._noisy(steps) * (
+            self.NOISE_COST
+        )
+
+    def _noisy(self, steps: int) -> int:
+        """Return how many of the steps 1..steps-1 timm draws noise at."""
+        noise_range = self.noise_range()
+        if noise_range is None:
+            return 0
+        lo, hi = (noise_range, math.inf) if not isinstance(noise_range, list) else noise_range
+        lo, hi = max(1.0, float(lo)), min(float(steps), float(hi))  # t >= 1 only; inf ends
+        if not lo < hi:
+            return 0
+        return max(0, math.ceil(hi) - math.ceil(lo))
+
     # ------------------------------------------------------------------ closed form
 
     metric_driven: ClassVar[bool] = False
@@ -407,6 +440,8 @@ class TimmCosine(_Cycles):
     """
 
     sched: Literal["cosine"] = "cosine"
+    cost_per_step: ClassVar[float] = 50.0
+    cost_per_value: ClassVar[float] = 22.0  # measured 49 + 21 × groups ns a step
     k_decay: Number = Field(default=1.0, gt=0.0, description="k-decay exponent.")
     examples: ClassVar[list[dict[str, Any]]] = [
         {"type": "timm", "sched": "cosine", "num_epochs": 10},
@@ -424,6 +459,8 @@ class TimmTanh(_Cycles):
     """
 
     sched: Literal["tanh"] = "tanh"
+    cost_per_step: ClassVar[float] = 52.0
+    cost_per_value: ClassVar[float] = 26.0  # measured 51 + 26 × groups
     examples: ClassVar[list[dict[str, Any]]] = [
         {"type": "timm", "sched": "tanh", "num_epochs": 60, "warmup_epochs": 5}
     ]
@@ -438,6 +475,8 @@ class TimmPoly(_Cycles):
     """
 
     sched: Literal["poly"] = "poly"
+    cost_per_step: ClassVar[float] = 42.0
+    cost_per_value: ClassVar[float] = 18.0  # measured 41 + 18 × groups
     decay_rate: Number = Field(default=0.1, description="The power of the polynomial.")
     k_decay: Number = Field(default=1.0, gt=0.0, description="k-decay exponent.")
     examples: ClassVar[list[dict[str, Any]]] = [
@@ -453,6 +492,8 @@ class TimmStep(TimmScheduler):
     """
 
     sched: Literal["step"] = "step"
+    cost_per_step: ClassVar[float] = 38.0
+    cost_per_value: ClassVar[float] = 14.0  # measured 38 + 14 × groups
     decay_epochs: Number = Field(default=90, gt=0.0, description="Decay interval.")
     decay_rate: DecayRate = 0.1
     examples: ClassVar[list[dict[str, Any]]] = [
@@ -469,6 +510,8 @@ class TimmConstant(TimmScheduler):
     """
 
     sched: Literal["constant"] = "constant"
+    cost_per_step: ClassVar[float] = 28.0
+    cost_per_value: ClassVar[float] = 12.0  # measured 27 + 12 × groups
     examples: ClassVar[list[dict[str, Any]]] = [
         {"type": "timm", "sched": "constant", "num_epochs": 30, "warmup_epochs": 3}
     ]
@@ -484,6 +527,8 @@ class TimmMultiStep(TimmScheduler):
     """
 
     sched: Literal["multistep"] = "multistep"
+    cost_per_step: ClassVar[float] = 27.0
+    cost_per_value: ClassVar[float] = 17.0  # measured 27 + 17 × groups
     decay_milestones: list[NonNegInt] = Field(
         default=[90, 180, 270], max_length=10_000, description="Sorted milestones, in epochs."
     )
@@ -602,6 +647,8 @@ class TimmWSD(_WarmupStableDecay):
     """
 
     sched: Literal["wsd"] = "wsd"
+    cost_per_step: ClassVar[float] = 17.0
+    cost_per_value: ClassVar[float] = 21.0  # measured 17 + 21 × groups
     examples: ClassVar[list[dict[str, Any]]] = [
         {"type": "timm", "sched": "wsd", "num_epochs": 100, "warmup_epochs": 10}
     ]
@@ -616,6 +663,8 @@ class TimmRsqrt(_WarmupStableDecay):
     """
 
     sched: Literal["rsqrt"] = "rsqrt"
+    cost_per_step: ClassVar[float] = 17.0
+    cost_per_value: ClassVar[float] = 15.0  # measured 17 + 14 × groups
     stable_timescale: Number | None = Field(
         default=None, gt=0.0, description="Timescale in epochs; null: warmup_epochs."
     )

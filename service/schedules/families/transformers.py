@@ -383,6 +383,21 @@ class TransformersSchedule(SchedulerBase):
         """Return True when the lr follows the request's metrics."""
         return self.name in METRIC_DRIVEN
 
+    cost_per_value: ClassVar[float] = 25.0
+    """The cost model's weight per value (about 1 ns of CPU each; measured 11-33 ns a value
+    at 16 groups besides the per-step factor, bench/bench_cost.py)."""
+
+    @property
+    def cost_per_step(self) -> float:  # type: ignore[override]
+        """Return the weight per scheduler step: the factor, evaluated once per step for
+        every group and, like an lr_lambda, checked densely (COST_PER_STEP)."""
+        return COST_PER_STEP.get(self.name, 260.0)
+
+    @property
+    def metric_scan_cost(self) -> float:
+        """Return the weight per step of a metric-driven name's scan over the metrics."""
+        return 900.0 if self.name == "greedy" else 500.0
+
     def build(self, optimizer: torch.optim.Optimizer, span: int) -> Any:
         return build(self, optimizer, closed=False)
 
@@ -426,6 +441,24 @@ class TransformersSchedule(SchedulerBase):
             reset_start=kw.reset_start,
         )
         return plateau.MetricSchedule(lambda: greedy.scan(start, metrics, span, init=built))
+
+
+COST_PER_STEP: dict[str, float] = {
+    "constant": 170.0,
+    "constant_with_warmup": 180.0,
+    "linear": 190.0,
+    "polynomial": 200.0,
+    "cosine": 210.0,
+    "inverse_sqrt": 225.0,
+    "cosine_with_min_lr": 230.0,
+    "cosine_warmup_with_min_lr": 230.0,
+    "warmup_stable_decay": 260.0,
+    "cosine_with_restarts": 310.0,
+}
+"""The cost model's weight per scheduler step of each name's factor (ns of CPU, measured by
+bench/bench_cost.py at load 5-11 on the 2-core EPYC: 320k steps at 1 group, 20k at 16,
+median of 3: constant 165, linear 184, cosine 187-211, inverse_sqrt 222, the min_lr cosines
+222-225, warmup_stable_decay 246-256, cosine_with_restarts 265-308; greedy's scan 890)."""
 
 
 def _located_error(field: str, message: str) -> ValueError:

@@ -17,35 +17,51 @@ import numpy as np
 import torch
 
 from service.errors import InvalidSpec
+from service.schedules import budget
 from service.schedules.result import Computed
+from service.schedules.vectorized import fast, formulas
 from service.schedules.vectorized.composition import Chained, Node, Sequential
-from service.schedules.vectorized.evaluation import Program, as_computed
+from service.schedules.vectorized.evaluation import Program, _all_finite, as_computed
 from service.schedules.vectorized.formulas import (
     Cosine,
+    Exponential,
     Lambda,
     Leaf,
     Linear,
     Multiplicative,
+    Step,
     Tensor,
     column,
 )
 from service.schedules.vectorized.plateau import MetricScan
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(leaf: Leaf) -> tuple[str, ...]:
+    """Return the dataclass field names of ``leaf``'s type (``dataclasses.fields`` is slow
+    for a per-spec call)."""
+    kind = type(leaf)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(leaf))
+    return names
 
 
 def _leaf_signature(leaf: Leaf) -> tuple[object, ...] | None:
     if isinstance(leaf, MetricScan):
         return None  # a scan over one request's metrics: evaluated alone
     parts: list[object] = [type(leaf).__name__]
-    for f in dataclasses.fields(leaf):
-        value = getattr(leaf, f.name)
-        if f.name == "fns":
+    for name in _field_names(leaf):
+        value = getattr(leaf, name)
+        if name == "fns":
             continue
         if isinstance(value, Tensor):
-            parts.append((f.name, "tensor", tuple(value.shape), value.dtype, value.device))
+            parts.append((name, "tensor", tuple(value.shape), value.dtype, value.device))
         elif isinstance(value, dict):
-            parts.append((f.name, "dict", tuple(sorted(value))))
+            parts.append((name, "dict", tuple(sorted(value))))
         else:
-            parts.append((f.name, value))
+            parts.append((name, value))
     if isinstance(leaf, Lambda) and (leaf.fn_keys is None or isinstance(leaf, Multiplicative)):
         return None
     return tuple(parts)
@@ -143,12 +159,60 @@ def _evaluate_stacked(programs: list[Program], k: Tensor) -> list[Computed] | No
     return out
 
 
+def _kernel_result(program: Program, steps: np.ndarray) -> Computed | None:
+    """Return ``program``'s result at sorted ``steps`` by its fused kernel
+    (:mod:`~service.schedules.vectorized.fast`), or None where the generic path must decide.
+
+    What :func:`~service.schedules.vectorized.fast.fast_of` checks before a single request
+    takes the kernel, with the probes evaluated by the kernel itself (the same elementwise
+    float64 operations as the closed form, so the same bits, without a tensor op per node
+    and segment): no refused step, no dense check, the closed form at step 0 is torch's lr
+    there and finite where it could first stop being so, every value finite. A batch of
+    specs that differ in a scalar parameter is a program per spec: this is its cost.
+    """
+    if program.dampen is not None or program.device.type != "cpu":
+        return None
+    rising = np.diff(steps)
+    if steps.size > 1 and not bool((rising >= 0).all()):
+        return None
+    kernel = fast.kernel_of(program)
+    if kernel is None or program.failure() is not None:
+        return None
+    probes = program._probes()
+    if probes is None or probes.ranges:
+        return None
+    values = np.empty((kernel.groups, len(probes.points)), dtype=np.float64)
+    kernel._sparse(np.asarray(probes.points, dtype=np.int64), values)
+    if not program._matches_lr0(torch.from_numpy(values[:, 0])):
+        return None
+    checked = values[:, [probes.points.index(p) for p in probes.finite]]
+    if not _all_finite(torch.from_numpy(checked)):
+        return None
+    n = program.n
+    final = program.lr0[:, 0].tolist() if n == 1 else values[:, probes.points.index(n - 1)]
+    budget.check()
+    # every step 0..n-1 once, in order: the kernel's dense chunks (the same bits)
+    dense = steps.size == n and n > 0 and steps[0] == 0 and bool((rising == 1).all())
+    lr, mom, finite = kernel.evaluate(None if dense else steps)
+    if not (finite or bool(np.isfinite(lr).all())):
+        return None
+    return Computed(
+        indices=steps,
+        lr=lr,
+        momentum=mom,
+        final_lr=[float(v) for v in final],
+        engine="vectorized",
+        device="cpu",
+    )
+
+
 def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Computed | InvalidSpec]:
     """Return each compiled program's result at its scheduler steps, in order.
 
     Programs of the same structure and the same steps are stacked and evaluated as one
-    tensor computation; a program that fails gets its own InvalidSpec in its slot, exactly
-    as :func:`run` would raise it.
+    tensor computation; a program alone in its structure takes the fused kernel where it
+    applies (:func:`_kernel_result`); a program that fails gets its own InvalidSpec in its
+    slot, exactly as :func:`run` would raise it.
     """
     out: list[Computed | InvalidSpec | None] = [None] * len(jobs)
     buckets: dict[tuple[object, ...], list[int]] = {}
@@ -170,16 +234,26 @@ def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Computed | InvalidS
             continue
         for i in members:
             try:
-                out[i] = jobs[i][0].result(k)
+                out[i] = _kernel_result(*jobs[i]) or jobs[i][0].result(k)
             except InvalidSpec as exc:
                 out[i] = exc
     return out  # type: ignore[return-value]
 
 
-# ----------------------------------------------------------- specs differing only in the lr
+# ------------------------------------- specs differing only in the lr and scalar parameters
 
-_SCALED_LEAVES = (Cosine, Linear, Lambda)
+_SCALED_LEAVES = (Cosine, Linear, Lambda, Step, Exponential)
 """Leaves whose only per-group tensor is ``base`` (torch's ``base_lrs``, the group's lr)."""
+
+MAIN_FIELDS: dict[type[Leaf], tuple[str, ...]] = {
+    Cosine: ("T_max", "eta_min"),
+    Step: ("step_size", "gamma"),
+    Exponential: ("gamma",),
+}
+"""The scheduler parameters a template varies, by leaf: each is the torch scheduler's
+attribute of the same name, read as is by the leaf (``Leaf.of``), and none changes anything
+else torch builds (the lr at step 0 is the group's lr for each of these schedulers; none is
+refused at construction)."""
 
 
 def _leaves(root: Node) -> list[Leaf] | None:
@@ -191,59 +265,126 @@ def _leaves(root: Node) -> list[Leaf] | None:
 
 
 @dataclass(frozen=True)
+class Params:
+    """What a template varies: the optimizer's lr, the main scheduler's parameters (names of
+    :data:`MAIN_FIELDS`, with their values) and a linear warmup's ``steps`` (None: no warmup
+    or not varied)."""
+
+    lr: float
+    main: tuple[tuple[str, object], ...] = ()
+    warmup_steps: int | None = None
+
+
+@dataclass(frozen=True)
 class LrTemplate:
-    """A compiled program whose per-group state is the optimizer's lr: the program of the
-    same spec with another lr has that lr where this one has its own, and torch's lr at step
-    0 by the same rule (0, the lr itself, or the lr × the first leaf's start factor)."""
+    """A compiled program whose per-group state is the optimizer's lr and whose varied
+    parameters (:class:`Params`) are fields of its leaves: the program of the same spec with
+    other values has them where this one has its own, and torch's lr at step 0 by the same
+    rule (0, the lr itself, or the lr × the first leaf's start factor)."""
 
     program: Program
-    lr: float
+    params: Params
     rule: str
 
-    def lr0(self, lr: float) -> float:
+    @property
+    def lr(self) -> float:
+        return self.params.lr
+
+    def lr0(self, lr: float, first: Leaf) -> float:
         if self.rule == "zero":
             return 0.0
         if self.rule == "same":
             return lr
-        first = _leaves(self.program.root)[0]  # type: ignore[index]
         return lr * first.start_factor  # type: ignore[attr-defined]
 
-    def derive(self, lr: float) -> Program:
-        """Return the program the same spec compiles to with optimizer lr ``lr``."""
+    def derive(self, lr: float | Params) -> Program | None:
+        """Return the program the same spec compiles to with ``lr`` (a float: the optimizer's
+        lr alone), or None when those values would compile to another structure (a warmup
+        as long as the schedule)."""
+        params = lr if isinstance(lr, Params) else dataclasses.replace(self.params, lr=lr)
         p = self.program
         device = p.device
-        base = column([lr], device)
+        base = column([params.lr], device)
 
-        def leaf(x: Leaf) -> Leaf:
+        def leaf(x: Leaf, fields: tuple[tuple[str, object], ...] = ()) -> Leaf:
             derived = copy.copy(x)  # its other fields are the spec's (dataclasses.replace is
             derived.base = base  # ten times slower, and this runs per spec of a batch)
+            for name, value in fields:
+                setattr(derived, name, value)
             return derived
 
         root: Node
         if isinstance(p.root, Leaf):
-            root = leaf(p.root)
+            root = leaf(p.root, params.main)
         else:
             assert isinstance(p.root, Sequential)
-            root = Sequential([dataclasses.replace(s, leaf=leaf(s.leaf)) for s in p.root.segments])
+            segments = p.root.segments
+            if params.warmup_steps is None or len(segments) != 2:
+                root = Sequential(
+                    [
+                        dataclasses.replace(
+                            s, leaf=leaf(s.leaf, params.main if i == len(segments) - 1 else ())
+                        )
+                        for i, s in enumerate(segments)
+                    ]
+                )
+            else:
+                w = params.warmup_steps
+                warm, main = segments
+                if not 0 < w < min(main.end, p.n):
+                    return None
+                root = Sequential(
+                    [
+                        dataclasses.replace(warm, leaf=_warmup_leaf(leaf(warm.leaf), w), end=w),
+                        dataclasses.replace(main, leaf=leaf(main.leaf, params.main), start=w),
+                    ]
+                )
+        first = _leaves(root)[0]  # type: ignore[index]
         return Program(
             root=root,
             n=p.n,
-            lr0=column([self.lr0(lr)], device),
+            lr0=column([self.lr0(params.lr, first)], device),
             momentum0=p.momentum0,
             anchor=base,
             device=device,
         )
 
 
-def lr_template(program: Program, lr: float) -> LrTemplate | None:
-    """Return ``program`` (compiled for optimizer lr ``lr``, one group) as a template, or None
-    when its state is not the lr's alone (other leaves, a dampener, another step-0 rule)."""
+def _warmup_leaf(leaf: Leaf, steps: int) -> Leaf:
+    """Return the warmup ``leaf`` (a copy) over ``steps`` steps, as torch builds it."""
+    if isinstance(leaf, Linear):
+        leaf.total_iters = steps
+        return leaf
+    from service.schedules.specs import LinearFromZero  # the specs import the formulas
+
+    assert isinstance(leaf, Lambda)
+    fn = LinearFromZero(steps)
+    leaf.fns = formulas._tensor_fns([fn] * leaf.groups)
+    leaf.fn_keys = (fn.key,) * leaf.groups
+    return leaf
+
+
+def _is_warmup(leaf: Leaf, steps: int) -> bool:
+    """Return True when ``leaf`` is a linear warmup over ``steps`` that
+    :func:`_warmup_leaf` rebuilds: LinearLR to 1, or the linear-from-zero LambdaLR."""
+    if type(leaf) is Linear:
+        return leaf.total_iters == steps and leaf.end_factor == 1.0
+    return type(leaf) is Lambda and leaf.fn_keys == (("linear_from_zero", steps),)
+
+
+def lr_template(program: Program, lr: float | Params) -> LrTemplate | None:
+    """Return ``program`` (compiled for ``lr``: the optimizer's lr, one group, or
+    :class:`Params`) as a template, or None when its state is not the lr's alone (other
+    leaves, a dampener, another step-0 rule) or the varied parameters are not where
+    :class:`LrTemplate` puts them."""
+    params = lr if isinstance(lr, Params) else Params(lr)
+    lr = params.lr
     leaves = _leaves(program.root)
     if leaves is None or program.dampen is not None or program.anchor.shape != (1, 1):
         return None
     here = column([lr], program.device)
     for x in leaves:
-        if type(x) not in _SCALED_LEAVES or type(x) is Multiplicative:
+        if type(x) not in _SCALED_LEAVES:
             return None
         if isinstance(x, Lambda) and (x.lambda_field or x.fn_keys is None):
             return None
@@ -251,6 +392,28 @@ def lr_template(program: Program, lr: float) -> LrTemplate | None:
             return None
     if not torch.equal(program.anchor, here):
         return None
+    main = leaves[-1]
+    if params.main:
+        names = MAIN_FIELDS.get(type(main), ())
+        for name, value in params.main:
+            if name not in names or type(getattr(main, name)) is not type(value):
+                return None
+            if getattr(main, name) != value:
+                return None
+    if params.warmup_steps is not None:
+        root = program.root
+        if not isinstance(root, Sequential) or len(root.segments) != 2:
+            return None
+        warm, rest = root.segments
+        w = params.warmup_steps
+        if (warm.start, warm.end, warm.restarted, rest.start, rest.restarted) != (
+            0,
+            w,
+            False,
+            w,
+            True,
+        ) or not _is_warmup(warm.leaf, w):
+            return None
     lr0 = float(program.lr0[0, 0])
     first = leaves[0]
     candidates = {"zero": 0.0, "same": lr}
@@ -258,12 +421,30 @@ def lr_template(program: Program, lr: float) -> LrTemplate | None:
         candidates["start"] = lr * first.start_factor
     for rule, value in candidates.items():
         if lr0 == value and math.copysign(1.0, lr0) == math.copysign(1.0, value):
-            return LrTemplate(program, lr, rule)
+            return LrTemplate(program, params, rule)
     return None
 
 
+def _bits(x: Tensor) -> bytes:
+    return x.cpu().numpy().tobytes()
+
+
+def _leaf_tensors(leaf: Leaf) -> list[Tensor | None]:
+    """Return every tensor ``leaf`` holds (fields and dicts of tensors), in field order."""
+    out: list[Tensor | None] = []
+    for name in _field_names(leaf):
+        value = getattr(leaf, name)
+        if isinstance(value, Tensor) or value is None:
+            out.append(value)
+        elif isinstance(value, dict):
+            out.extend(value[key] for key in sorted(value) if isinstance(value[key], Tensor))
+    return out
+
+
 def same_program(a: Program, b: Program) -> bool:
-    """Return True when two compiled programs hold the same state, bit for bit."""
+    """Return True when two compiled programs hold the same state, bit for bit: the same
+    structure and scalar parameters (:func:`_signature`) and every tensor of every leaf
+    (base, max_lr, swa_lr, momenta, ...), the lr and momentum at step 0 and the anchor."""
     if (a.n, a.device, a.dampen is None, b.dampen is None) != (b.n, b.device, True, True):
         return False
     if _signature(a.root) != _signature(b.root) or _signature(a.root) is None:
@@ -271,10 +452,20 @@ def same_program(a: Program, b: Program) -> bool:
     la, lb = _leaves(a.root), _leaves(b.root)
     if la is None or lb is None or len(la) != len(lb):
         return False
-    pairs = [(a.lr0, b.lr0), (a.anchor, b.anchor)]
-    pairs += [(x.base, y.base) for x, y in zip(la, lb, strict=True)]
-    if (a.momentum0 is None) != (b.momentum0 is None):
-        return False
-    if a.momentum0 is not None:
-        pairs.append((a.momentum0, b.momentum0))  # type: ignore[arg-type]
-    return all(x.numpy().tobytes() == y.numpy().tobytes() for x, y in pairs)
+    pairs: list[tuple[Tensor | None, Tensor | None]] = [(a.lr0, b.lr0), (a.anchor, b.anchor)]
+    pairs.append((a.momentum0, b.momentum0))
+    for x, y in zip(la, lb, strict=True):
+        tx, ty = _leaf_tensors(x), _leaf_tensors(y)
+        if len(tx) != len(ty):
+            return False
+        pairs += zip(tx, ty, strict=True)
+    for x, y in pairs:
+        if (x is None) != (y is None):
+            return False
+        if (
+            x is not None
+            and y is not None
+            and ((x.shape, x.dtype) != (y.shape, y.dtype) or _bits(x) != _bits(y))
+        ):
+            return False
+    return True

@@ -12,9 +12,13 @@ gives the generic path's bits:
   CPU ``cos`` gives each element the same bits wherever it sits in a tensor, which
   ``tests/schedules/vectorized/test_fast.py`` checks);
 - dense steps (``0..n-1``, the unsampled case) are generated per chunk as float64 (exact
-  integers), so no int64 step tensor is converted; long schedules are computed a cache-sized
-  chunk at a time (the temporaries stay in the CPU cache) and, past :data:`THREADS_MIN`
-  values, in two threads at once (numpy and torch release the GIL while they compute).
+  integers), so no int64 step tensor is converted; a chunk is computed in place in its own
+  columns of the output (a row's shared factor in the last row), so a chunk reads and
+  writes two cache-sized buffers (the output's columns and the step ramp), allocating
+  nothing; past :data:`THREADS_MIN` values the calling thread and a pooled one take the
+  chunks one at a time (numpy and torch release the GIL while they compute);
+- where the parameters bound every value (they are finite and far from float64's range,
+  see :class:`Fill`), the output is not checked for infinities and nans.
 
 A program the kernel does not cover (other leaves, momentum-cycling schedulers, lambdas of
 user expressions, a restarted anchor) keeps the generic path; so does any result that is not
@@ -23,10 +27,10 @@ finite everywhere (the generic path then decides, by torch's recursion, what to 
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from threading import Lock
+from threading import Lock, local
 
 import numpy as np
 import torch
@@ -37,11 +41,15 @@ from service.schedules.vectorized.evaluation import Program, _all_finite
 from service.schedules.vectorized.formulas import Cosine, Lambda, Leaf, Linear
 
 CHUNK = 1 << 15
-"""Values per chunk (256 KB of float64 per temporary: the few a chunk uses stay in L2;
-measured on 1M steps, 2 threads: 16k values 4.2 ms, 32k 3.7 ms, 64k 3.75 ms)."""
+"""Values per chunk (256 KB of float64 per buffer: the output chunk and the step ramp a
+chunk reads stay in L2)."""
 THREADS_MIN = 1 << 18
 """Dense schedules of at least this many values per group are split across threads."""
 THREADS = max(1, min(2, os.cpu_count() or 1))
+BOUND = 1e300
+"""Magnitudes a kernel's parameters are checked against to know, before computing, that every
+value it writes is finite (float64's largest is 1.8e308: the few operations of a closed form
+cannot overflow from below this)."""
 
 _STEPS = np.arange(CHUNK, dtype=np.float64)
 _STEPS.flags.writeable = False
@@ -49,12 +57,28 @@ _INT_STEPS = np.arange(CHUNK, dtype=np.int64)
 _INT_STEPS.flags.writeable = False
 
 
-def _local_steps(first: int, size: int) -> np.ndarray:
-    """Return ``first, first + 1, ..., first + size - 1`` as float64 (exact integers)."""
-    if size <= _STEPS.size:
-        steps = _STEPS[:size]
-        return steps if first == 0 else steps + first
-    return np.arange(first, first + size, dtype=np.float64)
+Steps = np.ndarray | int
+"""Local float64 steps: an array of them, or (dense) the first of ``out``'s columns."""
+
+
+def _dense_steps(first: int, out: np.ndarray) -> np.ndarray:
+    """Return ``first, first + 1, ...`` (float64, exact integers) as long as ``out``: the
+    shared ramp itself when ``first`` is 0, else written into ``out``."""
+    size = out.shape[0]
+    if size > _STEPS.size:
+        out[:] = np.arange(first, first + size, dtype=np.float64)
+        return out
+    if first == 0:
+        return _STEPS[:size]
+    return np.add(_STEPS[:size], first, out=out)
+
+
+def _steps_into(e: Steps, out: np.ndarray) -> np.ndarray:
+    """Return the local steps ``e`` (an array, or a dense run's first step), as float64
+    readable alongside ``out`` (written into it when it is a dense run's)."""
+    if isinstance(e, int):
+        return _dense_steps(e, out)
+    return e
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -69,13 +93,37 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+class _Scratch(local):
+    """A thread's scratch buffer (never handed out: it only holds steps between operations)."""
+
+    buffer: np.ndarray | None = None
+
+    def get(self, size: int) -> np.ndarray:
+        if self.buffer is None or self.buffer.size < size:
+            self.buffer = np.empty(max(size, 1))
+        return self.buffer[:size]
+
+
+_scratch = _Scratch()
+
+
 def _cos_(values: np.ndarray) -> None:
     torch.from_numpy(values).cos_()
 
 
-Fill = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
-"""``fill(e, out, tmp)``: write the lr at local float64 steps ``e`` into ``out`` (groups,
-len(e)); ``tmp`` is scratch of len(e)."""
+Write = Callable[[Steps, np.ndarray, np.ndarray], None]
+"""``write(e, out, tmp)``: write the lr at local steps ``e`` into ``out`` (groups, columns),
+its rows contiguous; ``tmp`` is scratch as long as a row."""
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A leaf's kernel."""
+
+    write: Write
+    finite: bool
+    """Every value ``write`` gives at steps in [0, the kernel's n] is finite (known from the
+    parameters: then the kernel does not check its output)."""
 
 
 def _halving_is_exact(values: list[float]) -> bool:
@@ -86,7 +134,13 @@ def _halving_is_exact(values: list[float]) -> bool:
     return all(c == 0.0 or 1e-200 <= abs(c) <= 1e300 for c in values)
 
 
-def _cosine(leaf: Cosine, start: list[float]) -> Fill:
+def _within(*values: float, bound: float = BOUND) -> bool:
+    """Return True when every value (a float or an int) is at most ``bound`` in magnitude
+    (False for nan and inf)."""
+    return all(abs(v) <= bound for v in values)
+
+
+def _cosine(leaf: Cosine, start: list[float], n: int) -> Fill:
     # Cosine._half, then Cosine._from: ((start - eta) * (1 + cos(pi * e / T_max))) / 2 + eta
     eta, t_max = leaf.eta_min, leaf.T_max
     scale = [s - eta for s in start]
@@ -95,67 +149,78 @@ def _cosine(leaf: Cosine, start: list[float]) -> Fill:
     # x + 0.0 is x except for x = -0.0; (c * h) / 2 is never -0.0 when c is not negative
     # (h = 1 + cos(...) is never negative)
     add_eta = not (eta == 0.0 and all(math.copysign(1.0, c) > 0 for c in scale))
+    # the argument is finite (|pi * e / T_max| <= 1e15), so cos is in [-1, 1] and h in
+    # [0, 2]; |c * h| <= 2e300 and |eta| <= 1e300
+    finite = _within(t_max, eta, *scale) and t_max != 0 and n * math.pi <= 1e15 * abs(t_max)
 
-    def fill(e: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
-        np.multiply(e, math.pi, out=tmp)
-        np.divide(tmp, t_max, out=tmp)
-        _cos_(tmp)
-        np.add(tmp, 1, out=tmp)
-        for i, row in enumerate(out):
+    def write(e: Steps, out: np.ndarray, tmp: np.ndarray) -> None:
+        h = out[-1]  # 1 + cos(...), shared by the rows, computed in the last one
+        np.multiply(_steps_into(e, h), math.pi, out=h)
+        np.divide(h, t_max, out=h)
+        _cos_(h)
+        np.add(h, 1, out=h)
+        for i, row in enumerate(out):  # the last row last: it holds h until then
             if halved:
-                np.multiply(half_scale[i], tmp, out=row)
+                np.multiply(half_scale[i], h, out=row)
             else:
-                np.multiply(scale[i], tmp, out=row)
+                np.multiply(scale[i], h, out=row)
                 np.divide(row, 2, out=row)
             if add_eta:
                 np.add(row, eta, out=row)
 
-    return fill
+    return Fill(write, finite)
 
 
-def _linear_from_zero(leaf: Lambda, base: list[float], steps: list[int]) -> Fill:
-    # Lambda.closed with LinearFromZero: base * (e / steps)
-    def fill(e: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
-        done = None
+def _linear_from_zero(leaf: Lambda, base: list[float], steps: list[int], n: int) -> Fill:
+    # Lambda.closed with LinearFromZero: base * (e / steps); |e / s| <= n for integers s != 0
+    finite = all(s != 0 for s in steps) and _within(*base, bound=BOUND / max(1, n))
+
+    def write(e: Steps, out: np.ndarray, tmp: np.ndarray) -> None:
+        x = _steps_into(e, tmp)
         for row, b, s in zip(out, base, steps, strict=True):
-            if done != s:
-                np.divide(e, s, out=tmp)
-                done = s
-            np.multiply(b, tmp, out=row)
+            np.divide(x, s, out=row)
+            np.multiply(b, row, out=row)
 
-    return fill
+    return Fill(write, finite)
 
 
 def _linear(leaf: Linear, start: list[float]) -> Fill:
     # Linear.closed: start * (s + (end - s) * min(e, t) / t); start * s when t == 0
     s, t, slope = leaf.start_factor, leaf.total_iters, leaf.end_factor - leaf.start_factor
+    if t == 0:
+        finite = all(math.isfinite(b * s) for b in start)
+    else:
+        # e >= 0, so |min(e, t)| <= |t|: |slope * min(e, t)| <= 1e300 and, divided by t,
+        # at most |slope| (rounded)
+        finite = _within(t, s, slope, *start, bound=1e150)
 
-    def fill(e: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
+    def write(e: Steps, out: np.ndarray, tmp: np.ndarray) -> None:
         if t == 0:
             for row, b in zip(out, start, strict=True):
                 row.fill(b * s)
             return
-        np.minimum(e, t, out=tmp)
-        np.multiply(slope, tmp, out=tmp)
-        np.divide(tmp, t, out=tmp)
-        np.add(s, tmp, out=tmp)
-        for row, b in zip(out, start, strict=True):
-            np.multiply(b, tmp, out=row)
+        h = out[-1]  # the factor, shared by the rows, computed in the last one
+        np.minimum(_steps_into(e, h), t, out=h)
+        np.multiply(slope, h, out=h)
+        np.divide(h, t, out=h)
+        np.add(s, h, out=h)
+        for row, b in zip(out, start, strict=True):  # the last row last
+            np.multiply(b, h, out=row)
 
-    return fill
+    return Fill(write, finite)
 
 
 def _rows(values: torch.Tensor) -> list[float]:
     return [float(v) for v in values[:, 0].tolist()]
 
 
-def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool) -> Fill | None:
+def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool, n: int) -> Fill | None:
     """Return the kernel of ``leaf.closed(e, anchor, restarted)``, or None when not covered."""
     kind = type(leaf)
     base = _rows(leaf.base)
     if kind is Cosine:
         if restarted or bool(torch.equal(anchor, leaf.base)):
-            return _cosine(leaf, base)
+            return _cosine(leaf, base, n)
         return None
     if kind is Linear:
         return _linear(leaf, base if restarted else _rows(anchor))
@@ -164,7 +229,7 @@ def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool) -> Fill | None
         if len(steps) == leaf.groups and all(
             isinstance(k, tuple) and len(k) == 2 and k[0] == "linear_from_zero" for k in steps
         ):
-            return _linear_from_zero(leaf, base, [int(k[1]) for k in steps])
+            return _linear_from_zero(leaf, base, [int(k[1]) for k in steps], n)
     return None
 
 
@@ -175,6 +240,10 @@ class _Piece:
     end: int
     """One past its last global step (clipped to n)."""
     fill: Fill
+
+
+Task = tuple[Write, int, int, int]
+"""A dense chunk: the piece's write, its first local step, and the columns [c, d)."""
 
 
 @dataclass
@@ -200,7 +269,7 @@ class Kernel:
             zeros = 1 if size else 0
         else:
             self._sparse(k, lr)
-            finite = math.isfinite(float(lr.sum()))
+            finite = self._finite or math.isfinite(float(lr.sum()))
             zeros = int(np.searchsorted(k, 1))
         if zeros:
             lr[:, :zeros] = self._lr0
@@ -215,6 +284,9 @@ class Kernel:
         self._lr0 = np.asarray(self.lr0, dtype=np.float64)[:, None]
         spans = [(p, p.start, min(p.end, self.n)) for p in self.pieces]
         self._spans = [(p, lo, hi) for p, lo, hi in spans if lo < hi]
+        # every value is finite (known from the parameters): the output is not checked
+        self._finite = all(p.fill.finite for p in self.pieces)
+        self._tasks: tuple[int, list[Task]] | None = None
 
     def _sparse(self, k: np.ndarray, lr: np.ndarray) -> None:
         starts = [p.start for p in self.pieces]
@@ -224,38 +296,55 @@ class Kernel:
             if lo >= hi:
                 continue
             e = (k[lo:hi] - piece.start).astype(np.float64)
-            piece.fill(e, lr[:, lo:hi], np.empty(hi - lo))
+            piece.fill.write(e, lr[:, lo:hi], np.empty(hi - lo))
+
+    def _chunks(self) -> list[Task]:
+        """Return the dense chunks (made once per chunk size)."""
+        if self._tasks is None or self._tasks[0] != CHUNK:
+            tasks = [
+                (piece.fill.write, c - piece.start, c, min(end, c + CHUNK))
+                for piece, start, end in self._spans
+                for c in range(start, end, CHUNK)
+            ]
+            self._tasks = (CHUNK, tasks)
+        return self._tasks[1]
 
     def _dense(self, lr: np.ndarray, steps: np.ndarray | None) -> bool:
+        tasks = self._chunks()
         if self.n < THREADS_MIN or THREADS == 1:
-            return self._dense_range(lr, steps, 0, self.n)
+            return self._run(iter(tasks), lr, steps)
         budget.check()
-        cut = (self.n // THREADS // CHUNK + 1) * CHUNK
-        parts = [(i * cut, min(self.n, (i + 1) * cut)) for i in range(THREADS)]
+        # this thread and the helpers take the chunks one at a time from one iterator (next()
+        # on a list iterator is atomic under the GIL): one that a busy machine holds back
+        # does less, none waits for another's share
+        queue = iter(tasks)
         pool = _executor()
-        futures = [pool.submit(self._dense_range, lr, steps, lo, hi) for lo, hi in parts if lo < hi]
-        finite = all([future.result() for future in futures])
+        helpers = [pool.submit(self._run, queue, lr, steps) for _ in range(THREADS - 1)]
+        finite = False
+        try:
+            finite = self._run(queue, lr, steps)
+        finally:  # a helper still queued (the pool busy with other calls) has nothing left
+            helped = all([f.cancel() or f.result() for f in helpers])
         budget.check()
-        return finite
+        return finite and helped
 
-    def _dense_range(self, lr: np.ndarray, steps: np.ndarray | None, lo: int, hi: int) -> bool:
-        """Fill columns [lo, hi) of ``lr`` (and ``steps``) a chunk at a time; return whether
-        they are all finite (a sum per chunk, while the chunk is in cache)."""
-        tmp = np.empty(min(CHUNK, max(1, hi - lo)))
+    def _run(self, tasks: Iterator[Task], lr: np.ndarray, steps: np.ndarray | None) -> bool:
+        """Fill the columns of the chunks ``tasks`` gives (and their ``steps``), a chunk at a
+        time; return whether they are all finite (known, or a sum per chunk, while the chunk
+        is in cache)."""
+        tmp = _scratch.get(CHUNK)
+        check = not self._finite
         finite = True
-        for piece, start, end in self._spans:
-            a, b = max(start, lo), min(end, hi)
-            for c in range(a, b, CHUNK):
-                d = min(b, c + CHUNK)
-                e = _local_steps(c - piece.start, d - c)
-                out = lr[:, c:d]
-                piece.fill(e, out, tmp[: d - c])
+        for write, first, c, d in tasks:
+            out = lr[:, c:d]
+            write(first, out, tmp[: d - c])
+            if check:
                 finite = finite and math.isfinite(float(out.sum()))
-                if steps is not None:
-                    if d - c <= _INT_STEPS.size:
-                        np.add(_INT_STEPS[: d - c], c, out=steps[c:d])
-                    else:
-                        steps[c:d] = np.arange(c, d, dtype=np.int64)
+            if steps is not None:
+                if d - c <= _INT_STEPS.size:
+                    np.add(_INT_STEPS[: d - c], c, out=steps[c:d])
+                else:
+                    steps[c:d] = np.arange(c, d, dtype=np.int64)
         return finite
 
 
@@ -266,7 +355,7 @@ def kernel_of(program: Program) -> Kernel | None:
         return None
     pieces: list[_Piece] = []
     if isinstance(root, Leaf):
-        fill = _leaf_fill(root, anchor, False)
+        fill = _leaf_fill(root, anchor, False, n)
         if fill is None:
             return None
         pieces.append(_Piece(0, n, fill))
@@ -274,7 +363,7 @@ def kernel_of(program: Program) -> Kernel | None:
         for i, seg in enumerate(root.segments):
             if seg.restarted and seg.leaf.relative:
                 return None
-            fill = _leaf_fill(seg.leaf, anchor, seg.restarted)
+            fill = _leaf_fill(seg.leaf, anchor, seg.restarted, n)
             if fill is None:
                 return None
             if i and seg.start != root.segments[i - 1].end:

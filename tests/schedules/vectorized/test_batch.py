@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from service.errors import ServiceError
 from service.schedules import service, specs
@@ -129,3 +130,169 @@ def test_batch_as_npy_needs_every_spec_to_succeed_with_one_shape(client):
     r = client.post("/v1/schedules/batch?format=npy", json={"requests": [good, short]})
     assert r.status_code == 422
     assert "shapes" in r.json()["detail"] and "format=json" in r.json()["detail"]
+
+
+def test_a_batch_of_distinct_specs_gives_each_spec_its_own_bits():
+    # every parity case and refusal once: no two stack, each is evaluated alone in the batch
+    # (the whole batch is one computation: its time limit raised for a loaded machine)
+    bodies = [param.values[0] for param in PARITY + ERRORS]
+    requests = [specs.ScheduleRequest.model_validate(b) for b in bodies]
+    roomy = SETTINGS.model_copy(update={"compute_max_seconds": 600.0})
+    batched = service.compute_many(list(requests), roomy)
+    for request, slot in zip(requests, batched, strict=True):
+        _assert_same(_alone(request), slot)
+
+
+def _sweep() -> list[dict[str, Any]]:
+    """Specs that differ in a scalar scheduler parameter or a warmup's length (and lr),
+    edge values included: T_max shorter than the schedule (the cosine rises again), a
+    warmup as long as the schedule, a gamma whose lr overflows."""
+    sgd = {"type": "SGD", "lr": 0.1, "momentum": 0.9}
+    out: list[dict[str, Any]] = []
+    for t_max in (1, 37, 150, 299, 300, 5000):
+        out.append({"scheduler": {"type": "CosineAnnealingLR", "T_max": t_max}, "steps": 300})
+    for t_max, eta in ((100, 0.0), (100, 1e-3), (250, 0.05), (20, 0.2)):
+        cosine = {"type": "CosineAnnealingLR", "T_max": t_max, "eta_min": eta}
+        out.append({"optimizer": sgd, "scheduler": cosine, "steps": 300})
+    for warm, start in ((1, 0.0), (10, 0.0), (50, 0.0), (299, 0.0), (300, 0.0), (400, 0.0)):
+        for t_max in (290, 200):
+            out.append(
+                {
+                    "optimizer": {**sgd, "lr": 0.1 + warm * 1e-4},
+                    "scheduler": {"type": "CosineAnnealingLR", "T_max": t_max},
+                    "warmup": {"type": "linear", "steps": warm, "start_factor": start},
+                    "steps": 300,
+                    "include": ["momentum"],
+                }
+            )
+    for warm in (5, 25, 60):
+        out.append(
+            {
+                "scheduler": {"type": "CosineAnnealingLR", "T_max": 300 - warm},
+                "warmup": {"type": "linear", "steps": warm, "start_factor": 0.25},
+                "steps": 300,
+            }
+        )
+    for step_size, gamma in ((1, 0.9), (7, 0.5), (30, 0.65), (30, 1.5), (400, 0.1), (3, 1e200)):
+        out.append(
+            {"scheduler": {"type": "StepLR", "step_size": step_size, "gamma": gamma}, "steps": 300}
+        )
+    for gamma in (0.98, 0.5, 1.01, 1e300):
+        out.append({"scheduler": {"type": "ExponentialLR", "gamma": gamma}, "steps": 300})
+    # schedules whose build reads their span (steps - the warmup's): compiled per warmup
+    for warm in (10, 20, 30):
+        for scheduler in (
+            {"type": "OneCycleLR", "max_lr": 0.1},
+            {"type": "noam", "d_model": 512, "warmup_steps": 40},
+        ):
+            out.append(
+                {"scheduler": scheduler, "warmup": {"type": "linear", "steps": warm}, "steps": 300}
+            )
+    for warm in (10, 20):
+        out.append(
+            {
+                "scheduler": {"type": "StepLR", "step_size": 40 + warm, "gamma": 0.5},
+                "warmup": {"type": "linear", "steps": warm},
+                "steps": 300,
+                "sample": {"every": 7},
+            }
+        )
+    return out
+
+
+def test_a_parameter_sweep_gives_each_spec_its_own_bits():
+    bodies = _sweep()
+    requests = [specs.ScheduleRequest.model_validate(b) for b in bodies]
+    batched = service.compute_many(list(requests), SETTINGS)
+    for request, slot in zip(requests, batched, strict=True):
+        _assert_same(_alone(request), slot)
+    assert any(isinstance(slot, ServiceError) for slot in batched)  # the overflowing gammas
+
+
+def test_a_parameter_sweep_is_compiled_twice_per_kind(monkeypatch):
+    from service.schedules.vectorized import compile as vectorized
+
+    calls = []
+    compile_request = vectorized.compile_request
+
+    def counting(request, n, device):
+        calls.append(request.scheduler.type)
+        return compile_request(request, n, device)
+
+    monkeypatch.setattr(vectorized, "compile_request", counting)
+    bodies = [
+        {
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 1000 - i},
+            "warmup": {"type": "linear", "steps": 10 + i},
+            "steps": 1000,
+        }
+        for i in range(30)
+    ] + [
+        {"scheduler": {"type": "StepLR", "step_size": 10 + i, "gamma": 0.5 + i / 100}, "steps": 500}
+        for i in range(30)
+    ]
+    requests = [specs.ScheduleRequest.model_validate(b) for b in bodies]
+    out = service.compute_many(list(requests), SETTINGS)
+    assert all(isinstance(slot, service.Computed) for slot in out)
+    assert sorted(calls) == ["CosineAnnealingLR"] * 2 + ["StepLR"] * 2
+    for request, slot in zip(requests[::7], out[::7], strict=True):
+        _assert_same(_alone(request), slot)
+
+
+def test_a_mixed_parameter_batch_matches_real_torch_schedulers():
+    from torch.optim import lr_scheduler as L
+
+    from tests.schedules.helpers import torch_loop
+    from tests.schedules.test_vectorized import assert_close
+
+    steps = 2000
+    cases: list[tuple[dict[str, Any], Any]] = []
+    for i, t_max in enumerate((500, 1999, 1234, 700)):
+        warm = 10 + 37 * i
+
+        def make(opt, t_max=t_max, warm=warm, eta=1e-4 * i):
+            first = L.LambdaLR(opt, lambda e, w=warm: e / w)
+            main = L.CosineAnnealingLR(opt, T_max=t_max, eta_min=eta)
+            return L.SequentialLR(opt, [first, main], milestones=[warm])
+
+        body = {
+            "optimizer": {"type": "SGD", "lr": 0.1 * (i + 1)},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": t_max, "eta_min": 1e-4 * i},
+            "warmup": {"type": "linear", "steps": warm, "start_factor": 0.0},
+            "steps": steps,
+        }
+        cases.append((body, (make, 0.1 * (i + 1))))
+    for step_size, gamma in ((100, 0.5), (333, 0.9), (7, 0.99)):
+        body = {
+            "scheduler": {"type": "StepLR", "step_size": step_size, "gamma": gamma},
+            "steps": steps,
+        }
+        make = lambda opt, s=step_size, g=gamma: L.StepLR(opt, step_size=s, gamma=g)  # noqa: E731
+        cases.append((body, (make, 0.1)))
+    for t_max in (300, 3000):
+        body = {"scheduler": {"type": "CosineAnnealingLR", "T_max": t_max}, "steps": steps}
+        make = lambda opt, t=t_max: L.CosineAnnealingLR(opt, T_max=t)  # noqa: E731
+        cases.append((body, (make, 0.1)))
+    requests = [specs.ScheduleRequest.model_validate(body) for body, _ in cases]
+    out = service.compute_many(list(requests), SETTINGS)
+    for (_body, (make, lr)), request, slot in zip(cases, requests, out, strict=True):
+        assert isinstance(slot, service.Computed), slot
+        lrs, _ = torch_loop(make, steps, lr=lr)
+        assert_close(lrs, slot.lr)
+        _assert_same(_alone(request), slot)
+
+
+def test_programs_differing_in_any_tensor_are_not_the_same():
+    from service.schedules.vectorized import batch as vectorized_batch
+    from service.schedules.vectorized import compile as vectorized
+
+    def program(max_lr: float) -> Program:
+        body = {
+            "scheduler": {"type": "CyclicLR", "base_lr": 0.001, "max_lr": max_lr},
+            "steps": 100,
+        }
+        request = specs.ScheduleRequest.model_validate(body)
+        return vectorized.compile_request(request, 100, torch.device("cpu"))
+
+    assert vectorized_batch.same_program(program(0.1), program(0.1))
+    assert not vectorized_batch.same_program(program(0.1), program(0.2))

@@ -136,6 +136,29 @@ def test_chunks_and_threads_give_the_same_bits(monkeypatch, eta_min):
     assert got.momentum.tobytes() == want.momentum.tobytes()
 
 
+@pytest.mark.parametrize("lr", [0.1, 1e305], ids=["bounded", "unbounded"])
+def test_threads_writing_the_steps_give_the_same_bits(monkeypatch, lr):
+    """Chunks taken by two threads, the steps written by them (a length past the cached
+    indices), and an lr too large for the kernel to know its values finite (then checked)."""
+    body = {**warmup_cosine(30_001), "optimizer": {"type": "SGD", "lr": lr}}
+    body["param_groups"] = [{"lr": lr}, {"lr": lr / 3}]
+    want = generic(body)
+    monkeypatch.setattr(fast, "CHUNK", 100)
+    monkeypatch.setattr(fast, "THREADS_MIN", 1000)
+    monkeypatch.setattr(fast, "THREADS", 2)
+    monkeypatch.setattr(service, "DENSE_INDICES_MAX", 1000)
+    service.plans.clear()
+    request = specs.ScheduleRequest.model_validate(body)
+    plan = service.plans.get(request, service.choose_engine(request))
+    assert plan.fast is not None
+    assert plan.fast.kernel._finite is (lr < 1e300)
+    for _ in range(2):
+        got = service.compute(request, SETTINGS)
+        assert got.lr.tobytes() == want.lr.tobytes()
+        assert got.indices.tobytes() == np.arange(30_001, dtype=np.int64).tobytes()
+        assert got.final_lr == want.final_lr
+
+
 def test_torch_cos_gives_each_value_the_same_bits_wherever_it_sits():
     """The kernel's premise: chunks of a tensor get the bits the whole tensor gets."""
     x = torch.from_numpy(np.random.default_rng(0).random(70_001) * math.pi)

@@ -518,4 +518,11 @@ def test_a_metric_scan_counts_in_the_cost_model():
         ),
         "vectorized",
     ).total
-    assert scan == closed + 1000 * budget.METRIC_SCAN_OPS
+    # the scan's weight per step on top of a closed form's (ReduceLROnPlateau's own weights
+    # are a closed form's: it sets lrs like StepLR's)
+    rlrp = specs.ScheduleRequest.model_validate(body).scheduler
+    step = specs.ScheduleRequest.model_validate(
+        {"scheduler": {"type": "StepLR", "step_size": 3}, "steps": 1000}
+    ).scheduler
+    leaf = rlrp.vectorized_cost(1000, 1) - step.vectorized_cost(1000, 1)
+    assert scan == closed + leaf + 1000 * budget.METRIC_SCAN_OPS
