@@ -37,6 +37,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
@@ -229,6 +230,8 @@ class LimitedStreamingResponse(StreamingResponse):
         began: list[float | None] = [None]  # when the send in progress began (monotonic)
         sent = 0
         timed_out = False
+        ends = time.monotonic() + self.max_seconds
+        cut = anyio.CancelScope(deadline=anyio.current_time() + self.max_seconds)
 
         async def watchdog(cut: anyio.CancelScope) -> None:
             nonlocal timed_out
@@ -242,7 +245,11 @@ class LimitedStreamingResponse(StreamingResponse):
 
         async def timed_send(message: Message) -> None:
             nonlocal sent
-            began[0] = time.monotonic()
+            now = time.monotonic()
+            if now >= ends:  # nothing is sent past the total limit
+                cut.cancel()
+                await anyio.lowlevel.checkpoint()
+            began[0] = now
             await send(message)
             began[0] = None
             sent += len(message.get("body", b""))
@@ -259,7 +266,7 @@ class LimitedStreamingResponse(StreamingResponse):
                 await timed_send({**message, "body": part, "more_body": more})
 
         try:
-            with anyio.CancelScope(deadline=anyio.current_time() + self.max_seconds) as cut:
+            with cut:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(watchdog, cut)
                     await super().__call__(scope, receive, sliced_send)
