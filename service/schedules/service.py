@@ -441,10 +441,101 @@ def _read_only(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _fast_of(program: Program) -> fast.Fast | None:
+    """Return :func:`fast.fast_of`'s answer for ``program``, its probes evaluated by the
+    kernel instead of the generic closed form's tensors: where a kernel covers the program,
+    it computes the generic closed form's float64 operations in the same order (the fast
+    path serves every value on that premise, ``tests/schedules/vectorized/test_fast.py``
+    checks it), so the probes' bits are the same, at a fraction of the small tensors' cost.
+    The same checks decide: no refused step, no dense check, the closed form at step 0 is
+    torch's lr at step 0, the lr finite where it could first stop being so."""
+    if program.dampen is not None or program.failure() is not None:
+        return None
+    probes = program._probes()
+    if probes is None or probes.ranges:
+        return None
+    kernel = fast.kernel_of(program)
+    if kernel is None:
+        return None
+    points = np.asarray(probes.points, dtype=np.int64)
+    values = np.empty((kernel.groups, points.size), dtype=np.float64)
+    kernel._sparse(points, values)
+    if not program._matches_lr0(values[:, 0]):
+        return None
+    index = {p: i for i, p in enumerate(probes.points)}
+    if not bool(np.isfinite(values[:, [index[p] for p in probes.finite]]).all()):
+        return None
+    n = program.n
+    final = program.lr0[:, 0].tolist() if n == 1 else values[:, index[n - 1]].tolist()
+    return fast.Fast(program, kernel, [float(v) for v in final])
+
+
+class _LrTemplates:
+    """Specs computed one by one that differ only in the optimizer's lr, their scheduler's
+    scalar parameters (``_VARIED``: a sweep over T_max, step_size, gamma, eta_min) or a linear
+    warmup's length (the common distinct specs: sweeps) share one compilation, as a batch's
+    do (:class:`_Templates` says which specs, and keys them).
+
+    The first spec of a kind is compiled (torch's objects built); when its state is where
+    :func:`~service.schedules.vectorized.batch.lr_template` puts it, the next one with other
+    values is compiled too and compared with what the template derives for it, bit for bit;
+    from then on a spec of that kind is derived without building torch's objects. A kind
+    whose check failed is compiled every time. The :data:`LR_TEMPLATES` most recently used
+    kinds are kept.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kinds: OrderedDict[str, list[object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def program(self, prep: _Prepared) -> Program:
+        found = None if prep.request.metrics else _Templates._key(prep)
+        kind = None
+        if found is not None:
+            with self._lock:
+                kind = self._kinds.get(found[0])
+                if kind is not None:
+                    self._kinds.move_to_end(found[0])
+        if found is not None and kind is not None and kind[1] is True:
+            derived = kind[0].derive(found[1])  # type: ignore[attr-defined]
+            if derived is not None:
+                return derived
+        program = vectorized.compile_request(prep.request, prep.n, prep.device)
+        if found is None:
+            return program
+        key, params = found
+        with self._lock:
+            kind = self._kinds.get(key)
+            if kind is None:
+                self._kinds[key] = [vectorized_batch.lr_template(program, params), False]
+                while len(self._kinds) > self.size:
+                    self._kinds.popitem(last=False)
+            elif kind[0] is not None and kind[1] is False and kind[0].params != params:  # type: ignore[attr-defined]
+                # a check needs other values than the template's own (the same spec with a
+                # value set explicitly rather than by default derives itself)
+                derived = kind[0].derive(params)  # type: ignore[attr-defined]
+                if derived is None:  # another structure (a warmup as long as the schedule)
+                    return program
+                same = vectorized_batch.same_program(derived, program)
+                kind[:] = [kind[0], True] if same else [None, False]
+        return program
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kinds.clear()
+
+
+LR_TEMPLATES = 64
+"""Kinds of spec (everything but the optimizer's lr) whose template :func:`compute` keeps."""
+
+lr_templates = _LrTemplates(LR_TEMPLATES)
+
+
 def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
     """Return the plan of ``request``, whose limits were checked."""
     prep = _prepared(request, engine)
-    program = vectorized.compile_request(prep.request, prep.n, prep.device)
+    program = lr_templates.program(prep)
     sched = prep.sched_index
     sample = prep.request.sample
     sorted_steps = sample is None or sample.at is None or bool(np.all(sched[1:] >= sched[:-1]))
@@ -460,7 +551,7 @@ def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
         request=prep.request,
         device=prep.device,
         program=program,
-        fast=fast.fast_of(program),
+        fast=_fast_of(program),
         sorted_steps=sorted_steps,
         dense=dense,
         indices=_read_only(prep.indices) if keep else None,
@@ -517,6 +608,7 @@ class _Plans:
     def clear(self) -> None:
         with self._lock:
             self._plans.clear()
+        lr_templates.clear()
 
 
 plans = _Plans(PLAN_CACHE_SIZE)

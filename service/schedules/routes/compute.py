@@ -317,7 +317,7 @@ async def _respond(
 
     inline = _runs_inline(spec, fmt, streamed, settings)
     if inline:
-        done = running.run_inline(request, work)
+        done = await running.run_inline(request, work)
     else:
         heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
         done = await running.run_budgeted(request, work, heavy=heavy)

@@ -1,0 +1,162 @@
+"""Specs computed one by one that differ only in the optimizer's lr share one compilation,
+and a plan's probes evaluated by the kernel decide what the generic closed form decides.
+
+Every value is compared with the generic evaluation of a freshly compiled program (which the
+parity suites compare with torch), bit for bit.
+"""
+
+from typing import Any
+
+import pytest
+import torch
+
+from service.schedules import service, specs
+from service.schedules.vectorized import compile as vectorized
+from service.schedules.vectorized import fast
+from service.settings import Settings
+from tests.schedules.test_vectorized import PARITY
+from tests.schedules.vectorized.test_fast import COMMON, generic, warmup_cosine
+
+SETTINGS = Settings()
+
+LRS = (0.1, 0.37, 1e-3, 2.5, 0.0, 0.1 + 1e-12, 1e-250, 7)
+
+
+@pytest.fixture(autouse=True)
+def fresh_plans():
+    service.plans.clear()
+    yield
+    service.plans.clear()
+
+
+@pytest.fixture
+def compiled(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = vectorized.compile_request
+
+    def counting(*args: Any, **kwargs: Any):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vectorized, "compile_request", counting)
+    return calls
+
+
+def with_lr(body: dict[str, Any], lr: float) -> dict[str, Any]:
+    optimizer = {"type": "SGD", "momentum": 0.9, **body.get("optimizer", {}), "lr": lr}
+    return {**body, "optimizer": optimizer}
+
+
+def assert_generic_bits(body: dict[str, Any], got: service.Computed) -> None:
+    want = generic(body)
+    assert got.lr.tobytes() == want.lr.tobytes()
+    assert got.final_lr == want.final_lr
+    if want.momentum is None:
+        assert got.momentum is None
+    else:
+        assert got.momentum is not None and got.momentum.tobytes() == want.momentum.tobytes()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        warmup_cosine(10_000),
+        warmup_cosine(3000, include=["momentum"]),
+        {**warmup_cosine(3000), "warmup": {"type": "linear", "steps": 30, "start_factor": 0.1}},
+        {"scheduler": {"type": "CosineAnnealingLR", "T_max": 900, "eta_min": 1e-4}, "steps": 1000},
+        {**warmup_cosine(3000), "sample": {"points": 100}},
+        {"scheduler": {"type": "LinearLR", "start_factor": 0.1, "total_iters": 90}, "steps": 300},
+        {**warmup_cosine(2000), "batch_scaling": {"batch_size": 768, "base_batch_size": 256}},
+    ],
+)
+def test_an_lr_sweep_compiles_twice_and_gives_each_spec_its_bits(compiled, body):
+    """The first two lrs are compiled (the second checks the derivation), the rest derived."""
+    for lr in LRS:
+        spec = with_lr(body, lr)
+        got = service.compute(specs.ScheduleRequest.model_validate(spec), SETTINGS)
+        assert_generic_bits(spec, got)
+    assert len(compiled) == 2 + len(LRS)  # two by compute, one per lr by generic()
+
+
+def test_a_derivation_that_differs_is_never_trusted(compiled, monkeypatch):
+    monkeypatch.setattr(service.vectorized_batch, "same_program", lambda a, b: False)
+    for lr in LRS[:5]:
+        spec = with_lr(warmup_cosine(2000), lr)
+        service.compute(specs.ScheduleRequest.model_validate(spec), SETTINGS)
+    assert len(compiled) == 5
+
+
+def test_the_same_lr_again_does_not_count_as_a_check(compiled):
+    """A second spec of the kind with the template's own lr (the lr set explicitly rather
+    than by default) says nothing about the derivation: the next lr is still compiled."""
+    default = {"scheduler": {"type": "CosineAnnealingLR", "T_max": 500}, "steps": 600}
+    explicit = {**default, "optimizer": {"type": "SGD", "lr": 0.1}}
+    other = {**default, "optimizer": {"type": "SGD", "lr": 0.2}}
+    for spec in (default, explicit, other):
+        got = service.compute(specs.ScheduleRequest.model_validate(spec), SETTINGS)
+        assert_generic_bits(spec, got)
+    assert len(compiled) == 3 + 3
+
+
+def test_specs_whose_state_is_not_the_lr_alone_are_compiled_every_time(compiled):
+    for lr in LRS[:4]:
+        spec = {**with_lr(warmup_cosine(1000), lr), "param_groups": [{"lr": 0.1}, {"lr": 0.01}]}
+        got = service.compute(specs.ScheduleRequest.model_validate(spec), SETTINGS)
+        want = generic(spec)
+        assert got.lr.tobytes() == want.lr.tobytes()
+    assert len(compiled) == 4 + 4
+
+
+def test_a_derived_spec_still_gets_its_own_warnings():
+    base = {"scheduler": {"type": "CosineAnnealingLR", "T_max": 500}, "steps": 600}
+    results = {}
+    for lr in (0.1, 0.2, 0.3, 0.0):
+        body = with_lr(base, lr)
+        results[lr] = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+    service.plans.clear()
+    for lr, got in results.items():
+        alone = service.compute(specs.ScheduleRequest.model_validate(with_lr(base, lr)), SETTINGS)
+        assert got.warnings == alone.warnings
+        service.plans.clear()
+
+
+def _compiled_program(body: dict[str, Any]):
+    request = specs.ScheduleRequest.model_validate(body)
+    prep = service._prepare(request, SETTINGS)
+    return vectorized.compile_request(prep.request, prep.n, prep.device)
+
+
+@pytest.mark.parametrize("body", COMMON + PARITY)
+def test_kernel_probes_decide_what_the_generic_probes_decide(body):
+    request = specs.ScheduleRequest.model_validate(body)
+    if service.choose_engine(request) != "vectorized":
+        pytest.skip("the torch engine computes this spec")
+    try:
+        ours = service._fast_of(_compiled_program(body))
+        theirs = fast.fast_of(_compiled_program(body))
+    except Exception as exc:  # the refusals are the parity suite's business
+        pytest.skip(f"refused: {exc}")
+    assert (ours is None) == (theirs is None)
+    if ours is not None and theirs is not None:
+        assert torch.tensor(ours.final).numpy().tobytes() == (
+            torch.tensor(theirs.final).numpy().tobytes()
+        )
+
+
+@pytest.mark.parametrize(
+    "vary",
+    [
+        lambda i: {"scheduler": {"type": "CosineAnnealingLR", "T_max": 500 + 997 * i}},
+        lambda i: {"scheduler": {"type": "CosineAnnealingLR", "T_max": 900, "eta_min": 1e-5 * i}},
+        lambda i: {"warmup": {"type": "linear", "steps": 1 + 37 * i, "start_factor": 0.0}},
+        lambda i: {"scheduler": {"type": "StepLR", "step_size": 3 + i, "gamma": 0.5 + i / 20}},
+    ],
+)
+def test_a_sweep_of_scheduler_parameters_compiles_twice(compiled, vary):
+    """T_max, eta_min, step_size, gamma or the warmup's length swept one spec at a time: the
+    first two compiled, the rest derived, each with the generic path's bits."""
+    bodies = [{**warmup_cosine(2000), **vary(i)} for i in range(6)]
+    for body in bodies:
+        got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+        assert_generic_bits(body, got)
+    assert len(compiled) == 2 + len(bodies)
