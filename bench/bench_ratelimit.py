@@ -18,17 +18,25 @@ time, the CPU time per request (``time.process_time``), requests a second with
 (the fallback), with the machine and its load.
 
     .venv/bin/python bench/bench_ratelimit.py [--requests 2000] [--rounds 5] [--url redis://127.0.0.1:6379/3]
+
+With ``--http`` it times the same setups end to end instead (``off``, ``local``, ``redis``,
+``refused``; ``hung`` is the same as refused between timeouts): one uvicorn server each, a
+cached ``GET /v1/schedules/StepLR`` over a keep-alive connection, the servers taken in turn
+request by request, medians of the client's wall time.
 """
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import statistics
+import tempfile
 import time
 import uuid
 
+import httpx
 import redis
-from harness import loadavg, machine  # first: puts the repository root on sys.path
+from harness import loadavg, machine, server  # first: puts the repository root on sys.path
 
 from service import metrics
 from service.ratelimit import RateLimitMiddleware
@@ -90,6 +98,49 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def http(args: argparse.Namespace, refused_port: int, prefix: str) -> None:
+    """Time a cached schedule request through real servers, one per setup, interleaved."""
+    limits = {
+        "LRS_RATE_LIMIT_COMPUTE_PER_S": "1000000",
+        "LRS_RATE_LIMIT_COMPUTE_BURST": "1000000000",
+        "LRS_RATE_LIMIT_TIMEOUT_S": str(args.timeout),
+        "LRS_ACCESS_LOG": "false",
+        "LRS_JOB_WORKERS": "0",
+    }
+    setups = {
+        "off": {"LRS_ACCESS_LOG": "false", "LRS_JOB_WORKERS": "0"},
+        "local": limits,
+        "redis": {**limits, "LRS_RATE_LIMIT_URL": args.url, "LRS_RATE_LIMIT_PREFIX": prefix},
+        "refused": {**limits, "LRS_RATE_LIMIT_URL": f"redis://127.0.0.1:{refused_port}/0"},
+    }
+    path = "/v1/schedules/StepLR?step_size=3&steps=10"
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for name, env in setups.items():
+            data = stack.enter_context(tempfile.TemporaryDirectory())
+            url, _ = stack.enter_context(server(data, env))
+            clients[name] = stack.enter_context(httpx.Client(base_url=url, timeout=30))
+            for _ in range(50):  # warm: the cache, the connection, the script
+                assert clients[name].get(path).status_code == 200
+        times: dict[str, list[float]] = {name: [] for name in clients}
+        for _ in range(args.rounds * args.requests):
+            for name, client in clients.items():
+                start = time.perf_counter()
+                status = client.get(path).status_code
+                times[name].append(time.perf_counter() - start)
+                assert status == 200, (name, status)
+    print(machine())
+    print(f"load average {loadavg()}; {args.rounds * args.requests} requests each, interleaved")
+    base = statistics.median(times["off"])
+    print(f"{'setup':8} {'median':>9} {'p99':>9} {'added':>9}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(
+            f"{name:8} {med * 1e3:7.3f}ms {pct(values, 0.99) * 1e3:7.2f}ms "
+            f"{(med - base) * 1e3:7.3f}ms"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
@@ -97,6 +148,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/3")
     parser.add_argument("--timeout", type=float, default=0.1, help="LRS_RATE_LIMIT_TIMEOUT_S")
+    parser.add_argument("--http", action="store_true", help="through real servers")
     args = parser.parse_args()
 
     with socket.socket() as free:
@@ -108,6 +160,17 @@ async def main() -> None:
     hung_port = silent.getsockname()[1]
 
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
+    if args.http:
+        silent.close()
+        try:
+            http(args, refused_port, prefix)
+        finally:
+            client = redis.Redis.from_url(args.url)
+            keys = list(client.scan_iter(match=prefix + "*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+        return
     limits = {
         "rate_limit_compute_per_s": 1e6,
         "rate_limit_compute_burst": 10**9,
