@@ -10,8 +10,9 @@ warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
    request used), 16 connections;
 4. cache hits right after it, 16 connections;
 5. distinct again, 8 connections, then 6. cache hits, 8 connections;
-7. every spec distinct in its T_max instead of its lr (all else the body's), 16 connections:
-   the lr sweep's shared compilation does not apply, every spec is compiled;
+7. every spec distinct in its T_max instead of its lr (all else the body's), 16 connections
+   (a T_max sweep, whose compilation is shared as an lr sweep's is), then every spec distinct
+   in its SGD momentum (no sweep's shared compilation applies: every spec compiled);
 8. on a second server with ``LRS_COMPUTE_INLINE_MAX_COST=2000000``, distinct specs, 16
    connections: each computed on the event loop instead of in a compute thread (the default).
 
@@ -174,6 +175,11 @@ LR_PATTERN = """string.gsub(body, '"lr":0%.1,',
 T_MAX_PATTERN = """string.gsub(body, '"T_max":9900}',
                     string.format('"T_max":%d}',
                                   9900 + 1000000 * run + 100000 * tid + counter), 1)"""
+MOMENTUM_PATTERN = """string.gsub(body, '"momentum":0%.9}',
+                    string.format('"momentum":0.9%02d%02d%09d}', run, tid, counter), 1)"""
+"""The momentum-distinct load's rewrite: each request an SGD momentum no other request used
+(the lr and the schedule the same): no sweep's shared compilation applies, every spec is
+compiled (torch's objects built, its probes evaluated)."""
 """The T_max-distinct load's rewrite: each request a T_max no other request used (9900 plus
 a million per load, 100 000 per wrk thread, one per request), the lr and all else the same:
 no plan of an lr sweep applies, every spec is compiled."""
@@ -181,11 +187,15 @@ no plan of an lr sweep applies, every spec is compiled."""
 
 def wrk_script(distinct: str | None, run: int) -> str:
     """Return the Lua script: ``distinct`` None (the same body: cache hits), "lr" (every
-    request its own optimizer lr) or "T_max" (its own CosineAnnealingLR T_max)."""
+    request its own optimizer lr), "T_max" (its own CosineAnnealingLR T_max) or "momentum"
+    (its own SGD momentum)."""
     script = harness.wrk_script(BODY, PATH, distinct is not None, run)
     if distinct == "T_max":
         assert LR_PATTERN in script and '"T_max":9900}' in script
         script = script.replace(LR_PATTERN, T_MAX_PATTERN)
+    if distinct == "momentum":
+        assert LR_PATTERN in script and '"momentum":0.9}' in script
+        script = script.replace(LR_PATTERN, MOMENTUM_PATTERN)
     return script
 
 
@@ -193,7 +203,7 @@ def run_wrk(
     base: str, seconds: float, connections: int, distinct: bool | str, run: int
 ) -> tuple[dict, float]:
     """Return wrk's result line and the seconds its threads waited for a CPU (sampled).
-    ``distinct``: False (cache hits), True or "lr" (every lr distinct), "T_max"."""
+    ``distinct``: False (cache hits), True or "lr" (every lr distinct), "T_max", "momentum"."""
     vary = "lr" if distinct is True else (distinct or None)
     script = wrk_script(vary, run)  # type: ignore[arg-type]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
@@ -286,6 +296,7 @@ def main() -> None:
             measure(base, pid, "every spec distinct (computed)", s, 8, True, 3),
             measure(base, pid, "cache hits, right after the distinct load", s, 8, False, 0),
             measure(base, pid, "every spec's T_max distinct (computed)", s, 16, "T_max", 4),
+            measure(base, pid, "every spec's momentum distinct (computed)", s, 16, "momentum", 5),
         ]
     # the distinct load computed on the event loop rather than in a compute thread
     inline = None
@@ -309,7 +320,7 @@ def main() -> None:
                 2,
             )
             loads.append(inline)
-    fresh, computed, hits16, _, hits8, t_max = loads[:6]
+    fresh, computed, hits16, _, hits8, t_max, momentum = loads[:7]
 
     print(f"## HTTP: computed against cached, wrk -t2, {s:g} s per load\n")
     print(f"Machine: {machine()}.")
@@ -331,14 +342,16 @@ def main() -> None:
         f"{computed.cpu_ms / hits16.cpu_ms:.2f} (a rate ratio on a quiet machine is near its "
         "inverse when the server's event loop is the bottleneck)."
     )
-    print(
-        f"Specs distinct in T_max rather than lr (no lr sweep's shared plan applies), 16 "
-        f"connections: {t_max.rps:,.0f} requests/s, {t_max.rps / hits16.rps:.2f} of the cache "
-        f"hits' (16 connections, after), p99 {t_max.p99:.1f} ms, server CPU "
-        f"{t_max.cpu_ms:.2f} ms per request."
-        if hits16.rps
-        else ""
-    )
+    for x, what in (
+        (t_max, "in T_max rather than lr (a T_max sweep: its compilation shared too)"),
+        (momentum, "in SGD's momentum (no sweep's compilation applies: each spec compiled)"),
+    ):
+        if hits16.rps:
+            print(
+                f"Specs distinct {what}, 16 connections: {x.rps:,.0f} requests/s, "
+                f"{x.rps / hits16.rps:.2f} of the cache hits' (16 connections, after), p99 "
+                f"{x.p99:.1f} ms, server CPU {x.cpu_ms:.2f} ms per request."
+            )
     if inline is not None:
         print(
             f"Distinct specs in a compute thread against on the event loop (16 connections): "
