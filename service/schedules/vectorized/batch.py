@@ -336,9 +336,13 @@ class LrTemplate:
                 warm, main = segments
                 if not 0 < w < min(main.end, p.n):
                     return None
+                # the template's own length: its warmup leaf is already built over w steps
+                ramp = leaf(warm.leaf)
+                if w != self.params.warmup_steps:
+                    ramp = _warmup_leaf(ramp, w)
                 root = Sequential(
                     [
-                        dataclasses.replace(warm, leaf=_warmup_leaf(leaf(warm.leaf), w), end=w),
+                        dataclasses.replace(warm, leaf=ramp, end=w),
                         dataclasses.replace(main, leaf=leaf(main.leaf, params.main), start=w),
                     ]
                 )
