@@ -236,7 +236,65 @@ def _warmup_cost(warmup: Any, steps: int, groups: int) -> float:
     return steps * (per_step + groups * per_value)
 
 
-def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
+PROBES = 2
+"""Probe steps a closed form is checked at besides each SequentialLR segment's last (step 0
+and the last step), priced as values like the sampled steps."""
+
+
+def _pointwise(spec: specs.SchedulerBase) -> bool:
+    """Return True when ``spec``'s vectorized evaluation at some steps evaluates only those
+    (and the probes): a closed-form leaf whose refusal check and finiteness check need no
+    scan (no lr_lambda: its refusal and finiteness checks evaluate every step; no metrics),
+    or a SequentialLR of such leaves (the root of :class:`~service.schedules.vectorized.
+    evaluation.Program` is then a Leaf or a Sequential: ``_evaluate_sorted``)."""
+    if _lambda_texts(spec) or getattr(spec, "metric_driven", False):
+        return False
+    if isinstance(spec, (specs.ReduceLROnPlateau, specs.ChainedScheduler)):
+        return False
+    if getattr(spec, "dense_check", False):
+        return False
+    children = spec.children()
+    if not children:
+        return True
+    if not isinstance(spec, specs.SequentialLR):
+        return False
+    return all(not child.children() and _pointwise(child) for child in children)
+
+
+def evaluated_steps(request: specs.ScheduleRequest) -> int | None:
+    """Return how many scheduler steps the vectorized engine evaluates for ``request``'s
+    ``sample`` when that is known up front (the sampled steps plus the probes, fewer than
+    every step), or None when it evaluates every step: no sample, counters (their columns are
+    the step columns), or a program that is not pointwise (:func:`_pointwise`: an lr_lambda's
+    dense check, a ChainedScheduler's or a metric-driven schedule's scan).
+
+    The one case known only while computing: probes that fail (a closed form that overflows
+    or does not start at torch's lr) fall back to the affine scan over every step; that scan
+    checks the time limit between its passes and the closed forms between their chunks, so
+    such a request stops at LRS_COMPUTE_MAX_SECONDS like any other (and, where it fits, is
+    answered)."""
+    from service.schedules import counters
+
+    sample = request.sample
+    if sample is None or counters.requested(request):
+        return None
+    if not _pointwise(request.scheduler):
+        return None
+    n = request.steps
+    if sample.every is not None:
+        points = -(-n // sample.every)
+    elif sample.points is not None:
+        points = min(sample.points, n)
+    else:
+        points = len(set(sample.at or []))
+    segments = (len(request.scheduler.children()) or 1) + (1 if request.warmup else 0)
+    evaluated = points + PROBES + segments
+    if evaluated >= request.scheduler_steps:
+        return None
+    return evaluated
+
+
+def cost(request: specs.ScheduleRequest, engine: str, *, sampled: bool = False) -> Cost:
     """Return the cost of ``request`` on ``engine`` ("torch" or "vectorized").
 
     vectorized (about 1 ns of CPU each): Σ over the schedulers of their closed form's
@@ -252,6 +310,9 @@ def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
     steps = request.scheduler_steps
     groups = request.n_groups
     every = specs.walk(request.scheduler)
+    priced = steps
+    if sampled and engine == "vectorized":
+        priced = evaluated_steps(request) or steps
     leaves = [s for s in every if not s.children()]
     distinct_nodes = 0
     torch_weight = 1.0 if request.warmup else 0.0
@@ -265,8 +326,8 @@ def cost(request: specs.ScheduleRequest, engine: str) -> Cost:
         total = math.ceil(steps * groups * torch_weight)
     else:
         schedulers = len(leaves) + (1 if request.warmup else 0)
-        weight = sum(spec.vectorized_cost(steps, groups) for spec in every)
-        weight += _warmup_cost(request.warmup, steps, groups)
+        weight = sum(spec.vectorized_cost(priced, groups) for spec in every)
+        weight += _warmup_cost(request.warmup, priced, groups)
         weight += steps * LAMBDA_NODE_COST * distinct_nodes
         if isinstance(request.scheduler, specs.ChainedScheduler) and steps > 1:
             weight += steps * groups * 2 * math.ceil(math.log2(steps))

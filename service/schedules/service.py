@@ -174,8 +174,12 @@ def _vectorized_over(steps: int, values: int, cost: int, settings: Settings) -> 
     return None
 
 
-def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> int:
-    """Raise LimitExceeded when ``request`` is over a limit of ``engine``; return its cost."""
+def _check_limits(
+    request: specs.ScheduleRequest, engine: str, settings: Settings, sampled: bool = True
+) -> int:
+    """Raise LimitExceeded when ``request`` is over a limit of ``engine``; return its cost
+    (``sampled``: a sampled closed form priced by the steps it evaluates,
+    :func:`~service.schedules.budget.evaluated_steps`)."""
     limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
     hint = " Use engine 'auto' or 'vectorized' for longer schedules." if engine == "torch" else ""
     if engine == "torch" and request.steps > limit:
@@ -186,7 +190,7 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
         )
     if engine == "vectorized":
         values = request.scheduler_steps * request.n_groups
-        cost = budget.cost(request, engine)
+        cost = budget.cost(request, engine, sampled=sampled)
         over = _vectorized_over(request.steps, values, cost.total, settings)
         if over == "vectorized_max_steps":
             raise LimitExceeded(
@@ -208,7 +212,9 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
                 "each, as each schedule's closed form is measured); the vectorized engine's "
                 f"limit is {settings.vectorized_max_cost} (LRS_VECTORIZED_MAX_COST). Lower "
                 "steps, use fewer param groups or schedulers, or a shorter lr_lambda (the "
-                "cost counts every scheduler step, whatever sample asks).",
+                "cost counts every scheduler step unless sample picks points of a closed form: an "
+                "lr_lambda, a ChainedScheduler, metrics, counters or a closed form that is "
+                "not finite at its last step evaluate every step).",
                 loc=("body", "steps"),
             )
         return cost.total
@@ -230,7 +236,7 @@ def request_cost(request: specs.ScheduleRequest, settings: Settings) -> float:
     """Return the share of its engine's cost limit ``request`` uses (1.0: the most allowed);
     the routes run requests above ``LRS_COMPUTE_HEAVY_SHARE`` in the expensive lane."""
     engine = choose_engine(request)
-    return _share(budget.cost(request, engine).total, engine, settings)
+    return _share(budget.cost(request, engine, sampled=True).total, engine, settings)
 
 
 def _share(cost: int, engine: str, settings: Settings) -> float:
@@ -576,6 +582,10 @@ def _make_plan(request: specs.ScheduleRequest, engine: str, cost: int | None = N
         and (sched.size == 0 or (sched[0] == 0 and sched[-1] == prep.n - 1))
     )
     keep = prep.indices.size <= PLAN_INDICES_MAX and prep.plan is None
+    if cost is None or budget.evaluated_steps(request) is not None:
+        # priced by its sampled steps only where the compiled program evaluates pointwise
+        # (a closed form whose probes need no dense check); else every step, as it runs
+        cost = budget.cost(request, engine, sampled=_pointwise(program, prep)).total
     return _Plan(
         request=prep.request,
         device=prep.device,
@@ -589,10 +599,28 @@ def _make_plan(request: specs.ScheduleRequest, engine: str, cost: int | None = N
         families=families.families(prep.request),
         steps_n=request.steps,
         values=request.scheduler_steps * request.n_groups,
-        cost=budget.cost(request, engine).total if cost is None else cost,
+        cost=cost,
         weight_decay="weight_decay" in prep.request.include,
         counted=None if prep.plan is None else prep,
     )
+
+
+def _pointwise(program: Program, prep: _Prepared) -> bool:
+    """Return True when ``program`` evaluates only the steps asked for (and its probes): a
+    closed form with no dense check whose probes pass (step 0 is torch's lr, the lr finite
+    where it could first stop being so), so its evaluation will not fall back to the affine
+    scan over every step. The probes' values are kept (the evaluation reuses them)."""
+    probes = program._probes()
+    if probes is None or probes.ranges or prep.plan is not None:
+        return False
+    if program.failure() is not None:
+        return True  # refused at that step (a 422) before anything is evaluated
+    target = program if program.dampen is None else replace(program, dampen=None)
+    found, values = target.probed()
+    if found is None or values is None or not target._matches_lr0(values[:, 0]):
+        return False
+    checked = values[:, [found.points.index(p) for p in found.finite]]
+    return bool(torch.isfinite(checked).all())
 
 
 class _Plans:
@@ -668,7 +696,12 @@ def compute(
             _check_metrics(request)
             libraries.check(request)
         if engine == "vectorized":
-            return plans.make(key, request, engine, cost).run()
+            plan = plans.make(key, request, engine, cost)
+            if not plan.within(settings):
+                # its program evaluates every step (a dense check the spec did not show):
+                # the full price's 422
+                _check_limits(request, engine, settings, sampled=False)
+            return plan.run()
         return _torch_computed(_prepared(request, engine), settings)
 
 

@@ -25,17 +25,39 @@ PROBES_AT_ONCE = 7
 (scalar) kernel path as when it is evaluated alone, so the probes' bits are the answer's."""
 
 
+SCAN_VALUES = 1 << 20
+"""Values per chunk of one pass of :func:`_affine_scan`, the time limit checked between
+chunks (a pass over 10M steps × 4 groups is 40 chunks), so a scan that a sampled request's
+failed probes fall back to stops at the limit within a chunk's time."""
+
+
 def _affine_scan(lr0: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Return lr_0..lr_K of ``lr_k = a_k * lr_(k-1) + b_k`` (a, b: (groups, K))."""
-    if not bool((b != 0).any()):
-        return torch.cumprod(torch.cat([lr0, a], dim=1), dim=1)
-    d = 1
     size = a.shape[1]
+    width = max(256, SCAN_VALUES // max(1, a.shape[0]))
+    if not bool((b != 0).any()):
+        if size <= width:
+            return torch.cumprod(torch.cat([lr0, a], dim=1), dim=1)
+        # chunk by chunk, each from the last product (the same sequential products, bit
+        # for bit), the time limit checked between chunks
+        out = torch.empty((a.shape[0], size + 1), dtype=a.dtype, device=a.device)
+        out[:, :1] = lr0
+        for start in range(0, size, width):
+            budget.check()
+            end = min(size, start + width)
+            part = torch.cumprod(torch.cat([out[:, start : start + 1], a[:, start:end]], 1), 1)
+            out[:, start + 1 : end + 1] = part[:, 1:]
+        return out
+    d = 1
     while d < size:
         budget.check()
         a_new, b_new = a.clone(), b.clone()
-        a_new[:, d:] = a[:, d:] * a[:, :-d]
-        b_new[:, d:] = a[:, d:] * b[:, :-d] + b[:, d:]
+        for start in range(d, size, width):
+            if start > d:
+                budget.check()
+            end = min(size, start + width)
+            a_new[:, start:end] = a[:, start:end] * a[:, start - d : end - d]
+            b_new[:, start:end] = a[:, start:end] * b[:, start - d : end - d] + b[:, start:end]
         a, b = a_new, b_new
         d *= 2
     return torch.cat([lr0, a * lr0 + b], dim=1)
