@@ -121,7 +121,14 @@ async def readyz(request: Request) -> JSONResponse:
 async def info(settings: SettingsDep) -> Info:
     """Return service and torch versions, the devices available and every limit in force."""
     # URLs may carry passwords, keys are secrets
-    secret = {"data_dir", "database_url", "celery_broker_url", "cache_url", "api_keys"}
+    secret = {
+        "data_dir",
+        "database_url",
+        "celery_broker_url",
+        "cache_url",
+        "rate_limit_url",
+        "api_keys",
+    }
     limits = settings.model_dump(exclude=secret | {"api_keys_file"}, mode="json")
     return Info(
         service="lr-schedule-service",

@@ -54,6 +54,12 @@ JOBS_SUBMITTED = Counter(
     "lrs_jobs_submitted", "Job submissions answered 202 (Idempotency-Key replays included)."
 )
 RATE_LIMITED = Counter("lrs_rate_limited", "Requests refused with 429, by route.", ["route"])
+RATE_LIMIT_FALLBACK = Counter(
+    "lrs_rate_limit_fallback",
+    "Rate-limited requests the process decided with its own buckets because the shared "
+    "store (LRS_RATE_LIMIT_URL's Redis) did not answer, by limit (compute, jobs).",
+    ["limit"],
+)
 STREAMS_CUT = Counter(
     "lrs_http_streams_cut",
     "Streamed responses whose connection the server aborted mid-body at a limit (counted "

@@ -1,25 +1,50 @@
 """Rate limits on schedule computation and job submission: a token bucket per caller.
 
 The caller is its API key (by digest) when it sends one the service accepts, else its client
-address. Each bucket
-holds up to ``burst`` tokens, refilled at ``per_s`` tokens a second; a request takes one, and
-with none left it gets ``429 Too Many Requests`` (problem+json) with ``Retry-After``: the
-whole seconds until a token is back. The buckets live in the process: with several API
-worker processes each has its own (the effective limit is the workers times the setting).
+address. Each bucket holds up to ``burst`` tokens, refilled at ``per_s`` tokens a second; a
+request takes one, and with none left it gets ``429 Too Many Requests`` (problem+json) with
+``Retry-After``: the whole seconds until a token is back.
+
+Where the buckets live:
+
+- **In the process** (the default, nothing to run beside ``make serve``): with several API
+  processes or replicas each has its own, so a client spreading its requests gets the
+  processes times the setting.
+- **In Redis** (``LRS_RATE_LIMIT_URL``, by default ``LRS_CACHE_URL``'s Redis when that is
+  set): every process and replica takes from the same bucket, so the limit holds in total.
+  One Lua script per limited request (one round trip, atomic) runs the same bucket as a GCRA
+  on Redis' clock (one key per caller and limit: the time the bucket is next full, set to
+  expire then, so an idle caller's key is gone once it would hold a full bucket).
+
+When Redis does not answer within ``LRS_RATE_LIMIT_TIMEOUT_S`` (100 ms; refused, timed out,
+no connection free in the pool) the request is decided by the process's own bucket instead, a
+warning is logged once per outage and ``lrs_rate_limit_fallback_total`` counts it; Redis is
+then left alone for :data:`BACKOFF_S`, so an outage costs one short wait per process every few
+seconds, never a 5xx, and a client is still held to the setting per process. An emptied or
+restarted Redis starts every bucket full.
 """
 
+import asyncio
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
 import time
 from dataclasses import dataclass
 
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import metrics
 from service.errors import PROBLEM_JSON, problem_body
-from service.settings import Settings
+from service.settings import REDIS_SCHEMES, Settings
+
+log = logging.getLogger("service.ratelimit")
 
 COMPUTE = re.compile(r"^/v1/schedules/[^/]+$")
 """POST /v1/schedules/compute|batch|resume|compare|export|lint and GET /v1/schedules/{type}."""
@@ -78,6 +103,108 @@ def caller(scope: Scope, keys: frozenset[str] = frozenset()) -> str:
     return f"ip:{client[0] if client else 'unknown'}"
 
 
+BACKOFF_S = 5.0
+"""After a failure, how long the process decides alone before it tries Redis again."""
+MAX_CONNECTIONS = 32
+"""Redis connections one process keeps at most (a script takes ~0.1 ms of one)."""
+
+GCRA = """
+-- KEYS[1]: the caller's bucket, as the time it is next full (µs on Redis' clock).
+-- ARGV[1]: µs per token (1e6 / per_s), ARGV[2]: the burst. Returns 0 when a token was
+-- taken, else the µs until one is back (the bucket unchanged).
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local full = tonumber(redis.call('GET', KEYS[1])) or now
+if full < now then full = now end
+local wait = full - now - (burst - 1) * interval
+if wait > 0 then return math.ceil(wait) end
+full = full + interval
+redis.call('SET', KEYS[1], string.format('%.0f', full), 'PX', math.ceil((full - now) / 1000))
+return 0
+"""
+
+
+def store_url(settings: Settings) -> str | None:
+    """Return the Redis URL the rate limits share, or None for in-process buckets:
+    ``rate_limit_url``, else ``cache_url`` when it is a Redis URL; ``local`` means none."""
+    url = settings.rate_limit_url or settings.cache_url
+    if not url or url == "local" or not url.startswith(REDIS_SCHEMES):
+        return None
+    return url
+
+
+class SharedBuckets:
+    """Token buckets in Redis, shared by every process using the same URL and prefix."""
+
+    def __init__(self, url: str, prefix: str, timeout_s: float = 0.1) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: redis.asyncio.Redis | None = None
+        self._script = None
+        self._down_until = 0.0
+        self._down = False
+
+    def _connect(self) -> None:
+        """Make the client on the running event loop (asyncio connections belong to one)."""
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=self.timeout_s,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 0),  # no second try: the request falls back at once
+        )
+        self._client = redis.asyncio.Redis(connection_pool=pool)
+        self._script = self._client.register_script(GCRA)
+        self._loop = asyncio.get_running_loop()
+
+    async def take(self, key: str, per_s: float, burst: int) -> float | None:
+        """Take a token from ``key``'s bucket; return 0 when allowed, else the seconds until
+        one is back, or None when Redis did not answer (the caller decides alone)."""
+        now = time.monotonic()
+        if now < self._down_until:
+            return None
+        if self._loop is not asyncio.get_running_loop():
+            self._connect()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                wait_us = await self._script(keys=[self.prefix + key], args=[1e6 / per_s, burst])
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + BACKOFF_S
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "rate limits: Redis did not answer (%s: %s); each process limits alone "
+                    "(its own buckets) and tries Redis again every %g s",
+                    type(exc).__name__,
+                    exc,
+                    BACKOFF_S,
+                )
+            return None
+        if self._down:
+            self._down = False
+            log.warning("rate limits: Redis answers again; the limits are shared again")
+        return int(wait_us) / 1e6
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = self._loop = None
+
+
+@dataclass
+class Limit:
+    name: str
+    """The key's part naming the limit (``compute``, ``jobs``)."""
+    what: str
+    local: TokenBuckets
+
+
 class RateLimitMiddleware:
     """Apply the compute and job-submission limits before the request reaches a route."""
 
@@ -87,38 +214,67 @@ class RateLimitMiddleware:
         self.app = app
         self.keys = keys
         self.compute = (
-            TokenBuckets(settings.rate_limit_compute_per_s, settings.rate_limit_compute_burst)
+            Limit(
+                "compute",
+                "schedule computations (LRS_RATE_LIMIT_COMPUTE_PER_S)",
+                TokenBuckets(settings.rate_limit_compute_per_s, settings.rate_limit_compute_burst),
+            )
             if settings.rate_limit_compute_per_s > 0
             else None
         )
         self.jobs = (
-            TokenBuckets(settings.rate_limit_jobs_per_s, settings.rate_limit_jobs_burst)
+            Limit(
+                "jobs",
+                "job submissions (LRS_RATE_LIMIT_JOBS_PER_S)",
+                TokenBuckets(settings.rate_limit_jobs_per_s, settings.rate_limit_jobs_burst),
+            )
             if settings.rate_limit_jobs_per_s > 0
             else None
         )
+        url = store_url(settings) if self.compute or self.jobs else None
+        self.shared = (
+            SharedBuckets(url, settings.rate_limit_prefix, settings.rate_limit_timeout_s)
+            if url
+            else None
+        )
 
-    def _limit(self, scope: Scope) -> tuple[TokenBuckets | None, str]:
+    def _limit(self, scope: Scope) -> Limit | None:
         method, path = scope["method"], scope["path"].rstrip("/")
         if method == "POST" and path == "/v1/jobs":
-            return self.jobs, "job submissions (LRS_RATE_LIMIT_JOBS_PER_S)"
+            return self.jobs
         if method in ("POST", "GET", "HEAD") and COMPUTE.match(path):
-            return self.compute, "schedule computations (LRS_RATE_LIMIT_COMPUTE_PER_S)"
-        return None, ""
+            return self.compute
+        return None
+
+    async def _take(self, limit: Limit, who: str) -> float:
+        if self.shared is not None:
+            wait = await self.shared.take(
+                f"{limit.name}:{who}", limit.local.per_s, limit.local.burst
+            )
+            if wait is not None:
+                return wait
+            metrics.RATE_LIMIT_FALLBACK.labels(limit.name).inc()
+        return limit.local.take(who)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if scope["type"] == "lifespan" and self.shared is not None:
+                    await self.shared.aclose()
             return
-        buckets, what = self._limit(scope)
-        wait = buckets.take(caller(scope, self.keys)) if buckets is not None else 0.0
+        limit = self._limit(scope)
+        wait = await self._take(limit, caller(scope, self.keys)) if limit is not None else 0.0
         if not wait:
             await self.app(scope, receive, send)
             return
+        buckets = limit.local
         retry_after = max(1, math.ceil(wait))
         body = json.dumps(
             problem_body(
                 429,
-                f"too many {what}: {buckets.burst} at once, then {buckets.per_s:g} a second "
+                f"too many {limit.what}: {buckets.burst} at once, then {buckets.per_s:g} a second "
                 f"per API key or client address; retry after {retry_after} s",
                 title="Too many requests",
                 slug="rate-limited",

@@ -305,6 +305,28 @@ class Settings(BaseSettings):
     rate_limit_jobs_burst: int = Field(
         default=10, ge=1, description="Job submissions a key may send at once."
     )
+    rate_limit_url: str | None = Field(
+        default=None,
+        description="Redis URL of the rate limits' buckets, shared by every API process and "
+        "replica (one atomic script per limited request), so the limits hold in total, not "
+        "per process; unset: `LRS_CACHE_URL`'s Redis when that is set, else in-process "
+        "buckets; `local`: in-process buckets even with `LRS_CACHE_URL`. While Redis does "
+        "not answer (`LRS_RATE_LIMIT_TIMEOUT_S`, then left alone for 5 s) each process "
+        "falls back to its own buckets, with a warning and `lrs_rate_limit_fallback_total`.",
+    )
+    rate_limit_timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=5,
+        description="Longest a limited request waits for the rate limits' Redis (connecting, "
+        "a free pooled connection, the script) before its process decides alone; what a "
+        "hung Redis costs one request per process every 5 s.",
+    )
+    rate_limit_prefix: str = Field(
+        default="lrs:ratelimit:",
+        description="Prefix of the rate limits' Redis keys (deployments sharing one Redis "
+        "database need different ones).",
+    )
     cors_origins: str = Field(
         default="",
         description="Comma-separated origins a browser page may call the API from "
@@ -324,6 +346,18 @@ class Settings(BaseSettings):
                 f"({self.job_lease_s:g}), or every lease expires between two heartbeats"
             )
         return self
+
+    @model_validator(mode="after")
+    def _rate_limit_url_is_redis(self) -> "Settings":
+        url = self.rate_limit_url
+        if url and url != "local" and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"LRS_RATE_LIMIT_URL must be a Redis URL ({', '.join(REDIS_SCHEMES)}) or `local`"
+            )
+        return self
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @lru_cache

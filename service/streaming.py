@@ -30,12 +30,15 @@ connection as it closes any failed response (its traceback is kept out of the lo
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterable, Callable, Iterable
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import suppress
 from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.responses import StreamingResponse
@@ -48,6 +51,56 @@ log = logging.getLogger("service.streaming")
 SEND_SLICE = 256 * 1024
 """Largest piece of a chunk handed to the server at once: what the server still buffers for
 a client that stops reading (a JSON chunk is ~5 MB)."""
+
+PULL_BYTES = 1 << 20
+"""A sync body iterator is advanced in a worker thread until its pieces hold this many bytes
+(or one piece is this large): one thread hop per MB or per large piece, not per piece (a
+JSON body's pieces include one-byte separators between ~5 MB arrays)."""
+
+SMALL_PIECE = 64 * 1024
+"""Consecutive pieces smaller than this are joined into one send (one chunk of the
+chunked body); larger ones are sent as they come, sliced, never copied here."""
+
+
+def _pull(iterator: Iterator[Any], charset: str) -> tuple[list[bytes | memoryview], bool]:
+    """Return the next pieces of ``iterator`` (about :data:`PULL_BYTES`, runs of small
+    ones joined) and whether it is exhausted; called in a worker thread."""
+    pieces: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    size = 0
+    done = False
+    while size < PULL_BYTES:
+        try:
+            piece = next(iterator)
+        except StopIteration:
+            done = True
+            break
+        if not isinstance(piece, bytes | memoryview):
+            piece = piece.encode(charset)
+        length = piece.nbytes if isinstance(piece, memoryview) else len(piece)
+        size += length
+        if length < SMALL_PIECE:
+            small.append(piece)
+            continue
+        if small:
+            pieces.append(b"".join(small))
+            small = []
+        pieces.append(piece)
+    if small:
+        pieces.append(b"".join(small))
+    return pieces, done
+
+
+async def _pulled_in_threadpool(content: Iterable[Any], charset: str) -> AsyncIterator[Any]:
+    """Yield the pieces of a sync iterable, advanced in a worker thread a MB at a time
+    (Starlette's ``iterate_in_threadpool`` takes one thread hop per piece)."""
+    iterator = iter(content)
+    done = False
+    while not done:
+        pieces, done = await anyio.to_thread.run_sync(_pull, iterator, charset)
+        for piece in pieces:
+            yield piece
+
 
 ABORT_KEY = "lrs.abort_connection"
 """Scope key of a callable that aborts the request's connection (set by
@@ -164,48 +217,67 @@ class LimitedStreamingResponse(StreamingResponse):
         **kwargs: Any,
     ) -> None:
         super().__init__(content, **kwargs)
+        if not isinstance(content, AsyncIterable):
+            self.body_iterator = _pulled_in_threadpool(content, self.charset)
         self.content = content
         self.max_seconds = max_seconds
         self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        deadline = anyio.current_time() + self.max_seconds
+        # One cancel scope for the whole response: its deadline is the total limit, and a
+        # watchdog cancels it when one send has waited send_timeout for the client. A send
+        # only notes when it began (no cancel scope per send: a 27 MB body is ~100 sends).
+        began: list[float | None] = [None]  # when the send in progress began (monotonic)
         sent = 0
-        late: tuple[str, str] | None = None
+        timed_out = False
+        ends = time.monotonic() + self.max_seconds
+        cut = anyio.CancelScope(deadline=anyio.current_time() + self.max_seconds)
 
-        async def limited_send(message: Message) -> None:
-            nonlocal sent, late
-            left = deadline - anyio.current_time()
-            wait = min(left, self.send_timeout)
-            if wait > 0:
-                with anyio.move_on_after(wait):
-                    await send(message)
-                    sent += len(message.get("body", b""))
+        async def watchdog(cut: anyio.CancelScope) -> None:
+            nonlocal timed_out
+            while True:
+                since, now = began[0], time.monotonic()
+                if since is not None and now - since >= self.send_timeout:
+                    timed_out = True
+                    cut.cancel()
                     return
-            if left <= self.send_timeout:
-                why = f"the body was not sent within LRS_STREAM_MAX_SECONDS={self.max_seconds:g} s"
-                late = ("max_seconds", why)
-            else:
-                late = ("send_timeout", _send_timeout_why(self.send_timeout))
-            raise StreamDeadline(late[1])
+                await anyio.sleep((now if since is None else since) + self.send_timeout - now)
+
+        async def timed_send(message: Message) -> None:
+            nonlocal sent
+            now = time.monotonic()
+            if now >= ends:  # nothing is sent past the total limit
+                cut.cancel()
+                await anyio.lowlevel.checkpoint()
+            began[0] = now
+            await send(message)
+            began[0] = None
+            sent += len(message.get("body", b""))
 
         async def sliced_send(message: Message) -> None:
             body = message.get("body", b"")
             if len(body) <= SEND_SLICE:
-                await limited_send(message)
+                await timed_send(message)
                 return
-            view = memoryview(body)
+            view = memoryview(body).cast("B")
             for start in range(0, len(view), SEND_SLICE):
-                part = bytes(view[start : start + SEND_SLICE])
+                part = view[start : start + SEND_SLICE]  # a view: the server copies it once
                 more = message.get("more_body", False) or start + SEND_SLICE < len(view)
-                await limited_send({**message, "body": part, "more_body": more})
+                await timed_send({**message, "body": part, "more_body": more})
 
         try:
-            await super().__call__(scope, receive, sliced_send)
-        except StreamDeadline:
-            if late is None:  # not ours (a body iterator's own)
-                raise
-            await cut_connection(scope, receive, *late, sent)
+            with cut:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(watchdog, cut)
+                    await super().__call__(scope, receive, sliced_send)
+                    tasks.cancel_scope.cancel()
+            if cut.cancelled_caught:
+                if timed_out:
+                    late = ("send_timeout", _send_timeout_why(self.send_timeout))
+                else:
+                    limit = f"LRS_STREAM_MAX_SECONDS={self.max_seconds:g} s"
+                    late = ("max_seconds", f"the body was not sent within {limit}")
+                await cut_connection(scope, receive, *late, sent)
         finally:
             await self._close_body()
 

@@ -5,9 +5,10 @@ gets is the routes' business (``?format=``, then ``Accept``, then JSON).
 """
 
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -38,38 +39,75 @@ def check_points(fmt: Format, points: int, settings: Settings) -> None:
 _DENSE_STEPS_MIN = 256
 """Below this many indices, serializing ``steps`` is cheaper than recognizing it."""
 
+DENSE_STEPS_CACHE_BYTES = 48 << 20
+"""Byte budget of the cached ``0..n-1`` step arrays and their JSON (a 1M-step entry holds
+8 MB of int64 and 6.9 MB of JSON: three such lengths fit, any number of 10k-step ones)."""
 
-@lru_cache(maxsize=32)
-def _dense_steps(n: int) -> tuple[np.ndarray, orjson.Fragment]:
-    """Return ``0..n-1`` (int64) and its JSON, serialized once per ``n``."""
-    indices = np.arange(n, dtype=np.int64)
-    indices.flags.writeable = False
-    return indices, orjson.Fragment(orjson.dumps(indices, option=orjson.OPT_SERIALIZE_NUMPY))
+
+class _DenseSteps:
+    """``0..n-1`` (int64, read-only), its JSON bytes and that JSON as an orjson Fragment,
+    per ``n``: the ``steps`` of every unsampled response of ``n`` steps, serialized once.
+    Least recently used lengths leave first once the entries pass a byte budget."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[int, tuple[np.ndarray, bytes, orjson.Fragment]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, n: int) -> tuple[np.ndarray, bytes, orjson.Fragment]:
+        with self._lock:
+            entry = self._entries.get(n)
+            if entry is not None:
+                self._entries.move_to_end(n)
+                return entry
+        indices = np.arange(n, dtype=np.int64)
+        indices.flags.writeable = False
+        text = orjson.dumps(indices, option=orjson.OPT_SERIALIZE_NUMPY)
+        entry = (indices, text, orjson.Fragment(text))
+        size = indices.nbytes + len(text)
+        if size > self.max_bytes // 2:
+            return entry  # served, not kept: it would push out every other length
+        with self._lock:
+            if n not in self._entries:
+                self._entries[n] = entry
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (old, old_text, _) = self._entries.popitem(last=False)
+                    self._bytes -= old.nbytes + len(old_text)
+        return entry
+
+
+_dense_cache = _DenseSteps(DENSE_STEPS_CACHE_BYTES)
+
+
+def _dense_steps(indices: np.ndarray) -> tuple[bytes, orjson.Fragment] | None:
+    """Return the cached JSON of ``indices`` (bytes and Fragment) when it is ``0..n-1``
+    (the unsampled case: the same array for every request of ``n`` steps), else None."""
+    n = indices.size
+    if (
+        n < _DENSE_STEPS_MIN
+        or indices.dtype != np.int64
+        or indices.ndim != 1
+        or indices[0] != 0
+        or indices[-1] != n - 1
+    ):
+        return None
+    dense, text, fragment = _dense_cache.get(n)
+    if indices is dense or np.array_equal(indices, dense):
+        return text, fragment
+    return None
 
 
 def _steps_json(indices: np.ndarray) -> np.ndarray | orjson.Fragment:
-    """Return ``indices`` for orjson, or the cached JSON of ``0..n-1`` when it is that (the
-    unsampled case: the same array for every request of ``n`` steps)."""
-    n = indices.size
-    if (
-        n >= _DENSE_STEPS_MIN
-        and indices.dtype == np.int64
-        and indices.ndim == 1
-        and indices[0] == 0
-        and indices[-1] == n - 1
-    ):
-        dense, fragment = _dense_steps(n)
-        if np.array_equal(indices, dense):
-            return fragment
-    return np.ascontiguousarray(indices)
+    """Return ``indices`` for orjson, or the cached JSON of ``0..n-1`` when it is that."""
+    dense = _dense_steps(indices)
+    return np.ascontiguousarray(indices) if dense is None else dense[1]
 
 
-def result_dict(computed: Computed) -> dict[str, object]:
-    """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
-    body: dict[str, object] = {
-        "steps": _steps_json(computed.indices),
-        "lr": np.ascontiguousarray(computed.lr),
-        "momentum": None if computed.momentum is None else np.ascontiguousarray(computed.momentum),
+def _tail(computed: Computed) -> dict[str, object]:
+    """Return the members of the JSON body after ``steps``, ``lr`` and ``momentum``."""
+    return {
         "weight_decay": None
         if computed.weight_decay is None
         else np.ascontiguousarray(computed.weight_decay),
@@ -81,7 +119,16 @@ def result_dict(computed: Computed) -> dict[str, object]:
         "families": computed.families,
         "counters": computed.counters,
     }
-    return body
+
+
+def result_dict(computed: Computed) -> dict[str, object]:
+    """Return the JSON body of a schedule response (numpy arrays left for orjson)."""
+    return {
+        "steps": _steps_json(computed.indices),
+        "lr": np.ascontiguousarray(computed.lr),
+        "momentum": None if computed.momentum is None else np.ascontiguousarray(computed.momentum),
+        **_tail(computed),
+    }
 
 
 def to_json_bytes(computed: Computed) -> bytes:
@@ -167,19 +214,30 @@ def to_csv(computed: Computed) -> bytes:
     return b"".join(csv_chunks(computed))
 
 
-def _array_chunks(values: np.ndarray) -> Iterator[bytes]:
-    """Yield the JSON of a 1-D array (``[a,b,...]``) a chunk at a time."""
-    yield b"["
-    for start in range(0, values.size, CHUNK_VALUES):
-        part = orjson.dumps(
-            np.ascontiguousarray(values[start : start + CHUNK_VALUES]),
-            option=orjson.OPT_SERIALIZE_NUMPY,
+Chunk = bytes | memoryview
+"""A piece of a streamed body: orjson's output, or a view of it (never copied to strip the
+brackets of an array's pieces)."""
+
+
+def _array_chunks(values: np.ndarray) -> Iterator[Chunk]:
+    """Yield the JSON of a 1-D array (``[a,b,...]``) a chunk of values at a time: each
+    chunk is one ``orjson.dumps``, yielded as a view without the brackets that do not end
+    the array, and a ``b","`` between chunks."""
+    n = values.size
+    if n <= CHUNK_VALUES:
+        yield orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)
+        return
+    for start in range(0, n, CHUNK_VALUES):
+        end = min(start + CHUNK_VALUES, n)
+        view = memoryview(
+            orjson.dumps(np.ascontiguousarray(values[start:end]), option=orjson.OPT_SERIALIZE_NUMPY)
         )
-        yield (b"," if start else b"") + part[1:-1]
-    yield b"]"
+        if start:
+            yield b","
+        yield view[1 if start else 0 : len(view) - 1 if end < n else len(view)]
 
 
-def _rows_chunks(table: np.ndarray | None) -> Iterator[bytes]:
+def _rows_chunks(table: np.ndarray | None) -> Iterator[Chunk]:
     if table is None:
         yield b"null"
         return
@@ -191,25 +249,29 @@ def _rows_chunks(table: np.ndarray | None) -> Iterator[bytes]:
     yield b"]"
 
 
-def json_chunks(computed: Computed, steps: orjson.Fragment | None = None) -> Iterator[bytes]:
+def json_chunks(computed: Computed, steps: orjson.Fragment | None = None) -> Iterator[Chunk]:
     """Yield the JSON body a chunk at a time: the bytes :func:`to_json_bytes` returns
-    (``steps``: the JSON of ``computed.indices``, when the caller has it already)."""
-    body = result_dict(computed)
+    (``steps``: the JSON of ``computed.indices``, when the caller has it already).
+
+    The pieces are ``bytes`` or views of orjson's output (``b"".join`` makes the body);
+    ``0..n-1`` steps are the cached bytes of that length, never serialized again."""
     yield b'{"steps":'
-    steps = body.pop("steps") if steps is None else steps
-    body.pop("steps", None)
-    if isinstance(steps, orjson.Fragment):
+    if steps is not None:
         yield orjson.dumps(steps)
     else:
-        yield from _array_chunks(computed.indices)
+        dense = _dense_steps(computed.indices)
+        if dense is not None:
+            yield dense[0]
+        else:
+            yield from _array_chunks(computed.indices)
     yield b',"lr":'
-    yield from _rows_chunks(body.pop("lr"))  # type: ignore[arg-type]
+    yield from _rows_chunks(computed.lr)
     yield b',"momentum":'
-    yield from _rows_chunks(body.pop("momentum"))  # type: ignore[arg-type]
-    yield b"," + orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)[1:]
+    yield from _rows_chunks(computed.momentum)
+    yield b"," + orjson.dumps(_tail(computed), option=orjson.OPT_SERIALIZE_NUMPY)[1:]
 
 
-def npy_chunks(computed: Computed) -> Iterator[bytes]:
+def npy_chunks(computed: Computed) -> Iterator[Chunk]:
     """Yield the ``.npy`` of the lr array (float64, (groups, points)) a chunk at a time: the
     bytes :func:`to_npy` returns."""
     array = np.ascontiguousarray(computed.lr, dtype=np.float64)
@@ -219,7 +281,7 @@ def npy_chunks(computed: Computed) -> Iterator[bytes]:
     flat = memoryview(array.reshape(-1)).cast("B")
     step = CHUNK_VALUES * 8
     for start in range(0, len(flat), step):
-        yield bytes(flat[start : start + step])
+        yield flat[start : start + step]  # a view of the array: never copied here
 
 
 def to_npy(computed: Computed) -> bytes:
@@ -241,9 +303,9 @@ STREAMED: tuple[Format, ...] = ("json", "csv", "npy")
 _CHUNKS = {"json": json_chunks, "csv": csv_chunks, "npy": npy_chunks}
 
 
-def stream(computed: Computed, fmt: Format) -> Iterator[bytes]:
+def stream(computed: Computed, fmt: Format) -> Iterator[Chunk]:
     """Yield ``computed`` in ``fmt`` (json, csv or npy) a chunk at a time: the bytes
-    :func:`render` returns, in pieces of at most a few MB."""
+    :func:`render` returns, in pieces of at most a few MB (``bytes`` or views of them)."""
     return _CHUNKS[fmt](computed)
 
 

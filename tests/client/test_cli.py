@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.client.conftest import API_KEY, free_port
+from tests.client.conftest import API_KEY
+from tests.servers import free_port
 
 LRS = str(Path(sys.executable).parent / "lrs")
 STEP_ARGS = ["schedule", "StepLR", "--step-size", "3", "--gamma", "0.5", "--steps", "10"]

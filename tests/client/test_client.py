@@ -18,7 +18,8 @@ from lrs_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.client.conftest import API_KEY, OTHER_KEY, free_port
+from tests.client.conftest import API_KEY, OTHER_KEY
+from tests.servers import free_port
 
 STEP = {"scheduler": {"type": "StepLR", "step_size": 3, "gamma": 0.5}, "steps": 10}
 SMALL_JOB = {

@@ -5,25 +5,24 @@ Each test speaks from its own loopback address (127.0.0.N: all of 127/8 is loopb
 Linux), so the per-client caps of one test never count another's requests.
 """
 
+import contextlib
 import itertools
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service.jobs.store import Store
-from tests.conftest import free_port
+from tests import servers
 from tests.jobs.support import POSTGRES_URL, postgres_available
+from tests.servers import ROOT, uvicorn_flags
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["ROOT", "uvicorn_flags"]  # test_http_edges reads them from here
 
 CAPS = {
     "LRS_JOB_WORKERS": "1",
@@ -44,30 +43,13 @@ CAPS = {
 _addresses = itertools.count(2)
 
 
-def uvicorn_flags() -> list[str]:
-    """Return the Makefile's UVICORN_FLAGS: the servers here run as `make serve` runs."""
-    for line in (ROOT / "Makefile").read_text().splitlines():
-        if line.startswith("UVICORN_FLAGS :="):
-            return line.split(":=", 1)[1].split()
-    raise AssertionError("the Makefile sets no UVICORN_FLAGS")
+class Server(servers.Server):
+    """A hardened server: its store (``sqlite`` or ``postgresql``), the PostgreSQL URL if
+    any, and the prefix of its job tables."""
 
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    data_dir: Path
     store: str
     database_url: str | None
     prefix: str
-    env: dict[str, str] = field(default_factory=dict)
-
-    def rss_bytes(self) -> int:
-        """Return the server process's resident memory."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
 
     def client(self, address: str | None = None, timeout: float = 30) -> httpx.Client:
         """Return an HTTP client speaking from ``address`` (a fresh 127.0.0.N by default)."""
@@ -93,46 +75,29 @@ def start_server(
 ) -> Server:
     """Start uvicorn as `make serve` does; :func:`wait_ready` waits for it. With ``prefix``
     it shares that server's job tables (a replica; SQLite: give it the same data_dir).
-    ``flags`` follow the Makefile's (a later flag wins); ``log`` takes the server's stderr."""
-    port = free_port()
+    ``flags`` follow the Makefile's (a later flag wins); ``log`` takes the server's output
+    (by default a file beside ``data_dir``, see :func:`tests.servers.start_server`)."""
     prefix = prefix or f"h{uuid.uuid4().hex[:10]}_"
-    env = {**os.environ, **CAPS, **(extra or {}), "LRS_DATA_DIR": str(data_dir)}
-    env["LRS_JOB_TABLE_PREFIX"] = prefix
-    env.pop("DATABASE_URL", None)
     database_url = POSTGRES_URL if store == "postgresql" else None
+    env = {**CAPS, **(extra or {}), "LRS_JOB_TABLE_PREFIX": prefix}
+    env.pop("DATABASE_URL", None)
     if database_url:
         env["DATABASE_URL"] = database_url
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", *uvicorn_flags(), *(flags or [])],
-        env=env, cwd=ROOT, stderr=log.open("ab") if log else None,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    return Server(url, process, data_dir, store, database_url, prefix, env)
+    flags = [*uvicorn_flags(), *(flags or [])]
+    server = servers.start_server(data_dir, env, flags=flags, log=log, server_class=Server)
+    assert isinstance(server, Server)
+    server.store, server.database_url, server.prefix = store, database_url, prefix
+    return server
 
 
 def wait_ready(server: Server, timeout: float = 300) -> Server:
     """Wait until /readyz says the store and the workers are up; return the server."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            server.process.kill()
-            raise RuntimeError("the service did not become ready")
-        time.sleep(0.2)
+    server.wait_ready("/readyz", timeout)
+    return server
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    server.stop()
     if server.database_url:  # its tables, the owners' and the usage total's, and triggers
         store = Store(server.database_url, server.prefix)
         try:
@@ -141,17 +106,28 @@ def stop_server(server: Server) -> None:
             store.dispose()
 
 
+@contextlib.contextmanager
+def serving(*args, **kwargs) -> Iterator[Server]:
+    """:func:`start_server` (same arguments), :func:`wait_ready`, then :func:`stop_server`
+    when the block ends."""
+    server = start_server(*args, **kwargs)
+    try:
+        yield wait_ready(server)
+    finally:
+        stop_server(server)
+
+
 @pytest.fixture(scope="session")
 def _servers(tmp_path_factory) -> Iterator[dict[str, Server]]:
     """Both servers, started at once (each takes ~20 s to import torch and warm a worker)."""
     stores = ["sqlite"]
     if postgres_available():
         stores.append("postgresql")
-    servers = {s: start_server(tmp_path_factory.mktemp(f"hard-{s}"), s) for s in stores}
+    started = {s: start_server(tmp_path_factory.mktemp(f"hard-{s}"), s) for s in stores}
     try:
-        yield servers
+        yield started
     finally:
-        for running in servers.values():
+        for running in started.values():
             stop_server(running)
 
 

@@ -13,7 +13,7 @@ import pytest
 from service.jobs.store import Store, sqlite_url
 from tests.jobs.support import postgres_available
 
-from .conftest import FINISHED, QUICK, Server, start_server, stop_server, wait_ready
+from .conftest import FINISHED, QUICK, Server, serving
 
 KEY_A, KEY_B = "owner-tests-key-a-5d1e", "owner-tests-key-b-83f0"
 
@@ -37,11 +37,8 @@ def keyed(request, tmp_path_factory) -> Iterator[Server]:
             pytest.fail(f"{message}: CI must test the PostgreSQL store")
         pytest.skip(message)
     extra = {"LRS_API_KEYS": f"{digest(KEY_A)},{digest(KEY_B)}"}
-    server = start_server(tmp_path_factory.mktemp(f"keyed-{request.param}"), request.param, extra)
-    try:
-        yield wait_ready(server)
-    finally:
-        stop_server(server)
+    with serving(tmp_path_factory.mktemp(f"keyed-{request.param}"), request.param, extra) as server:
+        yield server
 
 
 def _store(server: Server) -> Store:

@@ -7,7 +7,6 @@ directory), with no job workers of its own (the first server's worker runs every
 small data quota: 6 MB, so a few big job records fill it.
 """
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -41,12 +40,7 @@ def replica(server: Server) -> Iterator[Server]:
     try:
         yield wait_ready(twin)
     finally:
-        twin.process.terminate()  # its tables are the first server's: leave them
-        try:
-            twin.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            twin.process.kill()
-            twin.process.wait()
+        twin.stop()  # its tables are the first server's: leave them
 
 
 def _active(server: Server) -> int:

@@ -26,7 +26,7 @@ import uvicorn
 from starlette.background import BackgroundTask
 
 from service.streaming import ConnectionAccess, LimitedEventSourceResponse
-from tests.conftest import free_port
+from tests.servers import free_port
 
 from .conftest import (
     FINISHED,
@@ -34,9 +34,7 @@ from .conftest import (
     HealthProbe,
     Server,
     new_address,
-    start_server,
-    stop_server,
-    wait_ready,
+    serving,
     wait_status,
 )
 
@@ -81,16 +79,13 @@ def cut_server(tmp_path_factory) -> Iterator[Server]:
         "MALLOC_MMAP_THRESHOLD_": str(256 * 1024),
     }
     flags = ["--limit-concurrency", str(LIMIT_CONCURRENCY)]
-    server = start_server(folder, "sqlite", extra, flags=flags, log=folder / "server.log")
-    try:
-        yield wait_ready(server)
-    finally:
-        stop_server(server)
+    with serving(folder, "sqlite", extra, flags=flags, log=folder / "server.log") as server:
+        yield server
 
 
 def _log(server: Server) -> str:
     time.sleep(0.3)  # the access log is written by a thread, every 50 ms
-    return (server.data_dir / "server.log").read_text()
+    return server.log_text()
 
 
 def _access(server: Server, request_id: str) -> dict:

@@ -9,7 +9,6 @@ when closed.
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import redis
 
 from service.jobs.celery_app import queue_name
 from service.jobs.store import Store
+from tests.servers import Process, free_port, start_server
 
 from .support import POSTGRES_URL
 
@@ -31,48 +31,8 @@ REDIS_URL = "redis://127.0.0.1:6379/1"
 FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Proc:
-    """One child process and its log."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._handle = log.open("ab")
-        self.popen = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._handle, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait()
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._handle.close()
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace").splitlines()
-        return f"--- {self.name} ({self.log}) ---\n" + "\n".join(text[-lines:])
+Proc = Process
+"""One child process and its log (tests/servers.py)."""
 
 
 class Cluster:
@@ -109,11 +69,10 @@ class Cluster:
     def api(self, port: int | None = None, **env: str) -> tuple[Proc, str]:
         """Start an API replica (uvicorn, one process); return it and its base URL."""
         port = port or free_port()
-        command = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-                   "--port", str(port), "--log-level", "warning"]  # fmt: skip
-        proc = Proc(f"api:{port}", command, {**self.env, **env}, self._log(f"api-{port}"))
+        env = {**self.env, **env}
+        proc = start_server(self.data_dir, env, port=port, log=self._log(f"api-{port}"), unset=())
         self.procs.append(proc)
-        return proc, f"http://127.0.0.1:{port}"
+        return proc, proc.url
 
     def celery(self, concurrency: int = 2, standby: bool = False, **env: str) -> Proc:
         """Start a Celery worker (``celery -A service.jobs.celery_app worker``); a

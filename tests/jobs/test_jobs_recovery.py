@@ -1,57 +1,20 @@
 """A real server killed with SIGKILL while jobs run, then restarted on the same data."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.servers import start_server
+
+ENV = {"LRS_JOB_WORKERS": "1"}
 LONG = {
     "data": {"type": "noisy_sine", "n": 200, "n_train": 120},
     "epochs": 1000,
     "batch_size": 1,
 }
 SMALL = {"data": {"type": "noisy_sine", "n": 200, "n_train": 120}, "epochs": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(data_dir: Path, port: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "LRS_DATA_DIR": str(data_dir),
-        "LRS_JOB_WORKERS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("DATABASE_URL", None)
-    env.pop("LRS_DATABASE_URL", None)
-    command = [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
 
 
 def _children(pid: int) -> list[int]:
@@ -72,11 +35,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_sigkill_loses_no_job_and_restart_gives_each_a_sensible_status(tmp_path):
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = _start(tmp_path, port)
+    server = start_server(tmp_path, ENV)
+    base, port = server.url, server.port
     try:
-        _wait_ready(base, server)
+        server.wait_ready("/readyz", timeout=90)
         running = httpx.post(f"{base}/v1/jobs", json=LONG).json()["id"]
         queued = [httpx.post(f"{base}/v1/jobs", json=SMALL).json()["id"] for _ in range(2)]
         deadline = time.monotonic() + 30
@@ -84,20 +46,17 @@ def test_sigkill_loses_no_job_and_restart_gives_each_a_sensible_status(tmp_path)
             assert time.monotonic() < deadline
             time.sleep(0.1)
         workers = _children(server.pid)
-        server.send_signal(signal.SIGKILL)
-        server.wait()
+        server.kill()
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in workers):  # they die with the server
             assert time.monotonic() < deadline, "worker processes outlived the server"
             time.sleep(0.1)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        server.stop()
 
-    server = _start(tmp_path, port)
+    server = start_server(tmp_path, ENV, port=port)  # the same data and address
     try:
-        _wait_ready(base, server)
+        server.wait_ready("/readyz", timeout=90)
         listed = {j["id"]: j for j in httpx.get(f"{base}/v1/jobs").json()["jobs"]}
         assert set(listed) == {running, *queued}
         assert listed[running]["status"] == "interrupted"
@@ -110,5 +69,4 @@ def test_sigkill_loses_no_job_and_restart_gives_each_a_sensible_status(tmp_path)
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop(timeout=30)

@@ -7,9 +7,6 @@ growth bounded, and /healthz answering while it runs.
 """
 
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +15,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from tests.servers import serve
 
 MAX_SECONDS = 1.5
 SEND_TIMEOUT = 2.0
@@ -64,33 +54,11 @@ limit."""
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, **ENV, "LRS_DATA_DIR": str(tmp_path_factory.mktemp("budget-data"))}
-    env.pop("DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the service did not start")
-        time.sleep(0.2)
-    httpx.post(f"{url}/v1/schedules/compute", json=probe(1000), timeout=30)  # first-call costs
-    yield url, process.pid
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    data_dir = tmp_path_factory.mktemp("budget-data")
+    with serve(data_dir, ENV, ready_path="/healthz", ready_timeout=90) as running:
+        url = running.url
+        httpx.post(f"{url}/v1/schedules/compute", json=probe(1000), timeout=30)  # first-call costs
+        yield url, running.pid
 
 
 def rss_mb(pid: int) -> float:

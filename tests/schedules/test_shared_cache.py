@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.schedules.shared_cache import NAMESPACE
 from service.settings import Settings
+from tests.servers import free_port
 
 URL = "redis://127.0.0.1:6379/2"
 
@@ -49,11 +50,7 @@ def test_a_schedule_computed_on_one_replica_is_a_hit_on_another(tmp_path, shared
 
 
 def test_with_redis_down_schedules_are_still_served(tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens there once closed
+    port = free_port()  # nothing listens there
     spec = {"scheduler": {"type": "StepLR", "step_size": 3}, "steps": 20}
     with _replica(tmp_path, "down", f"redis://127.0.0.1:{port}/2") as app:
         for _ in range(2):

@@ -2,20 +2,12 @@
 paid torch's first-use imports (torch._dynamo: 10-13 s on a loaded 2-core machine) before
 /readyz answered 200."""
 
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.servers import start_server
 
 
 def _spec(lr: float) -> dict[str, object]:
@@ -29,28 +21,10 @@ def _spec(lr: float) -> dict[str, object]:
 
 @pytest.mark.slow
 def test_first_compute_after_readyz_is_about_as_fast_as_the_second(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "LRS_DATA_DIR": str(tmp_path), "LRS_JOB_WORKERS": "0"}
-    env.pop("DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not say ready within 300 s"
-            time.sleep(0.05)
+    with start_server(tmp_path, {"LRS_JOB_WORKERS": "0"}) as server:
+        server.wait_ready("/readyz", timeout=300, every=0.05)
         seconds = []
-        with httpx.Client(base_url=url, timeout=120) as client:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
             for lr in (0.1, 0.2):  # distinct specs: both are computed, neither is a cache hit
                 start = time.perf_counter()
                 r = client.post("/v1/schedules/compute", json=_spec(lr))
@@ -61,9 +35,3 @@ def test_first_compute_after_readyz_is_about_as_fast_as_the_second(tmp_path):
         first, second = seconds
         # without the warm-up the first took 12.1 s here (second 21 ms, load average ~15)
         assert first < second + 2.0, seconds
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
