@@ -134,6 +134,26 @@ def check_limits(request: specs.ScheduleRequest, settings: Settings) -> None:
     _check_limits(request, choose_engine(request), settings)
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What :func:`checked` found for a request: the engine that runs it and its cost on that
+    engine, computed once per request and handed to :func:`compute` (which then neither
+    chooses the engine nor costs the request again)."""
+
+    engine: str
+    cost: int
+    share: float
+    """The share of its engine's cost limit the request uses (:func:`request_cost`)."""
+
+
+def checked(request: specs.ScheduleRequest, settings: Settings) -> Checked:
+    """Return the engine and cost of ``request``, raising LimitExceeded (422) as
+    :func:`check_limits` does: one engine choice and one cost per request."""
+    engine = choose_engine(request)
+    total = _check_limits(request, engine, settings)
+    return Checked(engine, total, _share(total, engine, settings))
+
+
 def check_engine_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
     """:func:`check_limits` for ``engine``, which :func:`choose_engine` chose already."""
     _check_limits(request, engine, settings)
@@ -154,7 +174,8 @@ def _vectorized_over(steps: int, values: int, cost: int, settings: Settings) -> 
     return None
 
 
-def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:
+def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> int:
+    """Raise LimitExceeded when ``request`` is over a limit of ``engine``; return its cost."""
     limit = settings.torch_max_steps if engine == "torch" else settings.vectorized_max_steps
     hint = " Use engine 'auto' or 'vectorized' for longer schedules." if engine == "torch" else ""
     if engine == "torch" and request.steps > limit:
@@ -190,6 +211,7 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
                 "cost counts every scheduler step, whatever sample asks).",
                 loc=("body", "steps"),
             )
+        return cost.total
     if engine == "torch":
         cost = budget.cost(request, engine)
         if cost.total > settings.torch_max_work:
@@ -200,14 +222,20 @@ def _check_limits(request: specs.ScheduleRequest, engine: str, settings: Setting
                 f"(LRS_TORCH_MAX_WORK). Lower steps, or use fewer groups or schedulers.{hint}",
                 loc=("body", "steps"),
             )
+        return cost.total
+    return budget.cost(request, engine).total
 
 
 def request_cost(request: specs.ScheduleRequest, settings: Settings) -> float:
     """Return the share of its engine's cost limit ``request`` uses (1.0: the most allowed);
     the routes run requests above ``LRS_COMPUTE_HEAVY_SHARE`` in the expensive lane."""
     engine = choose_engine(request)
+    return _share(budget.cost(request, engine).total, engine, settings)
+
+
+def _share(cost: int, engine: str, settings: Settings) -> float:
     limit = settings.torch_max_work if engine == "torch" else settings.vectorized_max_cost
-    return budget.cost(request, engine).total / max(limit, 1)
+    return cost / max(limit, 1)
 
 
 def choose_engine(request: specs.ScheduleRequest) -> str:
@@ -532,8 +560,9 @@ LR_TEMPLATES = 64
 lr_templates = _LrTemplates(LR_TEMPLATES)
 
 
-def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
-    """Return the plan of ``request``, whose limits were checked."""
+def _make_plan(request: specs.ScheduleRequest, engine: str, cost: int | None = None) -> _Plan:
+    """Return the plan of ``request``, whose limits were checked (``cost``: its vectorized
+    cost, when the check computed it)."""
     prep = _prepared(request, engine)
     program = lr_templates.program(prep)
     sched = prep.sched_index
@@ -560,7 +589,7 @@ def _make_plan(request: specs.ScheduleRequest, engine: str) -> _Plan:
         families=families.families(prep.request),
         steps_n=request.steps,
         values=request.scheduler_steps * request.n_groups,
-        cost=budget.cost(request, engine).total,
+        cost=budget.cost(request, engine).total if cost is None else cost,
         weight_decay="weight_decay" in prep.request.include,
         counted=None if prep.plan is None else prep,
     )
@@ -587,12 +616,14 @@ class _Plans:
                 self._plans.move_to_end(key)
             return plan
 
-    def make(self, key: str, request: specs.ScheduleRequest, engine: str) -> _Plan:
+    def make(
+        self, key: str, request: specs.ScheduleRequest, engine: str, cost: int | None = None
+    ) -> _Plan:
         """Return the plan of ``request`` (its limits checked), made now and kept when it is
         small: not one with counters (it holds the request's step columns, up to the
         vectorized step limit, handed out as they are), nor a metric-driven one (its scan
         holds the whole series), nor one whose key (the request twice) is long."""
-        plan = _make_plan(request, engine)
+        plan = _make_plan(request, engine, cost)
         if plan.counted is not None or request.metrics or len(key) > PLAN_KEY_MAX:
             return plan
         with self._lock:
@@ -614,20 +645,30 @@ class _Plans:
 plans = _Plans(PLAN_CACHE_SIZE)
 
 
-def compute(request: specs.ScheduleRequest, settings: Settings) -> Computed:
+def compute(
+    request: specs.ScheduleRequest, settings: Settings, found: Checked | None = None
+) -> Computed:
     """Return the schedule ``request`` describes, at the indices its ``sample`` chooses.
 
     Raises InvalidSpec/LimitExceeded (422) for anything that cannot be computed. The limits
     are checked on every call; a vectorized spec's compiled plan is reused (:data:`plans`).
+    ``found``: what :func:`checked` returned for ``request`` under ``settings`` (its limits
+    passed), so the engine is not chosen nor the cost computed again.
     """
     with budget.ensure(settings.compute_max_seconds):
         key = plans.key(request)
         plan = plans.find(key)
         if plan is not None and plan.within(settings):
             return plan.run()
-        engine = _check(request, settings)
+        if found is None:
+            engine = _check(request, settings)
+            cost = None
+        else:
+            engine, cost = found.engine, found.cost
+            _check_metrics(request)
+            libraries.check(request)
         if engine == "vectorized":
-            return plans.make(key, request, engine).run()
+            return plans.make(key, request, engine, cost).run()
         return _torch_computed(_prepared(request, engine), settings)
 
 

@@ -255,7 +255,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 INLINE_FORMATS = frozenset({"json", "csv", "npy"})
 
 
-def _runs_inline(spec: specs.ScheduleRequest, fmt: str, streamed: bool, settings: Settings) -> bool:
+def _runs_inline(found: service.Checked, fmt: str, streamed: bool, settings: Settings) -> bool:
     """Return True for a request cheap enough to compute on the event loop: vectorized,
     rendered as JSON, CSV or npy, costing at most ``LRS_COMPUTE_INLINE_MAX_COST``. Its cost
     bounds both the compute and the values rendered (a 10k-step schedule: about 1 ms), less
@@ -263,9 +263,7 @@ def _runs_inline(spec: specs.ScheduleRequest, fmt: str, streamed: bool, settings
     back and forth with the event loop would cost."""
     if streamed or fmt not in INLINE_FORMATS or settings.compute_inline_max_cost <= 0:
         return False
-    if service.choose_engine(spec) != "vectorized":
-        return False
-    return budget.cost(spec, "vectorized").total <= settings.compute_inline_max_cost
+    return found.engine == "vectorized" and found.cost <= settings.compute_inline_max_cost
 
 
 async def _respond(
@@ -279,7 +277,7 @@ async def _respond(
 ) -> Response:
     plot = plot or plots.PlotOptions()
     fmt: formats.Format = negotiate(format_param, accept, formats.FORMATS)  # type: ignore[assignment]
-    service.check_limits(spec, settings)
+    found = service.checked(spec, settings)  # the engine and cost, once per request
     formats.check_points(fmt, service.count_points(spec), settings)
     variant = f"{fmt};{plot.cache_key()}" if fmt in ("svg", "png") and plot.cache_key() else fmt
     key = cache.spec_hash(spec, variant, resolve_device(spec.device).type)
@@ -300,7 +298,7 @@ async def _respond(
     streamed = fmt in formats.STREAMED and size > settings.stream_min_bytes
 
     def work() -> cache.Entry | tuple[Computed, dict[str, str]]:
-        computed = service.compute(spec, settings)
+        computed = service.compute(spec, settings, found)
         budget.check_cancelled()
         about = {
             "X-Engine": computed.engine,
@@ -315,11 +313,11 @@ async def _respond(
         rendered = formats.render(computed, fmt, title, plot)
         return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
 
-    inline = _runs_inline(spec, fmt, streamed, settings)
+    inline = _runs_inline(found, fmt, streamed, settings)
     if inline:
         done = await running.run_inline(request, work)
     else:
-        heavy = service.request_cost(spec, settings) > settings.compute_heavy_share
+        heavy = found.share > settings.compute_heavy_share
         done = await running.run_budgeted(request, work, heavy=heavy)
     if done is None:  # the client left; the computation was stopped
         return Response(status_code=499)
