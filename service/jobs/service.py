@@ -211,7 +211,9 @@ class JobService:
                 )
             except QueueFull as full:
                 raise self._queue_full(full.which) from None
-        if not created and not _same_owner(record.owner, owner):
+        # an earlier version's replica may have kept the owner only in the old owners table
+        stored = record.owner if created or record.owner else self.store.owner_of(record.id)
+        if not created and not _same_owner(stored, owner):
             raise Forbidden(
                 "this Idempotency-Key was already used by another API key; use a new key",
                 loc=("header", "Idempotency-Key"),

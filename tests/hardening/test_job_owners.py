@@ -162,3 +162,42 @@ def test_a_key_lists_and_reaches_only_its_own_jobs(keyed):
         assert client.delete(f"/v1/jobs/{a_done}", headers=bearer(KEY_A)).status_code == 204
         assert client.get(f"/v1/jobs/{a_done}", headers=bearer(KEY_A)).status_code == 404
         assert a_done not in _listing(client, KEY_A, page_size=100)
+
+
+def test_a_replayed_idempotency_key_of_a_job_owned_in_the_old_owners_table_is_refused(tmp_path):
+    """An earlier version's replica (a rolling upgrade) kept a job's owner only in the old
+    owners table: another key replaying its Idempotency-Key is refused (403) as it is for a
+    job with the owner in its own column, and learns nothing of the job."""
+    import json
+
+    import sqlalchemy as sa
+    from fastapi.testclient import TestClient
+
+    from service.jobs import specs as job_specs
+    from service.main import create_app
+    from service.settings import Settings
+
+    keys = f"{digest(KEY_A)},{digest(KEY_B)}"
+    settings = Settings(data_dir=tmp_path, api_keys=keys, job_workers=1)
+    with TestClient(create_app(settings)) as client:
+        store = client.app.state.jobs.store
+        body = job_specs.JobSpec.model_validate({"epochs": 1}).model_dump(mode="json")
+        spec_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        record, _ = store.create(body, spec_hash, "idem-old-owner", "testclient", None, None)
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(store.owners).values(job_id=record.id, key_hash=digest(KEY_A)))
+        assert client.get(f"/v1/jobs/{record.id}", headers=bearer(KEY_B)).status_code == 404
+        for spec in ({"epochs": 1}, {"epochs": 2}):
+            replay = client.post(
+                "/v1/jobs",
+                json=spec,
+                headers={**bearer(KEY_B), "Idempotency-Key": "idem-old-owner"},
+            )
+            assert replay.status_code == 403, replay.text
+            assert record.id not in replay.text
+        mine = client.post(
+            "/v1/jobs",
+            json={"epochs": 1},
+            headers={**bearer(KEY_A), "Idempotency-Key": "idem-old-owner"},
+        )
+        assert mine.status_code == 202 and mine.json()["id"] == record.id

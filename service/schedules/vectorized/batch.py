@@ -11,6 +11,7 @@ of the stack gives each spec the bits its own evaluation would.
 import copy
 import dataclasses
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,8 @@ def _leaf_signature(leaf: Leaf) -> tuple[object, ...] | None:
             parts.append((name, "tensor", tuple(value.shape), value.dtype, value.device))
         elif isinstance(value, dict):
             parts.append((name, "dict", tuple(sorted(value))))
+        elif isinstance(value, float):  # by its bits: -0.0 == 0.0 yet torch keeps the sign
+            parts.append((name, struct.pack("<d", value)))
         else:
             parts.append((name, value))
     if isinstance(leaf, Lambda) and (leaf.fn_keys is None or isinstance(leaf, Multiplicative)):
@@ -421,12 +424,18 @@ def lr_template(program: Program, lr: float | Params) -> LrTemplate | None:
     lr0 = float(program.lr0[0, 0])
     first = leaves[0]
     candidates = {"zero": 0.0, "same": lr}
-    if isinstance(first, Linear):
+    if isinstance(first, Linear) and first.start_factor not in (0.0, 1.0):
+        # (a start factor of 0 or 1 is the "zero" or "same" rule, for every lr >= 0)
         candidates["start"] = lr * first.start_factor
-    for rule, value in candidates.items():
-        if lr0 == value and math.copysign(1.0, lr0) == math.copysign(1.0, value):
-            return LrTemplate(program, params, rule)
-    return None
+    # the rule is read off this spec's step-0 value, so it must be the only one that fits:
+    # with lr 0 (or an lr whose warmup start rounds to 0) every rule gives the same value and
+    # a template would carry the wrong one to every other lr (none is made then)
+    rules = [
+        rule
+        for rule, value in candidates.items()
+        if lr0 == value and math.copysign(1.0, lr0) == math.copysign(1.0, value)
+    ]
+    return LrTemplate(program, params, rules[0]) if len(rules) == 1 else None
 
 
 def _bits(x: Tensor) -> bytes:
