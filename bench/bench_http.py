@@ -13,8 +13,10 @@ warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
 7. every spec distinct in its T_max instead of its lr (all else the body's), 16 connections
    (a T_max sweep, whose compilation is shared as an lr sweep's is), then every spec distinct
    in its SGD momentum (no sweep's shared compilation applies: every spec compiled);
-8. on a second server with ``LRS_COMPUTE_INLINE_MAX_COST=2000000``, distinct specs, 16
-   connections: each computed on the event loop instead of in a compute thread (the default).
+8. on a second server in the other mode, distinct specs, 16 connections: with the default
+   (``LRS_COMPUTE_INLINE_MAX_COST`` > 0: a 10k-step spec computed on the event loop) each
+   computed in a compute thread (``LRS_COMPUTE_INLINE_MAX_COST=0``), else on the event loop
+   (``LRS_COMPUTE_INLINE_MAX_COST=2000000``).
 
 Then it prints each load's requests/s, p50, p99 and max, and issue 14's targets with PASS or
 MISS: computed throughput ≥ 60% of the cache hits' (16 connections, the same server, this
@@ -49,6 +51,8 @@ from typing import Any
 import harness  # first: puts the repository root on sys.path
 import httpx
 from harness import loadavg, machine
+
+from service.settings import Settings
 
 STEPS = 10_000
 BODY = {
@@ -298,22 +302,26 @@ def main() -> None:
             measure(base, pid, "every spec's T_max distinct (computed)", s, 16, "T_max", 4),
             measure(base, pid, "every spec's momentum distinct (computed)", s, 16, "momentum", 5),
         ]
-    # the distinct load computed on the event loop rather than in a compute thread
+    # the distinct load computed in the other mode: in a compute thread rather than on the
+    # event loop (or the other way round, when the default computes in threads)
     inline = None
+    default_inline = Settings.model_fields["compute_inline_max_cost"].default > 0
+    other = "0" if default_inline else "2000000"
     if "LRS_COMPUTE_INLINE_MAX_COST" not in env:
         with (
             tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
             open(Path(data_dir) / "server.log", "w") as log,
             harness.server(
-                data_dir, {**env, "LRS_COMPUTE_INLINE_MAX_COST": "2000000"}, "/readyz", flags, log
+                data_dir, {**env, "LRS_COMPUTE_INLINE_MAX_COST": other}, "/readyz", flags, log
             ) as (base, server),
         ):
             run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
+            where = "in a compute thread" if default_inline else "on the event loop"
             inline = measure(
                 base,
                 server.pid,
-                "every spec distinct, each on the event loop (second server, "
-                "LRS_COMPUTE_INLINE_MAX_COST=2000000)",
+                f"every spec distinct, each {where} (second server, "
+                f"LRS_COMPUTE_INLINE_MAX_COST={other})",
                 s,
                 16,
                 True,
@@ -353,10 +361,11 @@ def main() -> None:
                 f"{x.p99:.1f} ms, server CPU {x.cpu_ms:.2f} ms per request."
             )
     if inline is not None:
+        threads, loop = (inline, computed) if default_inline else (computed, inline)
         print(
             f"Distinct specs in a compute thread against on the event loop (16 connections): "
-            f"{computed.rps:,.0f} against {inline.rps:,.0f} requests/s, server CPU "
-            f"{computed.cpu_ms:.2f} against {inline.cpu_ms:.2f} ms per request."
+            f"{threads.rps:,.0f} against {loop.rps:,.0f} requests/s, server CPU "
+            f"{threads.cpu_ms:.2f} against {loop.cpu_ms:.2f} ms per request."
         )
     print(
         "\nWhat could stall a load, over each one: the server's garbage-collector pauses and "

@@ -504,18 +504,19 @@ def _fast_of(program: Program) -> fast.Fast | None:
     return fast.Fast(program, kernel, [float(v) for v in final])
 
 
-class _LrTemplates:
-    """Specs computed one by one that differ only in the optimizer's lr, their scheduler's
-    scalar parameters (``_VARIED``: a sweep over T_max, step_size, gamma, eta_min) or a linear
-    warmup's length (the common distinct specs: sweeps) share one compilation, as a batch's
-    do (:class:`_Templates` says which specs, and keys them).
+class _Templates:
+    """Specs that differ only in the optimizer's lr, their scheduler's scalar parameters
+    (:data:`_VARIED`: a sweep over T_max, step_size, gamma, eta_min) or a linear warmup's
+    length (the common distinct specs: sweeps) share one compilation: a batch's (one instance
+    per batch) and specs computed one by one (:data:`lr_templates`, kept across requests).
 
     The first spec of a kind is compiled (torch's objects built); when its state is where
     :func:`~service.schedules.vectorized.batch.lr_template` puts it, the next one with other
     values is compiled too and compared with what the template derives for it, bit for bit;
     from then on a spec of that kind is derived without building torch's objects. A kind
-    whose check failed is compiled every time. The :data:`LR_TEMPLATES` most recently used
-    kinds are kept.
+    whose check failed is compiled every time; a spec that gives no template (its lr is 0,
+    or its state is elsewhere) is compiled and the next one tried. The ``size`` most recently
+    used kinds are kept.
     """
 
     def __init__(self, size: int) -> None:
@@ -523,8 +524,33 @@ class _LrTemplates:
         self._kinds: OrderedDict[str, list[object]] = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _key(prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
+        request = prep.request
+        if request.metrics or request.param_groups is not None or request.batch_scaling is not None:
+            return None
+        if prep.plan is not None:
+            return None
+        scheduler = request.scheduler
+        fields = _VARIED.get(scheduler.type, ())
+        warmup = request.warmup
+        # only before torch's own schedulers of _VARIED, which ignore their span (steps - the
+        # warmup's): another library's schedule built over its span differs with the warmup
+        vary_warmup = isinstance(warmup, specs.LinearWarmup) and bool(fields)
+        exclude: dict[str, set[str]] = {"optimizer": {"lr"}}
+        if fields:
+            exclude["scheduler"] = set(fields)
+        if vary_warmup:
+            exclude["warmup"] = {"steps"}
+        params = vectorized_batch.Params(
+            lr=float(request.optimizer.lr),
+            main=tuple((name, getattr(scheduler, name)) for name in fields),
+            warmup_steps=warmup.steps if vary_warmup else None,  # type: ignore[union-attr]
+        )
+        return request.model_dump_json(exclude=exclude), params  # type: ignore[arg-type]
+
     def program(self, prep: _Prepared) -> Program:
-        found = None if prep.request.metrics else _Templates._key(prep)
+        found = self._key(prep)
         kind = None
         if found is not None:
             with self._lock:
@@ -542,7 +568,10 @@ class _LrTemplates:
         with self._lock:
             kind = self._kinds.get(key)
             if kind is None:
-                self._kinds[key] = [vectorized_batch.lr_template(program, params), False]
+                template = vectorized_batch.lr_template(program, params)
+                if template is None:  # none from this spec (say its lr is 0): the next may
+                    return program
+                self._kinds[key] = [template, False]
                 while len(self._kinds) > self.size:
                     self._kinds.popitem(last=False)
             elif kind[0] is not None and kind[1] is False and kind[0].params != params:  # type: ignore[attr-defined]
@@ -563,7 +592,7 @@ class _LrTemplates:
 LR_TEMPLATES = 64
 """Kinds of spec (everything but the optimizer's lr) whose template :func:`compute` keeps."""
 
-lr_templates = _LrTemplates(LR_TEMPLATES)
+lr_templates = _Templates(LR_TEMPLATES)
 
 
 def _make_plan(request: specs.ScheduleRequest, engine: str, cost: int | None = None) -> _Plan:
@@ -714,72 +743,6 @@ _VARIED = {
 (:data:`~service.schedules.vectorized.batch.MAIN_FIELDS` says where each one goes)."""
 
 
-class _Templates:
-    """A batch's specs that differ only in the optimizer's lr, the scalar parameters of
-    their scheduler (:data:`_VARIED`: a sweep over T_max, step_size, gamma, eta_min) or a
-    linear warmup's length share one compilation.
-
-    The first spec of a kind is compiled (torch's objects built); the second is compiled too
-    and compared, bit for bit, with what the first one's program derives for it
-    (:class:`~service.schedules.vectorized.batch.LrTemplate`); when they agree, every later
-    spec of that kind is derived without building torch's objects. Any other spec, or a kind
-    whose second spec differs from the derivation, is compiled every time.
-    """
-
-    def __init__(self) -> None:
-        self._kinds: dict[str, list[object]] = {}
-
-    @staticmethod
-    def _key(prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
-        request = prep.request
-        if request.param_groups is not None or request.batch_scaling is not None:
-            return None
-        if prep.plan is not None:
-            return None
-        scheduler = request.scheduler
-        fields = _VARIED.get(scheduler.type, ())
-        warmup = request.warmup
-        # only before torch's own schedulers of _VARIED, which ignore their span (steps - the
-        # warmup's): another library's schedule built over its span differs with the warmup
-        vary_warmup = isinstance(warmup, specs.LinearWarmup) and bool(fields)
-        exclude: dict[str, set[str]] = {"optimizer": {"lr"}}
-        if fields:
-            exclude["scheduler"] = set(fields)
-        if vary_warmup:
-            exclude["warmup"] = {"steps"}
-        params = vectorized_batch.Params(
-            lr=float(request.optimizer.lr),
-            main=tuple((name, getattr(scheduler, name)) for name in fields),
-            warmup_steps=warmup.steps if vary_warmup else None,  # type: ignore[union-attr]
-        )
-        return request.model_dump_json(exclude=exclude), params  # type: ignore[arg-type]
-
-    def program(self, prep: _Prepared) -> Program:
-        found = self._key(prep)
-        kind = None if found is None else self._kinds.get(found[0])
-        if found is not None and kind is not None and kind[1] is True:
-            derived = kind[0].derive(found[1])  # type: ignore[attr-defined]
-            if derived is not None:
-                return derived
-        program = vectorized.compile_request(prep.request, prep.n, prep.device)
-        if found is None:
-            return program
-        key, params = found
-        if kind is None:
-            self._kinds[key] = [(program, params), None]
-        elif kind[1] is None:
-            first, first_params = kind[0]  # type: ignore[misc]
-            template = vectorized_batch.lr_template(first, first_params)
-            derived = None if template is None else template.derive(params)
-            if template is None or (
-                derived is not None and not vectorized_batch.same_program(derived, program)
-            ):
-                kind[:] = [None, False]
-            elif derived is not None:
-                kind[:] = [template, True]
-        return program
-
-
 def compute_many(
     requests: list[specs.ScheduleRequest | ServiceError],
     settings: Settings,
@@ -806,7 +769,7 @@ def _compute_many(
     out: list[Computed | ServiceError | None] = [None] * len(requests)
     jobs: list[tuple[Program, np.ndarray]] = []
     owners: list[tuple[int, _Prepared]] = []
-    templates = _Templates()
+    templates = _Templates(max(1, len(requests)))
     for i, request in enumerate(requests):
         if isinstance(request, ServiceError):
             out[i] = request

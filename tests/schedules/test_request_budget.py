@@ -276,12 +276,16 @@ def test_a_family_closed_form_is_answered_or_stopped_within_the_limit(server, na
     # comes back); a busy one stops them at it: either way no later than the limit, a chunk
     # (4096 steps × 16 groups: tens of ms) and the round trip (and the 22-65 s they took
     # computed whole at load 12 is ruled out)
+    # an answer computed inside the limit (transformers' bounded factors are, since they skip
+    # the dense check) is 320 MB of npy: its transfer, at 100 MB/s at least, is added
+    transfer = 0.0
     if r.status_code == 200:
         assert len(r.content) > 16 * 2_500_000 * 8
+        transfer = len(r.content) / 100e6
     else:
         detail = is_problem(r, 422)["detail"]
         assert "LRS_COMPUTE_MAX_SECONDS" in detail, detail
-    assert seconds < MAX_SECONDS + 2.5, seconds
+    assert seconds < MAX_SECONDS + 2.5 + transfer, (seconds, r.status_code)
     assert_healthz_fast(latencies, url)
 
 
@@ -329,7 +333,10 @@ def test_a_family_computation_stops_when_its_client_disconnects(server):
 
 
 OVER_DEFAULT_COST = {
-    **{name: _family_body(name) for name in ("optax", "timm", "transformers")},
+    **{name: _family_body(name) for name in ("timm", "transformers")},
+    # 16 distinct groups (equal ones are evaluated once: 16 equal groups cost about 5e8)
+    "optax": {**_family_body("optax"), "scheduler": {**FAMILIES["optax"],
+                                                   "peak_value": [0.1 + i / 100 for i in range(16)]}},
     "megatron": {**_family_body("megatron"), "scheduler": {**FAMILIES["megatron"],
                                                          "lr_decay_style": "WSD",
                                                          "wsd_decay_steps": 100_000}},

@@ -189,8 +189,12 @@ def _leaf_class() -> type:
         sets (after its noise)."""
 
         def _lr(self, e: torch.Tensor) -> torch.Tensor:
-            # in chunks of steps, the request's budget checked between them
-            return chunked(self._scaled, e, len(self.base))
+            # in chunks of steps, the request's budget checked between them; a chunk holds
+            # CLOSED_FORM_VALUES evaluated values (optax evaluates groups of equal values once)
+            rows = getattr(self.spec.value, "distinct_groups", None)
+            return chunked(
+                self._scaled, e, len(self.base) if rows is None else rows(len(self.base))
+            )
 
         def _scaled(self, part: torch.Tensor) -> torch.Tensor:
             values = self.spec.value.lr(part, self.base)

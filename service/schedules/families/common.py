@@ -63,6 +63,11 @@ class TensorFactor(Factor):
     """A :class:`Factor` given by one tensor function of the step counts."""
 
     fn: Callable[[Tensor], Tensor]
+    bound: float | None = None
+    """A bound on ``|fn(e)|`` over every step count ``e >= 0`` when one is known (a library's
+    closed form whose arguments make every step finite), else None. The vectorized engine
+    skips the dense finiteness check of a bounded factor (and its refusal scan: a tensor
+    formula refuses no step) when ``bound`` times the largest base lr is finite."""
 
     def evaluate_tensor(self, e: Tensor) -> Tensor:
         return self.fn(e)

@@ -45,6 +45,11 @@ def _value(v: float | list[float], group: int) -> float:
     return float(v[group % len(v)] if isinstance(v, list) else v)
 
 
+COPY_SHARE = 0.06
+"""The part of a schedule's ns per evaluated value that each value also costs after it (see
+``cost_per_copy``)."""
+
+
 class OptaxBase(LibrarySchedulerBase):
     """Common parts of the optax schedules: per-group values and evaluation per group."""
 
@@ -69,13 +74,23 @@ class OptaxBase(LibrarySchedulerBase):
 
     # The cost model's weights (about 1 ns of CPU each), measured by bench/bench_cost.py at
     # load 5.5 on the 2-core EPYC (320k values at 1 group and at 16, median of 3, uncached):
-    # optax's schedule is evaluated per group (each group's values may differ), on chunks of
-    # 65 536 / groups steps, so a value costs ``cost_per_value`` plus ``cost_per_group`` per
-    # param group (each group's tensor operations on shorter tensors), e.g.
-    # warmup_cosine_decay_schedule 32 ns a value at 1 group, 102 at 16.
+    # optax's schedule is evaluated once per distinct group (groups of equal values share
+    # one evaluation, copied to each), on chunks of 65 536 / distinct groups steps, so an
+    # evaluated value costs ``cost_per_value`` plus ``cost_per_group`` per distinct group
+    # (each one's tensor operations on shorter tensors), and every value ``cost_per_copy``,
+    # e.g. warmup_cosine_decay_schedule 32 ns a value at 1 group; 102 at 16 distinct ones.
+    # 16 equal groups (measured again at load 5-9, 400k values, median of 7, A/B against the
+    # per-group evaluation): 7.5-30 ns a value for the catalog examples (before 11-190),
+    # 24-205 for 8-64 boundaries (before 350-2340).
     cost_per_value: ClassVar[float] = 30.0
     cost_per_group: ClassVar[float] = 5.0
-    """More ns per value for each param group (per group and chunk: × 65 536 values)."""
+    """More ns per evaluated value for each distinct param group (per distinct group and
+    chunk: × 65 536 values)."""
+    cost_per_copy: ClassVar[float] = 9.0
+    """ns per value after its evaluation (the copy of its group's row, the finiteness check,
+    the answer's conversion), plus COPY_SHARE of ``cost_per_value``: measured 6-7 ns a value
+    over what 16 equal groups' one evaluation costs for the catalog examples, 10-32 for
+    8-64 boundaries."""
 
     def cost_weights(self) -> tuple[float, float]:
         """Return (ns per value, more ns per value per group) of this schedule."""
@@ -88,8 +103,10 @@ class OptaxBase(LibrarySchedulerBase):
         from service.schedules.budget import CLOSED_FORM_VALUES, chunks
 
         per_value, per_group = self.cost_weights()
-        overhead = chunks(steps, groups) * groups * per_group * CLOSED_FORM_VALUES
-        return steps * groups * per_value + overhead
+        distinct = self.distinct_groups(groups)
+        overhead = chunks(steps, distinct) * distinct * per_group * CLOSED_FORM_VALUES
+        copy = self.cost_per_copy + COPY_SHARE * per_value
+        return steps * (distinct * per_value + groups * copy) + overhead
 
     def fn(self, count: Tensor, group: int) -> Tensor:
         """Return the schedule at ``count`` (float64 step counts) for param group ``group``."""
@@ -111,8 +128,33 @@ class OptaxBase(LibrarySchedulerBase):
         is the lr itself.
         """
         count = k.to(F64)
-        rows = [self.fn(count, g) * torch.ones_like(count) for g in range(base.shape[0])]
-        return torch.stack(rows)
+        groups = base.shape[0]
+        keys = [self.group_key(g) for g in range(groups)]
+        distinct: dict[tuple[str, ...], Tensor] = {}
+        for g, key in enumerate(keys):
+            if key not in distinct:  # groups of equal values share one evaluation
+                distinct[key] = self.fn(count, g) * torch.ones_like(count)
+        if len(distinct) == 1:
+            return next(iter(distinct.values())).expand(groups, -1).clone()
+        return torch.stack([distinct[key] for key in keys])
+
+    def group_lists(self) -> list[list[float]]:
+        """Return the per-group lists among this schedule's lr-valued arguments (nested
+        schedules' included): the only way ``fn`` depends on the group."""
+        return [v for f in self.lr_fields if isinstance(v := getattr(self, f), list)]
+
+    def group_key(self, group: int) -> tuple[str, ...]:
+        """Return what ``fn`` reads of group ``group``: its value of every per-group list, by
+        its bits (``float.hex``, so 0.0 and -0.0 differ). Groups of equal keys get the same
+        values to the bit; with no list every group has the key ``()``."""
+        return tuple(float(v[group % len(v)]).hex() for v in self.group_lists())
+
+    def distinct_groups(self, groups: int) -> int:
+        """Return how many of ``groups`` param groups have distinct values (evaluated once
+        each; the others are copies)."""
+        if not self.group_lists():
+            return 1
+        return len({self.group_key(g) for g in range(groups)})
 
 
 # --------------------------------------------------------------------------- formulas
@@ -754,6 +796,12 @@ class SgdrSchedule(OptaxBase):
         }
     ]
 
+    def group_lists(self) -> list[list[float]]:
+        names = ("init_value", "peak_value", "end_value")
+        return [
+            v for c in self.cosine_kwargs for f in names if isinstance(v := getattr(c, f), list)
+        ]
+
     def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
         names = ("init_value", "peak_value", "end_value")
         for i, cycle in enumerate(self.cosine_kwargs):
@@ -830,6 +878,9 @@ class JoinSchedules(OptaxBase):
                 f"{len(self.boundaries)} given"
             )
         return self
+
+    def group_lists(self) -> list[list[float]]:
+        return [v for s in self.schedules for v in s.group_lists()]
 
     def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:
         for i, schedule in enumerate(self.schedules):

@@ -390,8 +390,15 @@ class TransformersSchedule(SchedulerBase):
     @property
     def cost_per_step(self) -> float:  # type: ignore[override]
         """Return the weight per scheduler step: the factor, evaluated once per step for
-        every group and, like an lr_lambda, checked densely (COST_PER_STEP)."""
-        return COST_PER_STEP.get(self.name, 260.0)
+        every group (COST_PER_STEP); where its arguments leave it unbounded (polynomial
+        with num_training_steps <= num_warmup_steps, a huge num_cycles) it is also checked
+        densely, like an lr_lambda (DENSE_COST_PER_STEP)."""
+        kw = self.kwargs
+        cycles = abs(float(getattr(kw, "num_cycles", 0.0)))
+        dense = cycles > SAFE_SCALE or (
+            self.name == "polynomial" and (self.num_training_steps or 0) <= self.warmup_steps
+        )
+        return DENSE_COST_PER_STEP if dense else COST_PER_STEP.get(self.name, 60.0)
 
     @property
     def metric_scan_cost(self) -> float:
@@ -444,21 +451,27 @@ class TransformersSchedule(SchedulerBase):
 
 
 COST_PER_STEP: dict[str, float] = {
-    "constant": 170.0,
-    "constant_with_warmup": 180.0,
-    "linear": 190.0,
-    "polynomial": 200.0,
-    "cosine": 210.0,
-    "inverse_sqrt": 225.0,
-    "cosine_with_min_lr": 230.0,
-    "cosine_warmup_with_min_lr": 230.0,
-    "warmup_stable_decay": 260.0,
-    "cosine_with_restarts": 310.0,
+    "constant": 15.0,
+    "constant_with_warmup": 20.0,
+    "linear": 15.0,
+    "polynomial": 25.0,
+    "cosine": 55.0,
+    "inverse_sqrt": 25.0,
+    "cosine_with_min_lr": 30.0,
+    "cosine_warmup_with_min_lr": 30.0,
+    "warmup_stable_decay": 45.0,
+    "cosine_with_restarts": 40.0,
 }
 """The cost model's weight per scheduler step of each name's factor (ns of CPU, measured by
-bench/bench_cost.py at load 5-11 on the 2-core EPYC: 320k steps at 1 group, 20k at 16,
-median of 3: constant 165, linear 184, cosine 187-211, inverse_sqrt 222, the min_lr cosines
-222-225, warmup_stable_decay 246-256, cosine_with_restarts 265-308; greedy's scan 890)."""
+bench/bench_cost.py at load 7-8 on the 2-core EPYC: 400k steps at 1 group, 25k at 16, median
+of 7, two runs A/B against the dense check: constant 2-5 (before 8-14), linear 5-6 (17-24),
+cosine 16-37 (52-66), inverse_sqrt 7-12 (29-38), the min_lr cosines 12-17 (43-53),
+warmup_stable_decay 13-30 (69-96), cosine_with_restarts 19-24 (71-88); the 170-310 measured
+before included 400k metrics the bench sent by mistake; greedy's scan 890)."""
+
+DENSE_COST_PER_STEP = 130.0
+"""The weight per step of a factor checked densely (its value at every step, as an
+lr_lambda's): measured 52-96 ns a step besides the values before bounded factors skipped it."""
 
 
 def _located_error(field: str, message: str) -> ValueError:
@@ -488,13 +501,14 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
     where = torch.where
 
     if name == "constant":
-        return TensorFactor(torch.ones_like)
+        return TensorFactor(torch.ones_like, bound=1.0)
     if name == "constant_with_warmup":
-        return TensorFactor(lambda e: where(e < w, e / float(max(1.0, w)), 1.0))
+        return TensorFactor(lambda e: where(e < w, e / float(max(1.0, w)), 1.0), bound=1.0)
     if name == "linear":
         span = float(max(1, t - w))
         return TensorFactor(
-            lambda e: where(e < w, _warm(e, w), torch.clamp_min((t - e) / span, 0.0))
+            lambda e: where(e < w, _warm(e, w), torch.clamp_min((t - e) / span, 0.0)),
+            bound=1.0,
         )
     if name == "cosine":
         span = float(max(1, t - w))
@@ -503,7 +517,8 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
                 e < w,
                 _warm(e, w),
                 torch.clamp_min(_cosine((e - w) / span, kw.num_cycles), 0.0),
-            )
+            ),
+            bound=_bound(1.0, scales=(kw.num_cycles,)),
         )
     if name == "cosine_with_restarts":
         span = float(max(1, t - w))
@@ -514,7 +529,7 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             decay = where(progress >= 1.0, 0.0, torch.clamp_min(wave, 0.0))
             return where(e < w, _warm(e, w), decay)
 
-        return TensorFactor(restarts)
+        return TensorFactor(restarts, bound=_bound(1.0, scales=(kw.num_cycles,)))
     if name == "polynomial":
         if not lr_init > kw.lr_end:
             raise InvalidSpec(
@@ -529,12 +544,16 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             decay = (lr_range * pct**kw.power + kw.lr_end) / lr_init
             return where(e < w, _warm(e, w), where(e > t, kw.lr_end / lr_init, decay))
 
-        return TensorFactor(polynomial)
+        # pct in [0, 1] where it is selected (t > w), pct ** power in [0, 1] (power >= 0)
+        safe = t > w and kw.power >= 0 and lr_init > 0 and math.isfinite(lr_range)
+        bound = _bound(1.0, kw.lr_end / lr_init) if safe else None
+        return TensorFactor(polynomial, bound=bound)
     if name == "inverse_sqrt":
         timescale = kw.timescale if kw.timescale is not None else (w or 10_000)
         shift = timescale - w
         return TensorFactor(
-            lambda e: where(e < w, _warm(e, w), 1.0 / torch.sqrt((e + shift) / timescale))
+            lambda e: where(e < w, _warm(e, w), 1.0 / torch.sqrt((e + shift) / timescale)),
+            bound=1.0,  # (e + shift) / timescale >= 1 from e = w on (timescale >= 1)
         )
     if name == "cosine_with_min_lr":
         rate = _min_lr_rate(kw, lr_init)
@@ -544,7 +563,7 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             factor = _cosine((e - w) / span, kw.num_cycles) * (1 - rate) + rate
             return where(e < w, _warm(e, w), torch.clamp_min(factor, 0.0))
 
-        return TensorFactor(min_lr)
+        return TensorFactor(min_lr, bound=_bound(1.0, rate, scales=(kw.num_cycles,)))
     if name == "cosine_warmup_with_min_lr":
         rate = _min_lr_rate(kw, lr_init)
         wf, tf = float(w), float(t)
@@ -559,7 +578,8 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             factor = _cosine((e - wf + 1.0) / span, kw.num_cycles) * (1 - rate) + rate
             return where(e < wf, warm, torch.clamp_min(factor, 0.0))
 
-        return TensorFactor(warmup_min_lr)
+        bound = _bound(1.0, rate, 0.0 if wr is None else wr, scales=(kw.num_cycles,))
+        return TensorFactor(warmup_min_lr, bound=bound)
     if name == "warmup_stable_decay":
         stable = (
             kw.num_stable_steps if kw.num_stable_steps is not None else t - w - kw.num_decay_steps
@@ -583,8 +603,22 @@ def closed_form(spec: TransformersSchedule, lr_init: float) -> TensorFactor:
             out = where(e < w + stable, 1.0, out)
             return where(e < w, torch.clamp_min(up, 0.0), out)
 
-        return TensorFactor(wsd)
+        return TensorFactor(wsd, bound=_bound(1.0, m, scales=(kw.num_cycles,)))
     raise AssertionError(f"{name} has no closed form")  # metric-driven: a scan (metric_schedule)
+
+
+SAFE_SCALE = 1e250
+"""Largest ``|num_cycles|`` (a multiplier of the step count inside a cosine) for which a
+closed form is bounded: times 2 pi and any int64 step count it stays finite."""
+
+
+def _bound(*values: float, scales: tuple[float, ...] = ()) -> float | None:
+    """Return the bound of a factor that lies between ``values`` at every step (each its own
+    argument: 1, a min_lr_rate, a warmup_lr_rate), or None when one of them or a ``scales``
+    multiplier of the steps is too large for the formula to be finite at every step."""
+    if any(not abs(s) <= SAFE_SCALE for s in (*values, *scales)):
+        return None
+    return max(abs(v) for v in values)
 
 
 def _min_lr_rate(kw: MinLrKwargs, lr_init: float) -> float:

@@ -158,6 +158,10 @@ class Lambda(Leaf):
     lambda_field: bool = True
     fn_keys: tuple[object, ...] | None = None
     """What the ``fns`` compute, comparable across specs (None: not comparable)."""
+    bounded: bool = False
+    """True when every function is a library's closed form with a known ``bound`` and
+    ``bound × max |base|`` is finite (with a margin): every step's lr is finite and no step
+    raises, so neither the dense finiteness check nor the refusal scan is needed."""
 
     @classmethod
     def of(cls, sched: Any, device: torch.device) -> "Lambda":
@@ -165,16 +169,22 @@ class Lambda(Leaf):
         ``key`` where every function has one (then specs compare and stack)."""
         keys = tuple(getattr(f, "key", None) for f in sched.lr_lambdas)
         plain = all(key is not None for key in keys)
+        bounds = [getattr(f, "bound", None) for f in sched.lr_lambdas]
+        bounded = False
+        if not plain and bounds and all(b is not None for b in bounds):
+            top = max(abs(float(v)) for v in sched.base_lrs)
+            bounded = math.isfinite(4.0 * top * max(abs(float(b)) for b in bounds))
         return cls(
             column(sched.base_lrs, device),
             fns=_tensor_fns(sched.lr_lambdas),
             lambda_field=not plain,
             fn_keys=keys if plain else None,
+            bounded=bounded,
         )
 
     @property
     def dense_check(self) -> bool:  # type: ignore[override]
-        return self.lambda_field
+        return self.lambda_field and not self.bounded
 
     def factor(self, e: Tensor) -> Tensor:
         ef = e.to(F64)
@@ -186,17 +196,29 @@ class Lambda(Leaf):
             rows.append(cache[id(fn)])
         return torch.stack(rows)
 
+    def _lr_factor(self, e: Tensor) -> Tensor:
+        """Return :meth:`factor` to multiply ``base`` by: one row (1, len(e)) when every
+        group shares one function (the product broadcasts it, the same bits without a copy
+        per group), else one row per group."""
+        first = self.fns[0] if self.fns else None
+        if first is None or any(fn is not first for fn in self.fns):
+            return self.factor(e)
+        row = first(e.to(F64))
+        if row.shape != e.shape:
+            return torch.stack([row] * len(self.fns))
+        return row[None]
+
     def closed(self, e: Tensor, x: Tensor, restarted: bool) -> Tensor:
-        return self.base * self.factor(e)
+        return self.base * self._lr_factor(e)
 
     def step_map(self, e: Tensor) -> Map:
-        return _absolute(self.base * self.factor(e))
+        return _absolute(self.base * self._lr_factor(e))
 
     def restart_map(self) -> Map:
         return self.step_map(torch.zeros(1, dtype=torch.int64, device=self.base.device))
 
     def failure(self, last: int, restarted: bool) -> tuple[int, BaseException] | None:
-        if not self.lambda_field:
+        if not self.lambda_field or self.bounded:
             return None
         try:
             self.factor(torch.arange(0 if restarted else 1, last + 1, device=self.base.device))

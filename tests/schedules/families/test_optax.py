@@ -475,6 +475,19 @@ CASES = {
         2,
         30,
     ),
+    "join-groups-shared-and-distinct": (
+        {
+            **OPTAX,
+            "schedule": "join_schedules",
+            "schedules": [
+                {**LIN, "end_value": [0.1, 0.2, 0.1, 0.2]},
+                {**COS, "init_value": [0.1, 0.1, 0.3, 0.1]},
+            ],
+            "boundaries": [10],
+        },
+        4,
+        110,
+    ),
     "join-single-and-zero-boundary": (
         {
             **OPTAX,
@@ -503,3 +516,36 @@ def test_every_schedule_has_three_cases():
     for spec, _, _ in CASES.values():
         counts[spec["schedule"]] = counts.get(spec["schedule"], 0) + 1
     assert {s: counts.get(s, 0) for s in NAMES if counts.get(s, 0) < 3} == {}
+
+
+WARMUP_COSINE = {
+    **OPTAX,
+    "schedule": "warmup_cosine_decay_schedule",
+    "init_value": 0.0,
+    "peak_value": 0.1,
+    "warmup_steps": 1000,
+    "decay_steps": 9000,
+    "end_value": 0.001,
+}
+
+CYCLE = {k: v for k, v in WARMUP_COSINE.items() if k not in ("type", "schedule")}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        WARMUP_COSINE,
+        {**OPTAX, "schedule": "sgdr_schedule", "cosine_kwargs": [CYCLE] * 2},
+        {**OPTAX, "schedule": "join_schedules", "schedules": [LIN, COS], "boundaries": [10]},
+    ],
+    ids=["warmup_cosine", "sgdr", "join"],
+)
+def test_identical_groups_get_the_one_group_values_to_the_bit(client, spec):
+    # 16 groups of the same values over 10k steps (several chunks of 4096 steps): every row
+    # is the 1-group answer bit for bit, and optax's own values within the parity tolerance
+    n = 10_000
+    one = lr(compute(client, spec, n, "vectorized", param_groups=[{}]))
+    many = lr(compute(client, spec, n, "vectorized", param_groups=[{}] * 16))
+    assert many.shape == (16, n)
+    assert (many.view(np.int64) == one.view(np.int64)).all()
+    np.testing.assert_allclose(many, optax_reference(spec, 16, n), rtol=1e-9, atol=0)
