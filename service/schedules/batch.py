@@ -121,7 +121,7 @@ def _validate(
                 )
             engine = service.choose_engine(spec)
             service.check_engine_limits(spec, engine, settings)
-            cost = budget.cost(spec, engine)
+            cost = budget.cost(spec, engine, sampled=True)
             if engine == "torch":
                 if torch_work + cost.total > settings.torch_max_work:
                     raise LimitExceeded(

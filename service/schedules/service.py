@@ -144,6 +144,10 @@ class Checked:
     cost: int
     share: float
     """The share of its engine's cost limit the request uses (:func:`request_cost`)."""
+    every_step: int = 0
+    """Its cost were every scheduler step evaluated (``cost`` when it is priced so; more for a
+    sampled closed form, whose failed probes would fall back to the scan over every step):
+    what decides whether it may run on the event loop."""
 
 
 def checked(request: specs.ScheduleRequest, settings: Settings) -> Checked:
@@ -151,7 +155,10 @@ def checked(request: specs.ScheduleRequest, settings: Settings) -> Checked:
     :func:`check_limits` does: one engine choice and one cost per request."""
     engine = choose_engine(request)
     total = _check_limits(request, engine, settings)
-    return Checked(engine, total, _share(total, engine, settings))
+    every_step = total
+    if engine == "vectorized" and budget.evaluated_steps(request) is not None:
+        every_step = budget.cost(request, engine).total
+    return Checked(engine, total, _share(total, engine, settings), every_step)
 
 
 def check_engine_limits(request: specs.ScheduleRequest, engine: str, settings: Settings) -> None:

@@ -108,9 +108,15 @@ def test_every_and_at_are_priced_by_their_steps_too(client, name):
     np.testing.assert_allclose(lr[0], reference(name, np.asarray(at)), rtol=rtol, atol=1e-15)
 
 
-@pytest.mark.parametrize("name, steps", [("optax", STEPS), ("timm", 2_500_000)])
-def test_the_same_request_unsampled_is_refused_up_front(client, name, steps):
-    scheduler = {**SCHEDULERS[name], "num_epochs": steps} if name == "timm" else OPTAX
+LONG = 2_500_000
+TIMM_LONG = {**TIMM, "num_epochs": LONG}
+"""timm's cosine at 2.5M steps × 16 groups: a cost of 1.0e9 at every step, over the default
+8e8."""
+
+
+@pytest.mark.parametrize("steps", [LONG])
+def test_the_same_request_unsampled_is_refused_up_front(client, steps):
+    scheduler = TIMM_LONG
     r = client.post("/v1/schedules/compute?format=npy", json=body(scheduler, steps=steps))
     detail = refused_for_cost(r)
     assert f"{steps} scheduler steps" in detail and "16 param groups" in detail, detail
@@ -146,12 +152,13 @@ LAMBDA = "0.5 * (1 + cos(3.141592653589793 * epoch / 10000000))"
         body(
             {
                 "type": "ChainedScheduler",
-                "schedulers": [OPTAX, {"type": "ExponentialLR", "gamma": 0.9999999}],
+                "schedulers": [TIMM_LONG, {"type": "ExponentialLR", "gamma": 0.9999999}],
             },
             {"points": POINTS},
+            steps=LONG,
         ),
         # counters: the step columns
-        body(OPTAX, {"points": POINTS}, accumulation_steps=2),
+        body(TIMM_LONG, {"points": POINTS}, steps=LONG, accumulation_steps=2),
     ],
     ids=["lambda", "chained", "counters"],
 )
@@ -182,7 +189,7 @@ def test_a_cheap_sample_of_a_costly_spec_goes_to_the_light_lane():
 
     settings = Settings(job_workers=0)
     sampled = specs.ScheduleRequest.model_validate(body(OPTAX, {"points": POINTS}))
-    whole = specs.ScheduleRequest.model_validate(body(OPTAX, steps=100_000))
+    whole = specs.ScheduleRequest.model_validate(body(TIMM))
     assert service.request_cost(sampled, settings) < settings.compute_heavy_share
     assert service.request_cost(whole, settings) > settings.compute_heavy_share
     found = service.checked(sampled, settings)
@@ -230,3 +237,43 @@ def test_failed_probes_within_the_limit_say_where_the_lr_stops_being_finite(clie
     # 0.1 * 1.001 ** k overflows float64 past k = log(1.8e308 / 0.1) / log(1.001)
     first = math.ceil((math.log(np.finfo(np.float64).max) - math.log(LR)) / math.log(1.001))
     assert any(str(k) in detail for k in range(first - 2, first + 3)), detail
+
+
+def test_a_batch_of_sampled_closed_forms_is_priced_by_their_points(client):
+    """Two sampled optax specs (2.0e8 each unsampled) and a sampled timm one (1.0e9) fit one
+    batch under the default 8e8."""
+    other = {**OPTAX, "peak_value": 2 * LR}
+    long = body(TIMM_LONG, {"points": POINTS}, steps=LONG)
+    requests = [body(OPTAX, {"points": POINTS}), body(other, {"points": POINTS}), long]
+    r = client.post("/v1/schedules/batch", json={"requests": requests})
+    assert r.status_code == 200, r.text[:500]
+    slots = r.json()["results"]
+    assert len(slots) == 3
+    assert slots[2]["status"] == 200, str(slots[2])[:500]
+    for slot, scale in zip(slots[:2], (1, 2), strict=True):
+        assert slot["status"] == 200, str(slot)[:500]
+        indices = np.asarray(slot["result"]["steps"], dtype=np.int64)
+        assert indices.size == POINTS
+        expected = scale * reference("optax", indices)
+        lr = np.asarray(slot["result"]["lr"])
+        assert lr.shape == (GROUPS, POINTS)
+        np.testing.assert_allclose(lr[-1], expected, rtol=1e-9, atol=1e-15)
+
+
+def test_a_sampled_request_runs_on_the_event_loop_only_if_every_step_would_fit():
+    """Inline compute reads the price at every step: a sampled closed form whose probes could
+    fail (then the scan runs over every step) is computed in a thread unless that fits."""
+    from service.schedules import service, specs
+    from service.schedules.routes.compute import _runs_inline
+
+    settings = Settings(job_workers=0, compute_inline_max_cost=500_000)
+    big = specs.ScheduleRequest.model_validate(
+        body(OVERFLOW, {"points": POINTS}, steps=10_000_000, param_groups=[{"lr": LR}])
+    )
+    small = specs.ScheduleRequest.model_validate(
+        body(OVERFLOW, {"points": POINTS}, steps=10_000, param_groups=[{"lr": LR}])
+    )
+    found = service.checked(big, settings)
+    assert found.cost <= 500_000 < found.every_step
+    assert not _runs_inline(found, "json", False, settings)
+    assert _runs_inline(service.checked(small, settings), "json", False, settings)

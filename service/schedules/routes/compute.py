@@ -257,13 +257,17 @@ INLINE_FORMATS = frozenset({"json", "csv", "npy"})
 
 def _runs_inline(found: service.Checked, fmt: str, streamed: bool, settings: Settings) -> bool:
     """Return True for a request cheap enough to compute on the event loop: vectorized,
-    rendered as JSON, CSV or npy, costing at most ``LRS_COMPUTE_INLINE_MAX_COST``. Its cost
+    rendered as JSON, CSV or npy, costing at most ``LRS_COMPUTE_INLINE_MAX_COST`` were every
+    scheduler step evaluated. Its cost
     bounds both the compute and the values rendered (a 10k-step schedule: about 1 ms), less
     than a compute thread's hop, the task that watches for a disconnect, and the GIL handed
     back and forth with the event loop would cost."""
     if streamed or fmt not in INLINE_FORMATS or settings.compute_inline_max_cost <= 0:
         return False
-    return found.engine == "vectorized" and found.cost <= settings.compute_inline_max_cost
+    # priced at every step: a sampled closed form whose probes fail falls back to the scan
+    # over every step, which must not run on the loop
+    every_step = max(found.cost, found.every_step)
+    return found.engine == "vectorized" and every_step <= settings.compute_inline_max_cost
 
 
 async def _respond(
