@@ -20,8 +20,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import free_port
 from tests.jobs.cluster import start_redis
+from tests.servers import free_port
 
 from .conftest import HealthProbe, Server, new_address, start_server, stop_server, wait_ready
 
