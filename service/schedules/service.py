@@ -5,6 +5,7 @@ The routes hand a validated :class:`~service.schedules.specs.ScheduleRequest` to
 """
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -537,6 +538,9 @@ class _Templates:
         if request.metrics or request.param_groups is not None or request.batch_scaling is not None:
             return None
         if prep.plan is not None:
+            return None
+        lr = float(request.optimizer.lr)
+        if lr == 0.0 and math.copysign(1.0, lr) < 0:  # -0.0: torch keeps its sign; compiled
             return None
         scheduler = request.scheduler
         fields = _VARIED.get(scheduler.type, ())

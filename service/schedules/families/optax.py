@@ -141,7 +141,9 @@ class OptaxBase(LibrarySchedulerBase):
     def group_lists(self) -> list[list[float]]:
         """Return the per-group lists among this schedule's lr-valued arguments (nested
         schedules' included): the only way ``fn`` depends on the group."""
-        return [v for f in self.lr_fields if isinstance(v := getattr(self, f), list)]
+        # (an empty list is refused by the per-group check; the cost model, which runs before
+        # it, must not divide by its length)
+        return [v for f in self.lr_fields if isinstance(v := getattr(self, f), list) and v]
 
     def group_key(self, group: int) -> tuple[str, ...]:
         """Return what ``fn`` reads of group ``group``: its value of every per-group list, by
@@ -799,7 +801,10 @@ class SgdrSchedule(OptaxBase):
     def group_lists(self) -> list[list[float]]:
         names = ("init_value", "peak_value", "end_value")
         return [
-            v for c in self.cosine_kwargs for f in names if isinstance(v := getattr(c, f), list)
+            v
+            for c in self.cosine_kwargs
+            for f in names
+            if isinstance(v := getattr(c, f), list) and v
         ]
 
     def mismatch(self, groups: int) -> tuple[tuple[str | int, ...], str] | None:

@@ -321,7 +321,10 @@ async def _respond(
     if inline:
         done = await running.run_inline(request, work)
     else:
-        heavy = found.share > settings.compute_heavy_share
+        # a sampled closed form priced by its points falls back to the scan over every step
+        # when its values fail at run time: it takes the heavy lane's turns when that would
+        every_step = service._share(found.every_step, found.engine, settings)
+        heavy = max(found.share, every_step) > settings.compute_heavy_share
         done = await running.run_budgeted(request, work, heavy=heavy)
     if done is None:  # the client left; the computation was stopped
         return Response(status_code=499)

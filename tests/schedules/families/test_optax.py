@@ -549,3 +549,38 @@ def test_identical_groups_get_the_one_group_values_to_the_bit(client, spec):
     assert many.shape == (16, n)
     assert (many.view(np.int64) == one.view(np.int64)).all()
     np.testing.assert_allclose(many, optax_reference(spec, 16, n), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {
+            "type": "optax",
+            "schedule": "warmup_cosine_decay_schedule",
+            "init_value": [],
+            "peak_value": 0.1,
+            "warmup_steps": 2,
+            "decay_steps": 10,
+        },
+        {
+            "type": "optax",
+            "schedule": "join_schedules",
+            "boundaries": [],
+            "schedules": [
+                {
+                    "type": "optax",
+                    "schedule": "piecewise_interpolate_schedule",
+                    "interpolate_type": "cosine",
+                    "init_value": [],
+                    "boundaries_and_scales": {"100": 0.1},
+                }
+            ],
+        },
+    ],
+)
+def test_an_empty_per_group_list_is_a_422_naming_it(client, scheduler):
+    """The cost model reads per-group lists before the per-group check: an empty one was a
+    500 (integer modulo by zero), found by schemathesis."""
+    response = client.post("/v1/schedules/compute", json={"scheduler": scheduler, "steps": 3})
+    assert response.status_code == 422, response.text
+    assert "init_value: 0 values for 1 param group" in response.json()["detail"]

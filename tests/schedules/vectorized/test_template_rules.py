@@ -99,3 +99,11 @@ def test_a_negative_zero_gamma_is_not_stacked_with_a_zero_gamma(kind):
         )
         # torch keeps the sign: 0.1 × -0.0 is -0.0 (the values compare equal, their bits not)
         assert np.asarray(computed.lr).tobytes() == np.asarray(torch.lr).tobytes(), gamma
+
+
+def test_an_lr_of_negative_zero_after_a_sweep_keeps_its_sign():
+    warmup = {"type": "linear", "steps": 3, "start_factor": 0.0}
+    for lr in (0.1, 0.2):
+        service.compute(cosine(lr, 9, warmup), SETTINGS)
+    got = service.compute(cosine(-0.0, 9, warmup), SETTINGS)
+    check(got, -0.0, 9, warmup)
