@@ -16,7 +16,7 @@ import torch
 
 from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import budget, counters, specs, torch_engine
+from service.schedules import budget, counters, formats, specs, torch_engine
 from service.schedules.caveats import caveats
 from service.schedules.families import hooks as families
 from service.schedules.families import libraries
@@ -424,11 +424,11 @@ class _Plan:
         result = None
         if self.fast is not None and self.dense:
             n = self.program.n
-            if self.indices is not None:
-                indices = sched_index = self.indices
-                result = self.fast.evaluate(None)
-            elif n <= DENSE_INDICES_MAX:
+            if n <= DENSE_INDICES_MAX:  # the renderer knows these by identity
                 indices = sched_index = _dense_indices(n)
+                result = self.fast.evaluate(None)
+            elif self.indices is not None:
+                indices = sched_index = self.indices
                 result = self.fast.evaluate(None)
             else:
                 indices = sched_index = np.empty(n, dtype=np.int64)
@@ -475,7 +475,9 @@ shared by every response of that length); longer ones are written by the kernel'
 
 @lru_cache(maxsize=4)
 def _dense_indices(n: int) -> np.ndarray:
-    return _read_only(np.arange(n, dtype=np.int64))
+    # the JSON renderer's own array where it keeps one: it then knows it is 0..n-1 by identity
+    # (not comparing n values per response)
+    return formats.dense_indices(n)
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:

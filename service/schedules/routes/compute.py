@@ -295,7 +295,7 @@ async def _respond(
         return Response(
             entry.body, media_type=entry.media_type, headers={**entry.headers, **headers}
         )
-    title = plots.plot_title(spec)
+    title = plots.plot_title(spec) if fmt in ("svg", "png") else ""  # only a plot has a title
     with_momentum = "momentum" in spec.include and fmt in ("json", "csv")
     series = spec.n_groups * (2 if with_momentum else 1) + counters.extra_series(spec)
     size = formats.estimated_bytes(fmt, service.count_points(spec), series)
