@@ -289,8 +289,7 @@ def _overflowing_between_probes(steps: int, groups: int, at: list[int]) -> dict:
     cosine = {"type": "CosineAnnealingLR", "T_max": 100, "eta_min": 0.0}
     scheduler = {
         "type": "SequentialLR",
-        "schedulers": [{"type": "LinearLR", "start_factor": 0.5, "total_iters": 9}]
-        + [cosine] * 4,
+        "schedulers": [{"type": "LinearLR", "start_factor": 0.5, "total_iters": 9}] + [cosine] * 4,
         "milestones": [10, 20, 30, 40],
     }
     return body(scheduler, {"at": at}, steps=steps, param_groups=[{"lr": 9e307}] * groups)
