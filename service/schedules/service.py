@@ -25,7 +25,7 @@ from service.schedules.result import Computed
 from service.schedules.vectorized import batch as vectorized_batch
 from service.schedules.vectorized import compile as vectorized
 from service.schedules.vectorized import fast
-from service.schedules.vectorized.evaluation import Program
+from service.schedules.vectorized.evaluation import Program, matches_lr0
 from service.settings import Settings
 
 log = logging.getLogger("service.schedules")
@@ -505,13 +505,16 @@ def _fast_of(program: Program) -> fast.Fast | None:
     points = np.asarray(probes.points, dtype=np.int64)
     values = np.empty((kernel.groups, points.size), dtype=np.float64)
     kernel._sparse(points, values)
-    if not program._matches_lr0(values[:, 0]):
+    read = values.tolist()  # per group, the values at the points (floats, read once)
+    # kernel.lr0: the floats of program.lr0 (what Program._matches_lr0 compares with)
+    if not matches_lr0([row[0] for row in read], kernel.lr0):
         return None
     index = {p: i for i, p in enumerate(probes.points)}
-    if not bool(np.isfinite(values[:, [index[p] for p in probes.finite]]).all()):
+    wanted = [index[p] for p in probes.finite]
+    if not all(math.isfinite(row[i]) for row in read for i in wanted):
         return None
     n = program.n
-    final = program.lr0[:, 0].tolist() if n == 1 else values[:, index[n - 1]].tolist()
+    final = kernel.lr0 if n == 1 else [row[index[n - 1]] for row in read]
     return fast.Fast(program, kernel, [float(v) for v in final])
 
 
