@@ -434,7 +434,7 @@ PROBLEMS: dict[str, tuple[str, str, str]] = {
     ),
     "too-many-requests": (
         "Too many requests",
-        "A rate or queue limit was reached.",
+        "A rate limit, or a client's cap on queued jobs or open streams, was reached.",
         "Wait for the number of seconds `Retry-After` gives, then try again.",
     ),
     "busy": (

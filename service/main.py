@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.api_key_hashes = key_hashes
+    app.state.stream_cap = streaming.StreamCap(settings.stream_max_per_client, key_hashes)
     app.state.readiness_checks = {}
     app.state.domain_lifespans = [schedules_router.lifespan, jobs_router.lifespan]
 

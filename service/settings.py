@@ -137,6 +137,15 @@ class Settings(BaseSettings):
         "event or ping, may wait for the client to take it; a client that stops reading "
         "is disconnected after this (its connection aborted, what it held freed).",
     )
+    stream_max_per_client: int = Field(
+        default=8,
+        ge=0,
+        description="Streamed bodies (JSON, CSV or npy above LRS_STREAM_MIN_BYTES, a large "
+        "batch) one client (API key, else address) may have in flight at once in one API "
+        "process; one more gets 429 with Retry-After (bodies sent in one piece never count). "
+        "Each holds its computed schedule (128 MB of lrs for 16 groups × 1M steps) and a "
+        "connection until it is sent, cut or dropped; 0: no cap.",
+    )
     cache_max_bytes: int = Field(
         default=64 << 20, description="Byte budget of the schedule result cache."
     )

@@ -7,6 +7,12 @@ and whose whole body must be sent within ``LRS_STREAM_MAX_SECONDS`` (a client th
 :class:`LimitedEventSourceResponse` is sse-starlette's ``EventSourceResponse`` with the send
 timeout alone (an event stream lasts as long as its job).
 
+A streamed body holds its computed schedule and a connection until it is sent, so one client
+may have at most ``LRS_STREAM_MAX_PER_CLIENT`` of them in flight (:class:`StreamCap`, per
+process, the client as the rate limiter sees it): one more is answered 429 with
+``Retry-After`` before it is sent (and, for one schedule, before it is computed); its place
+is freed when its body is sent, cut or dropped by the client.
+
 Past a limit the connection is **aborted** (closed at once, its unsent bytes dropped, the
 kernel's too: a reset), not closed politely: a polite close waits for the client to take
 what the server still buffers, which a client that stopped reading never does, so its
@@ -31,8 +37,9 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, nullcontext, suppress
 from functools import partial
 from typing import Any
 
@@ -44,7 +51,9 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import TooManyRequests
 from service.observability import SEEN_KEY
+from service.ratelimit import caller
 
 log = logging.getLogger("service.streaming")
 
@@ -203,10 +212,53 @@ def _send_timeout_why(send_timeout: float) -> str:
     return f"the client took no data for LRS_STREAM_SEND_TIMEOUT_S={send_timeout:g} s"
 
 
+STREAM_RETRY_AFTER_S = 5
+"""``Retry-After`` of a client over its streams: a body of tens of MB is sent in seconds to
+a client that reads."""
+
+
+class StreamCap:
+    """Streamed responses each client has in flight in this process, at most
+    ``max_per_client`` (0: no cap). The client is the rate limiter's: the digest of one of
+    ``keys`` it sends, else its address. Used on the event loop only (no lock)."""
+
+    def __init__(self, max_per_client: int, keys: frozenset[str] = frozenset()) -> None:
+        self.max_per_client = max_per_client
+        self.keys = keys
+        self.in_flight: Counter[str] = Counter()
+
+    def check(self, scope: Scope) -> str:
+        """Return the request's client; raise TooManyRequests (429) when it already has
+        ``max_per_client`` streams in flight."""
+        client = caller(scope, self.keys)
+        if self.max_per_client and self.in_flight[client] >= self.max_per_client:
+            raise TooManyRequests(
+                f"you have {self.max_per_client} streamed responses in flight, the most one "
+                "client may (LRS_STREAM_MAX_PER_CLIENT); wait for your other streams to "
+                "finish, or sample fewer points (or fewer groups, specs or steps) so the body "
+                "stays under LRS_STREAM_MIN_BYTES and is sent in one piece",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
+            )
+        return client
+
+    @contextmanager
+    def held(self, scope: Scope) -> Iterator[None]:
+        """Hold one of the client's places for the ``with`` block (:meth:`check` first)."""
+        client = self.check(scope)
+        self.in_flight[client] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[client] -= 1
+            if self.in_flight[client] <= 0:
+                del self.in_flight[client]
+
+
 class LimitedStreamingResponse(StreamingResponse):
     """A ``StreamingResponse`` that aborts the connection when a send waits longer than
     ``send_timeout`` seconds for the client, or the body is not sent within
-    ``max_seconds`` of the response's start."""
+    ``max_seconds`` of the response's start. With a ``cap`` it is sent holding one of the
+    client's places there, or answered 429 (:meth:`StreamCap.check`) when none is free."""
 
     def __init__(
         self,
@@ -214,6 +266,7 @@ class LimitedStreamingResponse(StreamingResponse):
         *,
         max_seconds: float,
         send_timeout: float,
+        cap: StreamCap | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(content, **kwargs)
@@ -222,8 +275,16 @@ class LimitedStreamingResponse(StreamingResponse):
         self.content = content
         self.max_seconds = max_seconds
         self.send_timeout = send_timeout
+        self.cap = cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            with self.cap.held(scope) if self.cap is not None else nullcontext():
+                await self._send_limited(scope, receive, send)
+        finally:
+            await self._close_body()
+
+    async def _send_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One cancel scope for the whole response: its deadline is the total limit, and a
         # watchdog cancels it when one send has waited send_timeout for the client. A send
         # only notes when it began (no cancel scope per send: a 27 MB body is ~100 sends).
@@ -265,21 +326,18 @@ class LimitedStreamingResponse(StreamingResponse):
                 more = message.get("more_body", False) or start + SEND_SLICE < len(view)
                 await timed_send({**message, "body": part, "more_body": more})
 
-        try:
-            with cut:
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(watchdog, cut)
-                    await super().__call__(scope, receive, sliced_send)
-                    tasks.cancel_scope.cancel()
-            if cut.cancelled_caught:
-                if timed_out:
-                    late = ("send_timeout", _send_timeout_why(self.send_timeout))
-                else:
-                    limit = f"LRS_STREAM_MAX_SECONDS={self.max_seconds:g} s"
-                    late = ("max_seconds", f"the body was not sent within {limit}")
-                await cut_connection(scope, receive, *late, sent)
-        finally:
-            await self._close_body()
+        with cut:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watchdog, cut)
+                await super().__call__(scope, receive, sliced_send)
+                tasks.cancel_scope.cancel()
+        if cut.cancelled_caught:
+            if timed_out:
+                late = ("send_timeout", _send_timeout_why(self.send_timeout))
+            else:
+                limit = f"LRS_STREAM_MAX_SECONDS={self.max_seconds:g} s"
+                late = ("max_seconds", f"the body was not sent within {limit}")
+            await cut_connection(scope, receive, *late, sent)
 
     async def _close_body(self) -> None:
         """Close the body's iterators now (a cut or a disconnect left them suspended), so

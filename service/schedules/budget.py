@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -73,6 +73,38 @@ def check() -> None:
     budget = _current.get()
     if budget is not None:
         budget.check()
+
+
+class ScanRefused(LimitExceeded):
+    """A closed form's fallback to the scan over every step is over the limit (a 422 for
+    its request, or for its slot alone in a batch)."""
+
+
+_fallback_gate: ContextVar[Callable[[], None] | None] = ContextVar(
+    "schedule_fallback_gate", default=None
+)
+
+
+@contextmanager
+def fallback_gate(gate: Callable[[], None] | None) -> Iterator[None]:
+    """Make ``gate`` what :func:`before_fallback_scan` calls for the duration of the block:
+    it raises LimitExceeded when the request may not pay for the scan over every step."""
+    token = _fallback_gate.set(gate)
+    try:
+        yield
+    finally:
+        _fallback_gate.reset(token)
+
+
+def before_fallback_scan() -> None:
+    """Called by the vectorized engine before a closed form falls back to the affine scan
+    over every step (its values at run time were not finite where the probes did not look,
+    or it does not start at torch's lr): the scan was not what the request was priced at, so
+    the current gate prices it now and refuses it (LimitExceeded) when it is over the limit,
+    before any of it runs."""
+    gate = _fallback_gate.get()
+    if gate is not None:
+        gate()
 
 
 def check_cancelled() -> None:
@@ -299,6 +331,19 @@ def evaluated_steps(request: specs.ScheduleRequest) -> int | None:
     if evaluated >= request.scheduler_steps:
         return None
     return evaluated
+
+
+def scan_cost(request: specs.ScheduleRequest) -> Cost:
+    """Return the vectorized cost of ``request`` evaluated by the affine scan over every step
+    (what a closed form falls back to at run time, :func:`before_fallback_scan`): its price
+    at every step plus the scan's, steps × groups × CHAIN_SCAN_OPS × log2(steps), as a
+    ChainedScheduler's is priced (a ChainedScheduler's price already is its scan's)."""
+    every = cost(request, "vectorized")
+    steps, groups = request.scheduler_steps, request.n_groups
+    if isinstance(request.scheduler, specs.ChainedScheduler) or steps <= 1:
+        return every
+    scan = steps * groups * CHAIN_SCAN_OPS * math.ceil(math.log2(steps))
+    return replace(every, total=every.total + scan)
 
 
 def cost(request: specs.ScheduleRequest, engine: str, *, sampled: bool = False) -> Cost:

@@ -8,15 +8,16 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
 
 from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import budget, counters, specs, torch_engine
+from service.schedules import budget, counters, formats, specs, torch_engine
 from service.schedules.caveats import caveats
 from service.schedules.families import hooks as families
 from service.schedules.families import libraries
@@ -424,11 +425,11 @@ class _Plan:
         result = None
         if self.fast is not None and self.dense:
             n = self.program.n
-            if self.indices is not None:
-                indices = sched_index = self.indices
-                result = self.fast.evaluate(None)
-            elif n <= DENSE_INDICES_MAX:
+            if n <= DENSE_INDICES_MAX:  # the renderer knows these by identity
                 indices = sched_index = _dense_indices(n)
+                result = self.fast.evaluate(None)
+            elif self.indices is not None:
+                indices = sched_index = self.indices
                 result = self.fast.evaluate(None)
             else:
                 indices = sched_index = np.empty(n, dtype=np.int64)
@@ -475,7 +476,9 @@ shared by every response of that length); longer ones are written by the kernel'
 
 @lru_cache(maxsize=4)
 def _dense_indices(n: int) -> np.ndarray:
-    return _read_only(np.arange(n, dtype=np.int64))
+    # the JSON renderer's own array where it keeps one: it then knows it is 0..n-1 by identity
+    # (not comparing n values per response)
+    return formats.dense_indices(n)
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:
@@ -713,6 +716,40 @@ class _Plans:
 plans = _Plans(PLAN_CACHE_SIZE)
 
 
+class ScanAllowance:
+    """What the affine scans that closed forms fall back to at run time may cost, together:
+    ``LRS_VECTORIZED_MAX_COST`` for one request or one batch (whose closed forms were priced
+    by the steps they evaluate, within the same limit). A request is priced up front by what
+    its program evaluates; only its values, computed, show a closed form that overflows
+    between the steps its probes looked at (or does not start at torch's lr), and then torch's
+    recursion over every step decides. That scan is priced when it is about to run
+    (:func:`~service.schedules.budget.scan_cost`) and refused with a 422 when it would not
+    fit, before any of it runs: a sampled request of a few points never becomes seconds of
+    scan over millions of steps."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limit = settings.vectorized_max_cost
+        self.left = self.limit
+
+    def charge(self, request: specs.ScheduleRequest) -> None:
+        """Take the scan of ``request`` from the allowance, or raise LimitExceeded."""
+        price = budget.scan_cost(request)
+        if price.total > self.left:
+            spent = self.limit - self.left
+            others = f"; the batch's scans before it cost {spent}" if spent else ""
+            raise budget.ScanRefused(
+                "this request's closed form is not finite at some of the steps it evaluates "
+                "(or does not start at torch's lr), so torch's recursion over every step, an "
+                f"affine scan, decides its values: that costs {price.total} "
+                f"({price.describe()}; about 1 ns of CPU each){others}, above the vectorized "
+                f"engine's limit of {self.limit} (LRS_VECTORIZED_MAX_COST). Lower steps, use "
+                "fewer param groups, or keep the values finite (an lr or eta_min of smaller "
+                "magnitude).",
+                loc=("body", "steps"),
+            )
+        self.left -= price.total
+
+
 def compute(
     request: specs.ScheduleRequest, settings: Settings, found: Checked | None = None
 ) -> Computed:
@@ -723,7 +760,10 @@ def compute(
     ``found``: what :func:`checked` returned for ``request`` under ``settings`` (its limits
     passed), so the engine is not chosen nor the cost computed again.
     """
-    with budget.ensure(settings.compute_max_seconds):
+    with (
+        budget.ensure(settings.compute_max_seconds),
+        budget.fallback_gate(partial(ScanAllowance(settings).charge, request)),
+    ):
         key = plans.key(request)
         plan = plans.find(key)
         if plan is not None and plan.within(settings):
@@ -779,8 +819,10 @@ def _compute_many(
 ) -> list[Computed | ServiceError]:
     out: list[Computed | ServiceError | None] = [None] * len(requests)
     jobs: list[tuple[Program, np.ndarray]] = []
+    gates: list[Callable[[], None]] = []
     owners: list[tuple[int, _Prepared]] = []
     templates = _Templates(max(1, len(requests)))
+    scans = ScanAllowance(settings)
     for i, request in enumerate(requests):
         if isinstance(request, ServiceError):
             out[i] = request
@@ -806,7 +848,9 @@ def _compute_many(
             out[i] = InternalError("computing this spec failed; this is a bug in the service")
             continue
         jobs.append((program, prep.sched_index))
+        gates.append(partial(scans.charge, request))
         owners.append((i, prep))
-    for (i, prep), result in zip(owners, vectorized_batch.run_many(jobs), strict=True):
+    results = vectorized_batch.run_many(jobs, gates)
+    for (i, prep), result in zip(owners, results, strict=True):
         out[i] = result if isinstance(result, ServiceError) else _vectorized_computed(prep, result)
     return out  # type: ignore[return-value]

@@ -215,9 +215,12 @@ def test_failed_probes_are_priced_by_every_step(tmp_path):
 
 
 def test_failed_probes_fall_back_to_a_scan_that_stops_at_the_time_limit(tmp_path):
-    """Within the cost limit, the scan over every step (10M steps × 4 groups) stops at a time
-    limit shorter than it takes, with that limit's 422."""
-    settings = Settings(data_dir=tmp_path, job_workers=0, compute_max_seconds=0.05)
+    """Within the cost limit (raised here: the scan over 10M steps × 4 groups costs 1.7e10),
+    the scan over every step stops at a time limit shorter than it takes, with that limit's
+    422."""
+    settings = Settings(
+        data_dir=tmp_path, job_workers=0, compute_max_seconds=0.05, vectorized_max_cost=10**11
+    )
     case = body(OVERFLOW, {"points": POINTS}, steps=10_000_000, param_groups=[{"lr": LR}] * 4)
     with TestClient(create_app(settings)) as tiny:
         r = tiny.post("/v1/schedules/compute", json=case)
@@ -277,3 +280,52 @@ def test_a_sampled_request_runs_on_the_event_loop_only_if_every_step_would_fit()
     assert found.cost <= 500_000 < found.every_step
     assert not _runs_inline(found, "json", False, settings)
     assert _runs_inline(service.checked(small, settings), "json", False, settings)
+
+
+def _overflowing_between_probes(steps: int, groups: int, at: list[int]) -> dict:
+    """Cosines restarting every 10 steps from an lr of 9e307: the closed form's first term
+    overflows near each cosine's start (its probes, each segment's last step and the last
+    step, are finite), so the values at ``at`` send it to torch's recursion over every step."""
+    cosine = {"type": "CosineAnnealingLR", "T_max": 100, "eta_min": 0.0}
+    scheduler = {
+        "type": "SequentialLR",
+        "schedulers": [{"type": "LinearLR", "start_factor": 0.5, "total_iters": 9}] + [cosine] * 4,
+        "milestones": [10, 20, 30, 40],
+    }
+    return body(scheduler, {"at": at}, steps=steps, param_groups=[{"lr": 9e307}] * groups)
+
+
+def test_a_sampled_closed_form_that_needs_the_scan_is_refused_before_it_runs(client):
+    """Priced by its 2 points (7515), the request's values show the scan over every step is
+    needed (2.4M steps × 16 groups, 1.7e10): refused at once with the cost limit's 422, not
+    after seconds of scan at the time limit (5.7 s before); in a batch, its slot alone."""
+    import time
+
+    case = _overflowing_between_probes(2_400_000, GROUPS, [15, 20])
+    started = time.perf_counter()
+    r = client.post("/v1/schedules/compute", json=case)
+    elapsed = time.perf_counter() - started
+    detail = refused_for_cost(r)
+    assert "affine scan" in detail and "2400000 scheduler steps" in detail, detail
+    assert elapsed < 2.0, elapsed
+    small = body({"type": "StepLR", "step_size": 10}, steps=100, param_groups=[{"lr": LR}])
+    started = time.perf_counter()
+    r = client.post("/v1/schedules/batch", json={"requests": [case, small]})
+    elapsed = time.perf_counter() - started
+    assert r.status_code == 200, r.text[:500]
+    slots = r.json()["results"]
+    assert slots[0]["status"] == 422 and "affine scan" in slots[0]["problem"]["detail"]
+    assert slots[1]["status"] == 200 and len(slots[1]["result"]["lr"][0]) == 100
+    assert elapsed < 2.0, elapsed
+
+
+def test_a_scan_that_fits_answers_what_torch_does(client):
+    """The same schedule over 2000 steps: the scan fits, and decides as torch does (real
+    torch objects stepped by the torch engine): its lr is not finite at step 10."""
+    at = [0, 9, 15, 20, 1999]
+    case = _overflowing_between_probes(2000, 2, at)
+    r = client.post("/v1/schedules/compute", json=case)
+    real = client.post("/v1/schedules/compute", json={**case, "engine": "torch"})
+    assert real.status_code == r.status_code == 422, (real.text[:300], r.text[:300])
+    assert r.json()["detail"] == real.json()["detail"]
+    assert "not finite at scheduler step 10" in r.json()["detail"]

@@ -48,7 +48,10 @@ BatchFormatQuery = Annotated[
         },
         429: {
             "description": "Expensive computations (every batch is one) fill their share of "
-            "the compute threads beyond LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds."
+            "the compute threads beyond LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds. "
+            "Or the JSON body would be streamed (above LRS_STREAM_MIN_BYTES) and this client "
+            "already has LRS_STREAM_MAX_PER_CLIENT streamed responses in flight: wait for them "
+            "to finish (Retry-After), or send fewer specs or points."
         },
     },
     summary="Compute many schedules in one request",
@@ -97,6 +100,7 @@ async def compute_batch(
             content,
             max_seconds=settings.stream_max_seconds,
             send_timeout=settings.stream_send_timeout_s,
+            cap=request.app.state.stream_cap,
             media_type=media_type,
         )
     return Response(content, media_type=media_type)

@@ -247,7 +247,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     429: {
         "description": "Expensive computations fill their share of the compute threads beyond "
-        "LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds, or make the request cheaper."
+        "LRS_COMPUTE_MAX_SECONDS; retry after Retry-After seconds, or make the request cheaper. "
+        "Or the body would be streamed (above LRS_STREAM_MIN_BYTES) and this client already "
+        "has LRS_STREAM_MAX_PER_CLIENT streamed responses in flight: wait for them to finish "
+        "(Retry-After) or sample fewer points."
     },
 }
 
@@ -295,11 +298,13 @@ async def _respond(
         return Response(
             entry.body, media_type=entry.media_type, headers={**entry.headers, **headers}
         )
-    title = plots.plot_title(spec)
+    title = plots.plot_title(spec) if fmt in ("svg", "png") else ""  # only a plot has a title
     with_momentum = "momentum" in spec.include and fmt in ("json", "csv")
     series = spec.n_groups * (2 if with_momentum else 1) + counters.extra_series(spec)
     size = formats.estimated_bytes(fmt, service.count_points(spec), series)
     streamed = fmt in formats.STREAMED and size > settings.stream_min_bytes
+    if streamed:  # a client with all its streams in flight: 429 before computing
+        request.app.state.stream_cap.check(request.scope)
 
     def work() -> cache.Entry | tuple[Computed, dict[str, str]]:
         computed = service.compute(spec, settings, found)
@@ -335,6 +340,7 @@ async def _respond(
             formats.stream(computed, fmt),
             max_seconds=settings.stream_max_seconds,
             send_timeout=settings.stream_send_timeout_s,
+            cap=request.app.state.stream_cap,
             media_type=MEDIA_TYPES[fmt],
             headers={**about, **headers},
         )

@@ -12,12 +12,13 @@ import copy
 import dataclasses
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from service.errors import InvalidSpec
+from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import budget
 from service.schedules.result import Computed
 from service.schedules.vectorized import fast, formulas
@@ -131,6 +132,14 @@ def _stack(programs: list[Program]) -> Program:
     )
 
 
+class _StackNeedsScan(Exception):
+    """A stacked closed form would fall back to the scan over every step."""
+
+
+def _refuse_stacked_scan() -> None:
+    raise _StackNeedsScan
+
+
 def _evaluate_stacked(programs: list[Program], k: Tensor) -> list[Computed] | None:
     """Return each program's result from one stacked evaluation, or None when the stack
     cannot answer for every program alike (a refused step or a non-finite lr somewhere, or
@@ -143,8 +152,11 @@ def _evaluate_stacked(programs: list[Program], k: Tensor) -> list[Computed] | No
         # Each program alone may take the closed form or the scan: let each decide.
         return None
     try:
-        lr, mom, final = stacked.evaluate(k)
-    except InvalidSpec:
+        # a closed form falling back to the scan: each program alone decides (and each
+        # slot's scan is priced by its own gate)
+        with budget.fallback_gate(_refuse_stacked_scan):
+            lr, mom, final = stacked.evaluate(k)
+    except (InvalidSpec, _StackNeedsScan):
         return None
     groups = programs[0].lr0.shape[0]
     whole = as_computed(k, lr, mom, final)
@@ -209,7 +221,9 @@ def _kernel_result(program: Program, steps: np.ndarray) -> Computed | None:
     )
 
 
-def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Computed | InvalidSpec]:
+def run_many(
+    jobs: list[tuple[Program, np.ndarray]], gates: list[Callable[[], None]] | None = None
+) -> list[Computed | InvalidSpec | LimitExceeded]:
     """Return each compiled program's result at its scheduler steps, in order.
 
     Programs of the same structure and the same steps are stacked and evaluated as one
@@ -237,8 +251,9 @@ def run_many(jobs: list[tuple[Program, np.ndarray]]) -> list[Computed | InvalidS
             continue
         for i in members:
             try:
-                out[i] = _kernel_result(*jobs[i]) or jobs[i][0].result(k)
-            except InvalidSpec as exc:
+                with budget.fallback_gate(None if gates is None else gates[i]):
+                    out[i] = _kernel_result(*jobs[i]) or jobs[i][0].result(k)
+            except (InvalidSpec, budget.ScanRefused) as exc:
                 out[i] = exc
     return out  # type: ignore[return-value]
 

@@ -230,7 +230,10 @@ class Program:
 
     def _evaluate_sorted(self, k: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         probes, values = self.probed()
-        if probes is None or values is None or not self._matches_lr0(values[:, 0]):
+        if probes is None:
+            return self._by_scan(k)  # a ChainedScheduler: priced as its scan
+        if values is None or not self._matches_lr0(values[:, 0]):
+            budget.before_fallback_scan()
             return self._by_scan(k)
         budget.check()
         lr = self._closed(k)
@@ -248,6 +251,7 @@ class Program:
             ok = dense is not None and _all_finite(dense)
         if not ok:
             # torch's recursion (the scan), not the closed form, decides the first step
+            budget.before_fallback_scan()
             return self._by_scan(k)
         return lr, self._closed_momentum(k), final.reshape(-1)
 

@@ -211,7 +211,8 @@ def _linear(leaf: Linear, start: list[float]) -> Fill:
 
 
 def _rows(values: torch.Tensor) -> list[float]:
-    return [float(v) for v in values[:, 0].tolist()]
+    # one tensor op (tolist), not two (a column's view, then tolist)
+    return [float(row[0]) for row in values.tolist()]
 
 
 def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool, n: int) -> Fill | None:
@@ -219,7 +220,8 @@ def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool, n: int) -> Fil
     kind = type(leaf)
     base = _rows(leaf.base)
     if kind is Cosine:
-        if restarted or bool(torch.equal(anchor, leaf.base)):
+        # a derived program's anchor is its leaves' base (one tensor): no comparison needed
+        if restarted or anchor is leaf.base or bool(torch.equal(anchor, leaf.base)):
             return _cosine(leaf, base, n)
         return None
     if kind is Linear:
