@@ -160,3 +160,23 @@ def test_a_sweep_of_scheduler_parameters_compiles_twice(compiled, vary):
         got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
         assert_generic_bits(body, got)
     assert len(compiled) == 2 + len(bodies)
+
+
+def test_a_sweeps_derived_specs_leave_the_compiled_plans_cached(compiled):
+    """Once a sweep kind's template passed its check, its specs are derived without the plans
+    cache: a flood of distinct lrs (each spec new) neither compiles nor pushes out the plan
+    another spec compiled, and every derived spec still gives the generic bits."""
+    other = {"scheduler": {"type": "StepLR", "step_size": 7, "gamma": 0.5}, "steps": 300}
+    kept = specs.ScheduleRequest.model_validate(other)
+    service.compute(kept, SETTINGS)
+    sweep = warmup_cosine(2000)
+    for lr in (0.1, 0.2):  # the template, then its check
+        service.compute(specs.ScheduleRequest.model_validate(with_lr(sweep, lr)), SETTINGS)
+    before = len(compiled)
+    for i in range(service.PLAN_CACHE_SIZE + 5):
+        body = with_lr(sweep, 0.3 + i / 1000)
+        got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+        if i % 16 == 0:
+            assert_generic_bits(body, got)
+    assert len(compiled) == before + len(range(0, service.PLAN_CACHE_SIZE + 5, 16))  # generic()
+    assert service.plans.find(service.plans.key(kept)) is not None
