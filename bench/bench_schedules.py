@@ -384,6 +384,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--peers-only", action="store_true", help="only the optax/numpy part")
+    parser.add_argument(
+        "--json-1m-only",
+        action="store_true",
+        help="only (b), 1M steps full JSON over HTTP, against its serialization alone",
+    )
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--load-tool", choices=["auto", "wrk", "httpx"], default="auto")
@@ -401,6 +406,10 @@ def main() -> None:
         print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.")
         print("\n### Targets (issue 14)\n")
         print_checks(peer_checks(peers))
+        return
+
+    if args.json_1m_only:
+        json_1m_only(repeat, load_before)
         return
 
     rows: list[tuple[str, str, str, str]] = []
@@ -674,6 +683,61 @@ def main() -> None:
                 1.5,
                 "s (≤)",
             ),
+        ]
+    )
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) process ``pid`` has used, in seconds."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def json_1m_only(repeat: int, load_before: str) -> None:
+    """(b) alone: 1M steps full JSON over HTTP as ``main`` measures it (a fresh server, no
+    warm-up run, distinct specs, the plain socket client), its serialization alone, and the
+    server's and this client's CPU time per request beside the wall times."""
+    big = warmup_cosine(1_000_000)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-schedules-") as data_dir,
+        harness.server(data_dir) as (base, server),
+    ):
+        httpx.post(f"{base}/v1/schedules/compute", json=fresh(warmup_cosine(1000)))  # warm up
+        walls: list[float] = []
+        cpus: list[tuple[float, float]] = []
+
+        def call() -> None:
+            body = orjson.dumps(fresh(big))
+            theirs, ours = server_cpu_seconds(server.pid), time.process_time()
+            start = time.perf_counter()
+            status, _ = raw_post(base, "/v1/schedules/compute", body)
+            walls.append(time.perf_counter() - start)
+            cpus.append((server_cpu_seconds(server.pid) - theirs, time.process_time() - ours))
+            assert status == 200, status
+
+        b_http = median_seconds(call, repeat)
+    computed = in_process(big, "vectorized")
+    v_1m = median_seconds(lambda: in_process(fresh(big), "vectorized"), repeat)
+    json_alone = median_seconds(lambda: formats.to_json_bytes(computed), repeat)
+    print(f"Machine: {machine()}. Medians of {repeat} runs.\n")
+    print(
+        f"(b) 1M steps, full JSON, HTTP end-to-end: {ms(b_http)} (runs: "
+        + ", ".join(f"{w * 1000:.0f}" for w in walls)
+        + " ms); server CPU per request "
+        f"{ms(statistics.fmean(c[0] for c in cpus))}, client CPU "
+        f"{ms(statistics.fmean(c[1] for c in cpus))}; compute in-process {ms(v_1m)}; "
+        f"JSON serialization alone {ms(json_alone)}."
+    )
+    print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.\n")
+    print_checks(
+        [
+            (
+                "1M steps full JSON end-to-end (HTTP) ≤ 2× orjson serialization of the payload",
+                b_http / json_alone,
+                2,
+                "× (≤)",
+            )
         ]
     )
 
