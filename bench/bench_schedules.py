@@ -111,6 +111,18 @@ def fresh(body: dict[str, Any]) -> dict[str, Any]:
 # No warm-up runs per case: the server is warmed once, and the torch rows are too slow to repeat.
 median_seconds = functools.partial(harness.median_seconds, warmup=0)
 
+B_WARMUP = 2
+"""Requests of (b) sent before its timed ones, and printed: a fresh server's first 1M-step
+JSON responses pay first-call costs (the 1M steps' cached JSON, the allocator's first large
+buffers, the kernel threads): measured 95-395 ms and 45-150 ms against ~40 ms after."""
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Return the wall time of one ``call``, in seconds."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
 
 def in_process(body: dict[str, Any], engine: str) -> service.Computed:
     request = specs.ScheduleRequest.model_validate({**body, "engine": engine})
@@ -441,6 +453,7 @@ def main() -> None:
 
         # (b) first, so the peak RSS it causes is measured from a fresh server
         big = warmup_cosine(1_000_000)
+        b_first = [timed(over_http(big)) for _ in range(B_WARMUP)]
         b_http = median_seconds(over_http(big), repeat)
         rss_after_b = peak_rss_mb(server.pid)
         b_httpx = median_seconds(over_httpx(big), repeat)
@@ -593,7 +606,10 @@ def main() -> None:
         "\nHTTP end-to-end: from sending the request (encoded beforehand) to the last byte of "
         "the response, read by a plain socket client (`raw_post`: it only receives). With "
         f"httpx, which parses the chunked body in Python: (b) {ms(b_httpx)}, (e) JSON "
-        f"{ms(e_httpx)}, (e) npy {ms(e_npy_httpx)}."
+        f"{ms(e_httpx)}, (e) npy {ms(e_npy_httpx)}. (b)'s first {B_WARMUP} requests on the "
+        f"fresh server, not in its median (first-call costs of the 1M path): "
+        + ", ".join(ms(t) for t in b_first)
+        + "."
     )
     print(
         f"\nJSON serialization alone of the 1M-value result: {ms(json_alone)} "
@@ -695,9 +711,10 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def json_1m_only(repeat: int, load_before: str) -> None:
-    """(b) alone: 1M steps full JSON over HTTP as ``main`` measures it (a fresh server, no
-    warm-up run, distinct specs, the plain socket client), its serialization alone, and the
-    server's and this client's CPU time per request beside the wall times."""
+    """(b) alone: 1M steps full JSON over HTTP as ``main`` measures it (a fresh server, its
+    first :data:`B_WARMUP` requests printed apart, distinct specs, the plain socket client),
+    its serialization alone, and the server's and this client's CPU time per request beside
+    the wall times."""
     big = warmup_cosine(1_000_000)
     with (
         tempfile.TemporaryDirectory(prefix="bench-schedules-") as data_dir,
@@ -716,18 +733,32 @@ def json_1m_only(repeat: int, load_before: str) -> None:
             cpus.append((server_cpu_seconds(server.pid) - theirs, time.process_time() - ours))
             assert status == 200, status
 
+        for _ in range(B_WARMUP):
+            call()
+        first, walls[:], cpus[:] = walls[:], [], []
         b_http = median_seconds(call, repeat)
-    computed = in_process(big, "vectorized")
+        computed = in_process(big, "vectorized")
+        # the serialization timed between requests too, in the same minutes as they ran
+        beside: list[float] = []
+        for _ in range(repeat):
+            call()
+            beside.append(timed(lambda: formats.to_json_bytes(computed)))
+        b_beside = statistics.median(walls[repeat:])
+        json_beside = statistics.median(beside)
     v_1m = median_seconds(lambda: in_process(fresh(big), "vectorized"), repeat)
     json_alone = median_seconds(lambda: formats.to_json_bytes(computed), repeat)
     print(f"Machine: {machine()}. Medians of {repeat} runs.\n")
     print(
         f"(b) 1M steps, full JSON, HTTP end-to-end: {ms(b_http)} (runs: "
-        + ", ".join(f"{w * 1000:.0f}" for w in walls)
-        + " ms); server CPU per request "
-        f"{ms(statistics.fmean(c[0] for c in cpus))}, client CPU "
-        f"{ms(statistics.fmean(c[1] for c in cpus))}; compute in-process {ms(v_1m)}; "
-        f"JSON serialization alone {ms(json_alone)}."
+        + ", ".join(f"{w * 1000:.0f}" for w in walls[:repeat])
+        + " ms; first "
+        + ", ".join(f"{w * 1000:.0f}" for w in first)
+        + " ms on the fresh server, not in the median); server CPU per request "
+        f"{ms(statistics.fmean(c[0] for c in cpus[:repeat]))}, client CPU "
+        f"{ms(statistics.fmean(c[1] for c in cpus[:repeat]))}; compute in-process {ms(v_1m)}; "
+        f"JSON serialization alone {ms(json_alone)}. Interleaved (a request, then one "
+        f"serialization, {repeat} times): end-to-end {ms(b_beside)}, serialization "
+        f"{ms(json_beside)}: {b_beside / json_beside:.2f}×."
     )
     print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.\n")
     print_checks(
