@@ -154,6 +154,15 @@ class Settings(BaseSettings):
         description="Redis URL of a schedule result cache the API replicas share (e.g. "
         "`redis://redis:6379/2`), behind the in-process one; unset: in-process only.",
     )
+    cache_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=5,
+        description="Longest a request waits for the shared cache's Redis (connecting, a "
+        "free pooled connection, the answer) before it goes on without it (computing, or "
+        "not sharing what it computed); Redis is then left alone for 5 s, so a hung Redis "
+        "costs one request per process every 5 s. Other requests are served meanwhile.",
+    )
     torch_threads: int = Field(
         default=1,
         description="torch intra-op threads in the API process; requests already run in "

@@ -7,7 +7,9 @@ keeps with its other temporary folders); :meth:`Server.wait_ready` polls ``/read
 ``/healthz``) until it answers 200, and a server that exits or stays unready fails the test
 with the tail of its log; :meth:`Server.stop` sends SIGTERM, SIGKILL after a timeout, then
 SIGKILL to any process of its tree that outlived it (uvicorn's ``--workers``, the job
-workers). :func:`serve` does all three around a ``with`` block, for fixtures.
+workers), found by their process group (each process starts a session of its own), so even
+after the server was killed or crashed its orphans are. :func:`serve` does all three around a
+``with`` block, for fixtures.
 """
 
 import contextlib
@@ -52,11 +54,28 @@ class ServerNotReady(RuntimeError):
 def _start_time(pid: int) -> str | None:
     """Return the process's start time (field 22 of /proc/PID/stat), or None once it has
     exited (gone, or a zombie): with the pid it names one process, whatever reuses the pid."""
+    fields = _stat(pid)
+    return None if not fields or fields[0] in ("Z", "X") else fields[19]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Return the fields of /proc/PID/stat after the command's name (the state first), or
+    None once it has exited."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _group(pgid: int) -> list[tuple[int, str]]:
+    """Return (pid, start time) of every living process in the process group ``pgid``,
+    whoever its parent is now (an orphan's is init)."""
+    found: list[tuple[int, str]] = []
+    for entry in Path("/proc").iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            found.append((int(entry.name), fields[19]))
+    return found
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
@@ -76,7 +95,10 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 
 
 class Process:
-    """A child process (run in the repository's root) whose stdout and stderr go to ``log``."""
+    """A child process (run in the repository's root) whose stdout and stderr go to ``log``.
+
+    It leads a session (and process group) of its own, which its children join: whatever it
+    started is found by the group, even once it is gone."""
 
     def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], log: Path):
         self.name = name
@@ -84,8 +106,14 @@ class Process:
         self.env = dict(env)
         with log.open("ab") as handle:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=handle, stderr=subprocess.STDOUT
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+        self.started = _start_time(self.pid)
 
     @property
     def pid(self) -> int:
@@ -112,11 +140,21 @@ class Process:
             self.process.kill()
         self.process.wait()
 
+    def family(self) -> set[tuple[int, str]]:
+        """Return (pid, start time) of the living processes of its group but itself: its
+        descendants, orphaned or not."""
+        leader = _start_time(self.pid)
+        if leader is not None and leader != self.started:
+            return set()  # the pid is another's: the group, and what was in it, are gone
+        return {(pid, t) for pid, t in _group(self.pid) if pid != self.pid}
+
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; then
         SIGKILL any process of its tree still running a few seconds later (a killed uvicorn
-        or Celery leaves its workers). Idempotent."""
-        family = _descendants(self.pid) if self.alive() else []
+        or Celery leaves its workers; one killed before, see :meth:`kill`, left them already).
+        Idempotent."""
+        # with the descendants that left the group, if any (none here do)
+        family = self.family() | set(_descendants(self.pid) if self.alive() else [])
         if self.alive():
             self.process.terminate()
             try:
@@ -126,7 +164,7 @@ class Process:
         self.process.wait()
         deadline = time.monotonic() + 5
         killed = False
-        while left := [(pid, t) for pid, t in family if _start_time(pid) == t]:
+        while left := {(pid, t) for pid, t in family if _start_time(pid) == t} | self.family():
             if time.monotonic() > deadline:
                 if killed:
                     raise AssertionError(f"processes of {self.name} outlived SIGKILL: {left}")

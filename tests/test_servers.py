@@ -41,3 +41,39 @@ def test_stop_kills_a_tree_that_ignores_sigterm(tmp_path):
     tree.stop(timeout=1)
     assert not tree.alive()
     assert _start_time(child) is None, f"{child} outlived stop()"
+
+
+def test_stop_after_kill_leaves_no_orphan(tmp_path):
+    # a parent killed as a crash would be leaves its child to init: stop() still finds it
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    tree = Process("tree", [sys.executable, "-c", script], dict(os.environ), tmp_path / "t.log")
+    deadline = time.monotonic() + 30
+    while not tree.log_text().strip():
+        assert time.monotonic() < deadline, tree.tail()
+        time.sleep(0.05)
+    child = int(tree.log_text().split()[0])
+    tree.kill()
+    assert not tree.alive() and _start_time(child) is not None  # an orphan now
+    tree.stop()
+    assert _start_time(child) is None, f"{child} outlived stop()"
+    assert tree.family() == set()
+
+
+@pytest.mark.slow
+def test_a_killed_server_with_workers_leaves_no_process(tmp_path):
+    server = start_server(tmp_path / "data", {"LRS_JOB_WORKERS": "0"}, flags=["--workers", "2"])
+    try:
+        server.wait_ready("/healthz", timeout=240)
+        workers = _descendants(server.pid)  # uvicorn's 2 and multiprocessing's tracker
+        assert len(workers) >= 2, workers
+        server.kill()
+        time.sleep(1)
+        assert [w for w, started in workers if _start_time(w) == started]  # orphans, alive
+    finally:
+        server.stop()
+    assert [w for w, started in workers if _start_time(w) == started] == []

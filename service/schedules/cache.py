@@ -108,6 +108,15 @@ class ResultCache:
             self._entries.move_to_end(key)
         return entry
 
+    async def aget(self, key: str) -> Entry | None:
+        """:meth:`get`, awaited as :meth:`shared_cache.SharedResultCache.aget` is (the
+        routes use either)."""
+        return self.get(key)
+
+    async def aput(self, key: str, entry: Entry, *, from_loop: bool = False) -> None:
+        """:meth:`put`, awaited as :meth:`shared_cache.SharedResultCache.aput` is."""
+        self.put(key, entry, from_loop=from_loop)
+
     def put(self, key: str, entry: Entry, *, from_loop: bool = False) -> None:
         """Store ``entry``, evicting the least recently used until the budget holds.
 

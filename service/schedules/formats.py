@@ -101,6 +101,16 @@ class _DenseSteps:
 _dense_cache = _DenseSteps(DENSE_STEPS_CACHE_BYTES)
 
 
+def dense_indices(n: int) -> np.ndarray:
+    """Return ``0..n-1`` (int64, read-only): the array :func:`_dense_steps` recognizes by
+    identity where it keeps that length (a caller handing it back saves comparing n values)."""
+    if n < _DENSE_STEPS_MIN:
+        indices = np.arange(n, dtype=np.int64)
+        indices.flags.writeable = False
+        return indices
+    return _dense_cache.get(n)[0]
+
+
 def _dense_steps(indices: np.ndarray) -> tuple[bytes, orjson.Fragment] | None:
     """Return the cached JSON of ``indices`` (bytes and Fragment) when it is ``0..n-1``
     (the unsampled case: the same array for every request of ``n`` steps), else None."""

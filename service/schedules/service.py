@@ -17,7 +17,7 @@ import torch
 
 from service.devices import resolve_device
 from service.errors import InternalError, InvalidSpec, LimitExceeded, ServiceError
-from service.schedules import budget, counters, specs, torch_engine
+from service.schedules import budget, counters, formats, specs, torch_engine
 from service.schedules.caveats import caveats
 from service.schedules.families import hooks as families
 from service.schedules.families import libraries
@@ -25,7 +25,7 @@ from service.schedules.result import Computed
 from service.schedules.vectorized import batch as vectorized_batch
 from service.schedules.vectorized import compile as vectorized
 from service.schedules.vectorized import fast
-from service.schedules.vectorized.evaluation import Program
+from service.schedules.vectorized.evaluation import Program, matches_lr0
 from service.settings import Settings
 
 log = logging.getLogger("service.schedules")
@@ -425,11 +425,11 @@ class _Plan:
         result = None
         if self.fast is not None and self.dense:
             n = self.program.n
-            if self.indices is not None:
-                indices = sched_index = self.indices
-                result = self.fast.evaluate(None)
-            elif n <= DENSE_INDICES_MAX:
+            if n <= DENSE_INDICES_MAX:  # the renderer knows these by identity
                 indices = sched_index = _dense_indices(n)
+                result = self.fast.evaluate(None)
+            elif self.indices is not None:
+                indices = sched_index = self.indices
                 result = self.fast.evaluate(None)
             else:
                 indices = sched_index = np.empty(n, dtype=np.int64)
@@ -476,7 +476,9 @@ shared by every response of that length); longer ones are written by the kernel'
 
 @lru_cache(maxsize=4)
 def _dense_indices(n: int) -> np.ndarray:
-    return _read_only(np.arange(n, dtype=np.int64))
+    # the JSON renderer's own array where it keeps one: it then knows it is 0..n-1 by identity
+    # (not comparing n values per response)
+    return formats.dense_indices(n)
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:
@@ -503,13 +505,16 @@ def _fast_of(program: Program) -> fast.Fast | None:
     points = np.asarray(probes.points, dtype=np.int64)
     values = np.empty((kernel.groups, points.size), dtype=np.float64)
     kernel._sparse(points, values)
-    if not program._matches_lr0(values[:, 0]):
+    read = values.tolist()  # per group, the values at the points (floats, read once)
+    # kernel.lr0: the floats of program.lr0 (what Program._matches_lr0 compares with)
+    if not matches_lr0([row[0] for row in read], kernel.lr0):
         return None
     index = {p: i for i, p in enumerate(probes.points)}
-    if not bool(np.isfinite(values[:, [index[p] for p in probes.finite]]).all()):
+    wanted = [index[p] for p in probes.finite]
+    if not all(math.isfinite(row[i]) for row in read for i in wanted):
         return None
     n = program.n
-    final = program.lr0[:, 0].tolist() if n == 1 else values[:, index[n - 1]].tolist()
+    final = kernel.lr0 if n == 1 else [row[index[n - 1]] for row in read]
     return fast.Fast(program, kernel, [float(v) for v in final])
 
 

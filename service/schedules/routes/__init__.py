@@ -28,11 +28,16 @@ router.include_router(lint.router)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Bound how many schedule computations run at once in worker threads; start the cache;
-    compute one tiny schedule per engine, so the first request pays no first-use imports."""
+    """Bound how many schedule computations run at once in worker threads; start the cache
+    (and close its Redis connections at the end); compute one tiny schedule per engine, so
+    the first request pays no first-use imports."""
     app.state.compute_limiter = anyio.CapacityLimiter(app.state.settings.compute_concurrency)
     # Expensive requests take turns on one thread, so they never hold every compute thread.
     app.state.heavy_limiter = anyio.CapacityLimiter(1)
     app.state.schedule_cache = shared_cache.make_cache(app.state.settings)
     await anyio.to_thread.run_sync(warmup.warm_up, app.state.settings)
-    yield
+    try:
+        yield
+    finally:
+        if isinstance(app.state.schedule_cache, shared_cache.SharedResultCache):
+            await app.state.schedule_cache.aclose()

@@ -290,7 +290,7 @@ async def _respond(
     key = cache.spec_hash(spec, variant, resolve_device(spec.device).type)
     headers = {"ETag": f'"{key}"', "Cache-Control": cache.CACHE_CONTROL, "Vary": "Accept"}
     store: cache.ResultCache = request.app.state.schedule_cache
-    entry = store.get(key)
+    entry = await store.aget(key)
     if cache.etag_matches(if_none_match, headers["ETag"], exists=entry is not None):
         return Response(status_code=304, headers=headers)
     headers["X-Cache"] = "hit" if entry else "miss"
@@ -298,7 +298,7 @@ async def _respond(
         return Response(
             entry.body, media_type=entry.media_type, headers={**entry.headers, **headers}
         )
-    title = plots.plot_title(spec)
+    title = plots.plot_title(spec) if fmt in ("svg", "png") else ""  # only a plot has a title
     with_momentum = "momentum" in spec.include and fmt in ("json", "csv")
     series = spec.n_groups * (2 if with_momentum else 1) + counters.extra_series(spec)
     size = formats.estimated_bytes(fmt, service.count_points(spec), series)
@@ -344,7 +344,7 @@ async def _respond(
             media_type=MEDIA_TYPES[fmt],
             headers={**about, **headers},
         )
-    store.put(key, done, from_loop=inline)
+    await store.aput(key, done, from_loop=inline)
     return Response(done.body, media_type=done.media_type, headers={**done.headers, **headers})
 
 

@@ -105,6 +105,15 @@ class Probes:
     """Step ranges (inclusive) checked densely: user expressions can fail anywhere."""
 
 
+def matches_lr0(values: list[float], lr0: list[float]) -> bool:
+    """Return :meth:`Program._matches_lr0`'s answer for the floats of the closed form at step
+    0 and of the program's lr0 (a caller that has read them already)."""
+    for got, want in zip(values, lr0, strict=True):
+        if not (got == want or abs(got - want) <= 1e-13 * abs(want)):
+            return False
+    return True
+
+
 @dataclass
 class Program:
     """A compiled schedule: the node tree and torch's own state at step 0."""
@@ -142,10 +151,7 @@ class Program:
     def _matches_lr0(self, value: Tensor) -> bool:
         """Return ``torch.allclose(value, lr0, rtol=1e-13, atol=0)`` on Python floats (the
         same float64 arithmetic, without a tensor op per term)."""
-        for got, want in zip(value.tolist(), self.lr0[:, 0].tolist(), strict=True):
-            if not (got == want or abs(got - want) <= 1e-13 * abs(want)):
-                return False
-        return True
+        return matches_lr0(value.tolist(), self.lr0[:, 0].tolist())
 
     def _closed_momentum(self, k: Tensor) -> Tensor | None:
         """Return momentum at sorted ``k``: what the last momentum-cycling scheduler wrote."""

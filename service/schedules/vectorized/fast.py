@@ -27,6 +27,7 @@ finite everywhere (the generic path then decides, by torch's recursion, what to 
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,6 +112,54 @@ def _cos_(values: np.ndarray) -> None:
     torch.from_numpy(values).cos_()
 
 
+FACTORS_MAX_BYTES = 8 << 20
+"""Byte budget of the cached cosine factors (:class:`_Factors`): a hundred 10k-step rows."""
+FACTORS_N_MAX = 1 << 17
+"""Only kernels of at most this many steps cache their factors (a longer schedule's chunks
+would push out every other one, for a saving small beside its own evaluation)."""
+
+
+class _Factors:
+    """``1 + cos(pi * e / T_max)`` (the cosine kernel's shared factor, its one transcendental)
+    by ``T_max`` and the local steps ``e``, least recently used first out past a byte budget.
+
+    Specs of an lr sweep (the common distinct requests) share their T_max and steps, so
+    their factor is computed once; each spec then scales it by its own lr. A cached row is
+    the array the same operations wrote (read-only), so the values are the same bits."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._cached: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = Lock()
+
+    def get(self, key: tuple[object, ...]) -> np.ndarray | None:
+        with self._lock:
+            row = self._cached.get(key)
+            if row is not None:
+                self._cached.move_to_end(key)
+            return row
+
+    def put(self, key: tuple[object, ...], row: np.ndarray) -> None:
+        row.flags.writeable = False
+        with self._lock:
+            if key in self._cached or row.nbytes > self.max_bytes // 4:
+                return
+            self._cached[key] = row
+            self._bytes += row.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._cached.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cached.clear()
+            self._bytes = 0
+
+
+_factors = _Factors(FACTORS_MAX_BYTES)
+
+
 Write = Callable[[Steps, np.ndarray, np.ndarray], None]
 """``write(e, out, tmp)``: write the lr at local steps ``e`` into ``out`` (groups, columns),
 its rows contiguous; ``tmp`` is scratch as long as a row."""
@@ -153,13 +202,26 @@ def _cosine(leaf: Cosine, start: list[float], n: int) -> Fill:
     # [0, 2]; |c * h| <= 2e300 and |eta| <= 1e300
     finite = _within(t_max, eta, *scale) and t_max != 0 and n * math.pi <= 1e15 * abs(t_max)
 
-    def write(e: Steps, out: np.ndarray, tmp: np.ndarray) -> None:
-        h = out[-1]  # 1 + cos(...), shared by the rows, computed in the last one
+    # the factor's operands are finite (``finite``): T_max and the steps decide it alone
+    cached = finite and n <= FACTORS_N_MAX
+
+    def factor(e: Steps, h: np.ndarray) -> np.ndarray:
         np.multiply(_steps_into(e, h), math.pi, out=h)
         np.divide(h, t_max, out=h)
         _cos_(h)
         np.add(h, 1, out=h)
-        for i, row in enumerate(out):  # the last row last: it holds h until then
+        return h
+
+    def write(e: Steps, out: np.ndarray, tmp: np.ndarray) -> None:
+        if cached:
+            key = (t_max, e, out.shape[1]) if isinstance(e, int) else (t_max, e.tobytes())
+            h = _factors.get(key)
+            if h is None:
+                h = factor(e, np.empty(out.shape[1]))
+                _factors.put(key, h)
+        else:
+            h = factor(e, out[-1])  # 1 + cos(...), shared by the rows, in the last one
+        for i, row in enumerate(out):  # the last row last: it may hold h until then
             if halved:
                 np.multiply(half_scale[i], h, out=row)
             else:
@@ -211,19 +273,37 @@ def _linear(leaf: Linear, start: list[float]) -> Fill:
 
 
 def _rows(values: torch.Tensor) -> list[float]:
-    return [float(v) for v in values[:, 0].tolist()]
+    # one tensor op (tolist), not two (a column's view, then tolist)
+    return [float(row[0]) for row in values.tolist()]
 
 
-def _leaf_fill(leaf: Leaf, anchor: torch.Tensor, restarted: bool, n: int) -> Fill | None:
-    """Return the kernel of ``leaf.closed(e, anchor, restarted)``, or None when not covered."""
+class _Reader:
+    """:func:`_rows` of each tensor once (a derived program's leaves and anchor share one)."""
+
+    def __init__(self) -> None:
+        self._read: dict[int, tuple[torch.Tensor, list[float]]] = {}
+
+    def __call__(self, values: torch.Tensor) -> list[float]:
+        found = self._read.get(id(values))
+        if found is None or found[0] is not values:
+            found = self._read[id(values)] = (values, _rows(values))
+        return found[1]
+
+
+def _leaf_fill(
+    leaf: Leaf, anchor: torch.Tensor, restarted: bool, n: int, rows: Callable = _rows
+) -> Fill | None:
+    """Return the kernel of ``leaf.closed(e, anchor, restarted)``, or None when not covered
+    (``rows``: how a (groups, 1) tensor's floats are read)."""
     kind = type(leaf)
-    base = _rows(leaf.base)
+    base = rows(leaf.base)
     if kind is Cosine:
-        if restarted or bool(torch.equal(anchor, leaf.base)):
+        # a derived program's anchor is its leaves' base (one tensor): no comparison needed
+        if restarted or anchor is leaf.base or bool(torch.equal(anchor, leaf.base)):
             return _cosine(leaf, base, n)
         return None
     if kind is Linear:
-        return _linear(leaf, base if restarted else _rows(anchor))
+        return _linear(leaf, base if restarted else rows(anchor))
     if kind is Lambda and not leaf.lambda_field and leaf.fn_keys is not None:
         steps = list(leaf.fn_keys)
         if len(steps) == leaf.groups and all(
@@ -354,8 +434,9 @@ def kernel_of(program: Program) -> Kernel | None:
     if anchor.device.type != "cpu" or program.dampen is not None:
         return None
     pieces: list[_Piece] = []
+    rows = _Reader()
     if isinstance(root, Leaf):
-        fill = _leaf_fill(root, anchor, False, n)
+        fill = _leaf_fill(root, anchor, False, n, rows)
         if fill is None:
             return None
         pieces.append(_Piece(0, n, fill))
@@ -363,7 +444,7 @@ def kernel_of(program: Program) -> Kernel | None:
         for i, seg in enumerate(root.segments):
             if seg.restarted and seg.leaf.relative:
                 return None
-            fill = _leaf_fill(seg.leaf, anchor, seg.restarted, n)
+            fill = _leaf_fill(seg.leaf, anchor, seg.restarted, n, rows)
             if fill is None:
                 return None
             if i and seg.start != root.segments[i - 1].end:
@@ -378,8 +459,8 @@ def kernel_of(program: Program) -> Kernel | None:
         pieces=pieces,
         groups=int(anchor.shape[0]),
         n=n,
-        lr0=_rows(program.lr0),
-        momentum0=None if program.momentum0 is None else _rows(program.momentum0),
+        lr0=rows(program.lr0),
+        momentum0=None if program.momentum0 is None else rows(program.momentum0),
     )
 
 

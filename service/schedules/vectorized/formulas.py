@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from service.schedules.expressions import Expression, ExpressionEvaluationError
@@ -49,7 +50,9 @@ def earliest(*failures: Failure | None) -> Failure | None:
 
 def column(values: list[float], device: torch.device) -> Tensor:
     """Return per-group values as a (groups, 1) float64 tensor."""
-    return torch.tensor([float(v) for v in values], dtype=F64, device=device)[:, None]
+    # from numpy: a third of torch.tensor's time on a list (made per derived spec)
+    out = torch.from_numpy(np.array([float(v) for v in values], dtype=np.float64)[:, None])
+    return out if device.type == "cpu" else out.to(device)
 
 
 def _ones_like(e: Tensor, groups: int) -> Tensor:

@@ -280,3 +280,25 @@ def test_a_stacked_npy_body_is_what_np_save_writes():
     assert stacked_npy(rows) == npy_bytes(np.stack(rows))
     rows32 = [r.astype(np.float32) for r in rows]  # float32 rows are widened, as astype did
     assert stacked_npy(rows32) == npy_bytes(np.stack(rows32).astype(np.float64))
+
+
+def test_an_lr_sweep_sharing_its_cosine_factor_keeps_each_specs_bits():
+    """Specs of one T_max and length share the cached 1 + cos(pi e / T_max) row (each lr
+    scaling it): every spec, sampled or not, gives the generic bits; another T_max, another
+    length or a shifted warmup gets its own row."""
+    fast._factors.clear()
+    bodies = []
+    for lr in (0.1, 0.3, 2.5e-4, 0.0, 1e-250, 1e305):
+        body = warmup_cosine(3000)
+        body["optimizer"] = {"type": "SGD", "lr": lr}
+        bodies += [body, {**body, "sample": {"every": 11}}]
+    bodies += [
+        {**warmup_cosine(3000), "scheduler": {"type": "CosineAnnealingLR", "T_max": 2000}},
+        {**warmup_cosine(3000), "warmup": {"type": "linear", "steps": 45, "start_factor": 0.0}},
+        warmup_cosine(2999),
+        {**warmup_cosine(3000), "param_groups": [{"lr": 0.1}, {"lr": 0.02}]},
+    ]
+    for body in bodies:
+        service.plans.clear()
+        assert_same_bits(body)
+    assert len(fast._factors._cached) > 2  # rows were cached, and reused
