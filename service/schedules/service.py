@@ -492,14 +492,18 @@ def _read_only(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _fast_of(program: Program) -> fast.Fast | None:
+def _fast_of(program: Program, dense: bool = False) -> fast.Fast | None:
     """Return :func:`fast.fast_of`'s answer for ``program``, its probes evaluated by the
     kernel instead of the generic closed form's tensors: where a kernel covers the program,
     it computes the generic closed form's float64 operations in the same order (the fast
     path serves every value on that premise, ``tests/schedules/vectorized/test_fast.py``
     checks it), so the probes' bits are the same, at a fraction of the small tensors' cost.
     The same checks decide: no refused step, no dense check, the closed form at step 0 is
-    torch's lr at step 0, the lr finite where it could first stop being so."""
+    torch's lr at step 0, the lr finite where it could first stop being so.
+
+    ``dense``: the plan evaluates every step ``0..n-1`` (and only so): the probes are then
+    checked on the values each evaluation computes (:class:`fast.DenseChecked`; the generic
+    path decides when they fail)."""
     if program.dampen is not None or program.failure() is not None:
         return None
     probes = program._probes()
@@ -508,6 +512,8 @@ def _fast_of(program: Program) -> fast.Fast | None:
     kernel = fast.kernel_of(program)
     if kernel is None:
         return None
+    if dense and program.n > 0:
+        return fast.DenseChecked(program, kernel, [])
     points = np.asarray(probes.points, dtype=np.int64)
     values = np.empty((kernel.groups, points.size), dtype=np.float64)
     kernel._sparse(points, values)
@@ -662,7 +668,8 @@ def _make_plan(
         request=prep.request,
         device=prep.device,
         program=program,
-        fast=_fast_of(program),
+        # a derived spec's plan (made per request) checks its probes on its dense values
+        fast=_fast_of(program, dense=dense and derived is not None),
         sorted_steps=sorted_steps,
         dense=dense,
         indices=_read_only(prep.indices) if keep else None,
