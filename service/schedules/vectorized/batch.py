@@ -8,7 +8,6 @@ formula is elementwise per row or shared across rows (the step tensor), so one e
 of the stack gives each spec the bits its own evaluation would.
 """
 
-import copy
 import dataclasses
 import math
 import struct
@@ -22,7 +21,7 @@ from service.errors import InvalidSpec, LimitExceeded
 from service.schedules import budget
 from service.schedules.result import Computed
 from service.schedules.vectorized import fast, formulas
-from service.schedules.vectorized.composition import Chained, Node, Sequential
+from service.schedules.vectorized.composition import Chained, Node, Segment, Sequential
 from service.schedules.vectorized.evaluation import Program, _all_finite, as_computed
 from service.schedules.vectorized.formulas import (
     Cosine,
@@ -325,8 +324,11 @@ class LrTemplate:
         base = column([params.lr], device)
 
         def leaf(x: Leaf, fields: tuple[tuple[str, object], ...] = ()) -> Leaf:
-            derived = copy.copy(x)  # its other fields are the spec's (dataclasses.replace is
-            derived.base = base  # ten times slower, and this runs per spec of a batch)
+            # a shallow copy (copy.copy's, without its protocol lookups; dataclasses.replace
+            # is ten times slower, and this runs per spec): its other fields are the spec's
+            derived = object.__new__(type(x))
+            derived.__dict__.update(x.__dict__)
+            derived.base = base
             for name, value in fields:
                 setattr(derived, name, value)
             return derived
@@ -338,10 +340,14 @@ class LrTemplate:
             assert isinstance(p.root, Sequential)
             segments = p.root.segments
             if params.warmup_steps is None or len(segments) != 2:
+                last = len(segments) - 1
                 root = Sequential(
                     [
-                        dataclasses.replace(
-                            s, leaf=leaf(s.leaf, params.main if i == len(segments) - 1 else ())
+                        Segment(
+                            leaf(s.leaf, params.main if i == last else ()),
+                            s.start,
+                            s.end,
+                            s.restarted,
                         )
                         for i, s in enumerate(segments)
                     ]
@@ -357,8 +363,8 @@ class LrTemplate:
                     ramp = _warmup_leaf(ramp, w)
                 root = Sequential(
                     [
-                        dataclasses.replace(warm, leaf=ramp, end=w),
-                        dataclasses.replace(main, leaf=leaf(main.leaf, params.main), start=w),
+                        Segment(ramp, warm.start, w, warm.restarted),
+                        Segment(leaf(main.leaf, params.main), w, main.end, main.restarted),
                     ]
                 )
         first = _leaves(root)[0]  # type: ignore[index]
