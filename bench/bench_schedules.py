@@ -111,6 +111,18 @@ def fresh(body: dict[str, Any]) -> dict[str, Any]:
 # No warm-up runs per case: the server is warmed once, and the torch rows are too slow to repeat.
 median_seconds = functools.partial(harness.median_seconds, warmup=0)
 
+B_WARMUP = 2
+"""Requests of (b) sent before its timed ones, and printed: a fresh server's first 1M-step
+JSON responses pay first-call costs (the 1M steps' cached JSON, the allocator's first large
+buffers, the kernel threads): measured 95-395 ms and 45-150 ms against ~40 ms after."""
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Return the wall time of one ``call``, in seconds."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
 
 def in_process(body: dict[str, Any], engine: str) -> service.Computed:
     request = specs.ScheduleRequest.model_validate({**body, "engine": engine})
@@ -384,6 +396,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--peers-only", action="store_true", help="only the optax/numpy part")
+    parser.add_argument(
+        "--json-1m-only",
+        action="store_true",
+        help="only (b), 1M steps full JSON over HTTP, against its serialization alone",
+    )
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--load-tool", choices=["auto", "wrk", "httpx"], default="auto")
@@ -401,6 +418,10 @@ def main() -> None:
         print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.")
         print("\n### Targets (issue 14)\n")
         print_checks(peer_checks(peers))
+        return
+
+    if args.json_1m_only:
+        json_1m_only(repeat, load_before)
         return
 
     rows: list[tuple[str, str, str, str]] = []
@@ -432,8 +453,15 @@ def main() -> None:
 
         # (b) first, so the peak RSS it causes is measured from a fresh server
         big = warmup_cosine(1_000_000)
+        b_first = [timed(over_http(big)) for _ in range(B_WARMUP)]
         b_http = median_seconds(over_http(big), repeat)
         rss_after_b = peak_rss_mb(server.pid)
+        # (b) and its serialization in turns, so that both meet the same load
+        b_computed = in_process(big, "vectorized")
+        b_turns = [
+            (timed(over_http(big)), timed(lambda: formats.to_json_bytes(b_computed)))
+            for _ in range(repeat)
+        ]
         b_httpx = median_seconds(over_httpx(big), repeat)
         c_http = median_seconds(over_http(big, "?format=npy"), repeat)
         sampled = warmup_cosine(1_000_000, sample={"points": 1000})
@@ -569,6 +597,8 @@ def main() -> None:
             rss=rss_after_b - rss_before,
         )
     load_after = loadavg()
+    b_turn_http = statistics.median(t[0] for t in b_turns)
+    b_turn_json = statistics.median(t[1] for t in b_turns)
 
     print("## Schedules\n")
     print(f"Machine: {machine()}. One uvicorn worker on loopback; medians of {repeat} runs.\n")
@@ -584,14 +614,20 @@ def main() -> None:
         "\nHTTP end-to-end: from sending the request (encoded beforehand) to the last byte of "
         "the response, read by a plain socket client (`raw_post`: it only receives). With "
         f"httpx, which parses the chunked body in Python: (b) {ms(b_httpx)}, (e) JSON "
-        f"{ms(e_httpx)}, (e) npy {ms(e_npy_httpx)}."
+        f"{ms(e_httpx)}, (e) npy {ms(e_npy_httpx)}. (b)'s first {B_WARMUP} requests on the "
+        f"fresh server, not in its median (first-call costs of the 1M path): "
+        + ", ".join(ms(t) for t in b_first)
+        + "."
     )
     print(
         f"\nJSON serialization alone of the 1M-value result: {ms(json_alone)} "
         "(`formats.to_json_bytes`: its steps 0..n-1 are cached JSON, so this is the orjson "
         "dump of the lrs); one plain `orjson.dumps` of the same payload, steps serialized "
         f"too: {ms(json_plain)}. The (b) ratios divide by the first, the stricter. (b) "
-        "end-to-end includes validating and computing the schedule (the in-process column)."
+        "end-to-end includes validating and computing the schedule (the in-process column). "
+        f"(b) and `to_json_bytes` timed in turns ({repeat} times a request, then one "
+        f"serialization, both under the same load): {ms(b_turn_http)} against "
+        f"{ms(b_turn_json)}, {b_turn_http / b_turn_json:.2f}×."
     )
     print(
         f"\n(e) in-process: computing the 1000 specs (validated, stacked by structure) "
@@ -674,6 +710,76 @@ def main() -> None:
                 1.5,
                 "s (≤)",
             ),
+        ]
+    )
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) process ``pid`` has used, in seconds."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def json_1m_only(repeat: int, load_before: str) -> None:
+    """(b) alone: 1M steps full JSON over HTTP as ``main`` measures it (a fresh server, its
+    first :data:`B_WARMUP` requests printed apart, distinct specs, the plain socket client),
+    its serialization alone, and the server's and this client's CPU time per request beside
+    the wall times."""
+    big = warmup_cosine(1_000_000)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-schedules-") as data_dir,
+        harness.server(data_dir) as (base, server),
+    ):
+        httpx.post(f"{base}/v1/schedules/compute", json=fresh(warmup_cosine(1000)))  # warm up
+        walls: list[float] = []
+        cpus: list[tuple[float, float]] = []
+
+        def call() -> None:
+            body = orjson.dumps(fresh(big))
+            theirs, ours = server_cpu_seconds(server.pid), time.process_time()
+            start = time.perf_counter()
+            status, _ = raw_post(base, "/v1/schedules/compute", body)
+            walls.append(time.perf_counter() - start)
+            cpus.append((server_cpu_seconds(server.pid) - theirs, time.process_time() - ours))
+            assert status == 200, status
+
+        for _ in range(B_WARMUP):
+            call()
+        first, walls[:], cpus[:] = walls[:], [], []
+        b_http = median_seconds(call, repeat)
+        computed = in_process(big, "vectorized")
+        # the serialization timed between requests too, in the same minutes as they ran
+        beside: list[float] = []
+        for _ in range(repeat):
+            call()
+            beside.append(timed(lambda: formats.to_json_bytes(computed)))
+        b_beside = statistics.median(walls[repeat:])
+        json_beside = statistics.median(beside)
+    v_1m = median_seconds(lambda: in_process(fresh(big), "vectorized"), repeat)
+    json_alone = median_seconds(lambda: formats.to_json_bytes(computed), repeat)
+    print(f"Machine: {machine()}. Medians of {repeat} runs.\n")
+    print(
+        f"(b) 1M steps, full JSON, HTTP end-to-end: {ms(b_http)} (runs: "
+        + ", ".join(f"{w * 1000:.0f}" for w in walls[:repeat])
+        + " ms; first "
+        + ", ".join(f"{w * 1000:.0f}" for w in first)
+        + " ms on the fresh server, not in the median); server CPU per request "
+        f"{ms(statistics.fmean(c[0] for c in cpus[:repeat]))}, client CPU "
+        f"{ms(statistics.fmean(c[1] for c in cpus[:repeat]))}; compute in-process {ms(v_1m)}; "
+        f"JSON serialization alone {ms(json_alone)}. Interleaved (a request, then one "
+        f"serialization, {repeat} times): end-to-end {ms(b_beside)}, serialization "
+        f"{ms(json_beside)}: {b_beside / json_beside:.2f}×."
+    )
+    print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.\n")
+    print_checks(
+        [
+            (
+                "1M steps full JSON end-to-end (HTTP) ≤ 2× orjson serialization of the payload",
+                b_http / json_alone,
+                2,
+                "× (≤)",
+            )
         ]
     )
 

@@ -349,11 +349,17 @@ def _prepare(request: specs.ScheduleRequest, settings: Settings) -> _Prepared:
     return _prepared(request, _check(request, settings))
 
 
-def _prepared(request: specs.ScheduleRequest, engine: str) -> _Prepared:
+def _prepared(request: specs.ScheduleRequest, engine: str, shared_steps: bool = False) -> _Prepared:
+    """``shared_steps``: an unsampled request without counters takes the shared read-only
+    ``0..n-1`` (:func:`_dense_indices`) as its indices instead of its own array."""
     scaled = apply_batch_scaling(request)
     device = resolve_device(request.device)
     plan = counters.plan(scaled)
-    indices = sample_indices(scaled)
+    n = counters.length(scaled)
+    if shared_steps and plan is None and scaled.sample is None and n <= DENSE_INDICES_MAX:
+        indices = _dense_indices(n)
+    else:
+        indices = sample_indices(scaled)
     steps = None
     columns = indices
     if plan is not None:
@@ -486,14 +492,18 @@ def _read_only(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _fast_of(program: Program) -> fast.Fast | None:
+def _fast_of(program: Program, dense: bool = False) -> fast.Fast | None:
     """Return :func:`fast.fast_of`'s answer for ``program``, its probes evaluated by the
     kernel instead of the generic closed form's tensors: where a kernel covers the program,
     it computes the generic closed form's float64 operations in the same order (the fast
     path serves every value on that premise, ``tests/schedules/vectorized/test_fast.py``
     checks it), so the probes' bits are the same, at a fraction of the small tensors' cost.
     The same checks decide: no refused step, no dense check, the closed form at step 0 is
-    torch's lr at step 0, the lr finite where it could first stop being so."""
+    torch's lr at step 0, the lr finite where it could first stop being so.
+
+    ``dense``: the plan evaluates every step ``0..n-1`` (and only so): the probes are then
+    checked on the values each evaluation computes (:class:`fast.DenseChecked`; the generic
+    path decides when they fail)."""
     if program.dampen is not None or program.failure() is not None:
         return None
     probes = program._probes()
@@ -502,6 +512,8 @@ def _fast_of(program: Program) -> fast.Fast | None:
     kernel = fast.kernel_of(program)
     if kernel is None:
         return None
+    if dense and program.n > 0:
+        return fast.DenseChecked(program, kernel, [])
     points = np.asarray(probes.points, dtype=np.int64)
     values = np.empty((kernel.groups, points.size), dtype=np.float64)
     kernel._sparse(points, values)
@@ -566,8 +578,22 @@ class _Templates:
         )
         return request.model_dump_json(exclude=exclude), params  # type: ignore[arg-type]
 
-    def program(self, prep: _Prepared) -> Program:
+    def verified(self, prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
+        """Return the key of ``prep``'s kind (for :meth:`program`) when that kind's template
+        passed its check (its specs are derived, not compiled), else None."""
         found = self._key(prep)
+        if found is None:
+            return None
+        with self._lock:
+            kind = self._kinds.get(found[0])
+        return found if kind is not None and kind[1] is True else None
+
+    def program(
+        self, prep: _Prepared, found: tuple[str, vectorized_batch.Params] | None = None
+    ) -> Program:
+        """Return ``prep``'s program, derived from its kind's template where it can be
+        (``found``: :meth:`verified`'s answer for ``prep``, when the caller asked it)."""
+        found = found or self._key(prep)
         kind = None
         if found is not None:
             with self._lock:
@@ -612,11 +638,17 @@ LR_TEMPLATES = 64
 lr_templates = _Templates(LR_TEMPLATES)
 
 
-def _make_plan(request: specs.ScheduleRequest, engine: str, cost: int | None = None) -> _Plan:
+def _make_plan(
+    request: specs.ScheduleRequest,
+    engine: str,
+    cost: int | None = None,
+    derived: tuple[_Prepared, tuple[str, vectorized_batch.Params]] | None = None,
+) -> _Plan:
     """Return the plan of ``request``, whose limits were checked (``cost``: its vectorized
-    cost, when the check computed it)."""
-    prep = _prepared(request, engine)
-    program = lr_templates.program(prep)
+    cost, when the check computed it; ``derived``: its prepared request and the key of its
+    verified sweep kind, :func:`_derived_plan`)."""
+    prep = _prepared(request, engine) if derived is None else derived[0]
+    program = lr_templates.program(prep, None if derived is None else derived[1])
     sched = prep.sched_index
     sample = prep.request.sample
     sorted_steps = sample is None or sample.at is None or bool(np.all(sched[1:] >= sched[:-1]))
@@ -636,7 +668,8 @@ def _make_plan(request: specs.ScheduleRequest, engine: str, cost: int | None = N
         request=prep.request,
         device=prep.device,
         program=program,
-        fast=_fast_of(program),
+        # a derived spec's plan (made per request) checks its probes on its dense values
+        fast=_fast_of(program, dense=dense and derived is not None),
         sorted_steps=sorted_steps,
         dense=dense,
         indices=_read_only(prep.indices) if keep else None,
@@ -767,6 +800,9 @@ def compute(
         budget.ensure(settings.compute_max_seconds),
         budget.fallback_gate(partial(ScanAllowance(settings).charge, request)),
     ):
+        plan = _derived_plan(request, settings, found)
+        if plan is not None:
+            return plan.run()
         key = plans.key(request)
         plan = plans.find(key)
         if plan is not None and plan.within(settings):
@@ -786,6 +822,36 @@ def compute(
                 _check_limits(request, engine, settings, sampled=False)
             return plan.run()
         return _torch_computed(_prepared(request, engine), settings)
+
+
+def _derived_plan(
+    request: specs.ScheduleRequest, settings: Settings, found: Checked | None
+) -> _Plan | None:
+    """Return the plan of a vectorized spec whose sweep kind's template passed its check
+    (:class:`_Templates`: its program is derived, not compiled), made without the plans
+    cache: neither keyed (the request in JSON, twice) nor kept, so a sweep's distinct specs
+    (every one new) do not push the compiled plans out of it, each holding its own arrays.
+    None for any other spec (the plans cache's path)."""
+    if found is not None and found.engine != "vectorized":
+        return None
+    if request.metrics or request.param_groups is not None or request.batch_scaling is not None:
+        return None  # never a template's (_Templates._key)
+    prep = _prepared(request, "vectorized", shared_steps=True)
+    kind = lr_templates.verified(prep)
+    if kind is None:
+        return None
+    if found is None:
+        if _check(request, settings) != "vectorized":
+            return None
+        cost = None
+    else:
+        cost = found.cost
+        _check_metrics(request)
+        libraries.check(request)
+    plan = _make_plan(request, "vectorized", cost, (prep, kind))
+    if not plan.within(settings):
+        _check_limits(request, "vectorized", settings, sampled=False)  # compute's 422
+    return plan
 
 
 _VARIED = {

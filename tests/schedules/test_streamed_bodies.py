@@ -103,3 +103,18 @@ def test_the_cached_steps_keep_within_their_byte_budget(monkeypatch):
     assert orjson.loads(formats._dense_steps(big)[0])[-1] == 199_999
     assert 200_000 not in cache._entries
     assert formats._dense_steps(np.arange(1, 5001, dtype=np.int64)) is None  # not 0..n-1
+
+
+def test_steps_known_by_identity_are_only_arrays_that_cannot_change():
+    shared = np.arange(5000, dtype=np.int64)
+    shared.flags.writeable = False  # the compute's shared 0..n-1 of a length
+    for _ in range(2):  # compared once, then known by identity: the same JSON each time
+        assert orjson.loads(formats._dense_steps(shared)[0]) == list(range(5000))
+    assert formats._dense_cache.verified(shared)
+    writable = np.arange(5000, dtype=np.int64)
+    assert formats._dense_steps(writable) is not None
+    assert not formats._dense_cache.verified(writable)
+    writable[10] = 7  # changed after it was found dense: never served the cached steps
+    assert formats._dense_steps(writable) is None
+    view = shared[:]  # a view of a read-only array does not own its data: compared each time
+    assert formats._dense_steps(view) is not None and not formats._dense_cache.verified(view)

@@ -38,7 +38,7 @@ import torch
 
 from service.schedules import budget
 from service.schedules.vectorized.composition import Sequential
-from service.schedules.vectorized.evaluation import Program, _all_finite
+from service.schedules.vectorized.evaluation import Program, _all_finite, matches_lr0
 from service.schedules.vectorized.formulas import Cosine, Lambda, Leaf, Linear
 
 CHUNK = 1 << 15
@@ -337,16 +337,22 @@ class Kernel:
     momentum0: list[float] | None
 
     def evaluate(
-        self, k: np.ndarray | None, steps: np.ndarray | None = None
+        self,
+        k: np.ndarray | None,
+        steps: np.ndarray | None = None,
+        closed0: list[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, bool]:
         """Return lr and momentum (groups, len(k)) at sorted scheduler steps ``k``, and
         whether every lr is finite. ``k`` None: every step ``0..n-1``, and ``steps`` (when
-        given, int64 of n) is filled with them too."""
+        given, int64 of n) is filled with them too, and ``closed0`` (when given) with the
+        closed form's lr at step 0 per group (before torch's lr0 takes its place)."""
         size = self.n if k is None else k.size
         lr = np.empty((self.groups, size), dtype=np.float64)
         if k is None:
             finite = self._dense(lr, steps)
             zeros = 1 if size else 0
+            if closed0 is not None and size:
+                closed0.extend(lr[:, 0].tolist())
         else:
             self._sparse(k, lr)
             finite = self._finite or math.isfinite(float(lr.sum()))
@@ -484,6 +490,32 @@ class Fast:
         if not (finite or bool(np.isfinite(lr).all())):
             return None
         return lr, mom, self.final
+
+
+@dataclass
+class DenseChecked(Fast):
+    """A fast path for every step ``0..n-1`` whose probes are read from its own values: the
+    probes' points are among the steps it evaluates, and the kernel gives a step the same
+    bits wherever it sits, so the checks are :func:`fast_of`'s on the same floats, made after
+    the evaluation instead of before: the closed form at step 0 is torch's lr there (so it is
+    finite), every other value finite (which covers the probes' other points); the final lr
+    is the value at step n-1. ``final`` is not read (each evaluation reads its own)."""
+
+    def evaluate(
+        self, k: np.ndarray | None, steps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, list[float]] | None:
+        if k is not None:  # sampled: the probes decide first
+            raise ValueError("a DenseChecked fast path evaluates every step")
+        budget.check()
+        closed0: list[float] = []
+        lr, mom, finite = self.kernel.evaluate(None, steps, closed0)
+        if not matches_lr0(closed0, self.kernel.lr0):
+            return None
+        if not (finite or bool(np.isfinite(lr).all())):
+            return None
+        n = self.kernel.n
+        final = self.kernel.lr0 if n == 1 else lr[:, n - 1].tolist()
+        return lr, mom, [float(v) for v in final]
 
 
 def fast_of(program: Program) -> Fast | None:

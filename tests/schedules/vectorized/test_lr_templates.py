@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from service.errors import InvalidSpec
 from service.schedules import service, specs
 from service.schedules.vectorized import compile as vectorized
 from service.schedules.vectorized import fast
@@ -160,3 +161,47 @@ def test_a_sweep_of_scheduler_parameters_compiles_twice(compiled, vary):
         got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
         assert_generic_bits(body, got)
     assert len(compiled) == 2 + len(bodies)
+
+
+def test_a_sweeps_derived_specs_leave_the_compiled_plans_cached(compiled):
+    """Once a sweep kind's template passed its check, its specs are derived without the plans
+    cache: a flood of distinct lrs (each spec new) neither compiles nor pushes out the plan
+    another spec compiled, and every derived spec still gives the generic bits."""
+    other = {"scheduler": {"type": "StepLR", "step_size": 7, "gamma": 0.5}, "steps": 300}
+    kept = specs.ScheduleRequest.model_validate(other)
+    service.compute(kept, SETTINGS)
+    sweep = warmup_cosine(2000)
+    for lr in (0.1, 0.2):  # the template, then its check
+        service.compute(specs.ScheduleRequest.model_validate(with_lr(sweep, lr)), SETTINGS)
+    before = len(compiled)
+    for i in range(service.PLAN_CACHE_SIZE + 5):
+        body = with_lr(sweep, 0.3 + i / 1000)
+        got = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+        if i % 16 == 0:
+            assert_generic_bits(body, got)
+    assert len(compiled) == before + len(range(0, service.PLAN_CACHE_SIZE + 5, 16))  # generic()
+    assert service.plans.find(service.plans.key(kept)) is not None
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3000])
+def test_a_derived_spec_checked_on_its_own_values_gives_the_generic_answer(steps):
+    """A derived spec's dense plan checks its probes on the values it computes (not before):
+    lrs whose values overflow (1e308: the generic path's 422), subnormal, zero or huge, and
+    schedules of one and two steps, all get the generic bits and final lr, or its error."""
+    sweep = warmup_cosine(steps)
+    if steps < 3:
+        sweep = {"scheduler": {"type": "CosineAnnealingLR", "T_max": 10}, "steps": steps}
+    for lr in (0.1, 0.2):  # the template, then its check
+        service.compute(specs.ScheduleRequest.model_validate(with_lr(sweep, lr)), SETTINGS)
+    for lr in (0.3, 1e305, 1e308, 5e-324, 0.0, 1e-250):
+        body = with_lr(sweep, lr)
+        request = specs.ScheduleRequest.model_validate(body)
+        try:
+            want = generic(body)
+        except InvalidSpec as exc:
+            with pytest.raises(InvalidSpec) as got:
+                service.compute(request, SETTINGS)
+            assert got.value.detail == exc.detail
+            continue
+        got = service.compute(request, SETTINGS)
+        assert got.lr.tobytes() == want.lr.tobytes() and got.final_lr == want.final_lr
