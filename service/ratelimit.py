@@ -19,12 +19,11 @@ Where the buckets live:
 When Redis does not answer within ``LRS_RATE_LIMIT_TIMEOUT_S`` (100 ms; refused, timed out,
 no connection free in the pool) the request is decided by the process's own bucket instead, a
 warning is logged once per outage and ``lrs_rate_limit_fallback_total`` counts it; Redis is
-then left alone for :data:`BACKOFF_S`, so an outage costs one short wait per process every few
-seconds, never a 5xx, and a client is still held to the setting per process. An emptied or
-restarted Redis starts every bucket full.
+then left alone for a few seconds (:mod:`service.optional_redis`), so an outage costs one
+short wait per process every few seconds, never a 5xx, and a client is still held to the
+setting per process. An emptied or restarted Redis starts every bucket full.
 """
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -32,16 +31,17 @@ import math
 import re
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
-import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics
 from service.errors import PROBLEM_JSON, problem_body
+from service.optional_redis import OptionalRedis
 from service.settings import REDIS_SCHEMES, Settings
 
 log = logging.getLogger("service.ratelimit")
@@ -103,11 +103,6 @@ def caller(scope: Scope, keys: frozenset[str] = frozenset()) -> str:
     return f"ip:{client[0] if client else 'unknown'}"
 
 
-BACKOFF_S = 5.0
-"""After a failure, how long the process decides alone before it tries Redis again."""
-MAX_CONNECTIONS = 32
-"""Redis connections one process keeps at most (a script takes ~0.1 ms of one)."""
-
 GCRA = """
 -- KEYS[1]: the caller's bucket, as the time it is next full (µs on Redis' clock).
 -- ARGV[1]: µs per token (1e6 / per_s), ARGV[2]: the burst. Returns 0 when a token was
@@ -143,58 +138,36 @@ class SharedBuckets:
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: redis.asyncio.Redis | None = None
-        self._script = None
-        self._down_until = 0.0
-        self._down = False
-
-    def _connect(self) -> None:
-        """Make the client on the running event loop (asyncio connections belong to one)."""
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=self.timeout_s,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0),  # no second try: the request falls back at once
+        self._script: AsyncScript | None = None
+        self._redis = OptionalRedis(
+            url,
+            timeout_s,
+            log=log,
+            down="rate limits: Redis did not answer; each process limits alone (its own buckets)",
+            up="rate limits: Redis answers again; the limits are shared again",
+            on_connect=self._register,
         )
-        self._client = redis.asyncio.Redis(connection_pool=pool)
-        self._script = self._client.register_script(GCRA)
-        self._loop = asyncio.get_running_loop()
+
+    @property
+    def _client(self) -> "redis.asyncio.Redis | None":
+        return self._redis.client
+
+    def _register(self, client: "redis.asyncio.Redis") -> None:
+        self._script = client.register_script(GCRA)
 
     async def take(self, key: str, per_s: float, burst: int) -> float | None:
         """Take a token from ``key``'s bucket; return 0 when allowed, else the seconds until
         one is back, or None when Redis did not answer (the caller decides alone)."""
-        now = time.monotonic()
-        if now < self._down_until:
-            return None
-        if self._loop is not asyncio.get_running_loop():
-            self._connect()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                wait_us = await self._script(keys=[self.prefix + key], args=[1e6 / per_s, burst])
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.monotonic() + BACKOFF_S
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "rate limits: Redis did not answer (%s: %s); each process limits alone "
-                    "(its own buckets) and tries Redis again every %g s",
-                    type(exc).__name__,
-                    exc,
-                    BACKOFF_S,
-                )
-            return None
-        if self._down:
-            self._down = False
-            log.warning("rate limits: Redis answers again; the limits are shared again")
-        return int(wait_us) / 1e6
+
+        def ask(_client: "redis.asyncio.Redis") -> Awaitable[Any]:
+            assert self._script is not None
+            return self._script(keys=[self.prefix + key], args=[1e6 / per_s, burst])
+
+        wait_us = await self._redis.call(ask)
+        return None if wait_us is None else int(wait_us) / 1e6
 
     async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = self._loop = None
+        await self._redis.aclose()
 
 
 @dataclass

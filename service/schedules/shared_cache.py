@@ -6,25 +6,19 @@ replica computed is a hit, with the same strong ETag (a hash of the spec, the fo
 versions), on every other; computed entries go to both. Entries expire after a day (the
 ``Cache-Control`` max-age); Redis' own ``maxmemory`` policy bounds the total.
 
-Redis is an optimisation, never a dependency, and never waited for on the event loop: the
-client is :mod:`redis.asyncio`, so a hung Redis holds up the request that asked it, not every
-other request (nor ``/healthz``). A call gives up after ``LRS_CACHE_TIMEOUT_S`` (connecting,
-a free pooled connection, the answer; 250 ms) and, after a failure, Redis is left alone for
-:data:`BACKOFF_S` (a warning once per outage), so an outage costs one short wait per process
-every few seconds and the service keeps answering from its own cache and by computing, as
-the shared rate limits do (:mod:`service.ratelimit`).
+Redis is an optimisation, never a dependency, and never waited for on the event loop
+(:mod:`service.optional_redis`, as the shared rate limits ask it): a hung Redis holds up the
+request that asked it, not every other request (nor ``/healthz``). A call gives up after
+``LRS_CACHE_TIMEOUT_S`` (connecting, a free pooled connection, the answer; 250 ms) and, after
+a failure, Redis is left alone for a few seconds (a warning once per outage), so the service
+keeps answering from its own cache and by computing.
 """
 
-import asyncio
 import logging
-import time
 
 import orjson
-import redis
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from service.optional_redis import OptionalRedis
 from service.schedules import cache
 from service.settings import Settings
 
@@ -32,12 +26,8 @@ log = logging.getLogger("service.schedules")
 
 TIMEOUT_S = 0.25
 """The default of ``LRS_CACHE_TIMEOUT_S``."""
-BACKOFF_S = 5.0
 TTL_S = 86_400
 NAMESPACE = "lrs:schedule:"
-MAX_CONNECTIONS = 32
-"""Redis connections one process keeps at most (a GET or SET of a body takes well under 1 ms
-of one)."""
 
 
 def make_cache(settings: Settings) -> "cache.ResultCache | SharedResultCache":
@@ -55,12 +45,13 @@ class SharedResultCache:
     def __init__(self, local: cache.ResultCache, url: str, timeout_s: float = TIMEOUT_S) -> None:
         self.local = local
         self.max_bytes = local.max_bytes
-        self.url = url
-        self.timeout_s = timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: redis.asyncio.Redis | None = None
-        self._down_until = 0.0
-        self._down = False
+        self._redis = OptionalRedis(
+            url,
+            timeout_s,
+            log=log,
+            down="shared cache: Redis did not answer; local only",
+            up="shared cache: Redis answers again; entries are shared again",
+        )
 
     def __len__(self) -> int:
         return len(self.local)
@@ -92,46 +83,9 @@ class SharedResultCache:
         head = orjson.dumps({"media_type": entry.media_type, "headers": entry.headers})
         await self._call("SET", NAMESPACE + key, head + b"\n" + bytes(entry.body), "EX", TTL_S)
 
-    def _connect(self) -> None:
-        """Make the client on the running event loop (asyncio connections belong to one)."""
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=self.timeout_s,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0),  # no second try: the request goes on without Redis
-        )
-        self._client = redis.asyncio.Redis(connection_pool=pool)
-        self._loop = asyncio.get_running_loop()
-
     async def _call(self, *command: object) -> bytes | None:
-        if time.monotonic() < self._down_until:
-            return None
-        if self._loop is not asyncio.get_running_loop():
-            self._connect()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                answer = await self._client.execute_command(*command)  # type: ignore[union-attr]
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.monotonic() + BACKOFF_S
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "shared cache: Redis did not answer (%s: %s); local only, trying Redis "
-                    "again every %g s",
-                    type(exc).__name__,
-                    exc,
-                    BACKOFF_S,
-                )
-            return None
-        if self._down:
-            self._down = False
-            log.warning("shared cache: Redis answers again; entries are shared again")
-        return answer
+        return await self._redis.call(lambda client: client.execute_command(*command))
 
     async def aclose(self) -> None:
         """Close the client's connections (the lifespan's end)."""
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = self._loop = None
+        await self._redis.aclose()

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import redis
 
-from service.schedules.shared_cache import BACKOFF_S, NAMESPACE
+from service.optional_redis import BACKOFF_S
+from service.schedules.shared_cache import NAMESPACE
 from tests.jobs.cluster import start_redis
 from tests.servers import free_port
 
