@@ -368,12 +368,24 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _rate_limit_url_is_redis(self) -> "Settings":
-        url = self.rate_limit_url
-        if url and url != "local" and not url.startswith(REDIS_SCHEMES):
-            raise ValueError(
-                f"LRS_RATE_LIMIT_URL must be a Redis URL ({', '.join(REDIS_SCHEMES)}) or `local`"
-            )
+    def _redis_urls_parse(self) -> "Settings":
+        """A Redis URL the service would only fail to parse at its first cache miss or
+        limited request (every one then a 500) is refused at start, naming the setting."""
+        from redis.connection import parse_url
+
+        for name, url in (
+            ("LRS_RATE_LIMIT_URL", self.rate_limit_url),
+            ("LRS_CACHE_URL", self.cache_url),
+        ):
+            if not url or (name == "LRS_RATE_LIMIT_URL" and url == "local"):
+                continue
+            also = " or `local`" if name == "LRS_RATE_LIMIT_URL" else ""
+            if not url.startswith(REDIS_SCHEMES):
+                raise ValueError(f"{name} must be a Redis URL ({', '.join(REDIS_SCHEMES)}){also}")
+            try:
+                parse_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{name} is not a Redis URL redis-py can use: {exc}") from None
         return self
 
 

@@ -10,7 +10,8 @@ timeout alone (an event stream lasts as long as its job).
 A streamed body holds its computed schedule and a connection until it is sent, so one client
 may have at most ``LRS_STREAM_MAX_PER_CLIENT`` of them in flight (:class:`StreamCap`, per
 process, the client as the rate limiter sees it): one more is answered 429 with
-``Retry-After`` before it is sent (and, for one schedule, before it is computed); its place
+``Retry-After`` before it is sent (and, for one schedule, before it is computed too: requests
+arriving together may each pass that check and compute, the later ones refused when sent); its place
 is freed when its body is sent, cut or dropped by the client.
 
 Past a limit the connection is **aborted** (closed at once, its unsent bytes dropped, the

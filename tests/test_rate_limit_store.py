@@ -63,6 +63,16 @@ def test_where_the_buckets_live_follows_the_settings(tmp_path):
         Settings(data_dir=tmp_path, rate_limit_url="http://redis:6379")
 
 
+@pytest.mark.parametrize("name", ["cache_url", "rate_limit_url"])
+def test_a_redis_url_that_does_not_parse_is_refused_at_start(tmp_path, name):
+    """Not at the first cache miss or limited request (each one a 500 then)."""
+    setting = "LRS_" + name.upper()
+    with pytest.raises(ValidationError, match=f"{setting} must be a Redis URL"):
+        Settings(data_dir=tmp_path, **{name: "localhost:6379"})
+    with pytest.raises(ValidationError, match=f"{setting} is not a Redis URL.*notaport"):
+        Settings(data_dir=tmp_path, **{name: "redis://localhost:notaport/0"})
+
+
 def test_in_process_buckets_are_per_replica(tmp_path):
     """Without a shared store (the default) each process has its own buckets: a client
     alternating between two gets the burst from each."""

@@ -768,7 +768,11 @@ class ScanAllowance:
         self.left = self.limit
 
     def charge(self, request: specs.ScheduleRequest) -> None:
-        """Take the scan of ``request`` from the allowance, or raise LimitExceeded."""
+        """Take the scan of ``request`` from the allowance, or raise LimitExceeded. A request
+        priced at every step (not sampled) is not charged: its price is of the same order
+        as the scan's, which stops at LRS_COMPUTE_MAX_SECONDS, as it always did."""
+        if budget.evaluated_steps(request) is None:
+            return
         price = budget.scan_cost(request)
         if price.total > self.left:
             spent = self.limit - self.left
