@@ -377,6 +377,8 @@ PLAN_CACHE_SIZE = 64
 """Compiled vectorized plans kept (least recently used dropped)."""
 PLAN_INDICES_MAX = 1 << 16
 """A plan keeps its step arrays up to this many values (larger ones are made per call)."""
+DERIVED_PLANS = 32
+"""Plans of derived specs (a verified sweep kind's, :func:`_derived_plan`) kept, apart."""
 PLAN_KEY_MAX = 1 << 14
 """A plan whose key (the request as given and as validated, in JSON) is longer is not kept."""
 
@@ -552,10 +554,12 @@ class _Templates:
 
     @staticmethod
     def _key(prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
-        request = prep.request
+        return None if prep.plan is not None else _Templates._request_key(prep.request)
+
+    @staticmethod
+    def _request_key(request: specs.ScheduleRequest) -> tuple[str, vectorized_batch.Params] | None:
+        """The key of ``request``'s kind (counters aside: the caller rules them out)."""
         if request.metrics or request.param_groups is not None or request.batch_scaling is not None:
-            return None
-        if prep.plan is not None:
             return None
         lr = float(request.optimizer.lr)
         if lr == 0.0 and math.copysign(1.0, lr) < 0:  # -0.0: torch keeps its sign; compiled
@@ -578,10 +582,15 @@ class _Templates:
         )
         return request.model_dump_json(exclude=exclude), params  # type: ignore[arg-type]
 
-    def verified(self, prep: _Prepared) -> tuple[str, vectorized_batch.Params] | None:
-        """Return the key of ``prep``'s kind (for :meth:`program`) when that kind's template
-        passed its check (its specs are derived, not compiled), else None."""
-        found = self._key(prep)
+    def verified(
+        self, request: specs.ScheduleRequest
+    ) -> tuple[str, vectorized_batch.Params] | None:
+        """Return the key of ``request``'s kind (for :meth:`program`) when that kind's
+        template passed its check (its specs are derived, not compiled), else None (and for
+        a request with counters or batch scaling, whose prepared request differs)."""
+        if counters.requested(request):
+            return None
+        found = self._request_key(request)
         if found is None:
             return None
         with self._lock:
@@ -710,6 +719,7 @@ class _Plans:
     def __init__(self, size: int) -> None:
         self.size = size
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._derived: OrderedDict[tuple[str, str, bool], _Plan] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -743,9 +753,28 @@ class _Plans:
         key = self.key(request)
         return self.find(key) or self.make(key, request, engine)
 
+    def find_derived(self, key: tuple[str, str, bool]) -> _Plan | None:
+        """Return the kept plan of a derived spec (:func:`_derived_plan`), or None."""
+        with self._lock:
+            plan = self._derived.get(key)
+            if plan is not None:
+                self._derived.move_to_end(key)
+            return plan
+
+    def keep_derived(self, key: tuple[str, str, bool], plan: _Plan) -> None:
+        """Keep a derived spec's plan among the DERIVED_PLANS last ones (apart from the
+        compiled plans: a sweep's flood of new specs never pushes those out)."""
+        if plan.counted is not None or len(key[0]) > PLAN_KEY_MAX:
+            return
+        with self._lock:
+            self._derived[key] = plan
+            while len(self._derived) > DERIVED_PLANS:
+                self._derived.popitem(last=False)
+
     def clear(self) -> None:
         with self._lock:
             self._plans.clear()
+            self._derived.clear()
         lr_templates.clear()
 
 
@@ -838,12 +867,16 @@ def _derived_plan(
     None for any other spec (the plans cache's path)."""
     if found is not None and found.engine != "vectorized":
         return None
-    if request.metrics or request.param_groups is not None or request.batch_scaling is not None:
-        return None  # never a template's (_Templates._key)
-    prep = _prepared(request, "vectorized", shared_steps=True)
-    kind = lr_templates.verified(prep)
+    kind = lr_templates.verified(request)
     if kind is None:
         return None
+    # the same spec again (a derived plan is kept in a small LRU of its own): what the plan
+    # holds is the kind's key, the varied values (by their repr: -0.0 is not 0.0) and
+    # whether the lr was given (the warnings say when it was not)
+    key = (kind[0], repr(kind[1]), "lr" in request.optimizer.model_fields_set)
+    plan = plans.find_derived(key)
+    if plan is not None and plan.within(settings):
+        return plan
     if found is None:
         if _check(request, settings) != "vectorized":
             return None
@@ -852,9 +885,11 @@ def _derived_plan(
         cost = found.cost
         _check_metrics(request)
         libraries.check(request)
+    prep = _prepared(request, "vectorized", shared_steps=True)
     plan = _make_plan(request, "vectorized", cost, (prep, kind))
     if not plan.within(settings):
         _check_limits(request, "vectorized", settings, sampled=False)  # compute's 422
+    plans.keep_derived(key, plan)
     return plan
 
 

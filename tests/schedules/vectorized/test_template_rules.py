@@ -107,3 +107,27 @@ def test_an_lr_of_negative_zero_after_a_sweep_keeps_its_sign():
         service.compute(cosine(lr, 9, warmup), SETTINGS)
     got = service.compute(cosine(-0.0, 9, warmup), SETTINGS)
     check(got, -0.0, 9, warmup)
+
+
+def test_a_derived_spec_again_is_the_same_answer():
+    """A sweep kind once verified, its specs are derived, and the same spec again is served
+    by its kept plan (apart from the compiled plans): the same bits as a freshly compiled
+    program's, for the lr given or left to its default (0.1), and -0.0 never served 0.0's."""
+
+    def cosine(lr: float | None, eta_min: float = 0.0) -> specs.ScheduleRequest:
+        raw = body(0.1 if lr is None else lr, 90, None)
+        raw["scheduler"]["eta_min"] = eta_min
+        if lr is None:
+            del raw["optimizer"]["lr"]
+        return specs.ScheduleRequest.model_validate(raw)
+
+    for lr in (0.3, 0.2, 0.1, 0.1, None, None):
+        out = service.compute(cosine(lr), SETTINGS)
+        want = generic(cosine(lr).model_dump(exclude_unset=True))
+        assert out.lr.tobytes() == want.lr.tobytes(), lr
+        assert out.warnings == service.compute(cosine(lr), Settings()).warnings
+    assert service.plans._derived, "the derived path was not taken"
+    for eta_min in (0.0, -0.0, 0.0, -0.0):
+        out = service.compute(cosine(0.2, eta_min), SETTINGS)
+        want = generic(cosine(0.2, eta_min).model_dump(exclude_unset=True))
+        assert out.lr.tobytes() == want.lr.tobytes(), eta_min
