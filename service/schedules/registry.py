@@ -57,6 +57,14 @@ class SchedulerBase(SpecModel):
     """Example specs for the catalog and the OpenAPI page (the first is the main one)."""
     example_request: ClassVar[dict[str, Any]] = {}
     """The catalog example's other request fields (``steps`` is 200 unless given here)."""
+    metric_driven: ClassVar[bool] = False
+    """Driven by the request's metrics (a plateau schedule; a family may say so per spec)."""
+    dense_check: ClassVar[bool] = False
+    """Its vectorized evaluation checks every step (the cost model counts every one)."""
+    reads_lr_scale: ClassVar[bool] = False
+    """It reads its group's lr scale (timm's schedulers)."""
+    # (declared here, so that the many ``getattr(spec, name, default)`` on the hot path find
+    # them on the class: on a pydantic model a missing attribute costs ~2 us, an exception)
     cost_per_step: ClassVar[float] = 12.0
     """The vectorized cost model's weight (about 1 ns of CPU each: ``bench/bench_cost.py``
     measures them) per scheduler step of this closed form, whatever the param groups (what
