@@ -377,6 +377,8 @@ PLAN_CACHE_SIZE = 64
 """Compiled vectorized plans kept (least recently used dropped)."""
 PLAN_INDICES_MAX = 1 << 16
 """A plan keeps its step arrays up to this many values (larger ones are made per call)."""
+DerivedKey = tuple[str, vectorized_batch.Params, tuple[float, ...], bool]
+"""A derived spec's plan's key (:func:`_derived_plan`)."""
 DERIVED_PLANS = 32
 """Plans of derived specs (a verified sweep kind's, :func:`_derived_plan`) kept, apart."""
 PLAN_KEY_MAX = 1 << 14
@@ -719,7 +721,7 @@ class _Plans:
     def __init__(self, size: int) -> None:
         self.size = size
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
-        self._derived: OrderedDict[tuple[str, str, bool], _Plan] = OrderedDict()
+        self._derived: OrderedDict[DerivedKey, _Plan] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -753,7 +755,7 @@ class _Plans:
         key = self.key(request)
         return self.find(key) or self.make(key, request, engine)
 
-    def find_derived(self, key: tuple[str, str, bool]) -> _Plan | None:
+    def find_derived(self, key: DerivedKey) -> _Plan | None:
         """Return the kept plan of a derived spec (:func:`_derived_plan`), or None."""
         with self._lock:
             plan = self._derived.get(key)
@@ -761,7 +763,7 @@ class _Plans:
                 self._derived.move_to_end(key)
             return plan
 
-    def keep_derived(self, key: tuple[str, str, bool], plan: _Plan) -> None:
+    def keep_derived(self, key: DerivedKey, plan: _Plan) -> None:
         """Keep a derived spec's plan among the DERIVED_PLANS last ones (apart from the
         compiled plans: a sweep's flood of new specs never pushes those out)."""
         if plan.counted is not None or len(key[0]) > PLAN_KEY_MAX:
@@ -871,9 +873,12 @@ def _derived_plan(
     if kind is None:
         return None
     # the same spec again (a derived plan is kept in a small LRU of its own): what the plan
-    # holds is the kind's key, the varied values (by their repr: -0.0 is not 0.0) and
-    # whether the lr was given (the warnings say when it was not)
-    key = (kind[0], repr(kind[1]), "lr" in request.optimizer.model_fields_set)
+    # holds is the kind's key, the varied values (with the signs of their zeros: -0.0 ==
+    # 0.0; the lr is never -0.0 in a kind) and whether the lr was given (the warnings say
+    # when it was not)
+    params = kind[1]
+    zeros = tuple(math.copysign(1.0, value) for _, value in params.main if value == 0)
+    key = (kind[0], params, zeros, "lr" in request.optimizer.model_fields_set)
     plan = plans.find_derived(key)
     if plan is not None and plan.within(settings):
         return plan

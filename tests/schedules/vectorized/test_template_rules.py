@@ -112,7 +112,8 @@ def test_an_lr_of_negative_zero_after_a_sweep_keeps_its_sign():
 def test_a_derived_spec_again_is_the_same_answer():
     """A sweep kind once verified, its specs are derived, and the same spec again is served
     by its kept plan (apart from the compiled plans): the same bits as a freshly compiled
-    program's, for the lr given or left to its default (0.1), and -0.0 never served 0.0's."""
+    program's, for the lr given or left to its default (0.1); an eta_min of -0.0 and of 0.0
+    each get their own (-0.0 == 0.0: the key holds a zero's sign)."""
 
     def cosine(lr: float | None, eta_min: float = 0.0) -> specs.ScheduleRequest:
         raw = body(0.1 if lr is None else lr, 90, None)
