@@ -80,15 +80,16 @@ class ScanRefused(LimitExceeded):
     its request, or for its slot alone in a batch)."""
 
 
-_fallback_gate: ContextVar[Callable[[], None] | None] = ContextVar(
+_fallback_gate: ContextVar[Callable[[bool], None] | None] = ContextVar(
     "schedule_fallback_gate", default=None
 )
 
 
 @contextmanager
-def fallback_gate(gate: Callable[[], None] | None) -> Iterator[None]:
+def fallback_gate(gate: Callable[[bool], None] | None) -> Iterator[None]:
     """Make ``gate`` what :func:`before_fallback_scan` calls for the duration of the block:
-    it raises LimitExceeded when the request may not pay for the scan over every step."""
+    it raises LimitExceeded when the request may not pay for the scan over every step (its
+    argument: the maps turned out additive, the scan's log2(steps) passes to pay)."""
     token = _fallback_gate.set(gate)
     try:
         yield
@@ -96,15 +97,16 @@ def fallback_gate(gate: Callable[[], None] | None) -> Iterator[None]:
         _fallback_gate.reset(token)
 
 
-def before_fallback_scan() -> None:
-    """Called by the vectorized engine before a closed form falls back to the affine scan
-    over every step (its values at run time were not finite where the probes did not look,
-    or it does not start at torch's lr): the scan was not what the request was priced at, so
-    the current gate prices it now and refuses it (LimitExceeded) when it is over the limit,
-    before any of it runs."""
+def before_fallback_scan(additive: bool = False) -> None:
+    """Called by the vectorized engine when a closed form falls back to the affine scan over
+    every step (its values at run time were not finite where the probes did not look, or it
+    does not start at torch's lr), and again once the scan's maps are known to be additive
+    (``additive``: log2(steps) passes over every value, not one running product). The scan
+    was not what the request was priced at, so the current gate prices it now and refuses
+    it (LimitExceeded) when it is over the limit, before that part runs."""
     gate = _fallback_gate.get()
     if gate is not None:
-        gate()
+        gate(additive)
 
 
 def check_cancelled() -> None:
@@ -335,24 +337,25 @@ def evaluated_steps(request: specs.ScheduleRequest) -> int | None:
     return evaluated
 
 
-FALLBACK_SCAN_OPS = 2
-"""Weight per value, per log2(steps) and per scheduler of the affine scan a closed form falls
-back to (:func:`scan_cost`; measured, CPU time, one torch thread, load 0.5: a cosine 1-2 per
-log2 step at 1M steps x 1-16 groups, a SequentialLR of 5, 7-15: 1.5-3 per scheduler)."""
+FALLBACK_PRODUCT_OPS = 12
+"""Weight per value of the affine scan a closed form falls back to when its maps are
+multiplicative (one running product: measured 10 ns a value at 1M steps x 16 groups, CPU)."""
 
 
-def scan_cost(request: specs.ScheduleRequest) -> Cost:
-    """Return the vectorized cost of ``request`` evaluated by the affine scan over every step
-    (what a closed form falls back to at run time, :func:`before_fallback_scan`): its price
-    at every step plus the scan's, steps × groups × schedulers × FALLBACK_SCAN_OPS ×
-    log2(steps) (a ChainedScheduler's price already is its scan's)."""
+def scan_cost(request: specs.ScheduleRequest, additive: bool = False) -> Cost:
+    """Return the vectorized cost of the affine scan over every step that ``request``'s
+    closed form falls back to (:func:`before_fallback_scan`): its price at every step (the
+    maps) plus a running product's, steps × groups × FALLBACK_PRODUCT_OPS; ``additive``:
+    the log2(steps) passes of additive maps instead, steps × groups × CHAIN_SCAN_OPS ×
+    log2(steps), as a ChainedScheduler's (measured 14-18 a value per pass)."""
     every = cost(request, "vectorized")
     steps, groups = request.scheduler_steps, request.n_groups
-    if isinstance(request.scheduler, specs.ChainedScheduler) or steps <= 1:
+    if steps <= 1:
         return every
-    log_steps = math.ceil(math.log2(steps))
-    scan = steps * groups * every.schedulers * FALLBACK_SCAN_OPS * log_steps
-    return replace(every, total=every.total + scan)
+    if additive:
+        scan = steps * groups * CHAIN_SCAN_OPS * math.ceil(math.log2(steps))
+        return replace(every, total=scan)
+    return replace(every, total=every.total + steps * groups * FALLBACK_PRODUCT_OPS)
 
 
 def cost(request: specs.ScheduleRequest, engine: str, *, sampled: bool = False) -> Cost:

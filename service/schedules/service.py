@@ -798,16 +798,17 @@ class ScanAllowance:
         self.limit = settings.vectorized_max_cost
         self.left = self.limit
 
-    def charge(self, request: specs.ScheduleRequest) -> None:
-        """Take the scan of ``request`` from the allowance, or raise LimitExceeded. A request
-        priced at every step (not sampled) is not charged: its price is of the same order
-        as the scan's, which stops at LRS_COMPUTE_MAX_SECONDS, as it always did."""
-        if budget.evaluated_steps(request) is None:
+    def charge(self, request: specs.ScheduleRequest, additive: bool = False) -> None:
+        """Take the scan of ``request`` from the allowance, or raise LimitExceeded: first its
+        maps and a running product (not for a request priced at every step: it paid for
+        about as much), then, once its maps are known to be additive, the log2(steps)
+        passes over every value (for every request: those are several times its price)."""
+        if not additive and budget.evaluated_steps(request) is None:
             return
-        price = budget.scan_cost(request)
+        price = budget.scan_cost(request, additive)
         if price.total > self.left:
             spent = self.limit - self.left
-            others = f"; the batch's scans before it cost {spent}" if spent else ""
+            others = f"; the scans before it in this batch cost {spent}" if spent else ""
             raise budget.ScanRefused(
                 "this request's closed form is not finite at some of the steps it evaluates "
                 "(or does not start at torch's lr), so torch's recursion over every step, an "
@@ -932,7 +933,7 @@ def _compute_many(
 ) -> list[Computed | ServiceError]:
     out: list[Computed | ServiceError | None] = [None] * len(requests)
     jobs: list[tuple[Program, np.ndarray]] = []
-    gates: list[Callable[[], None]] = []
+    gates: list[Callable[[bool], None]] = []
     owners: list[tuple[int, _Prepared]] = []
     templates = _Templates(max(1, len(requests)))
     scans = ScanAllowance(settings)

@@ -135,7 +135,7 @@ class _StackNeedsScan(Exception):
     """A stacked closed form would fall back to the scan over every step."""
 
 
-def _refuse_stacked_scan() -> None:
+def _refuse_stacked_scan(additive: bool = False) -> None:
     raise _StackNeedsScan
 
 
@@ -221,7 +221,7 @@ def _kernel_result(program: Program, steps: np.ndarray) -> Computed | None:
 
 
 def run_many(
-    jobs: list[tuple[Program, np.ndarray]], gates: list[Callable[[], None]] | None = None
+    jobs: list[tuple[Program, np.ndarray]], gates: list[Callable[[bool], None]] | None = None
 ) -> list[Computed | InvalidSpec | LimitExceeded]:
     """Return each compiled program's result at its scheduler steps, in order.
 

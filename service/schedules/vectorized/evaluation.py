@@ -240,7 +240,7 @@ class Program:
             return self._by_scan(k)  # a ChainedScheduler: priced as its scan
         if values is None or not self._matches_lr0(values[:, 0]):
             budget.before_fallback_scan()
-            return self._by_scan(k)
+            return self._by_scan(k, fallback=True)
         budget.check()
         lr = self._closed(k)
         assert lr is not None
@@ -258,19 +258,20 @@ class Program:
         if not ok:
             # torch's recursion (the scan), not the closed form, decides the first step
             budget.before_fallback_scan()
-            return self._by_scan(k)
+            return self._by_scan(k, fallback=True)
         return lr, self._closed_momentum(k), final.reshape(-1)
 
-    def _by_scan(self, k: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _by_scan(self, k: Tensor, fallback: bool = False) -> tuple[Tensor, Tensor | None, Tensor]:
         """Return the values at ``k`` from the affine scan over every step; raise InvalidSpec
         naming the first (step, group) whose lr is not finite."""
-        full, mom = self.dense()
+        full, mom = self.dense(fallback)
         if not _all_finite(full):
             raise torch_engine.not_finite((~torch.isfinite(full)).cpu().numpy())
         return full[:, k], None if mom is None else mom[:, k], full[:, -1]
 
-    def dense(self) -> tuple[Tensor, Tensor | None]:
-        """Return lr (and momentum) at every scheduler step 0..n-1 by the affine scan."""
+    def dense(self, fallback: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Return lr (and momentum) at every scheduler step 0..n-1 by the affine scan
+        (``fallback``: a closed form's, priced as it goes, :func:`budget.before_fallback_scan`)."""
         size = self.n - 1
         k = torch.arange(1, size + 1, device=self.device)
         root = self.root
@@ -281,6 +282,9 @@ class Program:
         budget.check()
         a, b = root.maps(k)
         budget.check()
+        if fallback and bool((b != 0).any()):
+            # additive maps: log2(steps) passes over every value, priced now
+            budget.before_fallback_scan(additive=True)
         groups = self.lr0.shape[0]
         lr = _affine_scan(self.lr0, a.expand(groups, -1), b.expand(groups, -1))
         mom = None
