@@ -4,6 +4,7 @@ said, and leaves no process behind."""
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,6 +23,18 @@ def test_a_server_that_exits_fails_the_wait_with_its_log_tail(tmp_path):
     server.stop()  # again: nothing to do
 
 
+def _tree(
+    script: str, tmp_path, ready: Callable[[Process], bool] = lambda tree: True
+) -> tuple[Process, int]:
+    """Start ``script`` (which prints its child's pid) as a Process; return it and the pid."""
+    tree = Process("tree", [sys.executable, "-c", script], dict(os.environ), tmp_path / "t.log")
+    deadline = time.monotonic() + 30
+    while not (tree.log_text().strip() and ready(tree)):
+        assert time.monotonic() < deadline, tree.tail()
+        time.sleep(0.05)
+    return tree, int(tree.log_text().split()[0])
+
+
 def test_stop_kills_a_tree_that_ignores_sigterm(tmp_path):
     # a parent and its child both ignore SIGTERM (as a stuck server and a worker would)
     script = (
@@ -32,12 +45,7 @@ def test_stop_kills_a_tree_that_ignores_sigterm(tmp_path):
         "print(child.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    tree = Process("tree", [sys.executable, "-c", script], dict(os.environ), tmp_path / "t.log")
-    deadline = time.monotonic() + 30
-    while not (tree.log_text().strip() and _descendants(tree.pid)):
-        assert time.monotonic() < deadline, tree.tail()
-        time.sleep(0.05)
-    child = int(tree.log_text().split()[0])
+    tree, child = _tree(script, tmp_path, lambda tree: bool(_descendants(tree.pid)))
     tree.stop(timeout=1)
     assert not tree.alive()
     assert _start_time(child) is None, f"{child} outlived stop()"
@@ -51,12 +59,7 @@ def test_stop_after_kill_leaves_no_orphan(tmp_path):
         "print(child.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    tree = Process("tree", [sys.executable, "-c", script], dict(os.environ), tmp_path / "t.log")
-    deadline = time.monotonic() + 30
-    while not tree.log_text().strip():
-        assert time.monotonic() < deadline, tree.tail()
-        time.sleep(0.05)
-    child = int(tree.log_text().split()[0])
+    tree, child = _tree(script, tmp_path)
     tree.kill()
     assert not tree.alive() and _start_time(child) is not None  # an orphan now
     tree.stop()
