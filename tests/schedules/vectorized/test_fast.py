@@ -81,17 +81,22 @@ def generic(body: dict[str, Any]) -> service.Computed:
     return program.result(k)
 
 
-def assert_same_bits(body: dict[str, Any]) -> service.Computed:
+def assert_generic_bits(body: dict[str, Any], got: service.Computed) -> None:
+    """``got`` has the bits of the generic evaluation of ``body`` (lr, final lr, momentum)."""
     want = generic(body)
+    assert got.lr.tobytes() == want.lr.tobytes()
+    assert got.final_lr == want.final_lr
+    if want.momentum is None:
+        assert got.momentum is None
+    else:
+        assert got.momentum is not None and got.momentum.tobytes() == want.momentum.tobytes()
+
+
+def assert_same_bits(body: dict[str, Any]) -> service.Computed:
     request = specs.ScheduleRequest.model_validate(body)
     for _ in range(2):  # the plan compiled, then reused
         got = service.compute(request, SETTINGS)
-        assert got.lr.tobytes() == want.lr.tobytes()
-        assert got.final_lr == want.final_lr
-        if want.momentum is None:
-            assert got.momentum is None
-        else:
-            assert got.momentum is not None and got.momentum.tobytes() == want.momentum.tobytes()
+        assert_generic_bits(body, got)
     return got
 
 

@@ -16,7 +16,12 @@ from service.schedules.vectorized import compile as vectorized
 from service.schedules.vectorized import fast
 from service.settings import Settings
 from tests.schedules.test_vectorized import PARITY
-from tests.schedules.vectorized.test_fast import COMMON, generic, warmup_cosine
+from tests.schedules.vectorized.test_fast import (
+    COMMON,
+    assert_generic_bits,
+    generic,
+    warmup_cosine,
+)
 
 SETTINGS = Settings()
 
@@ -46,16 +51,6 @@ def compiled(monkeypatch) -> list[int]:
 def with_lr(body: dict[str, Any], lr: float) -> dict[str, Any]:
     optimizer = {"type": "SGD", "momentum": 0.9, **body.get("optimizer", {}), "lr": lr}
     return {**body, "optimizer": optimizer}
-
-
-def assert_generic_bits(body: dict[str, Any], got: service.Computed) -> None:
-    want = generic(body)
-    assert got.lr.tobytes() == want.lr.tobytes()
-    assert got.final_lr == want.final_lr
-    if want.momentum is None:
-        assert got.momentum is None
-    else:
-        assert got.momentum is not None and got.momentum.tobytes() == want.momentum.tobytes()
 
 
 @pytest.mark.parametrize(

@@ -111,24 +111,26 @@ def test_an_lr_of_negative_zero_after_a_sweep_keeps_its_sign():
 
 def test_a_derived_spec_again_is_the_same_answer():
     """A sweep kind once verified, its specs are derived, and the same spec again is served
-    by its kept plan (apart from the compiled plans): the same bits as a freshly compiled
-    program's, for the lr given or left to its default (0.1); an eta_min of -0.0 and of 0.0
-    each get their own (-0.0 == 0.0: the key holds a zero's sign)."""
+    by its kept plan (apart from the compiled plans): the bits of a freshly compiled program
+    and the values and warnings of real torch (the torch engine), for the lr given or left to
+    its default (0.1); an eta_min of -0.0 and of 0.0 each get their own (-0.0 == 0.0: the key
+    holds a zero's sign)."""
 
-    def cosine(lr: float | None, eta_min: float = 0.0) -> specs.ScheduleRequest:
-        raw = body(0.1 if lr is None else lr, 90, None)
+    def cosine(lr: float | None, eta_min: float = 0.0, engine: str = "vectorized") -> Any:
+        raw = body(0.1 if lr is None else lr, 90, None, engine)
         raw["scheduler"]["eta_min"] = eta_min
         if lr is None:
             del raw["optimizer"]["lr"]
-        return specs.ScheduleRequest.model_validate(raw)
+        return raw
 
-    for lr in (0.3, 0.2, 0.1, 0.1, None, None):
-        out = service.compute(cosine(lr), SETTINGS)
-        want = generic(cosine(lr).model_dump(exclude_unset=True))
-        assert out.lr.tobytes() == want.lr.tobytes(), lr
-        assert out.warnings == service.compute(cosine(lr), Settings()).warnings
+    cases = [(lr, 0.0) for lr in (0.3, 0.2, 0.1, 0.1, None, None)]
+    cases += [(0.2, eta_min) for eta_min in (0.0, -0.0, 0.0, -0.0)]
+    for lr, eta_min in cases:
+        out = service.compute(specs.ScheduleRequest.model_validate(cosine(lr, eta_min)), SETTINGS)
+        raw = cosine(lr, eta_min, "torch")
+        real = service.compute(specs.ScheduleRequest.model_validate(raw), SETTINGS)
+        assert_close(real.lr, out.lr)
+        assert out.warnings == real.warnings, (lr, eta_min)
+        want = generic(cosine(lr, eta_min))
+        assert out.lr.tobytes() == want.lr.tobytes(), (lr, eta_min)
     assert service.plans._derived, "the derived path was not taken"
-    for eta_min in (0.0, -0.0, 0.0, -0.0):
-        out = service.compute(cosine(0.2, eta_min), SETTINGS)
-        want = generic(cosine(0.2, eta_min).model_dump(exclude_unset=True))
-        assert out.lr.tobytes() == want.lr.tobytes(), eta_min
