@@ -721,6 +721,12 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_page_faults(pid: int) -> int:
+    """Return the minor page faults process ``pid`` has taken (pages the kernel gave it)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[7])
+
+
 def json_1m_only(repeat: int, load_before: str) -> None:
     """(b) alone: 1M steps full JSON over HTTP as ``main`` measures it (a fresh server, its
     first :data:`B_WARMUP` requests printed apart, distinct specs, the plain socket client),
@@ -735,18 +741,22 @@ def json_1m_only(repeat: int, load_before: str) -> None:
         walls: list[float] = []
         cpus: list[tuple[float, float]] = []
 
+        faults: list[int] = []
+
         def call() -> None:
             body = orjson.dumps(fresh(big))
             theirs, ours = server_cpu_seconds(server.pid), time.process_time()
+            paged = server_page_faults(server.pid)
             start = time.perf_counter()
             status, _ = raw_post(base, "/v1/schedules/compute", body)
             walls.append(time.perf_counter() - start)
             cpus.append((server_cpu_seconds(server.pid) - theirs, time.process_time() - ours))
+            faults.append(server_page_faults(server.pid) - paged)
             assert status == 200, status
 
         for _ in range(B_WARMUP):
             call()
-        first, walls[:], cpus[:] = walls[:], [], []
+        first, walls[:], cpus[:], faults[:] = walls[:], [], [], []
         b_http = median_seconds(call, repeat)
         computed = in_process(big, "vectorized")
         # the serialization timed between requests too, in the same minutes as they ran
@@ -766,7 +776,9 @@ def json_1m_only(repeat: int, load_before: str) -> None:
         + ", ".join(f"{w * 1000:.0f}" for w in first)
         + " ms on the fresh server, not in the median); server CPU per request "
         f"{ms(statistics.fmean(c[0] for c in cpus[:repeat]))}, client CPU "
-        f"{ms(statistics.fmean(c[1] for c in cpus[:repeat]))}; compute in-process {ms(v_1m)}; "
+        f"{ms(statistics.fmean(c[1] for c in cpus[:repeat]))}; server page faults per request "
+        f"{statistics.median(faults[:repeat]):,.0f} (LRS_MALLOC_RETAIN_MB); compute in-process "
+        f"{ms(v_1m)}; "
         f"JSON serialization alone {ms(json_alone)}. Interleaved (a request, then one "
         f"serialization, {repeat} times): end-to-end {ms(b_beside)}, serialization "
         f"{ms(json_beside)}: {b_beside / json_beside:.2f}×."

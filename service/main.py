@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
-from service import __version__, auth, health, metrics, streaming
+from service import __version__, auth, health, memory, metrics, streaming
 from service.deps import bind_app_settings
 from service.docs import install_docs
 from service.dropout import router as dropout_router
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        memory.tune_malloc(settings.malloc_retain_mb)
         streaming.install_log_filter()
         auth.warn_if_exposed(key_hashes)
         async with AsyncExitStack() as stack:

@@ -168,6 +168,16 @@ class Settings(BaseSettings):
         description="torch intra-op threads in the API process; requests already run in "
         "parallel threads, and on a busy 2-core machine more threads only spin.",
     )
+    malloc_retain_mb: int = Field(
+        default=64,
+        ge=0,
+        le=2047,
+        description="glibc's allocator keeps up to this many MB of freed memory per heap for "
+        "the next request (blocks up to 32 MB from its heaps) instead of handing it back to "
+        "the kernel and faulting it in again: a 1M-step JSON response 92 -> 80 ms, ~3,400 -> "
+        "~230 page faults. 0 keeps glibc's defaults, as do the operator's own MALLOC_* "
+        "variables.",
+    )
     compute_inline_max_cost: int = Field(
         default=500_000,
         ge=0,

@@ -34,6 +34,7 @@ is not found, a deadline raises :class:`StreamDeadline` and the server closes th
 connection as it closes any failed response (its traceback is kept out of the logs).
 """
 
+import asyncio
 import logging
 import socket
 import struct
@@ -103,13 +104,31 @@ def _pull(iterator: Iterator[Any], charset: str) -> tuple[list[bytes | memoryvie
 
 async def _pulled_in_threadpool(content: Iterable[Any], charset: str) -> AsyncIterator[Any]:
     """Yield the pieces of a sync iterable, advanced in a worker thread a MB at a time
-    (Starlette's ``iterate_in_threadpool`` takes one thread hop per piece)."""
+    (Starlette's ``iterate_in_threadpool`` takes one thread hop per piece), one pull ahead:
+    the next pieces are made while the ones before are sent, so making a body (a JSON
+    chunk's orjson call) overlaps the client's reading of the chunk before it, instead of
+    waiting for it. At most one pull runs at a time (the iterator is never advanced from two
+    threads); when the body ends early (a cut, a disconnect), the pull in flight is waited
+    for before the iterator is dropped, so it can be closed."""
     iterator = iter(content)
-    done = False
-    while not done:
-        pieces, done = await anyio.to_thread.run_sync(_pull, iterator, charset)
-        for piece in pieces:
-            yield piece
+    ahead: asyncio.Future[tuple[list[bytes | memoryview], bool]] | None = None
+    try:
+        ahead = asyncio.ensure_future(anyio.to_thread.run_sync(_pull, iterator, charset))
+        while ahead is not None:
+            # shielded: a cancelled send must not cancel the pull's own task (it would
+            # finish anyway, its thread cannot be stopped; the finally below waits for it)
+            pieces, done = await asyncio.shield(ahead)
+            ahead = (
+                None
+                if done
+                else asyncio.ensure_future(anyio.to_thread.run_sync(_pull, iterator, charset))
+            )
+            for piece in pieces:
+                yield piece
+    finally:
+        if ahead is not None:
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await ahead
 
 
 ABORT_KEY = "lrs.abort_connection"

@@ -473,6 +473,29 @@ class _Plan:
             weight_decay=self._weight_decay(sched_index),
         )
 
+    def sibling(
+        self, prep: _Prepared, kind: tuple[str, vectorized_batch.Params], cost: int | None
+    ) -> "_Plan | None":
+        """Return the plan of ``prep``, another spec of this dense derived plan's sweep kind
+        (its lr and varied values its own, everything else the same), made from this one:
+        what depends on those values (the program, derived; its fast path; the warnings) is
+        made as :func:`_make_plan` makes it, the rest (the steps, the families, the limits'
+        counts) is this plan's, since it depends on the kind alone. None when this plan is
+        not dense or has counters (its probes, sampled price or columns depend on the
+        values): :func:`_make_plan` then makes it."""
+        if not self.dense or self.counted is not None or prep.plan is not None:
+            return None
+        program = lr_templates.program(prep, kind)
+        request = prep.request
+        return replace(
+            self,
+            request=request,
+            program=program,
+            fast=_fast_of(program, dense=True),
+            warnings=caveats(request),
+            cost=budget.cost(request, "vectorized").total if cost is None else cost,
+        )
+
     def _weight_decay(self, sched_index: np.ndarray) -> np.ndarray | None:
         if not self.weight_decay:
             return None
@@ -722,6 +745,7 @@ class _Plans:
         self.size = size
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
         self._derived: OrderedDict[DerivedKey, _Plan] = OrderedDict()
+        self._siblings: OrderedDict[str, _Plan] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -765,18 +789,30 @@ class _Plans:
 
     def keep_derived(self, key: DerivedKey, plan: _Plan) -> None:
         """Keep a derived spec's plan among the DERIVED_PLANS last ones (apart from the
-        compiled plans: a sweep's flood of new specs never pushes those out)."""
+        compiled plans: a sweep's flood of new specs never pushes those out), and, dense,
+        as the plan the next spec of its kind is made from (:meth:`_Plan.sibling`)."""
         if plan.counted is not None or len(key[0]) > PLAN_KEY_MAX:
             return
         with self._lock:
             self._derived[key] = plan
             while len(self._derived) > DERIVED_PLANS:
                 self._derived.popitem(last=False)
+            if plan.dense:
+                self._siblings[key[0]] = plan
+                self._siblings.move_to_end(key[0])
+                while len(self._siblings) > DERIVED_PLANS:
+                    self._siblings.popitem(last=False)
+
+    def find_sibling(self, kind: str) -> _Plan | None:
+        """Return the last dense plan kept of the verified sweep kind ``kind``, or None."""
+        with self._lock:
+            return self._siblings.get(kind)
 
     def clear(self) -> None:
         with self._lock:
             self._plans.clear()
             self._derived.clear()
+            self._siblings.clear()
         lr_templates.clear()
 
 
@@ -892,7 +928,10 @@ def _derived_plan(
         _check_metrics(request)
         libraries.check(request)
     prep = _prepared(request, "vectorized", shared_steps=True)
-    plan = _make_plan(request, "vectorized", cost, (prep, kind))
+    sibling = plans.find_sibling(kind[0])
+    plan = None if sibling is None else sibling.sibling(prep, kind, cost)
+    if plan is None:
+        plan = _make_plan(request, "vectorized", cost, (prep, kind))
     if not plan.within(settings):
         _check_limits(request, "vectorized", settings, sampled=False)  # compute's 422
     plans.keep_derived(key, plan)

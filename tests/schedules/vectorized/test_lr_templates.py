@@ -200,3 +200,51 @@ def test_a_derived_spec_checked_on_its_own_values_gives_the_generic_answer(steps
             continue
         got = service.compute(request, SETTINGS)
         assert got.lr.tobytes() == want.lr.tobytes() and got.final_lr == want.final_lr
+
+
+def test_a_kinds_next_specs_are_made_from_its_last_plan(monkeypatch):
+    """Past its template's check, a dense sweep kind's next spec (another lr, T_max or
+    warmup length, the lr given or left to its default) is made from the kind's last plan
+    (its steps, families and limits reused; program, fast path and warnings its own): each
+    gives the generic bits, and the warnings a spec computed alone gets."""
+    made: list[int] = []
+    real = service._make_plan
+
+    def counting(*args: Any, **kwargs: Any):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_make_plan", counting)
+    base = warmup_cosine(3000)
+    bodies = [with_lr(base, lr) for lr in (0.1, 0.2, 0.3, 1e-250, 0.0, 4.0)]
+    bodies += [{**body, "scheduler": {**body["scheduler"], "T_max": 1234}} for body in bodies[:3]]
+    bodies += [{**bodies[1], "warmup": {"type": "linear", "steps": 77, "start_factor": 0.0}}]
+    bodies.append({**base, "optimizer": {"type": "SGD", "momentum": 0.9}})  # the default lr
+    results = [service.compute(specs.ScheduleRequest.model_validate(b), SETTINGS) for b in bodies]
+    # the template, its check, and the first derived spec are made; every later one is a sibling
+    assert len(made) == 3
+    for body, got in zip(bodies, results, strict=True):
+        assert_generic_bits(body, got)
+        service.plans.clear()
+        alone = service.compute(specs.ScheduleRequest.model_validate(body), SETTINGS)
+        assert got.warnings == alone.warnings and got.final_lr == alone.final_lr
+
+
+def test_a_sampled_kinds_specs_are_each_made(monkeypatch):
+    """A sampled kind's plan prices and probes its own values: never made from another's."""
+    made: list[int] = []
+    real = service._make_plan
+
+    def counting(*args: Any, **kwargs: Any):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_make_plan", counting)
+    body = {**warmup_cosine(3000), "sample": {"points": 100}}
+    lrs = (0.1, 0.2, 0.3, 0.4, 0.5)
+    for lr in lrs:
+        spec = with_lr(body, lr)
+        assert_generic_bits(
+            spec, service.compute(specs.ScheduleRequest.model_validate(spec), SETTINGS)
+        )
+    assert len(made) == len(lrs)
