@@ -35,17 +35,27 @@ def fresh_plans():
     service.plans.clear()
 
 
-@pytest.fixture
-def compiled(monkeypatch) -> list[int]:
+def count_calls(monkeypatch, module: Any, name: str) -> list[int]:
+    """Return a list that grows by one at each call of ``module.name`` (still called)."""
     calls: list[int] = []
-    real = vectorized.compile_request
+    real = getattr(module, name)
 
     def counting(*args: Any, **kwargs: Any):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vectorized, "compile_request", counting)
+    monkeypatch.setattr(module, name, counting)
     return calls
+
+
+@pytest.fixture
+def compiled(monkeypatch) -> list[int]:
+    return count_calls(monkeypatch, vectorized, "compile_request")
+
+
+@pytest.fixture
+def made(monkeypatch) -> list[int]:
+    return count_calls(monkeypatch, service, "_make_plan")
 
 
 def with_lr(body: dict[str, Any], lr: float) -> dict[str, Any]:
@@ -202,19 +212,11 @@ def test_a_derived_spec_checked_on_its_own_values_gives_the_generic_answer(steps
         assert got.lr.tobytes() == want.lr.tobytes() and got.final_lr == want.final_lr
 
 
-def test_a_kinds_next_specs_are_made_from_its_last_plan(monkeypatch):
+def test_a_kinds_next_specs_are_made_from_its_last_plan(made):
     """Past its template's check, a dense sweep kind's next spec (another lr, T_max or
     warmup length, the lr given or left to its default) is made from the kind's last plan
     (its steps, families and limits reused; program, fast path and warnings its own): each
     gives the generic bits, and the warnings a spec computed alone gets."""
-    made: list[int] = []
-    real = service._make_plan
-
-    def counting(*args: Any, **kwargs: Any):
-        made.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service, "_make_plan", counting)
     base = warmup_cosine(3000)
     bodies = [with_lr(base, lr) for lr in (0.1, 0.2, 0.3, 1e-250, 0.0, 4.0)]
     bodies += [{**body, "scheduler": {**body["scheduler"], "T_max": 1234}} for body in bodies[:3]]
@@ -230,16 +232,8 @@ def test_a_kinds_next_specs_are_made_from_its_last_plan(monkeypatch):
         assert got.warnings == alone.warnings and got.final_lr == alone.final_lr
 
 
-def test_a_sampled_kinds_specs_are_each_made(monkeypatch):
+def test_a_sampled_kinds_specs_are_each_made(made):
     """A sampled kind's plan prices and probes its own values: never made from another's."""
-    made: list[int] = []
-    real = service._make_plan
-
-    def counting(*args: Any, **kwargs: Any):
-        made.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service, "_make_plan", counting)
     body = {**warmup_cosine(3000), "sample": {"points": 100}}
     lrs = (0.1, 0.2, 0.3, 0.4, 0.5)
     for lr in lrs:
