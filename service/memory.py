@@ -7,13 +7,14 @@ threshold is trimmed) and came back as fresh pages at the next response: ~3,400 
 per request, each zeroing a page, ~12 ms of system CPU of its ~90 ms (measured, 1M-step JSON,
 AMD EPYC 2 cores). :func:`tune_malloc` raises both thresholds once, at start: blocks up to
 32 MB come from the heaps, and each heap keeps up to ``LRS_MALLOC_RETAIN_MB`` of free memory
-for the next request (faults 3,400 -> ~230 a request, system CPU 23 -> 11 ms, end to end 92
+for the next request (faults 3,400 -> ~200 a request, system CPU 23 -> 11 ms, end to end 92
 -> 80 ms; RSS after that load 505 MB against 470).
 
-The price: each of glibc's heaps (one per thread that allocates, at most 8 per core) may
-hold that much free memory instead of returning it. An operator's own ``MALLOC_*`` variables
-win (nothing is changed then), and 0 leaves glibc's defaults. On a C library without
-``mallopt`` (musl, macOS) nothing is done.
+The price: each of glibc's heaps (one per thread that allocates, at most 8 per core the host
+shows, a container's too; ``MALLOC_ARENA_MAX`` caps them) may hold that much free memory instead
+of returning it, and free holes below a heap's top are not trimmed. An operator's own
+``MALLOC_*`` variables or any ``GLIBC_TUNABLES`` win (nothing is changed then), and 0 leaves
+glibc's defaults. On a C library without ``mallopt`` (musl, macOS) nothing is done.
 """
 
 import ctypes

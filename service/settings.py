@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         description="glibc's allocator keeps up to this many MB of freed memory per heap for "
         "the next request (blocks up to 32 MB from its heaps) instead of handing it back to "
         "the kernel and faulting it in again: a 1M-step JSON response 92 -> 80 ms, ~3,400 -> "
-        "~230 page faults. 0 keeps glibc's defaults, as do the operator's own MALLOC_* "
+        "~200 page faults. 0 keeps glibc's defaults, as do the operator's own MALLOC_* "
         "variables.",
     )
     compute_inline_max_cost: int = Field(

@@ -117,7 +117,12 @@ async def _pulled_in_threadpool(content: Iterable[Any], charset: str) -> AsyncIt
         while ahead is not None:
             # shielded: a cancelled send must not cancel the pull's own task (it would
             # finish anyway, its thread cannot be stopped; the finally below waits for it)
-            pieces, done = await asyncio.shield(ahead)
+            try:
+                pieces, done = await asyncio.shield(ahead)
+            except BaseException:
+                if ahead.done():  # its error is this one: raised once, with its traceback
+                    ahead = None
+                raise
             ahead = (
                 None
                 if done

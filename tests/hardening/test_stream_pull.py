@@ -76,3 +76,28 @@ def test_a_body_ended_early_waits_for_the_pull_in_flight():
     asyncio.run(take_one_then_stop())
     generator.close()  # not running in a thread any more: closes (no "already executing")
     assert source.made == 2
+
+
+def test_an_error_mid_body_keeps_its_traceback():
+    """An error the body's iterator raises while the piece before is still being sent comes
+    out once, with the frames where it was raised."""
+
+    def body():
+        yield PIECE
+        raise ValueError("mid-body")
+
+    async def consume() -> None:
+        async for _ in streaming._pulled_in_threadpool(body(), "utf-8"):
+            await asyncio.sleep(0.1)  # the pull after it has failed by now
+
+    try:
+        asyncio.run(consume())
+    except ValueError as exc:
+        frames = []
+        tb = exc.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        assert frames[-1] == "body" and "_pull" in frames, frames
+    else:
+        raise AssertionError("no ValueError")
