@@ -60,6 +60,13 @@ RATE_LIMIT_FALLBACK = Counter(
     "store (LRS_RATE_LIMIT_URL's Redis) did not answer, by limit (compute, jobs).",
     ["limit"],
 )
+COMPUTE_PLACE = Counter(
+    "lrs_schedule_compute_place",
+    "With LRS_COMPUTE_PROCESSES: the cheap schedule requests by where they were computed "
+    "(process: a compute process; loop: the event loop, no process being ready or free, or "
+    "the process failed it).",
+    ["place"],
+)
 STREAMS_CUT = Counter(
     "lrs_http_streams_cut",
     "Streamed responses whose connection the server aborted mid-body at a limit (counted "

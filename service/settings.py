@@ -190,6 +190,15 @@ class Settings(BaseSettings):
         "threads, 3.3-3.4 against 4.5-4.8 ms of server CPU per request "
         "(bench/bench_http.py measures both).",
     )
+    compute_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Child processes that compute and render the requests the event loop "
+        "would compute itself (LRS_COMPUTE_INLINE_MAX_COST), so the API process serves other "
+        "requests meanwhile; each is a Python with torch (about 400 MB resident). 0: the event "
+        "loop computes them. A child starting, busy with 32 requests or gone is not waited for.",
+    )
     compute_concurrency: int = Field(
         default=2,
         description="Schedule computations allowed to run at once (threads); more threads "

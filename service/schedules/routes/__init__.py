@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from service.schedules import shared_cache, warmup
+from service.schedules import compute_pool, shared_cache, warmup
 from service.schedules.routes import batch, catalog, compare, compute, export, lint, resume
 
 router = APIRouter()
@@ -36,8 +36,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.heavy_limiter = anyio.CapacityLimiter(1)
     app.state.schedule_cache = shared_cache.make_cache(app.state.settings)
     await anyio.to_thread.run_sync(warmup.warm_up, app.state.settings)
+    pool = app.state.compute_pool = None
+    if app.state.settings.compute_processes:
+        pool = app.state.compute_pool = compute_pool.ComputePool(
+            app.state.settings, app.state.settings.compute_processes
+        )
+        pool.start()
     try:
         yield
     finally:
+        if pool is not None:
+            await pool.aclose()
         if isinstance(app.state.schedule_cache, shared_cache.SharedResultCache):
             await app.state.schedule_cache.aclose()

@@ -9,12 +9,14 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import SettingsDep
-from service.devices import TORCH_VERSION, resolve_device
+from service.devices import resolve_device
 from service.errors import InvalidSpec, ServiceError
+from service.metrics import COMPUTE_PLACE
 from service.negotiation import MEDIA_TYPES, negotiate
 from service.schedules import (
     budget,
     cache,
+    compute_pool,
     counters,
     formats,
     plots,
@@ -309,22 +311,18 @@ async def _respond(
     def work() -> cache.Entry | tuple[Computed, dict[str, str]]:
         computed = service.compute(spec, settings, found)
         budget.check_cancelled()
-        about = {
-            "X-Engine": computed.engine,
-            "X-Device": computed.device,
-            "X-Torch-Version": TORCH_VERSION,
-            # for /metrics' compute time by family (torch's own schedulers: "torch")
-            "X-Schedule-Family": ",".join(str(f.get("family")) for f in computed.families)
-            or "torch",
-        }
         if streamed:
-            return computed, about
-        rendered = formats.render(computed, fmt, title, plot)
-        return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about)
+            return computed, compute_pool.about(computed)
+        return compute_pool.rendered_entry(computed, fmt, title, plot)
 
     inline = _runs_inline(found, fmt, streamed, settings)
     if inline:
-        done = await running.run_inline(request, work)
+        pool: compute_pool.ComputePool | None = request.app.state.compute_pool
+        done = None if pool is None else await pool.run(spec, found, fmt)
+        if pool is not None:
+            COMPUTE_PLACE.labels("loop" if done is None else "process").inc()
+        if done is None:
+            done = await running.run_inline(request, work)
     else:
         # a sampled closed form priced by its points falls back to the scan over every step
         # when its values fail at run time: it takes the heavy lane's turns when that would

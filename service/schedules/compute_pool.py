@@ -1,0 +1,429 @@
+"""Compute processes: cheap schedules computed and rendered beside the event loop.
+
+A 10k-step warmup + cosine costs the API process about 1 ms of CPU more than a cache hit:
+0.2 ms computing, 0.3-0.5 ms writing its JSON (orjson, holding the GIL), the rest the plan's
+bookkeeping, all on the event loop, which serves nothing else meanwhile. With
+``LRS_COMPUTE_PROCESSES`` > 0 the requests the event loop would compute itself (vectorized,
+JSON, CSV or npy, at most ``LRS_COMPUTE_INLINE_MAX_COST``) go to one of that many child
+processes instead (``python -m service.schedules.compute_pool``): the spec, its engine and
+cost and the format go down the child's stdin, pickled; the child computes and renders the
+body, writes it into the request's slot of memory the two share (:data:`SLOT_BYTES`) and says
+so up its stdout, and the API copies it out; the event loop serves other requests meanwhile
+(its CPU per request: about 0.15 ms more than a cache hit's, against 1 ms computing). The
+child's plans and templates are its own (its sweeps share their compilations as the API's
+do); the result cache, the ETag and the metrics stay in the API process.
+
+Never waited for: a child that is starting (its imports and warm-up take about as long as
+the service's own start), has :data:`MAX_QUEUED` requests queued, has exited, or sends no
+answer within its limit. The request is then computed on the event loop, as without the
+processes; so is one the child failed (a spec that turns out invalid while computing: its 4xx
+is the event loop's own, with the same message). A child that exits is started again (after
+0.5 s, doubling to 30 s while it keeps exiting within a minute); one that stops answering is
+killed first. Each child is a whole Python with torch: about 400 MB resident after a load
+(the API process beside it: 520 MB).
+"""
+
+import asyncio
+import contextlib
+import gc
+import logging
+import mmap
+import os
+import pickle
+import signal
+import struct
+import sys
+import tempfile
+import time
+from typing import Any, BinaryIO
+
+from service.devices import TORCH_VERSION
+from service.errors import ServiceError
+from service.schedules import budget, cache, formats, plots, service, specs
+from service.schedules.result import Computed
+from service.settings import Settings
+
+log = logging.getLogger("service.schedules")
+
+_HEADER = struct.Struct("!Q")
+"""Each frame on the pipes: its length (8 bytes, network order), then a pickle."""
+
+_REPLY = struct.Struct("!QIIB")
+"""Each reply: the request's id, the sizes of its meta (a pickle of the media type and the
+headers, or of None when the child failed the request) and of its body, and whether the body
+is in the request's slot (1) or follows the meta on the pipe (0); then the meta (and the
+body)."""
+
+_READY_ID = (1 << 64) - 1
+"""The id of the child's first reply, once it has warmed up."""
+
+MAX_QUEUED = 32
+"""Requests a child may have queued or in hand (its slots); the next is computed on the
+event loop."""
+
+SLOT_BYTES = 1 << 20
+"""Each slot of the memory a child shares with the API: a body up to this size (a 10k-step
+JSON body is 253 kB) is written there by the child and copied out by the API, rather than
+sent down the pipe (measured: the API's CPU per request 270 -> 130 us without the body on
+the pipe, which took six reads of 32 kB and as many wake-ups). A slot is the request's from
+when it is sent until its reply is read, whether or not anyone still waits for it."""
+
+
+def about(computed: Computed) -> dict[str, str]:
+    """Return the response headers that describe how ``computed`` was computed."""
+    return {
+        "X-Engine": computed.engine,
+        "X-Device": computed.device,
+        "X-Torch-Version": TORCH_VERSION,
+        # for /metrics' compute time by family (torch's own schedulers: "torch")
+        "X-Schedule-Family": ",".join(str(f.get("family")) for f in computed.families) or "torch",
+    }
+
+
+def rendered_entry(
+    computed: Computed, fmt: str, title: str = "", plot: plots.PlotOptions | None = None
+) -> cache.Entry:
+    """Return the cache entry of ``computed`` rendered as ``fmt``."""
+    rendered = formats.render(computed, fmt, title, plot or plots.PlotOptions())  # type: ignore[arg-type]
+    return cache.Entry(body=rendered.body, media_type=rendered.media_type, headers=about(computed))
+
+
+def _compute_entry(
+    spec: specs.ScheduleRequest, settings: Settings, found: service.Checked, fmt: str
+) -> cache.Entry:
+    with budget.active(budget.Budget(settings.compute_max_seconds)):
+        computed = service.compute(spec, settings, found)
+        return rendered_entry(computed, fmt)
+
+
+class _Child:
+    __slots__ = (
+        "free",
+        "memory",
+        "next_id",
+        "pending",
+        "pid",
+        "ready",
+        "slot_of",
+        "stdin",
+        "transport",
+    )
+
+    def __init__(self, memory: mmap.mmap) -> None:
+        self.ready = False
+        self.next_id = 0
+        self.pending: dict[int, asyncio.Future[cache.Entry | None]] = {}
+        self.memory = memory
+        self.free = list(range(MAX_QUEUED))
+        self.slot_of: dict[int, int] = {}
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.stdin: asyncio.WriteTransport | None = None
+        self.pid = 0
+
+    def deliver(
+        self, rid: int, meta: tuple[str, dict[str, str]] | None, body: bytes | None, size: int
+    ) -> None:
+        """Take the reply to ``rid``: its meta, and its body (None: ``size`` bytes in its
+        slot); free its slot."""
+        if rid == _READY_ID:
+            self.ready = True
+            log.info("compute process %d is ready", self.pid)
+            return
+        slot = self.slot_of.pop(rid, None)
+        if slot is not None:
+            if body is None:
+                start = slot * SLOT_BYTES
+                body = self.memory[start : start + size]
+            self.free.append(slot)
+        future = self.pending.get(rid)
+        if future is not None and not future.done():
+            future.set_result(None if meta is None else cache.Entry(body, meta[0], meta[1]))
+
+    def kill(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+
+
+class _Replies(asyncio.SubprocessProtocol):
+    """The parent's end of a child's stdout: its reply frames, each handed to the child's
+    :meth:`_Child.deliver` as soon as it is whole (the body copied once, out of the pipe's
+    read)."""
+
+    def __init__(self, child: _Child, exited: asyncio.Future[None]) -> None:
+        self._child = child
+        self._exited = exited
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._frame: tuple[int, int, int, int] | None = None
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        self._chunks.append(data)
+        self._have += len(data)
+        while True:
+            if self._frame is None:
+                if self._have < _REPLY.size:
+                    return
+                if len(self._chunks[0]) < _REPLY.size:
+                    self._chunks = [b"".join(self._chunks)]
+                self._frame = _REPLY.unpack_from(self._chunks[0])
+            rid, meta_size, body_size, in_slot = self._frame
+            meta_end = _REPLY.size + meta_size
+            total = meta_end + (0 if in_slot else body_size)
+            if self._have < total:
+                return
+            buffer = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            view = memoryview(buffer)
+            meta = pickle.loads(view[_REPLY.size : meta_end])
+            body = None if in_slot else bytes(view[meta_end:total])
+            rest = bytes(view[total:]) if len(buffer) > total else b""
+            self._chunks = [rest] if rest else []
+            self._have = len(rest)
+            self._frame = None
+            self._child.deliver(rid, meta, body, body_size)
+
+    def process_exited(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+
+class ComputePool:
+    """``processes`` child processes the event loop hands its cheap computations to."""
+
+    def __init__(self, settings: Settings, processes: int) -> None:
+        self._settings = settings
+        self._children: list[_Child | None] = [None] * processes
+        self._exits: list[asyncio.Future[None] | None] = [None] * processes
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._timeout = 2 * settings.compute_max_seconds + 1
+
+    def start(self) -> None:
+        """Start the children (in the background: they are used once they are ready)."""
+        self._tasks = [
+            asyncio.create_task(self._supervise(slot), name=f"compute process {slot}")
+            for slot in range(len(self._children))
+        ]
+
+    @property
+    def ready(self) -> int:
+        """How many children are ready now."""
+        return sum(1 for c in self._children if c is not None and c.ready)
+
+    def pids(self) -> list[int]:
+        """The children's process ids (ready or starting)."""
+        return [c.pid for c in self._children if c is not None]
+
+    async def run(
+        self, spec: specs.ScheduleRequest, found: service.Checked, fmt: str
+    ) -> cache.Entry | None:
+        """Return the entry a child computed for ``spec`` as ``fmt``; None when no child is
+        ready with room in its queue, or it failed or did not answer (compute it here)."""
+        child = None
+        for candidate in self._children:
+            if (
+                candidate is not None
+                and candidate.ready
+                and candidate.free
+                and (child is None or len(candidate.free) > len(child.free))
+            ):
+                child = candidate
+        if child is None or child.stdin is None or child.stdin.is_closing():
+            return None
+        loop = asyncio.get_running_loop()
+        rid = child.next_id
+        child.next_id += 1
+        # the Checked as a tuple: a slots dataclass pickles through dataclasses.fields()
+        checked = (found.engine, found.cost, found.share, found.every_step)
+        slot = child.free.pop()
+        child.slot_of[rid] = slot
+        payload = pickle.dumps((rid, slot, spec, checked, fmt), protocol=5)
+        future: asyncio.Future[cache.Entry | None] = loop.create_future()
+        child.pending[rid] = future
+        expire = loop.call_later(self._timeout, self._expired, child, future)
+        try:
+            child.stdin.write(_HEADER.pack(len(payload)) + payload)
+            return await future
+        finally:
+            expire.cancel()
+            child.pending.pop(rid, None)
+
+    def _expired(self, child: _Child, future: asyncio.Future[cache.Entry | None]) -> None:
+        if future.done():
+            return
+        future.set_result(None)
+        log.error(
+            "compute process %d did not answer within %g s; killing it", child.pid, self._timeout
+        )
+        child.kill()
+
+    async def _supervise(self, slot: int) -> None:
+        failures = 0
+        while not self._closed:
+            started = time.monotonic()
+            try:
+                code = await self._serve(slot)
+            except Exception:  # a bug here: start another child rather than none
+                log.exception("compute process %d failed", slot)
+                code = None
+            if self._closed:
+                return
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            delay = min(30.0, 0.5 * 2 ** (failures - 1)) if failures else 0.5
+            log.warning(
+                "compute process %d exited (code %s); starting another in %.1f s",
+                slot,
+                code,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _serve(self, slot: int) -> int | None:
+        loop = asyncio.get_running_loop()
+        fd = _shared_file()
+        try:
+            size = MAX_QUEUED * SLOT_BYTES
+            os.ftruncate(fd, size)
+            child = _Child(mmap.mmap(fd, size))
+            exited: asyncio.Future[None] = loop.create_future()
+            transport, _ = await loop.subprocess_exec(
+                lambda: _Replies(child, exited),
+                sys.executable,
+                "-m",
+                "service.schedules.compute_pool",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+                pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)
+        child.transport = transport
+        child.pid = transport.get_pid()
+        child.stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
+        self._children[slot] = child
+        self._exits[slot] = exited
+        try:
+            payload = pickle.dumps((self._settings, fd, size), protocol=5)
+            assert child.stdin is not None
+            child.stdin.write(_HEADER.pack(len(payload)) + payload)
+            await exited
+        finally:
+            child.ready = False
+            self._children[slot] = None
+            for future in child.pending.values():
+                if not future.done():
+                    future.set_result(None)
+            if not exited.done():
+                child.kill()
+            transport.close()
+            child.memory.close()  # every body read from it was copied
+        return transport.get_returncode()
+
+    async def aclose(self) -> None:
+        """Stop the children: their stdin closed (they exit when they read its end), killed
+        after 5 s."""
+        self._closed = True
+        for child, exited in zip(self._children, self._exits, strict=True):
+            if child is None or exited is None:
+                continue
+            if child.stdin is not None:
+                child.stdin.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), 5)
+            except TimeoutError:
+                child.kill()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _shared_file() -> int:
+    """Return the descriptor of a new file in memory (unnamed), for a child's slots."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("lrs-compute-slots")
+    with tempfile.TemporaryFile() as handle:  # unlinked already
+        return os.dup(handle.fileno())
+
+
+def _read_frame(stream: BinaryIO) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError
+    return pickle.loads(payload)
+
+
+def _write_reply(
+    stream: BinaryIO, rid: int, entry: cache.Entry | None, memory: mmap.mmap | None, slot: int
+) -> None:
+    """Send the reply to ``rid``: ``entry``'s body in its ``slot`` of ``memory`` when it
+    fits, else on the pipe after the meta."""
+    meta = pickle.dumps(None if entry is None else (entry.media_type, entry.headers))
+    body = b"" if entry is None else entry.body
+    in_slot = memory is not None and 0 < len(body) <= SLOT_BYTES
+    if in_slot:
+        start = slot * SLOT_BYTES
+        memory[start : start + len(body)] = body  # type: ignore[index]
+    stream.write(_REPLY.pack(rid, len(meta), len(body), in_slot) + meta)
+    if not in_slot:
+        stream.write(body)
+    stream.flush()
+
+
+def main() -> None:
+    """The child: read the settings, warm up, then answer requests until stdin ends."""
+    import torch
+
+    from service import memory
+    from service.schedules import warmup
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API's: it closes our stdin
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # what a library prints goes to stderr, never into the frames
+    stdin = sys.stdin.buffer
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"compute process {os.getpid()}: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings, fd, size = _read_frame(stdin)
+    except EOFError:
+        return
+    slots = mmap.mmap(fd, size)
+    os.close(fd)
+    torch.set_num_threads(settings.torch_threads)
+    memory.tune_malloc(settings.malloc_retain_mb)
+    warmup.warm_up(settings)
+    gc.collect()
+    gc.freeze()
+    _write_reply(out, _READY_ID, None, None, 0)
+    while True:
+        try:
+            rid, slot, spec, checked, fmt = _read_frame(stdin)
+            found = service.Checked(*checked)
+        except EOFError:
+            return
+        entry: cache.Entry | None
+        try:
+            entry = _compute_entry(spec, settings, found, fmt)
+        except Exception as exc:  # the API computes it again: its answer is the 4xx or 500
+            if not isinstance(exc, ServiceError):
+                log.exception("computing a request failed; the API computes it itself")
+            entry = None
+        try:
+            _write_reply(out, rid, entry, slots, slot)
+        except BrokenPipeError:
+            return
+
+
+if __name__ == "__main__":
+    main()
