@@ -1,7 +1,8 @@
 """Computed against cached schedules over HTTP, and the cache hits' tail, measured with wrk.
 
-One server (uvicorn with the Makefile's ``UVICORN_FLAGS``, as ``make serve`` runs it) on a
-free loopback port; ``wrk -t2`` sends ``POST /v1/schedules/compute`` with a 10 000-step linear
+One server (uvicorn with the Makefile's ``UVICORN_FLAGS``, as ``make serve`` runs it, and one
+compute process: ``LRS_COMPUTE_PROCESSES=1``, :data:`SERVER_ENV`) on a free loopback port,
+measured once its compute process computes; ``wrk -t2`` sends ``POST /v1/schedules/compute`` with a 10 000-step linear
 warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
 
 1. warm-up: 3 s of distinct specs (not reported);
@@ -16,7 +17,9 @@ warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
 8. on a second server in the other mode, distinct specs, 16 connections: with the default
    (``LRS_COMPUTE_INLINE_MAX_COST`` > 0: a 10k-step spec computed on the event loop) each
    computed in a compute thread (``LRS_COMPUTE_INLINE_MAX_COST=0``), else on the event loop
-   (``LRS_COMPUTE_INLINE_MAX_COST=2000000``).
+   (``LRS_COMPUTE_INLINE_MAX_COST=2000000``);
+9. on a third server without a compute process (the default), cache hits then distinct
+   specs, 16 connections.
 
 Then it prints each load's requests/s, p50, p99 and max, and issue 14's targets with PASS or
 MISS: computed throughput ≥ 60% of the cache hits' (16 connections, the same server, this
@@ -62,6 +65,9 @@ BODY = {
     "steps": STEPS,
 }
 PATH = "/v1/schedules/compute"
+SERVER_ENV = {"LRS_COMPUTE_PROCESSES": "1"}
+"""The measured server's settings (``--env`` overrides them): one compute process beside the
+API's (the default is none: a second server measures that mode)."""
 
 
 TCP_COUNTERS = {
@@ -96,10 +102,39 @@ def tcp_counters() -> dict[str, int]:
     return found
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            found += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """Return the CPU time process ``pid`` has used (user + system, all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """Return the CPU time process ``pid`` and its living children (its compute processes)
+    have used (user + system, all their threads)."""
+    total = 0.0
+    for one in (pid, *_children(pid)):
+        with suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+PLACE = re.compile(r'^lrs_schedule_compute_place_total\{place="process"\} ([0-9.e+]+)$', re.M)
+
+
+def wait_for_compute_process(base: str, timeout: float = 120) -> None:
+    """Send distinct specs until one was computed in a compute process (they start after
+    the server answers /readyz)."""
+    deadline = time.monotonic() + timeout
+    body = json.loads(json.dumps(BODY))
+    while not PLACE.search(httpx.get(f"{base}/metrics", timeout=10).text):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no request was computed in a compute process in {timeout:g} s")
+        body["optimizer"]["lr"] += 1e-9
+        httpx.post(f"{base}{PATH}", json=body, timeout=60)
+        time.sleep(0.2)
 
 
 def run_queue_wait(pid: int) -> dict[str, float]:
@@ -278,7 +313,7 @@ def main() -> None:
         help="a setting for the server, e.g. LRS_CACHE_MAX_BYTES=0 (repeatable)",
     )
     args = parser.parse_args()
-    env = dict(item.split("=", 1) for item in args.env)
+    env = {**SERVER_ENV, **dict(item.split("=", 1) for item in args.env)}
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (or make wrk)")
     flags = uvicorn_flags()
@@ -291,6 +326,8 @@ def main() -> None:
     ):
         # the hit loads' spec, computed once, so their first requests are hits as well
         assert httpx.post(f"{base}{PATH}", json=BODY, timeout=60).status_code == 200
+        if int(env.get("LRS_COMPUTE_PROCESSES", "0")):
+            wait_for_compute_process(base)
         run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
         s, pid = args.seconds, server.pid
         loads = [
@@ -328,12 +365,33 @@ def main() -> None:
                 2,
             )
             loads.append(inline)
+    # the default mode, no compute process: hits and distinct specs on a third server
+    without = None
+    if int(env.get("LRS_COMPUTE_PROCESSES", "0")):
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-http-") as data_dir,
+            open(Path(data_dir) / "server.log", "w") as log,
+            harness.server(
+                data_dir, {**env, "LRS_COMPUTE_PROCESSES": "0"}, "/readyz", flags, log
+            ) as (base, server),
+        ):
+            assert httpx.post(f"{base}{PATH}", json=BODY, timeout=60).status_code == 200
+            run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
+            name = "(third server, LRS_COMPUTE_PROCESSES=0: the event loop computes)"
+            without = (
+                measure(base, server.pid, f"cache hits {name}", s, 16, False, 0),
+                measure(base, server.pid, f"every spec distinct {name}", s, 16, True, 6),
+            )
+            loads += without
     fresh, computed, hits16, _, hits8, t_max, momentum = loads[:7]
 
     print(f"## HTTP: computed against cached, wrk -t2, {s:g} s per load\n")
     print(f"Machine: {machine()}.")
     settings = "".join(f", {k}={v}" for k, v in env.items())
-    print(f"uvicorn flags: {' '.join(flags)}; one worker process on loopback{settings}.\n")
+    print(
+        f"uvicorn flags: {' '.join(flags)}; one worker process on loopback{settings} "
+        "(server CPU: the API process's and its compute processes').\n"
+    )
     print(
         f"`POST {PATH}`, {STEPS:,}-step linear warmup (100) + cosine, JSON (252 KB); loads "
         "in this order on one server, after 3 s of distinct specs as warm-up.\n"
@@ -360,6 +418,16 @@ def main() -> None:
                 f"{x.rps / hits16.rps:.2f} of the cache hits' (16 connections, after), p99 "
                 f"{x.p99:.1f} ms, server CPU {x.cpu_ms:.2f} ms per request."
             )
+    if without is not None:
+        hits, alone = without
+        print(
+            f"Without a compute process (third server, the default): distinct specs "
+            f"{alone.rps:,.0f} requests/s against {hits.rps:,.0f} cache hits "
+            f"({alone.rps / hits.rps:.2f}), p99 {alone.p99:.1f} ms, server CPU "
+            f"{alone.cpu_ms:.2f} against {hits.cpu_ms:.2f} ms per request; with one: "
+            f"{computed.rps / hits16.rps:.2f}, p99 {computed.p99:.1f} ms, server CPU (the "
+            f"API's and its compute process's) {computed.cpu_ms:.2f} ms."
+        )
     if inline is not None:
         threads, loop = (inline, computed) if default_inline else (computed, inline)
         print(
