@@ -2,8 +2,9 @@
 
 One server (uvicorn with the Makefile's ``UVICORN_FLAGS``, as ``make serve`` runs it, and one
 compute process: ``LRS_COMPUTE_PROCESSES=1``, :data:`SERVER_ENV`) on a free loopback port,
-measured once its compute process computes; ``wrk -t2`` sends ``POST /v1/schedules/compute`` with a 10 000-step linear
-warmup (100 steps) + cosine, JSON. In this order, each load ``--seconds`` long:
+measured once its compute process computes; ``wrk -t2`` sends ``POST /v1/schedules/compute``
+with a 10 000-step linear warmup (100 steps) + cosine, JSON. In this order, each load
+``--seconds`` long:
 
 1. warm-up: 3 s of distinct specs (not reported);
 2. cache hits on the fresh server, 16 connections (the reference the tail is compared with);

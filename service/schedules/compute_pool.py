@@ -15,9 +15,10 @@ do); the result cache, the ETag and the metrics stay in the API process.
 
 Never waited for: a child that is starting (its imports and warm-up take about as long as
 the service's own start), has :data:`MAX_QUEUED` requests queued, has exited, or sends no
-answer within its limit. The request is then computed on the event loop, as without the
-processes; so is one the child failed (a spec that turns out invalid while computing: its 4xx
-is the event loop's own, with the same message). A child that exits is started again (after
+answer within ``LRS_COMPUTE_MAX_SECONDS`` + 1 s. The request is then computed on the event
+loop, as without the processes; so is one the child failed by a bug (the loop's 500 is then
+its own). A spec that turns out invalid while computing gets the 4xx the child raised (the
+same error the loop would raise: it pickles whole). A child that exits is started again (after
 0.5 s, doubling to 30 s while it keeps exiting within a minute); one that stops answering is
 killed first. Each child is a whole Python with torch: about 400 MB resident after a load
 (the API process beside it: 520 MB).
@@ -41,7 +42,7 @@ from service.devices import TORCH_VERSION
 from service.errors import ServiceError
 from service.schedules import budget, cache, formats, plots, service, specs
 from service.schedules.result import Computed
-from service.settings import Settings
+from service.settings import Settings, bind_settings
 
 log = logging.getLogger("service.schedules")
 
@@ -50,9 +51,11 @@ _HEADER = struct.Struct("!Q")
 
 _REPLY = struct.Struct("!QIIB")
 """Each reply: the request's id, the sizes of its meta (a pickle of the media type and the
-headers, or of None when the child failed the request) and of its body, and whether the body
-is in the request's slot (1) or follows the meta on the pipe (0); then the meta (and the
-body)."""
+headers; of the ServiceError the computation raised, a 4xx; or of None when the child failed
+otherwise) and of its body, and whether the body is in the request's slot (1) or follows the
+meta on the pipe (0); then the meta (and the body)."""
+
+Outcome = cache.Entry | ServiceError | None
 
 _READY_ID = (1 << 64) - 1
 """The id of the child's first reply, once it has warmed up."""
@@ -112,7 +115,7 @@ class _Child:
     def __init__(self, memory: mmap.mmap) -> None:
         self.ready = False
         self.next_id = 0
-        self.pending: dict[int, asyncio.Future[cache.Entry | None]] = {}
+        self.pending: dict[int, asyncio.Future[Outcome]] = {}
         self.memory = memory
         self.free = list(range(MAX_QUEUED))
         self.slot_of: dict[int, int] = {}
@@ -120,14 +123,14 @@ class _Child:
         self.stdin: asyncio.WriteTransport | None = None
         self.pid = 0
 
-    def deliver(
-        self, rid: int, meta: tuple[str, dict[str, str]] | None, body: bytes | None, size: int
-    ) -> None:
-        """Take the reply to ``rid``: its meta, and its body (None: ``size`` bytes in its
-        slot); free its slot."""
+    def deliver(self, rid: int, meta: bytes, body: bytes | None, size: int) -> None:
+        """Take the reply to ``rid``: its meta (pickled), and its body (None: ``size`` bytes
+        in its slot); free its slot."""
         if rid == _READY_ID:
             self.ready = True
             log.info("compute process %d is ready", self.pid)
+            return
+        if self.memory.closed:  # read after the child's end: its requests got None already
             return
         slot = self.slot_of.pop(rid, None)
         if slot is not None:
@@ -136,8 +139,19 @@ class _Child:
                 body = self.memory[start : start + size]
             self.free.append(slot)
         future = self.pending.get(rid)
-        if future is not None and not future.done():
-            future.set_result(None if meta is None else cache.Entry(body, meta[0], meta[1]))
+        if future is None or future.done():
+            return
+        outcome: Outcome = None
+        try:
+            what = pickle.loads(meta)
+        except Exception:  # an error that does not unpickle: the loop computes it again
+            log.exception("compute process %d sent a reply that does not unpickle", self.pid)
+            what = None
+        if isinstance(what, ServiceError):
+            outcome = what
+        elif what is not None:
+            outcome = cache.Entry(body or b"", what[0], what[1])
+        future.set_result(outcome)
 
     def kill(self) -> None:
         if self.transport is not None:
@@ -176,7 +190,7 @@ class _Replies(asyncio.SubprocessProtocol):
                 return
             buffer = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             view = memoryview(buffer)
-            meta = pickle.loads(view[_REPLY.size : meta_end])
+            meta = bytes(view[_REPLY.size : meta_end])
             body = None if in_slot else bytes(view[meta_end:total])
             rest = bytes(view[total:]) if len(buffer) > total else b""
             self._chunks = [rest] if rest else []
@@ -198,7 +212,7 @@ class ComputePool:
         self._exits: list[asyncio.Future[None] | None] = [None] * processes
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._timeout = 2 * settings.compute_max_seconds + 1
+        self._timeout = settings.compute_max_seconds + 1
 
     def start(self) -> None:
         """Start the children (in the background: they are used once they are ready)."""
@@ -227,33 +241,45 @@ class ComputePool:
                 candidate is not None
                 and candidate.ready
                 and candidate.free
+                and candidate.stdin is not None
+                and not candidate.stdin.is_closing()
                 and (child is None or len(candidate.free) > len(child.free))
             ):
                 child = candidate
-        if child is None or child.stdin is None or child.stdin.is_closing():
+        if child is None or child.stdin is None:
+            return None
+        try:
+            # the Checked as a tuple: a slots dataclass pickles through dataclasses.fields();
+            # the request pickled apart, so a child that cannot read one still answers it
+            checked = (found.engine, found.cost, found.share, found.every_step)
+            request = pickle.dumps((spec, checked, fmt), protocol=5)
+        except Exception:
+            log.exception("a spec did not pickle for the compute process; computed here")
             return None
         loop = asyncio.get_running_loop()
         rid = child.next_id
         child.next_id += 1
-        # the Checked as a tuple: a slots dataclass pickles through dataclasses.fields()
-        checked = (found.engine, found.cost, found.share, found.every_step)
         slot = child.free.pop()
         child.slot_of[rid] = slot
-        payload = pickle.dumps((rid, slot, spec, checked, fmt), protocol=5)
-        future: asyncio.Future[cache.Entry | None] = loop.create_future()
+        payload = pickle.dumps((rid, slot, request), protocol=5)
+        future: asyncio.Future[Outcome] = loop.create_future()
         child.pending[rid] = future
         expire = loop.call_later(self._timeout, self._expired, child, future)
         try:
             child.stdin.write(_HEADER.pack(len(payload)) + payload)
-            return await future
+            outcome = await future
         finally:
             expire.cancel()
             child.pending.pop(rid, None)
+        if isinstance(outcome, ServiceError):
+            raise outcome  # the 4xx computing it raised (the event loop's would be the same)
+        return outcome
 
-    def _expired(self, child: _Child, future: asyncio.Future[cache.Entry | None]) -> None:
+    def _expired(self, child: _Child, future: asyncio.Future[Outcome]) -> None:
         if future.done():
             return
         future.set_result(None)
+        child.ready = False  # killed: no more requests for it
         log.error(
             "compute process %d did not answer within %g s; killing it", child.pid, self._timeout
         )
@@ -316,6 +342,7 @@ class ComputePool:
             for future in child.pending.values():
                 if not future.done():
                     future.set_result(None)
+            child.pending.clear()
             if not exited.done():
                 child.kill()
             transport.close()
@@ -326,15 +353,19 @@ class ComputePool:
         """Stop the children: their stdin closed (they exit when they read its end), killed
         after 5 s."""
         self._closed = True
-        for child, exited in zip(self._children, self._exits, strict=True):
-            if child is None or exited is None:
-                continue
+        running = [
+            (child, exited)
+            for child, exited in zip(self._children, self._exits, strict=True)
+            if child is not None and exited is not None
+        ]
+        for child, _ in running:
             if child.stdin is not None:
                 child.stdin.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(exited), 5)
-            except TimeoutError:
-                child.kill()
+        if running:
+            await asyncio.wait([exited for _, exited in running], timeout=5)
+            for child, exited in running:
+                if not exited.done():
+                    child.kill()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -362,11 +393,18 @@ def _read_frame(stream: BinaryIO) -> Any:
 
 
 def _write_reply(
-    stream: BinaryIO, rid: int, entry: cache.Entry | None, memory: mmap.mmap | None, slot: int
+    stream: BinaryIO, rid: int, entry: Outcome, memory: mmap.mmap | None, slot: int
 ) -> None:
     """Send the reply to ``rid``: ``entry``'s body in its ``slot`` of ``memory`` when it
     fits, else on the pipe after the meta."""
-    meta = pickle.dumps(None if entry is None else (entry.media_type, entry.headers))
+    if isinstance(entry, ServiceError):
+        try:
+            meta = pickle.dumps(entry)
+        except Exception:  # the API computes it again and raises it itself
+            meta = pickle.dumps(None)
+        entry = None
+    else:
+        meta = pickle.dumps(None if entry is None else (entry.media_type, entry.headers))
     body = b"" if entry is None else entry.body
     in_slot = memory is not None and 0 < len(body) <= SLOT_BYTES
     if in_slot:
@@ -385,7 +423,10 @@ def main() -> None:
     from service import memory
     from service.schedules import warmup
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API's: it closes our stdin
+    # Ctrl-C, or a SIGTERM to the whole process group (systemd's default), is the API's to
+    # handle: it closes our stdin when it stops, and we exit then
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what a library prints goes to stderr, never into the frames
     stdin = sys.stdin.buffer
@@ -400,6 +441,7 @@ def main() -> None:
         return
     slots = mmap.mmap(fd, size)
     os.close(fd)
+    bind_settings(settings)  # what current_settings() says while computing
     torch.set_num_threads(settings.torch_threads)
     memory.tune_malloc(settings.malloc_retain_mb)
     warmup.warm_up(settings)
@@ -408,16 +450,17 @@ def main() -> None:
     _write_reply(out, _READY_ID, None, None, 0)
     while True:
         try:
-            rid, slot, spec, checked, fmt = _read_frame(stdin)
-            found = service.Checked(*checked)
+            rid, slot, request = _read_frame(stdin)
         except EOFError:
             return
-        entry: cache.Entry | None
+        entry: cache.Entry | ServiceError | None
         try:
-            entry = _compute_entry(spec, settings, found, fmt)
-        except Exception as exc:  # the API computes it again: its answer is the 4xx or 500
-            if not isinstance(exc, ServiceError):
-                log.exception("computing a request failed; the API computes it itself")
+            spec, checked, fmt = pickle.loads(request)
+            entry = _compute_entry(spec, settings, service.Checked(*checked), fmt)
+        except ServiceError as exc:  # a 4xx: the API answers it
+            entry = exc
+        except Exception:  # the API computes it again: its answer is its own (a 500)
+            log.exception("computing a request failed; the API computes it itself")
             entry = None
         try:
             _write_reply(out, rid, entry, slots, slot)

@@ -318,8 +318,13 @@ async def _respond(
     inline = _runs_inline(found, fmt, streamed, settings)
     if inline:
         pool: compute_pool.ComputePool | None = request.app.state.compute_pool
-        done = None if pool is None else await pool.run(spec, found, fmt)
+        done = None
         if pool is not None:
+            try:
+                done = await pool.run(spec, found, fmt)
+            except ServiceError:  # the 4xx computing it raised, in the process
+                COMPUTE_PLACE.labels("process").inc()
+                raise
             COMPUTE_PLACE.labels("loop" if done is None else "process").inc()
         if done is None:
             done = await running.run_inline(request, work)
