@@ -59,9 +59,11 @@ from service.ratelimit import caller
 
 log = logging.getLogger("service.streaming")
 
-SEND_SLICE = 256 * 1024
+SEND_SLICE = 1 << 20
 """Largest piece of a chunk handed to the server at once: what the server still buffers for
-a client that stops reading (a JSON chunk is ~5 MB)."""
+a client that stops reading (a JSON chunk is ~5 MB). Each piece goes through the middlewares'
+send wrappers and uvicorn's chunk framing: 1 MB rather than 256 kB took the server's CPU for
+a 1M-step JSON body from 57 to 50-54 ms (2 runs each, interleaved, 2-core EPYC)."""
 
 PULL_BYTES = 1 << 20
 """A sync body iterator is advanced in a worker thread until its pieces hold this many bytes
