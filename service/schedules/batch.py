@@ -259,7 +259,7 @@ class _SharedSteps:
         return fragment
 
 
-def to_npy(items: list[dict[str, Any]], settings: Settings) -> bytes:
+def to_npy(items: list[dict[str, Any]], settings: Settings) -> memoryview:
     """Return the lrs of every slot as one ``.npy``, shape (specs, groups, points).
 
     Raises LimitExceeded (422) unless every slot succeeded with the same shape.
@@ -284,10 +284,11 @@ def to_npy(items: list[dict[str, Any]], settings: Settings) -> bytes:
     return stacked_npy([slot.lr for slot in slots])  # type: ignore[union-attr]
 
 
-def stacked_npy(rows: list[np.ndarray]) -> bytes:
+def stacked_npy(rows: list[np.ndarray]) -> memoryview:
     """Return ``np.stack(rows)`` (float64) as ``.npy`` bytes, the bytes ``npy_bytes`` gives,
-    stacked straight into the body (one copy of the values and the final bytes, instead of
-    np.save's chunks through a growing buffer: 80 MB for a batch of 1000 × 10k)."""
+    stacked straight into the body: one copy of the values, into a buffer neither zeroed first
+    nor copied again into a ``bytes`` (np.save went through a growing buffer; 80 MB for a batch
+    of 1000 × 10k)."""
     shape = (len(rows), *rows[0].shape)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
@@ -295,9 +296,9 @@ def stacked_npy(rows: list[np.ndarray]) -> bytes:
         {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)), "fortran_order": False,
          "shape": shape},
     )  # fmt: skip
-    head = header.getvalue()
-    body = bytearray(len(head) + 8 * math.prod(shape))
-    body[: len(head)] = head
-    values = np.frombuffer(body, dtype=np.float64, offset=len(head)).reshape(shape)
+    head = header.getvalue()  # padded to a multiple of 64 bytes: the values stay aligned
+    body = np.empty(len(head) + 8 * math.prod(shape), dtype=np.uint8)
+    body[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    values = body[len(head) :].view(np.float64).reshape(shape)
     np.stack(rows, out=values, casting="same_kind")
-    return bytes(body)
+    return memoryview(body)

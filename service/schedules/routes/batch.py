@@ -81,7 +81,7 @@ async def compute_batch(
     spec to succeed with the same shape; otherwise it is a 422 saying to use `format=json`.
     """
     batch.check_size(len(body.requests), settings)
-    run: typing.Callable[[list[dict], Settings], bytes | typing.Iterator[bytes]]
+    run: typing.Callable[[list[dict], Settings], bytes | memoryview | typing.Iterator[bytes]]
     if format_param in ("svg", "png"):
         fmt: typing.Literal["svg", "png"] = format_param  # type: ignore[assignment]
         options = plots.PlotOptions(yscale=yscale, annotate=tuple(annotate or ()))
@@ -95,7 +95,7 @@ async def compute_batch(
     if content is None:  # the client left; the computation was stopped
         return Response(status_code=499)
     media_type = "application/json" if format_param == "json" else MEDIA_TYPES[format_param]
-    if not isinstance(content, bytes):  # a large JSON body: streamed, never held whole
+    if not isinstance(content, bytes | memoryview):  # a large JSON body: streamed, not held
         return LimitedStreamingResponse(
             content,
             max_seconds=settings.stream_max_seconds,
