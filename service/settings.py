@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     stream_send_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="Longest one piece (at most 256 KB) of a streamed body, or one job "
+        description="Longest one piece (at most 1 MB) of a streamed body, or one job "
         "event or ping, may wait for the client to take it; a client that stops reading "
         "is disconnected after this (its connection aborted, what it held freed).",
     )

@@ -233,8 +233,8 @@ def test_a_client_that_trickles_is_cut_at_the_stream_limit(cut_server):
     path = "/v1/schedules/compute?format=csv"
     sock, status, _ = _open(cut_server, "POST", path, CSV, "trickle", rcvbuf=None)
     assert status == 200
-    # up to 64 KB every 20 ms (the default receive buffer): each 256 KB piece is taken well
-    # within the send timeout, but the 33 MB body would take over 10 s
+    # up to 64 KB every 20 ms (the default receive buffer): each 1 MB piece is taken within
+    # ~0.33 s, well within the send timeout, but the 33 MB body would take over 10 s
     size, end = _drain(sock, every=0.02)
     assert end == "reset" and size < 30 << 20, (end, size)
     line = _access(cut_server, "trickle")
