@@ -144,13 +144,14 @@ class _Child:
         outcome: Outcome = None
         try:
             what = pickle.loads(meta)
-        except Exception:  # an error that does not unpickle: the loop computes it again
-            log.exception("compute process %d sent a reply that does not unpickle", self.pid)
-            what = None
-        if isinstance(what, ServiceError):
-            outcome = what
-        elif what is not None:
-            outcome = cache.Entry(body or b"", what[0], what[1])
+            if isinstance(what, ServiceError):
+                outcome = what
+            elif what is not None:
+                media_type, headers = what
+                outcome = cache.Entry(body or b"", media_type, headers)
+        except Exception:  # a reply that does not unpickle or is malformed: the loop computes
+            log.exception("compute process %d sent a reply this cannot read", self.pid)
+            outcome = None
         future.set_result(outcome)
 
     def kill(self) -> None:
