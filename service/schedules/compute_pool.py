@@ -222,15 +222,6 @@ class ComputePool:
             for slot in range(len(self._children))
         ]
 
-    @property
-    def ready(self) -> int:
-        """How many children are ready now."""
-        return sum(1 for c in self._children if c is not None and c.ready)
-
-    def pids(self) -> list[int]:
-        """The children's process ids (ready or starting)."""
-        return [c.pid for c in self._children if c is not None]
-
     async def run(
         self, spec: specs.ScheduleRequest, found: service.Checked, fmt: str
     ) -> cache.Entry | None:
