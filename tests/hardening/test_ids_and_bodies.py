@@ -112,6 +112,14 @@ def test_a_cancel_of_a_running_job_is_pending_then_cancelled(server):
         job_id = client.post("/v1/jobs", json={**QUICK, **LONG}).json()["id"]
         wait_status(client, job_id, {"running"})
         response = client.post(f"/v1/jobs/{job_id}/cancel")
-        assert response.status_code == 202 and response.json()["cancel"]["outcome"] == "pending"
+        answer = response.json()
+        # 202 pending, unless the worker stopped (its batches are one sample each) between
+        # the cancel being recorded and the route reading the job back: then 200, cancelled
+        if response.status_code == 200:
+            assert answer["status"] == "cancelled", answer
+            assert answer["cancel"]["outcome"] == "cancelled", answer
+        else:
+            assert response.status_code == 202, answer
+            assert answer["status"] == "running" and answer["cancel"]["outcome"] == "pending"
         job = wait_status(client, job_id, FINISHED, timeout=10)
         assert job["status"] == "cancelled" and job["cancel"]["outcome"] == "cancelled"
