@@ -64,7 +64,7 @@ COMPUTE_PLACE = Counter(
     "lrs_schedule_compute_place",
     "With LRS_COMPUTE_PROCESSES: the cheap schedule requests by where they were computed "
     "(process: a compute process; loop: the event loop, no process being ready or free, or "
-    "the process failed it).",
+    "the process failed it); a long body streamed from a compute process counts as process.",
     ["place"],
 )
 STREAMS_CUT = Counter(

@@ -197,7 +197,9 @@ class Settings(BaseSettings):
         description="Child processes that compute and render the requests the event loop "
         "would compute itself (LRS_COMPUTE_INLINE_MAX_COST), so the API process serves other "
         "requests meanwhile; each is a Python with torch (about 400 MB resident). 0: the event "
-        "loop computes them. A child starting, busy with 32 requests or gone is not waited for.",
+        "loop computes them. A child starting, busy with 32 requests or gone is not waited for. "
+        "Vectorized bodies too long to cache (LRS_STREAM_MIN_BYTES) are computed, rendered and "
+        "streamed from a child too, up to 128 MB of them in flight (docs/deploy.md).",
     )
     compute_concurrency: int = Field(
         default=2,

@@ -104,7 +104,9 @@ def _pull(iterator: Iterator[Any], charset: str) -> tuple[list[bytes | memoryvie
     return pieces, done
 
 
-async def _pulled_in_threadpool(content: Iterable[Any], charset: str) -> AsyncIterator[Any]:
+async def pulled_in_threadpool(
+    content: Iterable[Any], charset: str = "utf-8"
+) -> AsyncIterator[Any]:
     """Yield the pieces of a sync iterable, advanced in a worker thread a MB at a time
     (Starlette's ``iterate_in_threadpool`` takes one thread hop per piece), one pull ahead:
     the next pieces are made while the ones before are sent, so making a body (a JSON
@@ -298,7 +300,7 @@ class LimitedStreamingResponse(StreamingResponse):
     ) -> None:
         super().__init__(content, **kwargs)
         if not isinstance(content, AsyncIterable):
-            self.body_iterator = _pulled_in_threadpool(content, self.charset)
+            self.body_iterator = pulled_in_threadpool(content, self.charset)
         self.content = content
         self.max_seconds = max_seconds
         self.send_timeout = send_timeout

@@ -13,6 +13,14 @@ so up its stdout, and the API copies it out; the event loop serves other request
 child's plans and templates are its own (its sweeps share their compilations as the API's
 do); the result cache, the ETag and the metrics stay in the API process.
 
+A vectorized body too long to cache (streamed, :meth:`ComputePool.stream`) goes to a child
+too, while the estimates of such bodies in flight stay under :data:`STREAM_BUFFER_BYTES` and
+its cost under :data:`STREAM_MAX_COST`: the child sends its head (the headers, or the 4xx),
+then writes the body through :data:`WINDOW` slots, a full slot at a time; the API copies each
+piece out as its frame comes and hands the slot back at once, so the child never waits for a
+client. Should the child die or fail after the head, the API computes the body itself and
+sends the rest of it from the byte where the child's pieces stopped.
+
 Never waited for: a child that is starting (its imports and warm-up take about as long as
 the service's own start), has :data:`MAX_QUEUED` requests queued, has exited, or sends no
 answer within ``LRS_COMPUTE_MAX_SECONDS`` + 1 s. The request is then computed on the event
@@ -36,6 +44,8 @@ import struct
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO
 
 from service.devices import TORCH_VERSION
@@ -49,11 +59,17 @@ log = logging.getLogger("service.schedules")
 _HEADER = struct.Struct("!Q")
 """Each frame on the pipes: its length (8 bytes, network order), then a pickle."""
 
-_REPLY = struct.Struct("!QIIB")
+_REPLY = struct.Struct("!QIIBBH")
 """Each reply: the request's id, the sizes of its meta (a pickle of the media type and the
 headers; of the ServiceError the computation raised, a 4xx; or of None when the child failed
-otherwise) and of its body, and whether the body is in the request's slot (1) or follows the
-meta on the pipe (0); then the meta (and the body)."""
+otherwise) and of its body, whether the body is in a slot (1) or follows the meta on the pipe
+(0), the reply's kind (:data:`WHOLE`, or one of a streamed body's) and the slot a piece is in;
+then the meta (and the body)."""
+
+WHOLE, HEAD, PIECE, END, FAILED = range(5)
+"""Reply kinds: a whole body (its request's slot); a streamed body's head (meta: its headers,
+or the 4xx, or None), a piece of it (a slot of its window, full but for the last), its end,
+or its rendering failed after the head (the API renders the rest itself)."""
 
 Outcome = cache.Entry | ServiceError | None
 
@@ -70,6 +86,22 @@ JSON body is 253 kB) is written there by the child and copied out by the API, ra
 sent down the pipe (measured: the API's CPU per request 270 -> 130 us without the body on
 the pipe, which took six reads of 32 kB and as many wake-ups). A slot is the request's from
 when it is sent until its reply is read, whether or not anyone still waits for it."""
+
+WINDOW = 4
+"""Slots a streamed body is written through: the child fills one while the API copies the
+ones before out (each copied as it arrives, its slot handed back at once, so a client that
+reads slowly never holds the child up)."""
+
+STREAM_BUFFER_BYTES = 128 << 20
+"""Most bytes of streamed bodies (their upper-bound estimates) a pool has in hand at once: the
+pieces wait in the API for their client, so a body goes to a child only while the estimates
+of those in flight leave room for it (a 1M-step JSON body: 36 MB); beyond, it is computed in
+a compute thread and streamed from there, as without processes."""
+
+STREAM_MAX_COST = 64_000_000
+"""Most cost (the cost model's units, about 1 ns each, every step priced) of a streamed body
+sent to a child: a 1M-step warmup + cosine costs about 23 000 000 (its compute 3-5 ms, its
+JSON 15-20 ms); a longer computation keeps the child from the cheap requests behind it."""
 
 
 def about(computed: Computed) -> dict[str, str]:
@@ -99,6 +131,59 @@ def _compute_entry(
         return rendered_entry(computed, fmt)
 
 
+_DONE = object()
+"""Put in a stream's queue after its last piece."""
+
+
+class Stream:
+    """A body a child streams: its headers (once its head came), then its pieces, each
+    copied out of its slot as it arrived (:meth:`pieces`)."""
+
+    def __init__(self, child: "_Child", rid: int, window: list[int], release: Any) -> None:
+        self.child = child
+        self.rid = rid
+        self.window = window
+        self.head: asyncio.Future[dict[str, str] | ServiceError | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.headers: dict[str, str] = {}
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._release = release
+        self.abandoned = False
+
+    def put(self, item: Any) -> None:
+        """Take a piece (bytes), :data:`_DONE`, or None (the child failed the rest)."""
+        if not self.abandoned:
+            self._queue.put_nowait(item)
+
+    def abandon(self) -> None:
+        """Drop what is queued and what comes (the client left, or the body was sent)."""
+        if not self.abandoned:
+            self.abandoned = True
+            self._queue = asyncio.Queue()
+            self._release()
+
+    async def pieces(
+        self, rest: Callable[[int], AsyncIterator[bytes | memoryview]]
+    ) -> AsyncIterator[bytes | memoryview]:
+        """Yield the body's pieces; if the child fails it after ``n`` bytes, the pieces of
+        ``rest(n)`` (the same body rendered here, from byte ``n``)."""
+        sent = 0
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _DONE:
+                    return
+                if item is None:
+                    async for piece in rest(sent):
+                        yield piece
+                    return
+                sent += len(item)
+                yield item
+        finally:
+            self.abandon()
+
+
 class _Child:
     __slots__ = (
         "free",
@@ -109,6 +194,7 @@ class _Child:
         "ready",
         "slot_of",
         "stdin",
+        "streams",
         "transport",
     )
 
@@ -119,18 +205,24 @@ class _Child:
         self.memory = memory
         self.free = list(range(MAX_QUEUED))
         self.slot_of: dict[int, int] = {}
+        self.streams: dict[int, Stream] = {}
         self.transport: asyncio.SubprocessTransport | None = None
         self.stdin: asyncio.WriteTransport | None = None
         self.pid = 0
 
-    def deliver(self, rid: int, meta: bytes, body: bytes | None, size: int) -> None:
+    def deliver(
+        self, rid: int, meta: bytes, body: bytes | None, size: int, kind: int = WHOLE, slot: int = 0
+    ) -> None:
         """Take the reply to ``rid``: its meta (pickled), and its body (None: ``size`` bytes
-        in its slot); free its slot."""
+        in its slot); free its slot. A streamed body's replies go to its :class:`Stream`."""
         if rid == _READY_ID:
             self.ready = True
             log.info("compute process %d is ready", self.pid)
             return
         if self.memory.closed:  # read after the child's end: its requests got None already
+            return
+        if kind != WHOLE:
+            self._stream_reply(rid, meta, size, kind, slot)
             return
         slot = self.slot_of.pop(rid, None)
         if slot is not None:
@@ -154,6 +246,44 @@ class _Child:
             outcome = None
         future.set_result(outcome)
 
+    def _stream_reply(self, rid: int, meta: bytes, size: int, kind: int, slot: int) -> None:
+        stream = self.streams.get(rid)
+        if stream is None:
+            return
+        if kind == PIECE:
+            if not stream.abandoned:
+                start = slot * SLOT_BYTES
+                stream.put(self.memory[start : start + size])  # a copy: the slot goes back
+            self._send((rid, slot, None))
+            return
+        if kind == HEAD:
+            head: dict[str, str] | ServiceError | None = None
+            try:
+                head = pickle.loads(meta)
+                if not isinstance(head, dict | ServiceError | None):
+                    raise TypeError(f"a stream's head is {type(head).__name__}")
+            except Exception:
+                log.exception("compute process %d sent a head this cannot read", self.pid)
+                head = None
+            if not stream.head.done():
+                stream.head.set_result(head)
+            if isinstance(head, dict):
+                return
+        else:
+            stream.put(_DONE if kind == END else None)
+        self.end_stream(stream)  # ended (or failed): its window is free
+
+    def end_stream(self, stream: Stream) -> None:
+        """Forget ``stream``; its window's slots are free again (the child writes no more
+        of it)."""
+        if self.streams.pop(stream.rid, None) is not None:
+            self.free.extend(stream.window)
+
+    def _send(self, frame: Any) -> None:
+        if self.stdin is not None and not self.stdin.is_closing():
+            payload = pickle.dumps(frame, protocol=5)
+            self.stdin.write(_HEADER.pack(len(payload)) + payload)
+
     def kill(self) -> None:
         if self.transport is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -170,7 +300,7 @@ class _Replies(asyncio.SubprocessProtocol):
         self._exited = exited
         self._chunks: list[bytes] = []
         self._have = 0
-        self._frame: tuple[int, int, int, int] | None = None
+        self._frame: tuple[int, int, int, int, int, int] | None = None
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd != 1:
@@ -184,7 +314,7 @@ class _Replies(asyncio.SubprocessProtocol):
                 if len(self._chunks[0]) < _REPLY.size:
                     self._chunks = [b"".join(self._chunks)]
                 self._frame = _REPLY.unpack_from(self._chunks[0])
-            rid, meta_size, body_size, in_slot = self._frame
+            rid, meta_size, body_size, in_slot, kind, slot = self._frame
             meta_end = _REPLY.size + meta_size
             total = meta_end + (0 if in_slot else body_size)
             if self._have < total:
@@ -197,7 +327,7 @@ class _Replies(asyncio.SubprocessProtocol):
             self._chunks = [rest] if rest else []
             self._have = len(rest)
             self._frame = None
-            self._child.deliver(rid, meta, body, body_size)
+            self._child.deliver(rid, meta, body, body_size, kind, slot)
 
     def process_exited(self) -> None:
         if not self._exited.done():
@@ -214,6 +344,8 @@ class ComputePool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._timeout = settings.compute_max_seconds + 1
+        self._buffered = 0
+        """The estimates of the streamed bodies in flight (:data:`STREAM_BUFFER_BYTES`)."""
 
     def start(self) -> None:
         """Start the children (in the background: they are used once they are ready)."""
@@ -227,17 +359,7 @@ class ComputePool:
     ) -> cache.Entry | None:
         """Return the entry a child computed for ``spec`` as ``fmt``; None when no child is
         ready with room in its queue, or it failed or did not answer (compute it here)."""
-        child = None
-        for candidate in self._children:
-            if (
-                candidate is not None
-                and candidate.ready
-                and candidate.free
-                and candidate.stdin is not None
-                and not candidate.stdin.is_closing()
-                and (child is None or len(candidate.free) > len(child.free))
-            ):
-                child = candidate
+        child = self._pick(1)
         if child is None or child.stdin is None:
             return None
         try:
@@ -267,7 +389,73 @@ class ComputePool:
             raise outcome  # the 4xx computing it raised (the event loop's would be the same)
         return outcome
 
-    def _expired(self, child: _Child, future: asyncio.Future[Outcome]) -> None:
+    async def stream(
+        self, spec: specs.ScheduleRequest, found: service.Checked, fmt: str, estimate: int
+    ) -> Stream | None:
+        """Return the body a child computes for ``spec`` and streams as ``fmt``, its headers
+        come; None when it is not for a child (too costly, no room, no child ready with a
+        window's slots free), or the child failed before its head (compute it here)."""
+        every_step = max(found.cost, found.every_step)
+        if (
+            found.engine != "vectorized"
+            or fmt not in formats.STREAMED
+            or every_step > STREAM_MAX_COST
+            or self._buffered + estimate > STREAM_BUFFER_BYTES
+        ):
+            return None
+        child = self._pick(WINDOW)
+        if child is None or child.stdin is None:
+            return None
+        try:
+            checked = (found.engine, found.cost, found.share, found.every_step)
+            request = pickle.dumps((spec, checked, fmt), protocol=5)
+        except Exception:
+            log.exception("a spec did not pickle for the compute process; computed here")
+            return None
+        self._buffered += estimate
+
+        def release() -> None:
+            self._buffered -= estimate
+
+        rid = child.next_id
+        child.next_id += 1
+        window = [child.free.pop() for _ in range(WINDOW)]
+        stream = Stream(child, rid, window, release)
+        child.streams[rid] = stream
+        loop = asyncio.get_running_loop()
+        expire = loop.call_later(self._timeout, self._expired, child, stream.head)
+        try:
+            child._send((rid, tuple(window), request))
+            head = await stream.head
+        except BaseException:
+            stream.abandon()
+            raise
+        finally:
+            expire.cancel()
+        if not isinstance(head, dict):
+            stream.abandon()
+            if isinstance(head, ServiceError):
+                raise head  # the 4xx computing it raised
+            return None
+        stream.headers = head
+        return stream
+
+    def _pick(self, slots: int) -> _Child | None:
+        """Return the ready child with the most free slots, at least ``slots``."""
+        child = None
+        for candidate in self._children:
+            if (
+                candidate is not None
+                and candidate.ready
+                and len(candidate.free) >= slots
+                and candidate.stdin is not None
+                and not candidate.stdin.is_closing()
+                and (child is None or len(candidate.free) > len(child.free))
+            ):
+                child = candidate
+        return child
+
+    def _expired(self, child: _Child, future: asyncio.Future[Any]) -> None:
         if future.done():
             return
         future.set_result(None)
@@ -335,6 +523,11 @@ class ComputePool:
                 if not future.done():
                     future.set_result(None)
             child.pending.clear()
+            for stream in list(child.streams.values()):
+                if not stream.head.done():
+                    stream.head.set_result(None)
+                stream.put(None)  # the rest is rendered here
+                child.end_stream(stream)
             if not exited.done():
                 child.kill()
             transport.close()
@@ -402,10 +595,109 @@ def _write_reply(
     if in_slot:
         start = slot * SLOT_BYTES
         memory[start : start + len(body)] = body  # type: ignore[index]
-    stream.write(_REPLY.pack(rid, len(meta), len(body), in_slot) + meta)
+    stream.write(_REPLY.pack(rid, len(meta), len(body), in_slot, WHOLE, 0) + meta)
     if not in_slot:
         stream.write(body)
     stream.flush()
+
+
+def _write_stream_reply(
+    out: BinaryIO, rid: int, kind: int, meta: Any = None, size: int = 0, slot: int = 0
+) -> None:
+    """Send a streamed body's head (``meta``: its headers, a ServiceError or None), a piece
+    (``size`` bytes in ``slot``), its end or its failure."""
+    data = pickle.dumps(meta) if kind == HEAD else b""
+    out.write(_REPLY.pack(rid, len(data), size, kind == PIECE, kind, slot) + data)
+    out.flush()
+
+
+class _SlotWriter:
+    """A streamed body's pieces packed into full slots of its window, each sent as it fills;
+    a slot used before is waited for (the API hands each back as soon as it copied it)."""
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        stdin: BinaryIO,
+        memory: mmap.mmap,
+        rid: int,
+        window: tuple[int, ...],
+        deferred: deque[Any],
+    ) -> None:
+        self.out, self.stdin, self.memory, self.rid = out, stdin, memory, rid
+        self.free = list(window)
+        self.deferred = deferred
+        self.slot: int | None = None
+        self.used = 0
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk).cast("B")
+        while len(view):
+            if self.slot is None:
+                self.slot, self.used = self._take(), 0
+            part = view[: SLOT_BYTES - self.used]
+            start = self.slot * SLOT_BYTES + self.used
+            self.memory[start : start + len(part)] = part
+            self.used += len(part)
+            view = view[len(part) :]
+            if self.used == SLOT_BYTES:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.slot is not None and self.used:
+            _write_stream_reply(self.out, self.rid, PIECE, size=self.used, slot=self.slot)
+            self.slot = None
+
+    def _take(self) -> int:
+        while not self.free:
+            frame = _read_frame(self.stdin)  # EOFError: the API is gone
+            rid, slot, request = frame
+            if request is None:
+                if rid == self.rid:
+                    self.free.append(slot)
+            else:  # a request: answered after this body
+                self.deferred.append(frame)
+        return self.free.pop(0)
+
+
+def _serve_stream(
+    out: BinaryIO,
+    stdin: BinaryIO,
+    memory: mmap.mmap,
+    settings: Settings,
+    frame: tuple[int, tuple[int, ...], bytes],
+    deferred: deque[Any],
+) -> None:
+    """Compute a request to stream: send its head, then its body through its window."""
+    rid, window, request = frame
+    try:
+        spec, checked, fmt = pickle.loads(request)
+        with budget.active(budget.Budget(settings.compute_max_seconds)):
+            computed = service.compute(spec, settings, service.Checked(*checked))
+    except ServiceError as exc:  # a 4xx: the API answers it
+        try:
+            meta = pickle.dumps(exc)
+        except Exception:  # the API computes it again and raises it itself
+            meta = pickle.dumps(None)
+        _write_stream_reply(out, rid, HEAD, pickle.loads(meta))
+        return
+    except Exception:
+        log.exception("computing a request failed; the API computes it itself")
+        _write_stream_reply(out, rid, HEAD, None)
+        return
+    _write_stream_reply(out, rid, HEAD, about(computed))
+    writer = _SlotWriter(out, stdin, memory, rid, window, deferred)
+    try:
+        for chunk in formats.stream(computed, fmt):
+            writer.write(chunk)
+        writer.flush()
+    except (EOFError, BrokenPipeError):
+        raise
+    except Exception:
+        log.exception("rendering a streamed body failed; the API renders the rest itself")
+        _write_stream_reply(out, rid, FAILED)
+        return
+    _write_stream_reply(out, rid, END)
 
 
 def main() -> None:
@@ -440,10 +732,17 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     _write_reply(out, _READY_ID, None, None, 0)
+    deferred: deque[Any] = deque()  # requests read while a body was streamed
     while True:
         try:
-            rid, slot, request = _read_frame(stdin)
-        except EOFError:
+            frame = deferred.popleft() if deferred else _read_frame(stdin)
+            rid, slot, request = frame
+            if request is None:  # a streamed body's slot handed back after its end
+                continue
+            if isinstance(slot, tuple):
+                _serve_stream(out, stdin, slots, settings, frame, deferred)
+                continue
+        except (EOFError, BrokenPipeError):
             return
         entry: cache.Entry | ServiceError | None
         try:

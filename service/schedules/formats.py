@@ -314,6 +314,18 @@ def npy_chunks(computed: Computed) -> Iterator[Chunk]:
         yield flat[start : start + step]  # a view of the array: never copied here
 
 
+def skip(chunks: Iterator[Chunk], count: int) -> Iterator[Chunk]:
+    """Yield ``chunks`` without their first ``count`` bytes (views, never copied)."""
+    for chunk in chunks:
+        if count <= 0:
+            yield chunk
+            continue
+        view = memoryview(chunk).cast("B")
+        if len(view) > count:
+            yield view[count:]
+        count -= len(view)
+
+
 def to_npy(computed: Computed) -> bytes:
     """Return the lr array as ``.npy``: float64, shape (groups, points)."""
     return npy_bytes(computed.lr.astype(np.float64, copy=False))

@@ -46,7 +46,7 @@ def test_the_next_pieces_are_made_while_the_ones_before_are_sent():
 
     async def consume() -> tuple[list[bytes], list[int]]:
         got, made_after_send = [], []
-        async for piece in streaming._pulled_in_threadpool(source, "utf-8"):
+        async for piece in streaming.pulled_in_threadpool(source, "utf-8"):
             got.append(piece)
             await asyncio.sleep(0.1)  # a slow client's send
             made_after_send.append(source.made)
@@ -65,7 +65,7 @@ def test_a_body_ended_early_waits_for_the_pull_in_flight():
     generator = (piece for piece in source)
 
     async def take_one_then_stop() -> None:
-        body = streaming._pulled_in_threadpool(generator, "utf-8")
+        body = streaming.pulled_in_threadpool(generator, "utf-8")
         first = await body.__anext__()
         assert first.endswith(b"\x01")
         asyncio.get_running_loop().call_later(0.2, gate.set)  # the next pull ends in 0.2 s
@@ -87,7 +87,7 @@ def test_an_error_mid_body_keeps_its_traceback():
         raise ValueError("mid-body")
 
     async def consume() -> None:
-        async for _ in streaming._pulled_in_threadpool(body(), "utf-8"):
+        async for _ in streaming.pulled_in_threadpool(body(), "utf-8"):
             await asyncio.sleep(0.1)  # the pull after it has failed by now
 
     try:

@@ -11,11 +11,13 @@ import io
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -24,6 +26,10 @@ from service.schedules import cache, compute_pool
 from tests.problems import assert_problem
 from tests.schedules.helpers import torch_loop
 from tests.servers import serve
+
+STREAM_MIN = 1 << 20
+LONG = 100_000
+"""Steps of a streamed body here (its JSON ~2.7 MB, over the server's LRS_STREAM_MIN_BYTES)."""
 
 PLACE = re.compile(r'^lrs_schedule_compute_place_total\{place="(\w+)"\} ([0-9.e+]+)$', re.M)
 
@@ -69,7 +75,9 @@ def wait_for_process(base: str, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("compute-processes")
-    with serve(data, {"LRS_COMPUTE_PROCESSES": "1"}) as server:
+    # bodies over 1 MB are streamed: a 100k-step schedule's is, through the process
+    env = {"LRS_COMPUTE_PROCESSES": "1", "LRS_STREAM_MIN_BYTES": str(STREAM_MIN)}
+    with serve(data, env) as server:
         wait_for_process(server.url)
         yield server
 
@@ -132,6 +140,92 @@ def test_a_spec_failing_while_computed_gets_the_loops_422(pooled, client) -> Non
     assert after["process"] == before["process"] + 1
     assert after.get("loop", 0) == before.get("loop", 0)
     assert children(pooled.pid) == pids
+
+
+def cosine(lr: float, steps: int = LONG) -> dict:
+    return {
+        "optimizer": {"type": "SGD", "lr": lr},
+        "scheduler": {"type": "CosineAnnealingLR", "T_max": steps, "eta_min": 0.001},
+        "steps": steps,
+    }
+
+
+def test_a_long_body_is_streamed_from_the_process(pooled, client) -> None:
+    """A body too long to cache is computed and rendered in the process and streamed from
+    there: torch's values, the event loop's bytes, in JSON, CSV and npy."""
+    base = pooled.url
+    expected, _ = torch_loop(
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, LONG, 0.001), LONG, lr=0.3
+    )
+    before = places(base)
+    for fmt, steps in (("json", LONG), ("csv", LONG), ("npy", 2 * LONG)):  # npy: 8 B a step
+        body = {**cosine(0.3, steps), "engine": "vectorized"}
+        with httpx.stream(
+            "POST", f"{base}/v1/schedules/compute?format={fmt}", json=body, timeout=60
+        ) as r:
+            assert r.status_code == 200, r.read()
+            content = r.read()
+        assert r.headers["transfer-encoding"] == "chunked" and r.headers["x-cache"] == "bypass"
+        assert r.headers["x-engine"] == "vectorized"
+        local = client.post(f"/v1/schedules/compute?format={fmt}", json=body)
+        assert content == local.content, fmt  # byte for byte what the event loop renders
+        assert r.headers["content-type"] == local.headers["content-type"]
+        if fmt == "json":
+            np.testing.assert_allclose(orjson.loads(content)["lr"], expected, rtol=1e-12, atol=0)
+        if fmt == "npy":
+            assert np.load(io.BytesIO(content)).shape == (1, 2 * LONG)
+    after = places(base)
+    assert after["process"] - before["process"] == 3
+    assert after.get("loop", 0) == before.get("loop", 0)
+
+
+def test_a_long_spec_failing_in_the_process_gets_the_loops_422(pooled, client) -> None:
+    body = {
+        "scheduler": {"type": "LambdaLR", "lr_lambda": "1 / (epoch - 3)"},
+        "steps": LONG,
+        "engine": "vectorized",
+    }
+    before = places(pooled.url)
+    r = httpx.post(f"{pooled.url}/v1/schedules/compute", json=body, timeout=60)
+    problem = assert_problem(r, 422, None, "epoch 3", "division by zero")
+    local = client.post("/v1/schedules/compute", json=body)
+    assert local.status_code == 422 and local.json() == problem
+    assert places(pooled.url)["process"] == before["process"] + 1
+
+
+def test_a_client_that_stops_reading_does_not_hold_the_process_up(pooled) -> None:
+    """The API copies each piece out as it comes: the process goes on to other requests
+    while a client reads nothing of its streamed body."""
+
+    base = pooled.url
+    port = int(base.rsplit(":", 1)[1])
+    payload = orjson.dumps(cosine(0.41, 10 * LONG))  # ~27 MB of JSON
+    stalled = []
+    opened = places(base)["process"]
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            b"POST /v1/schedules/compute HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode()
+            + b"\r\n\r\n"
+            + payload
+        )
+        assert sock.recv(12).startswith(b"HTTP/1.1 200")
+        stalled.append(sock)
+    try:
+        before = places(base)["process"]
+        assert before == opened + 2  # both bodies come from the process
+        started = time.monotonic()
+        for i in range(5):
+            r = httpx.post(f"{base}/v1/schedules/compute", json=spec(2.5 + i * 1e-6), timeout=10)
+            assert r.status_code == 200
+        assert places(base)["process"] == before + 5  # all computed in the process
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 def test_a_killed_process_is_replaced_and_nothing_fails(pooled) -> None:
@@ -242,3 +336,93 @@ def test_replies_are_read_whole_however_the_pipe_splits_them() -> None:
             assert not child.slot_of
         finally:
             loop.close()
+
+
+def test_streamed_replies_are_pieces_acks_and_a_freed_window() -> None:
+    """The parent's side of a streamed body: its head gives the headers, each piece is
+    copied out of its slot and the slot handed back (an ack on the child's stdin) at once,
+    the end frees the window; frames split at every byte."""
+    import asyncio
+    import mmap
+
+    memory = mmap.mmap(-1, compute_pool.MAX_QUEUED * compute_pool.SLOT_BYTES)
+    size = compute_pool.SLOT_BYTES
+    body = bytes(range(256)) * (size * 5 // 2 // 256)  # two full slots and a half
+
+    async def run(split: int) -> None:
+        child = _Recorder(memory)
+        acks: list[bytes] = []
+
+        class Stdin:
+            def is_closing(self) -> bool:
+                return False
+
+            def write(self, data: bytes) -> None:
+                acks.append(data)
+
+        child.stdin = Stdin()  # type: ignore[assignment]
+        window = [child.free.pop() for _ in range(compute_pool.WINDOW)]
+        released = []
+        stream = compute_pool.Stream(child, 9, window, lambda: released.append(True))
+        child.streams[9] = stream
+        out = io.BytesIO()
+        compute_pool._write_stream_reply(out, 9, compute_pool.HEAD, {"X-Engine": "vectorized"})
+        for piece, slot in ((body[:size], window[0]), (body[size : 2 * size], window[1])):
+            memory[slot * size : slot * size + len(piece)] = piece
+            compute_pool._write_stream_reply(out, 9, compute_pool.PIECE, size=len(piece), slot=slot)
+        rest = body[2 * size :]
+        memory[window[2] * size : window[2] * size + len(rest)] = rest
+        compute_pool._write_stream_reply(out, 9, compute_pool.PIECE, size=len(rest), slot=window[2])
+        compute_pool._write_stream_reply(out, 9, compute_pool.END)
+        frames = out.getvalue()
+        replies = compute_pool._Replies(child, asyncio.get_running_loop().create_future())
+        for start in range(0, len(frames), split):
+            replies.pipe_data_received(1, frames[start : start + split])
+        assert stream.head.result() == {"X-Engine": "vectorized"}
+        memory[: len(memory)] = bytes(len(memory))  # the slots reused: the pieces were copied
+
+        async def never(sent: int):
+            raise AssertionError("nothing failed")
+            yield b""
+
+        got = b"".join([bytes(p) async for p in stream.pieces(never)])
+        assert got == body
+        assert len(acks) == 3  # each slot handed back as its piece was read
+        assert sorted(child.free) == list(range(compute_pool.MAX_QUEUED)) and not child.streams
+        assert released == [True]
+
+    for split in (1, 1000, 10**9):
+        asyncio.run(run(split))
+
+
+def test_a_body_the_process_fails_midway_is_finished_from_the_same_byte() -> None:
+    """When the process dies (or fails rendering) after some pieces, the rest is rendered
+    here from the byte where its pieces stopped: the client gets the whole body once."""
+    import asyncio
+
+    from service.schedules import formats
+
+    whole = b"".join(
+        bytes(c) for c in [b'{"steps":', b"[0,1,2]", b',"lr":', b"[0.1,0.2,0.3]", b"}"]
+    )
+    chunks = [b'{"steps":', memoryview(b"[0,1,2]"), b',"lr":', b"[0.1,0.2,0.3]", b"}"]
+    for count in range(len(whole) + 1):
+        assert b"".join(bytes(c) for c in formats.skip(iter(chunks), count)) == whole[count:]
+
+    async def run(cut: int) -> bytes:
+        stream = compute_pool.Stream(None, 1, [], lambda: None)  # type: ignore[arg-type]
+        stream.put(whole[:cut])
+        stream.put(None)  # the process failed the rest
+        asked = []
+
+        async def rest(sent: int):
+            asked.append(sent)
+            for piece in formats.skip(iter(chunks), sent):
+                yield piece
+
+        got = b"".join([bytes(p) async for p in stream.pieces(rest)])
+        assert asked == [cut]
+        return got
+
+    for cut in (0, 5, len(whole)):
+        assert asyncio.run(run(cut)) == whole

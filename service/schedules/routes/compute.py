@@ -1,5 +1,6 @@
 """POST /v1/schedules/compute and its GET form: a spec in, a schedule in any format out."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
@@ -29,7 +30,7 @@ from service.schedules.registry import SchedulerBase
 from service.schedules.result import Computed, ScheduleResult
 from service.schedules.routes import running
 from service.settings import Settings
-from service.streaming import LimitedStreamingResponse
+from service.streaming import LimitedStreamingResponse, pulled_in_threadpool
 
 router = APIRouter(tags=["schedules"])
 
@@ -315,9 +316,34 @@ async def _respond(
             return computed, compute_pool.about(computed)
         return compute_pool.rendered_entry(computed, fmt, title, plot)
 
+    pool: compute_pool.ComputePool | None = request.app.state.compute_pool
+    if streamed and pool is not None:
+        try:
+            stream = await pool.stream(spec, found, fmt, size)
+        except ServiceError:  # the 4xx computing it raised, in the process
+            COMPUTE_PLACE.labels("process").inc()
+            raise
+        if stream is not None:
+            COMPUTE_PLACE.labels("process").inc()
+
+            async def rest(sent: int) -> AsyncIterator[formats.Chunk]:
+                # the process failed the body after `sent` bytes: the same bytes, from there
+                computed, _ = await running.run_in_thread(request, work)  # type: ignore[misc]
+                chunks = formats.skip(formats.stream(computed, fmt), sent)
+                async for piece in pulled_in_threadpool(chunks):
+                    yield piece
+
+            headers["X-Cache"] = "bypass"
+            return LimitedStreamingResponse(
+                stream.pieces(rest),
+                max_seconds=settings.stream_max_seconds,
+                send_timeout=settings.stream_send_timeout_s,
+                cap=request.app.state.stream_cap,
+                media_type=MEDIA_TYPES[fmt],
+                headers={**stream.headers, **headers},
+            )
     inline = _runs_inline(found, fmt, streamed, settings)
     if inline:
-        pool: compute_pool.ComputePool | None = request.app.state.compute_pool
         done = None
         if pool is not None:
             try:

@@ -135,3 +135,17 @@ async def run_budgeted(request: Request, fn: Callable[[], T], *, heavy: bool) ->
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome.get("value")  # type: ignore[return-value]
+
+
+async def run_in_thread(request: Request, fn: Callable[[], T]) -> T:
+    """Return ``fn()`` computed in a compute thread under a new budget, not watching for a
+    disconnect: for a response already under way (its own sends notice a client that left).
+    Raises what ``fn`` raises."""
+    work = budget.Budget(request.app.state.settings.compute_max_seconds)
+
+    def in_thread() -> T:
+        work.start()
+        with budget.active(work):
+            return fn()
+
+    return await anyio.to_thread.run_sync(in_thread, limiter=request.app.state.compute_limiter)
