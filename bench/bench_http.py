@@ -122,20 +122,8 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-PLACE = re.compile(r'^lrs_schedule_compute_place_total\{place="process"\} ([0-9.e+]+)$', re.M)
-
-
-def wait_for_compute_process(base: str, timeout: float = 120) -> None:
-    """Send distinct specs until one was computed in a compute process (they start after
-    the server answers /readyz)."""
-    deadline = time.monotonic() + timeout
-    body = json.loads(json.dumps(BODY))
-    while not PLACE.search(httpx.get(f"{base}/metrics", timeout=10).text):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no request was computed in a compute process in {timeout:g} s")
-        body["optimizer"]["lr"] += 1e-9
-        httpx.post(f"{base}{PATH}", json=body, timeout=60)
-        time.sleep(0.2)
+def wait_for_compute_process(base: str) -> None:
+    harness.wait_for_compute_process(base, BODY, PATH)
 
 
 def run_queue_wait(pid: int) -> dict[str, float]:

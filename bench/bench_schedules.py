@@ -228,6 +228,52 @@ def raw_post(base: str, path: str, body: bytes) -> tuple[int, int]:
     return int(first[9:12]), total
 
 
+@dataclass
+class OneMillion:
+    """(b) on one server: its first requests, its median, and requests timed in turns with
+    the serialization alone."""
+
+    first: list[float]
+    median: float
+    turns_http: float
+    turns_json: float
+
+
+def one_million_json(base: str, big: dict[str, Any], repeat: int) -> OneMillion:
+    """Time (b) on the server at ``base``: :data:`B_WARMUP` first requests apart, the median
+    of ``repeat``, then ``repeat`` requests each followed by one serialization alone."""
+
+    def call() -> None:
+        status, _ = raw_post(base, "/v1/schedules/compute", orjson.dumps(fresh(big)))
+        assert status == 200, status
+
+    first = [timed(call) for _ in range(B_WARMUP)]
+    median = median_seconds(call, repeat)
+    computed = in_process(big, "vectorized")
+    turns = [(timed(call), timed(lambda: formats.to_json_bytes(computed))) for _ in range(repeat)]
+    return OneMillion(
+        first,
+        median,
+        statistics.median(t[0] for t in turns),
+        statistics.median(t[1] for t in turns),
+    )
+
+
+PROCESS_ENV = {"LRS_COMPUTE_PROCESSES": "1"}
+"""The server (b) is also measured on: one compute process, which computes, renders and
+streams the 1M-step body while the API process sends it."""
+
+
+def one_million_json_in_a_process(big: dict[str, Any], repeat: int) -> OneMillion:
+    """(b) on a fresh server with one compute process (once it computes)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-schedules-") as data_dir,
+        harness.server(data_dir, env=PROCESS_ENV) as (base, _),
+    ):
+        harness.wait_for_compute_process(base, warmup_cosine(1000))
+        return one_million_json(base, big, repeat)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms" if seconds < 10 else f"{seconds:,.2f} s"
 
@@ -451,17 +497,12 @@ def main() -> None:
         http.post("/v1/schedules/compute", json=fresh(warmup_cosine(1000)))  # warm up
         rss_before = peak_rss_mb(server.pid)
 
-        # (b) first, so the peak RSS it causes is measured from a fresh server
+        # (b) first, so the peak RSS it causes is measured from a fresh server; then (b) and
+        # its serialization in turns, so that both meet the same load
         big = warmup_cosine(1_000_000)
-        b_first = [timed(over_http(big)) for _ in range(B_WARMUP)]
-        b_http = median_seconds(over_http(big), repeat)
+        b = one_million_json(base, big, repeat)
+        b_first, b_http = b.first, b.median
         rss_after_b = peak_rss_mb(server.pid)
-        # (b) and its serialization in turns, so that both meet the same load
-        b_computed = in_process(big, "vectorized")
-        b_turns = [
-            (timed(over_http(big)), timed(lambda: formats.to_json_bytes(b_computed)))
-            for _ in range(repeat)
-        ]
         b_httpx = median_seconds(over_httpx(big), repeat)
         c_http = median_seconds(over_http(big, "?format=npy"), repeat)
         sampled = warmup_cosine(1_000_000, sample={"points": 1000})
@@ -596,9 +637,9 @@ def main() -> None:
             p99=p99,
             rss=rss_after_b - rss_before,
         )
+    b_process = one_million_json_in_a_process(big, repeat)
     load_after = loadavg()
-    b_turn_http = statistics.median(t[0] for t in b_turns)
-    b_turn_json = statistics.median(t[1] for t in b_turns)
+    b_turn_http, b_turn_json = b.turns_http, b.turns_json
 
     print("## Schedules\n")
     print(f"Machine: {machine()}. One uvicorn worker on loopback; medians of {repeat} runs.\n")
@@ -628,6 +669,15 @@ def main() -> None:
         f"(b) and `to_json_bytes` timed in turns ({repeat} times a request, then one "
         f"serialization, both under the same load): {ms(b_turn_http)} against "
         f"{ms(b_turn_json)}, {b_turn_http / b_turn_json:.2f}×."
+    )
+    print(
+        f"\n(b) on a server with one compute process (`LRS_COMPUTE_PROCESSES=1`: the child "
+        f"computes, renders and streams the body while the API process sends it): "
+        f"{ms(b_process.median)}, {b_process.median / json_alone:.2f}× the serialization "
+        f"alone; in turns {ms(b_process.turns_http)} against {ms(b_process.turns_json)}, "
+        f"{b_process.turns_http / b_process.turns_json:.2f}× (first requests: "
+        + ", ".join(ms(t) for t in b_process.first)
+        + f"). The default server's (above): {b_http / json_alone:.2f}×."
     )
     print(
         f"\n(e) in-process: computing the 1000 specs (validated, stacked by structure) "
@@ -686,8 +736,10 @@ def main() -> None:
         [
             *peer_checks(peers),
             (
-                "1M steps full JSON end-to-end (HTTP) ≤ 2× orjson serialization of the payload",
-                notes["b_http"] / notes["json_alone"],
+                "1M steps full JSON end-to-end (HTTP) ≤ 2× orjson serialization of the payload, "
+                "one compute process (the default server's: "
+                f"{notes['b_http'] / notes['json_alone']:.2f}×)",
+                b_process.median / notes["json_alone"],
                 2,
                 "× (≤)",
             ),
@@ -783,12 +835,19 @@ def json_1m_only(repeat: int, load_before: str) -> None:
         f"serialization, {repeat} times): end-to-end {ms(b_beside)}, serialization "
         f"{ms(json_beside)}: {b_beside / json_beside:.2f}×."
     )
+    b_process = one_million_json_in_a_process(big, repeat)
+    print(
+        f"\nWith one compute process (`LRS_COMPUTE_PROCESSES=1`): {ms(b_process.median)}; in "
+        f"turns {ms(b_process.turns_http)} against {ms(b_process.turns_json)}, "
+        f"{b_process.turns_http / b_process.turns_json:.2f}×."
+    )
     print(f"\nLoad average (1/5/15 min): {load_before} before, {loadavg()} after.\n")
     print_checks(
         [
             (
-                "1M steps full JSON end-to-end (HTTP) ≤ 2× orjson serialization of the payload",
-                b_http / json_alone,
+                "1M steps full JSON end-to-end (HTTP) ≤ 2× orjson serialization of the payload, "
+                f"one compute process (the default server's: {b_http / json_alone:.2f}×)",
+                b_process.median / json_alone,
                 2,
                 "× (≤)",
             )

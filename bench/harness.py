@@ -8,6 +8,7 @@ the scripts can import the service's own code for in-process timings.
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -158,3 +159,21 @@ def wrk_script(body: dict, path: str, distinct: bool, run: int = 0) -> str:
         "run": run,
         "path": path,
     }
+
+
+PLACE = re.compile(r'^lrs_schedule_compute_place_total\{place="process"\} ([0-9.e+]+)$', re.M)
+
+
+def wait_for_compute_process(
+    base: str, body: dict, path: str = "/v1/schedules/compute", timeout: float = 120
+) -> None:
+    """Send distinct copies of ``body`` (a schedule spec: its optimizer's lr nudged) until one
+    was computed in a compute process (they start after the server answers /readyz)."""
+    deadline = time.monotonic() + timeout
+    body = json.loads(json.dumps(body))
+    while not PLACE.search(httpx.get(f"{base}/metrics", timeout=10).text):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no request was computed in a compute process in {timeout:g} s")
+        body["optimizer"]["lr"] += 1e-9
+        httpx.post(f"{base}{path}", json=body, timeout=60)
+        time.sleep(0.2)
