@@ -150,6 +150,11 @@ class Stream:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._release = release
         self.abandoned = False
+        self.watch: asyncio.TimerHandle | None = None
+        """Calls :attr:`stalled` (which kills the child) should the next piece not come
+        within :attr:`stall_after` seconds (:meth:`ComputePool.stream` arms it)."""
+        self.stalled: Callable[[], None] | None = None
+        self.stall_after = 0.0
 
     def put(self, item: Any) -> None:
         """Take a piece (bytes), :data:`_DONE`, or None (the child failed the rest)."""
@@ -163,11 +168,15 @@ class Stream:
             self._queue = asyncio.Queue()
             self._release()
 
-    async def pieces(
+    def pieces(self, rest: Callable[[int], AsyncIterator[bytes | memoryview]]) -> "Body":
+        """Return the body: its pieces; if the child fails it after ``n`` bytes, the pieces of
+        ``rest(n)`` (the same body rendered here, from byte ``n``). Closing it (iterated or
+        not) drops the stream and frees its place under :data:`STREAM_BUFFER_BYTES`."""
+        return Body(self, rest)
+
+    async def _pieces(
         self, rest: Callable[[int], AsyncIterator[bytes | memoryview]]
     ) -> AsyncIterator[bytes | memoryview]:
-        """Yield the body's pieces; if the child fails it after ``n`` bytes, the pieces of
-        ``rest(n)`` (the same body rendered here, from byte ``n``)."""
         sent = 0
         try:
             while True:
@@ -175,13 +184,35 @@ class Stream:
                 if item is _DONE:
                     return
                 if item is None:
-                    async for piece in rest(sent):
-                        yield piece
+                    async with contextlib.aclosing(rest(sent)) as pieces:
+                        async for piece in pieces:
+                            yield piece
                     return
                 sent += len(item)
                 yield item
         finally:
             self.abandon()
+
+
+class Body:
+    """A :class:`Stream`'s body as a response iterates it; :meth:`aclose` (which a streamed
+    response calls when it ends, however it ends) frees the stream even if it was never
+    iterated: a generator's ``finally`` does not run when it never started."""
+
+    def __init__(
+        self, stream: Stream, rest: Callable[[int], AsyncIterator[bytes | memoryview]]
+    ) -> None:
+        self._stream = stream
+        self._pieces = stream._pieces(rest)
+
+    def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        return self._pieces
+
+    async def aclose(self) -> None:
+        try:
+            await self._pieces.aclose()
+        finally:
+            self._stream.abandon()
 
 
 class _Child:
@@ -251,6 +282,7 @@ class _Child:
         if stream is None:
             return
         if kind == PIECE:
+            self._rearm(stream)
             if not stream.abandoned:
                 start = slot * SLOT_BYTES
                 stream.put(self.memory[start : start + size])  # a copy: the slot goes back
@@ -276,8 +308,17 @@ class _Child:
     def end_stream(self, stream: Stream) -> None:
         """Forget ``stream``; its window's slots are free again (the child writes no more
         of it)."""
+        if stream.watch is not None:
+            stream.watch.cancel()
         if self.streams.pop(stream.rid, None) is not None:
             self.free.extend(stream.window)
+
+    def _rearm(self, stream: Stream) -> None:
+        """Give the child another :attr:`Stream.stall_after` seconds for the next piece."""
+        if stream.watch is not None and stream.stalled is not None:
+            stream.watch.cancel()
+            loop = asyncio.get_running_loop()
+            stream.watch = loop.call_later(stream.stall_after, stream.stalled)
 
     def _send(self, frame: Any) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
@@ -438,6 +479,21 @@ class ComputePool:
                 raise head  # the 4xx computing it raised
             return None
         stream.headers = head
+        if stream.rid in child.streams:  # not ended already: watch for its pieces
+
+            def stalled() -> None:
+                if stream.rid in child.streams:
+                    log.error(
+                        "compute process %d sent no piece of a streamed body within %g s; "
+                        "killing it (the API renders the rest)",
+                        child.pid,
+                        self._timeout,
+                    )
+                    child.ready = False
+                    child.kill()
+
+            stream.stalled, stream.stall_after = stalled, self._timeout
+            stream.watch = loop.call_later(self._timeout, stalled)
         return stream
 
     def _pick(self, slots: int) -> _Child | None:

@@ -426,3 +426,24 @@ def test_a_body_the_process_fails_midway_is_finished_from_the_same_byte() -> Non
 
     for cut in (0, 5, len(whole)):
         assert asyncio.run(run(cut)) == whole
+
+
+def test_a_body_never_iterated_still_frees_its_place() -> None:
+    """A response closed before it sent anything (its client left while the head was being
+    computed, or its 429 came from the stream cap) gives its estimate back all the same."""
+    import asyncio
+
+    async def run() -> list[int]:
+        released: list[int] = []
+        stream = compute_pool.Stream(None, 1, [], lambda: released.append(1))  # type: ignore[arg-type]
+
+        async def rest(sent: int):
+            yield b""
+
+        body = stream.pieces(rest)
+        await body.aclose()
+        stream.put(b"late")  # a piece after it: dropped
+        await body.aclose()
+        return released
+
+    assert asyncio.run(run()) == [1]

@@ -1,6 +1,7 @@
 """POST /v1/schedules/compute and its GET form: a spec in, a schedule in any format out."""
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
@@ -325,23 +326,32 @@ async def _respond(
             raise
         if stream is not None:
             COMPUTE_PLACE.labels("process").inc()
+            about = stream.headers
 
             async def rest(sent: int) -> AsyncIterator[formats.Chunk]:
                 # the process failed the body after `sent` bytes: the same bytes, from there
-                computed, _ = await running.run_in_thread(request, work)  # type: ignore[misc]
+                computed, again = await running.run_in_thread(request, work)  # type: ignore[misc]
+                if again != about:  # not the same body: cut it rather than splice another
+                    raise RuntimeError(f"the body computed again differs: {again} != {about}")
                 chunks = formats.skip(formats.stream(computed, fmt), sent)
-                async for piece in pulled_in_threadpool(chunks):
-                    yield piece
+                async with aclosing(pulled_in_threadpool(chunks)) as pieces:
+                    async for piece in pieces:
+                        yield piece
 
             headers["X-Cache"] = "bypass"
-            return LimitedStreamingResponse(
-                stream.pieces(rest),
-                max_seconds=settings.stream_max_seconds,
-                send_timeout=settings.stream_send_timeout_s,
-                cap=request.app.state.stream_cap,
-                media_type=MEDIA_TYPES[fmt],
-                headers={**stream.headers, **headers},
-            )
+            body = stream.pieces(rest)
+            try:
+                return LimitedStreamingResponse(
+                    body,
+                    max_seconds=settings.stream_max_seconds,
+                    send_timeout=settings.stream_send_timeout_s,
+                    cap=request.app.state.stream_cap,
+                    media_type=MEDIA_TYPES[fmt],
+                    headers={**about, **headers},
+                )
+            except BaseException:
+                stream.abandon()
+                raise
     inline = _runs_inline(found, fmt, streamed, settings)
     if inline:
         done = None
