@@ -177,3 +177,40 @@ def test_every_format_is_cached_and_validated(client, fmt):
     )
     assert first.status_code == 200 and again.status_code == 304
     assert client.post(f"/v1/schedules/compute?format={fmt}", json=spec).content == first.content
+
+
+def test_a_stack_larger_than_a_block_answers_each_spec_as_alone(client):
+    """250 specs of 5k steps that stack (one structure, their lrs apart): 1.25M values,
+    evaluated in blocks of STACK_VALUES (209 programs, then 41); each slot, on either side of
+    the block border, is the body compute returns for its spec alone, value for value."""
+    from service.schedules.vectorized import batch as stacking
+
+    steps = 5000
+    rows = stacking.STACK_VALUES // steps
+    assert rows < 250
+    specs = [
+        {
+            "optimizer": {"type": "SGD", "lr": 0.1 + i * 1e-4},
+            "scheduler": {"type": "CosineAnnealingLR", "T_max": 4000, "eta_min": 1e-5},
+            "steps": steps,
+        }
+        for i in range(250)
+    ]
+    blocks: list[int] = []
+    evaluate = stacking._evaluate_block
+
+    def spy(programs, k):
+        blocks.append(len(programs))
+        return evaluate(programs, k)
+
+    stacking._evaluate_block = spy
+    try:
+        r = batch(client, specs)
+    finally:
+        stacking._evaluate_block = evaluate
+    assert r.status_code == 200
+    assert blocks == [rows, 250 - rows]  # stacked, in two blocks
+    slots = r.json()["results"]
+    for i in (0, 1, rows - 1, rows, rows + 1, 249):
+        alone = client.post("/v1/schedules/compute", json=specs[i]).json()
+        assert slots[i]["status"] == 200 and slots[i]["result"] == alone, i

@@ -139,12 +139,35 @@ def _refuse_stacked_scan(additive: bool = False) -> None:
     raise _StackNeedsScan
 
 
+STACK_VALUES = 1 << 20
+"""Most values (rows × steps) a stacked evaluation computes at once: a larger stack is
+evaluated in blocks of whole programs. Each of a closed form's temporaries is then 8 MB, which
+the allocator keeps and hands out again (``LRS_MALLOC_RETAIN_MB``), not 80 MB (1000 × 10k),
+which it maps fresh from the kernel, every page zeroed on first touch: page clearing was 39%
+of the server's CPU for a 1000 × 10k npy batch (perf); blocked, that request's median 254 and
+236 -> 178 and 195 ms (7 requests each, two rounds, 2-core EPYC). Rows are independent, so the
+values are the same bits."""
+
+
 def _evaluate_stacked(programs: list[Program], k: Tensor) -> list[Computed] | None:
     """Return each program's result from one stacked evaluation, or None when the stack
     cannot answer for every program alike (a refused step or a non-finite lr somewhere, or
     a row whose step-0 value needs the scan): evaluate those one by one instead."""
     if any(p.failure() is not None for p in programs):
         return None
+    rows = max(1, STACK_VALUES // max(1, k.numel() * programs[0].lr0.shape[0]))
+    if len(programs) > rows:
+        out: list[Computed] = []
+        for start in range(0, len(programs), rows):
+            part = _evaluate_block(programs[start : start + rows], k)
+            if part is None:
+                return None
+            out += part
+        return out
+    return _evaluate_block(programs, k)
+
+
+def _evaluate_block(programs: list[Program], k: Tensor) -> list[Computed] | None:
     stacked = _stack(programs)
     zero = torch.zeros(1, dtype=torch.int64, device=stacked.device)
     if stacked._closed(zero) is not None and not stacked.closed_ok():
