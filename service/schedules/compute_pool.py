@@ -401,15 +401,8 @@ class ComputePool:
         """Return the entry a child computed for ``spec`` as ``fmt``; None when no child is
         ready with room in its queue, or it failed or did not answer (compute it here)."""
         child = self._pick(1)
-        if child is None or child.stdin is None:
-            return None
-        try:
-            # the Checked as a tuple: a slots dataclass pickles through dataclasses.fields();
-            # the request pickled apart, so a child that cannot read one still answers it
-            checked = (found.engine, found.cost, found.share, found.every_step)
-            request = pickle.dumps((spec, checked, fmt), protocol=5)
-        except Exception:
-            log.exception("a spec did not pickle for the compute process; computed here")
+        request = None if child is None else _pickled(spec, found, fmt)
+        if child is None or child.stdin is None or request is None:
             return None
         loop = asyncio.get_running_loop()
         rid = child.next_id
@@ -445,13 +438,8 @@ class ComputePool:
         ):
             return None
         child = self._pick(WINDOW)
-        if child is None or child.stdin is None:
-            return None
-        try:
-            checked = (found.engine, found.cost, found.share, found.every_step)
-            request = pickle.dumps((spec, checked, fmt), protocol=5)
-        except Exception:
-            log.exception("a spec did not pickle for the compute process; computed here")
+        request = None if child is None else _pickled(spec, found, fmt)
+        if child is None or child.stdin is None or request is None:
             return None
         self._buffered += estimate
 
@@ -612,6 +600,18 @@ class ComputePool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _pickled(spec: specs.ScheduleRequest, found: service.Checked, fmt: str) -> bytes | None:
+    """Return the request a child computes, pickled; None when it does not pickle."""
+    try:
+        # the Checked as a tuple: a slots dataclass pickles through dataclasses.fields();
+        # the request pickled apart, so a child that cannot read one still answers it
+        checked = (found.engine, found.cost, found.share, found.every_step)
+        return pickle.dumps((spec, checked, fmt), protocol=5)
+    except Exception:
+        log.exception("a spec did not pickle for the compute process; computed here")
+        return None
 
 
 def _shared_file() -> int:
