@@ -139,8 +139,7 @@ class Stream:
     """A body a child streams: its headers (once its head came), then its pieces, each
     copied out of its slot as it arrived (:meth:`pieces`)."""
 
-    def __init__(self, child: "_Child", rid: int, window: list[int], release: Any) -> None:
-        self.child = child
+    def __init__(self, rid: int, window: list[int], release: Callable[[], None]) -> None:
         self.rid = rid
         self.window = window
         self.head: asyncio.Future[dict[str, str] | ServiceError | None] = (
@@ -150,11 +149,25 @@ class Stream:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._release = release
         self.abandoned = False
-        self.watch: asyncio.TimerHandle | None = None
-        """Calls :attr:`stalled` (which kills the child) should the next piece not come
-        within :attr:`stall_after` seconds (:meth:`ComputePool.stream` arms it)."""
-        self.stalled: Callable[[], None] | None = None
-        self.stall_after = 0.0
+        self._watch: tuple[float, Callable[[], None]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, seconds: float, stalled: Callable[[], None]) -> None:
+        """Call ``stalled`` should no piece come within ``seconds`` (of this call, then of
+        each piece), until :meth:`unwatch`."""
+        self._watch = (seconds, stalled)
+        self.piece_came()
+
+    def piece_came(self) -> None:
+        if self._watch is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(*self._watch)
+
+    def unwatch(self) -> None:
+        self._watch = None
+        if self._timer is not None:
+            self._timer.cancel()
 
     def put(self, item: Any) -> None:
         """Take a piece (bytes), :data:`_DONE`, or None (the child failed the rest)."""
@@ -282,7 +295,7 @@ class _Child:
         if stream is None:
             return
         if kind == PIECE:
-            self._rearm(stream)
+            stream.piece_came()
             if not stream.abandoned:
                 start = slot * SLOT_BYTES
                 stream.put(self.memory[start : start + size])  # a copy: the slot goes back
@@ -308,17 +321,9 @@ class _Child:
     def end_stream(self, stream: Stream) -> None:
         """Forget ``stream``; its window's slots are free again (the child writes no more
         of it)."""
-        if stream.watch is not None:
-            stream.watch.cancel()
+        stream.unwatch()
         if self.streams.pop(stream.rid, None) is not None:
             self.free.extend(stream.window)
-
-    def _rearm(self, stream: Stream) -> None:
-        """Give the child another :attr:`Stream.stall_after` seconds for the next piece."""
-        if stream.watch is not None and stream.stalled is not None:
-            stream.watch.cancel()
-            loop = asyncio.get_running_loop()
-            stream.watch = loop.call_later(stream.stall_after, stream.stalled)
 
     def _send(self, frame: Any) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
@@ -449,7 +454,7 @@ class ComputePool:
         rid = child.next_id
         child.next_id += 1
         window = [child.free.pop() for _ in range(WINDOW)]
-        stream = Stream(child, rid, window, release)
+        stream = Stream(rid, window, release)
         child.streams[rid] = stream
         loop = asyncio.get_running_loop()
         expire = loop.call_later(self._timeout, self._expired, child, stream.head)
@@ -470,18 +475,16 @@ class ComputePool:
         if stream.rid in child.streams:  # not ended already: watch for its pieces
 
             def stalled() -> None:
-                if stream.rid in child.streams:
-                    log.error(
-                        "compute process %d sent no piece of a streamed body within %g s; "
-                        "killing it (the API renders the rest)",
-                        child.pid,
-                        self._timeout,
-                    )
-                    child.ready = False
-                    child.kill()
+                log.error(
+                    "compute process %d sent no piece of a streamed body within %g s; killing "
+                    "it (the API renders the rest)",
+                    child.pid,
+                    self._timeout,
+                )
+                child.ready = False
+                child.kill()
 
-            stream.stalled, stream.stall_after = stalled, self._timeout
-            stream.watch = loop.call_later(self._timeout, stalled)
+            stream.watch(self._timeout, stalled)
         return stream
 
     def _pick(self, slots: int) -> _Child | None:
@@ -639,10 +642,7 @@ def _write_reply(
     """Send the reply to ``rid``: ``entry``'s body in its ``slot`` of ``memory`` when it
     fits, else on the pipe after the meta."""
     if isinstance(entry, ServiceError):
-        try:
-            meta = pickle.dumps(entry)
-        except Exception:  # the API computes it again and raises it itself
-            meta = pickle.dumps(None)
+        meta = _error_meta(entry)
         entry = None
     else:
         meta = pickle.dumps(None if entry is None else (entry.media_type, entry.headers))
@@ -657,12 +657,20 @@ def _write_reply(
     stream.flush()
 
 
+def _error_meta(error: ServiceError) -> bytes:
+    """Return the pickle of a 4xx for the API, or of None when it does not pickle (the API
+    then computes the request again and raises the error itself)."""
+    try:
+        return pickle.dumps(error)
+    except Exception:
+        return pickle.dumps(None)
+
+
 def _write_stream_reply(
-    out: BinaryIO, rid: int, kind: int, meta: Any = None, size: int = 0, slot: int = 0
+    out: BinaryIO, rid: int, kind: int, data: bytes = b"", size: int = 0, slot: int = 0
 ) -> None:
-    """Send a streamed body's head (``meta``: its headers, a ServiceError or None), a piece
-    (``size`` bytes in ``slot``), its end or its failure."""
-    data = pickle.dumps(meta) if kind == HEAD else b""
+    """Send a streamed body's head (``data``: the pickle of its headers, of a ServiceError
+    or of None), a piece (``size`` bytes in ``slot``), its end or its failure."""
     out.write(_REPLY.pack(rid, len(data), size, kind == PIECE, kind, slot) + data)
     out.flush()
 
@@ -731,17 +739,13 @@ def _serve_stream(
         with budget.active(budget.Budget(settings.compute_max_seconds)):
             computed = service.compute(spec, settings, service.Checked(*checked))
     except ServiceError as exc:  # a 4xx: the API answers it
-        try:
-            meta = pickle.dumps(exc)
-        except Exception:  # the API computes it again and raises it itself
-            meta = pickle.dumps(None)
-        _write_stream_reply(out, rid, HEAD, pickle.loads(meta))
+        _write_stream_reply(out, rid, HEAD, _error_meta(exc))
         return
     except Exception:
         log.exception("computing a request failed; the API computes it itself")
-        _write_stream_reply(out, rid, HEAD, None)
+        _write_stream_reply(out, rid, HEAD, pickle.dumps(None))
         return
-    _write_stream_reply(out, rid, HEAD, about(computed))
+    _write_stream_reply(out, rid, HEAD, pickle.dumps(about(computed)))
     writer = _SlotWriter(out, stdin, memory, rid, window, deferred)
     try:
         for chunk in formats.stream(computed, fmt):

@@ -9,6 +9,7 @@ to its tolerance (its parity suites say where they are bit for bit).
 import contextlib
 import io
 import os
+import pickle
 import re
 import signal
 import socket
@@ -363,10 +364,11 @@ def test_streamed_replies_are_pieces_acks_and_a_freed_window() -> None:
         child.stdin = Stdin()  # type: ignore[assignment]
         window = [child.free.pop() for _ in range(compute_pool.WINDOW)]
         released = []
-        stream = compute_pool.Stream(child, 9, window, lambda: released.append(True))
+        stream = compute_pool.Stream(9, window, lambda: released.append(True))
         child.streams[9] = stream
         out = io.BytesIO()
-        compute_pool._write_stream_reply(out, 9, compute_pool.HEAD, {"X-Engine": "vectorized"})
+        head = pickle.dumps({"X-Engine": "vectorized"})
+        compute_pool._write_stream_reply(out, 9, compute_pool.HEAD, head)
         for piece, slot in ((body[:size], window[0]), (body[size : 2 * size], window[1])):
             memory[slot * size : slot * size + len(piece)] = piece
             compute_pool._write_stream_reply(out, 9, compute_pool.PIECE, size=len(piece), slot=slot)
@@ -410,7 +412,7 @@ def test_a_body_the_process_fails_midway_is_finished_from_the_same_byte() -> Non
         assert b"".join(bytes(c) for c in formats.skip(iter(chunks), count)) == whole[count:]
 
     async def run(cut: int) -> bytes:
-        stream = compute_pool.Stream(None, 1, [], lambda: None)  # type: ignore[arg-type]
+        stream = compute_pool.Stream(1, [], lambda: None)
         stream.put(whole[:cut])
         stream.put(None)  # the process failed the rest
         asked = []
@@ -435,7 +437,7 @@ def test_a_body_never_iterated_still_frees_its_place() -> None:
 
     async def run() -> list[int]:
         released: list[int] = []
-        stream = compute_pool.Stream(None, 1, [], lambda: released.append(1))  # type: ignore[arg-type]
+        stream = compute_pool.Stream(1, [], lambda: released.append(1))
 
         async def rest(sent: int):
             yield b""
@@ -447,3 +449,31 @@ def test_a_body_never_iterated_still_frees_its_place() -> None:
         return released
 
     assert asyncio.run(run()) == [1]
+
+
+def test_a_stream_whose_pieces_stop_coming_is_reported_stalled() -> None:
+    """The watch on a streamed body: each piece gives the child its time again, a silence
+    longer than that calls ``stalled`` (the pool kills the child), and an ended body is
+    watched no more."""
+    import asyncio
+
+    async def run() -> tuple[list[float], list[float]]:
+        calls: list[float] = []
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stream = compute_pool.Stream(1, [], lambda: None)
+        stream.watch(0.5, lambda: calls.append(loop.time() - start))
+        for _ in range(3):  # a piece every 0.05 s: never stalled
+            await asyncio.sleep(0.05)
+            stream.piece_came()
+        await asyncio.sleep(1.0)  # silence past 0.5 s: stalled once
+        ended: list[float] = []
+        other = compute_pool.Stream(2, [], lambda: None)
+        other.watch(0.1, lambda: ended.append(1.0))
+        other.unwatch()
+        await asyncio.sleep(0.2)
+        return calls, ended
+
+    calls, ended = asyncio.run(run())
+    assert len(calls) == 1 and calls[0] >= 0.65, calls  # 0.15 s of pieces, then 0.5 s
+    assert ended == []
