@@ -156,15 +156,13 @@ def _evaluate_stacked(programs: list[Program], k: Tensor) -> list[Computed] | No
     if any(p.failure() is not None for p in programs):
         return None
     rows = max(1, STACK_VALUES // max(1, k.numel() * programs[0].lr0.shape[0]))
-    if len(programs) > rows:
-        out: list[Computed] = []
-        for start in range(0, len(programs), rows):
-            part = _evaluate_block(programs[start : start + rows], k)
-            if part is None:
-                return None
-            out += part
-        return out
-    return _evaluate_block(programs, k)
+    out: list[Computed] = []
+    for start in range(0, len(programs), rows):
+        part = _evaluate_block(programs[start : start + rows], k)
+        if part is None:
+            return None
+        out += part
+    return out
 
 
 def _evaluate_block(programs: list[Program], k: Tensor) -> list[Computed] | None:
