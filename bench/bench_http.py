@@ -122,10 +122,6 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wait_for_compute_process(base: str) -> None:
-    harness.wait_for_compute_process(base, BODY, PATH)
-
-
 def run_queue_wait(pid: int) -> dict[str, float]:
     """Return, per thread of ``pid``, the seconds it has waited runnable for a CPU
     (/proc/PID/task/TID/schedstat: time on CPU, time waiting on a run queue, timeslices)."""
@@ -316,7 +312,7 @@ def main() -> None:
         # the hit loads' spec, computed once, so their first requests are hits as well
         assert httpx.post(f"{base}{PATH}", json=BODY, timeout=60).status_code == 200
         if int(env.get("LRS_COMPUTE_PROCESSES", "0")):
-            wait_for_compute_process(base)
+            harness.wait_for_compute_process(base, BODY, PATH)
         run_wrk(base, 3, 16, distinct=True, run=1)  # warm-up
         s, pid = args.seconds, server.pid
         loads = [
